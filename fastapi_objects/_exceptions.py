@@ -1,0 +1,124 @@
+"""The exceptions of fastapi_objects.
+
+Every error the library raises on purpose is an ``ObjectsError``::
+
+    ObjectsError
+    ├── ObjectNotFound            no such object type, or (for reads) no stored object
+    │   └── UnknownObjectType
+    ├── InvalidKey                key too long, empty, or with characters outside the allowed set
+    ├── InvalidCall               the call itself is wrong; nothing ran
+    │   ├── UnknownMethod
+    │   └── InvalidArguments      arguments failed validation against the method signature
+    ├── ConflictError             the commit's expected_rev did not match: ownership lost
+    ├── CallTimeout               the call overran its timeout; the turn was rolled back
+    ├── Overloaded                the object's queue is full; retry after ``retry_after`` seconds
+    ├── StorageUnavailable        the database could not be reached or refused the transaction
+    ├── CorruptState              a stored checkpoint or journal entry cannot be decoded
+    ├── ConnectionRejected        ``on_connect`` or ``authorize`` refused a websocket attach
+    └── MissingDependency         an optional driver is not installed (names the pip command)
+
+Each class carries a stable ``type`` string (used in websocket error frames and HTTP error
+bodies) so clients never depend on Python class names.
+"""
+
+from __future__ import annotations
+
+
+class ObjectsError(Exception):
+    """Base class of every error raised by fastapi_objects."""
+
+    type: str = "objects_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ObjectNotFound(ObjectsError):
+    """The object (or its type) does not exist."""
+
+    type = "not_found"
+
+
+class UnknownObjectType(ObjectNotFound):
+    """No object class is registered under this type name."""
+
+    type = "unknown_type"
+
+
+class InvalidKey(ObjectsError):
+    """An object key is empty, too long, or uses characters outside ``[A-Za-z0-9_.:@+=~-]``."""
+
+    type = "invalid_key"
+
+
+class InvalidCall(ObjectsError):
+    """The call cannot run as asked; nothing was executed and nothing was written."""
+
+    type = "invalid_call"
+
+
+class UnknownMethod(InvalidCall, AttributeError):
+    """The object has no public method of that name (also an ``AttributeError``)."""
+
+    type = "unknown_method"
+
+
+class InvalidArguments(InvalidCall):
+    """The arguments do not match the method signature (validated with pydantic)."""
+
+    type = "invalid_arguments"
+
+
+class ConflictError(ObjectsError):
+    """Another writer committed first: this instance lost ownership and was dropped.
+
+    The turn that hit the conflict was not applied. Usually a second process (another
+    uvicorn worker, another machine) activated the same object; see ``docs/running.md``.
+    """
+
+    type = "conflict"
+
+
+class CallTimeout(ObjectsError):
+    """The call overran its timeout; a turn still running was cancelled and rolled back."""
+
+    type = "timeout"
+
+
+class Overloaded(ObjectsError):
+    """The object's queue is full; the caller should retry after ``retry_after`` seconds."""
+
+    type = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageUnavailable(ObjectsError):
+    """The database could not be reached, or the commit failed; the outcome was not acknowledged."""
+
+    type = "storage_unavailable"
+
+
+class CorruptState(ObjectsError):
+    """A stored checkpoint or journal entry cannot be decoded into the object's state."""
+
+    type = "corrupt_state"
+
+
+class ConnectionRejected(ObjectsError):
+    """A websocket attach was refused by ``authorize`` or by the object's ``on_connect``."""
+
+    type = "rejected"
+
+    def __init__(self, message: str = "connection rejected", code: int = 4403) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MissingDependency(ObjectsError):
+    """An optional driver is missing; the message names the ``pip install`` that adds it."""
+
+    type = "missing_dependency"

@@ -1,0 +1,10 @@
+"""The runtime: activation, turns, group commit, hibernation and handles. It knows no HTTP."""
+
+from __future__ import annotations
+
+from .handle import Handle
+from .methods import readonly
+from .object import DurableObject, EventSourced
+from .runtime import Runtime, RuntimeStats
+
+__all__ = ["DurableObject", "EventSourced", "Handle", "Runtime", "RuntimeStats", "readonly"]

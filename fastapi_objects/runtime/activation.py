@@ -1,0 +1,437 @@
+"""One live instance of an object: its turn gate, turns, thaw and hibernation.
+
+Turns run in the caller's own task (no task per object): a call takes the gate, runs the
+method, hands the commit to the group committer and releases the gate *before* the commit
+returns, so the next turn runs on the new state at once (pipelining). What is held back is the
+output: the caller waits for its turn's commit, and a turn that changed nothing (or a read-only
+call) waits for the latest commit whose state it could have seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from .._exceptions import ConflictError, CorruptState, ObjectsError, StorageUnavailable
+from ..storage import Commit
+from .object import DurableObject, EventSourced
+
+if TYPE_CHECKING:
+    from .committer import PendingCommit
+    from .connection import Connection
+    from .methods import MethodSpec
+    from .runtime import Runtime
+
+log = logging.getLogger("fastapi_objects")
+
+# The activations whose turns are running in this call chain: a call that comes back to one
+# of them runs inside the running turn instead of waiting for it (which would never happen).
+_chain: ContextVar[tuple[Activation, ...]] = ContextVar("objects_call_chain", default=())
+
+
+class Stale(Exception):
+    """This activation was closed (hibernated, fenced out); retry on a fresh one."""
+
+
+class Turn:
+    """What a running turn produced besides state: journal entries and post-commit actions."""
+
+    __slots__ = ("entries", "after")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Any]] = []
+        self.after: list[Any] = []
+
+
+class Activation:
+    """The live instance of ``(type, key)`` on this node."""
+
+    __slots__ = (
+        "runtime", "cls", "key", "topic", "instance", "event_sourced",
+        "rev", "journal_rev", "snapshot_rev", "since_snapshot", "state_json",
+        "queued", "last", "closed", "last_used", "in_flight", "connections",
+        "_writer", "_readers", "_waiters", "_turn", "_timer",
+    )
+
+    def __init__(self, runtime: Runtime, cls: type[DurableObject[Any]], key: str) -> None:
+        self.runtime = runtime
+        self.cls = cls
+        self.key = key
+        self.topic = f"{cls.type_name}:{key}"
+        self.event_sourced = issubclass(cls, EventSourced)
+        self.rev = self.journal_rev = self.snapshot_rev = self.since_snapshot = 0
+        self.state_json: Any = None
+        self.queued: PendingCommit | None = None  # merged turns not yet taken by the writer
+        self.last: PendingCommit | None = None  # latest commit not yet durable (output gate)
+        self.closed = False
+        self.in_flight = 0
+        self.connections: dict[str, Connection] | None = None
+        self._writer = True  # the loader holds the gate until thawed
+        self._readers = 0
+        self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
+        self._turn: Turn | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.last_used = runtime.loop.time()
+
+    # -- thaw --------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Thaw from storage (checkpoint, migration, journal replay), then run ``on_activate``."""
+        cls = self.cls
+        storage = self.runtime.storage
+        try:
+            cp = await storage.load(cls.type_name, self.key)
+        except ValueError as exc:
+            raise CorruptState(f"{self.topic}: stored checkpoint is not valid JSON ({exc})") from exc
+        instance = cls()
+        instance.key = self.key
+        instance.objects = self.runtime
+        instance._activation = self
+        if cp is None:
+            instance.state = cls.state_model()
+        else:
+            self.rev, self.journal_rev, self.snapshot_rev = cp.rev, cp.journal_rev, cp.snapshot_rev
+            instance.state = self._decode(cp.state, cp.state_version)
+            if self.event_sourced and cp.journal_rev > cp.snapshot_rev:
+                await self._replay(instance)
+            if cp.status != "active":
+                self.runtime.committer.set_status(cls.type_name, self.key, "active")
+        self.instance = instance
+        if not self.event_sourced:
+            self.state_json = instance.state.model_dump(mode="json")
+        await self._run_hook(instance.on_activate)
+        self.runtime.counters.thaws += 1
+        self._arm(cls.idle_timeout)
+
+    def _decode(self, data: Any, version: int) -> Any:
+        cls = self.cls
+        if version > cls.state_version:
+            raise CorruptState(
+                f"{self.topic}: stored state version {version} is newer than "
+                f"{cls.__name__}.state_version={cls.state_version} (a newer deploy wrote it?)"
+            )
+        if not isinstance(data, dict):
+            raise CorruptState(f"{self.topic}: stored state is {type(data).__name__}, not an object")
+        if version < cls.state_version:
+            data = cls.migrate_state(data, version)
+        try:
+            return cls.state_model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise CorruptState(
+                f"{self.topic}: stored state (version {version}) does not fit "
+                f"{cls.state_model.__name__}: {exc.errors(include_url=False)[:3]}"
+            ) from None
+
+    async def _replay(self, instance: DurableObject[Any]) -> None:
+        cls = self.cls
+        assert issubclass(cls, EventSourced)
+        try:
+            entries = await self.runtime.storage.read_journal(
+                cls.type_name, self.key, after_rev=self.snapshot_rev
+            )
+        except ValueError as exc:
+            raise CorruptState(f"{self.topic}: a journal entry is not valid JSON ({exc})") from exc
+        state = instance.state
+        for entry in entries:
+            if entry.kind != "event":
+                continue
+            try:
+                event = cls.event_adapter.validate_python(entry.payload)
+            except pydantic.ValidationError as exc:
+                raise CorruptState(
+                    f"{self.topic}: journal entry rev {entry.rev} is not a valid event: "
+                    f"{exc.errors(include_url=False)[:3]}"
+                ) from None
+            state = cls.apply(state, event)
+            self.since_snapshot += 1
+        instance.state = state
+
+    # -- the gate ----------------------------------------------------------------------------
+
+    def _try_acquire(self, readonly: bool) -> bool:
+        if self._waiters or self._writer:
+            return False
+        if readonly:
+            self._readers += 1
+            return True
+        if self._readers:
+            return False
+        self._writer = True
+        return True
+
+    async def _wait(self, readonly: bool) -> None:
+        if len(self._waiters) >= self.cls.max_queue:
+            from .._exceptions import Overloaded
+
+            raise Overloaded(
+                f"{self.topic}: {len(self._waiters)} calls are already waiting "
+                f"(max_queue={self.cls.max_queue})",
+                retry_after=1.0,
+            )
+        fut: asyncio.Future[None] = self.runtime.loop.create_future()
+        entry = (fut, readonly)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(readonly)  # granted just as we were cancelled: pass it on
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+            raise
+
+    def _release(self, readonly: bool) -> None:
+        if readonly:
+            self._readers -= 1
+        else:
+            self._writer = False
+        waiters = self._waiters
+        while waiters:
+            fut, ro = waiters[0]
+            if fut.done():
+                waiters.popleft()
+            elif ro and not self._writer:
+                waiters.popleft()
+                self._readers += 1
+                fut.set_result(None)
+            elif not ro and not self._writer and not self._readers:
+                waiters.popleft()
+                self._writer = True
+                fut.set_result(None)
+                break
+            else:
+                break
+
+    async def _enter(self, readonly: bool) -> None:
+        if self.closed:
+            raise Stale
+        if not self._try_acquire(readonly):
+            await self._wait(readonly)
+            if self.closed:
+                self._release(readonly)
+                raise Stale
+
+    # -- turns -------------------------------------------------------------------------------
+
+    def turn(self) -> Turn:
+        """The running turn; ``record``/``emit``/``broadcast`` need one."""
+        if self._turn is None:
+            raise RuntimeError(f"{self.topic}: record(), emit() and broadcast() run inside a turn")
+        return self._turn
+
+    async def call(self, spec: MethodSpec, args: dict[str, Any]) -> Any:
+        """Run one call as a turn (or inside the running turn, when re-entered)."""
+        chain = _chain.get()
+        if self in chain:
+            return await spec.fn(self.instance, **args)
+        readonly = spec.readonly
+        await self._enter(readonly)
+        token = _chain.set((*chain, self))
+        self.in_flight += 1
+        try:
+            if readonly:
+                try:
+                    result = await spec.fn(self.instance, **args)
+                finally:
+                    self._release(True)
+                pending = self.last
+            else:
+                try:
+                    result, pending = await self._turn_of(spec.fn(self.instance, **args))
+                finally:
+                    self._release(False)
+        finally:
+            _chain.reset(token)
+            self.in_flight -= 1
+            self.last_used = self.runtime.loop.time()
+        if pending is not None and not (pending.done and pending.error is None):
+            await pending.wait()
+        return result
+
+    async def _turn_of(self, coro: Any) -> tuple[Any, PendingCommit | None]:
+        """Run a mutating turn; roll its state back and publish nothing if it raises."""
+        turn = self._turn = Turn()
+        instance = self.instance
+        saved = instance.state
+        try:
+            result = await coro
+            pending = self._finish(turn) or self.last
+        except BaseException:
+            if self.event_sourced:
+                instance.state = saved  # apply() is pure: the old state object is intact
+            else:
+                instance.state = self.cls.state_model.model_validate(self.state_json)
+            raise
+        finally:
+            self._turn = None
+        self.runtime.counters.turns += 1
+        return result, pending
+
+    async def _run_hook(self, hook: Any, snapshot: bool = False) -> PendingCommit | None:
+        """Run a lifecycle hook as a turn (the caller holds the gate)."""
+        _, pending = await self._turn_of(hook())
+        if snapshot and self.event_sourced and self.since_snapshot:
+            pending = self._commit(Turn(), self.instance.state.model_dump(mode="json"), True)
+        return pending
+
+    def _finish(self, turn: Turn) -> PendingCommit | None:
+        """Hand a finished turn to the committer; ``None`` when it changed nothing."""
+        instance = self.instance
+        if self.event_sourced:
+            if not turn.entries:
+                return None
+            self.since_snapshot += sum(1 for kind, _ in turn.entries if kind == "event")
+            snapshot = self.rev == 0 or self.since_snapshot >= self.cls.snapshot_every  # type: ignore[attr-defined]
+            state = instance.state.model_dump(mode="json") if snapshot else None
+            return self._commit(turn, state, snapshot)
+        state = instance.state.model_dump(mode="json")
+        if state == self.state_json:
+            if not turn.entries:
+                if turn.after:  # broadcasts of a turn that wrote nothing: after earlier commits
+                    if self.last is not None:
+                        self.last.after.extend(turn.after)
+                    else:
+                        for action in turn.after:
+                            action()
+                return None
+            if self.rev:
+                state = None  # journal only; a first commit must create the row with its state
+        if state is not None:
+            self.state_json = state
+        return self._commit(turn, state, True)
+
+    def _commit(self, turn: Turn, state: Any, snapshot: bool) -> PendingCommit:
+        new_rev = self.rev + 1
+        journal_rev = self.journal_rev + len(turn.entries)
+        if snapshot:
+            self.snapshot_rev = journal_rev
+            self.since_snapshot = 0
+        commit = Commit(
+            type=self.cls.type_name, key=self.key, expected_rev=self.rev, new_rev=new_rev,
+            state=state, state_version=self.cls.state_version if state is not None else None,
+            snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=turn.entries,
+        )
+        self.rev, self.journal_rev = new_rev, journal_rev
+        pending = self.runtime.committer.submit(self, commit)
+        pending.after.extend(turn.after)
+        self.last = pending
+        return pending
+
+    # -- commit outcomes (called by the committer) --------------------------------------------
+
+    def committed(self, pending: PendingCommit) -> None:
+        """A commit of this object is durable."""
+        if self.last is pending:
+            self.last = None
+
+    def commit_failed(self, pending: PendingCommit, failure: ObjectsError | None) -> None:
+        """A commit was fenced out (``failure is None``) or the transaction failed: drop out."""
+        error: ObjectsError
+        if failure is None:
+            self.runtime.counters.conflicts += 1
+            error = ConflictError(
+                f"{self.topic}: commit on rev {pending.commit.expected_rev} was fenced out: another "
+                "writer changed this object (a second process or machine serving it?). This "
+                "instance was dropped and the call was not applied; see docs/running.md"
+            )
+        else:
+            error = StorageUnavailable(
+                f"{self.topic}: {failure.message}; the call was not acknowledged and the object "
+                "will reload from storage on the next call"
+            )
+        self.invalidate(error)
+        pending.finish(error)
+
+    def invalidate(self, error: ObjectsError) -> None:
+        """Drop this instance: fail turns that built on unconfirmed state, forget it."""
+        if self.queued is not None:
+            self.runtime.committer.discard(self.queued, error)
+            self.queued = None
+        self.close()
+
+    def close(self) -> None:
+        """Leave memory: queued callers retry on a fresh activation."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.runtime.forget(self)
+        for fut, _ in self._waiters:
+            if not fut.done():
+                fut.set_exception(Stale())
+        self._waiters.clear()
+
+    # -- broadcasts and connections ----------------------------------------------------------
+
+    def broadcast(self, event: str, payload: Any, exclude: Connection | None) -> None:
+        """Publish after the running turn commits."""
+        topic = self.topic
+        exclude_id = exclude.id if exclude is not None else None
+        self.turn().after.append(
+            lambda: self.runtime.publish_nowait(topic, event, payload, exclude=exclude_id)
+        )
+
+    def connections_tagged(self, tag: str | None) -> list[Connection]:
+        """Attached connections on this node, optionally filtered by tag."""
+        conns = list(self.connections.values()) if self.connections else []
+        return conns if tag is None else [c for c in conns if tag in c.tags]
+
+    # -- hibernation -------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """Whether a call, a waiter or an attached client keeps this object awake."""
+        return bool(
+            self.in_flight or self.connections or self._writer or self._readers or self._waiters
+        )
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self.runtime.loop.call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        timeout = self.cls.idle_timeout
+        idle_for = self.runtime.loop.time() - self.last_used
+        if self.busy() or idle_for < timeout:
+            self._arm(timeout if self.busy() else timeout - idle_for)
+            return
+        self.runtime.spawn(self.hibernate())
+
+    async def hibernate(self, force: bool = False) -> None:
+        """Run ``on_hibernate``, make everything durable and leave memory.
+
+        Unless ``force`` (shutdown), it gives up if a call or a client arrived meanwhile.
+        """
+        try:
+            await self._enter(False)
+        except Stale:
+            return
+        try:
+            if not force and (self.in_flight or self.connections or self._waiters):
+                self._arm(self.cls.idle_timeout)
+                return
+            try:
+                pending = await self._run_hook(self.instance.on_hibernate, snapshot=True)
+            except Exception:
+                log.exception("%s: on_hibernate failed; its changes were rolled back", self.topic)
+                pending = None
+            pending = pending or self.last
+            if pending is not None:
+                try:
+                    await pending.wait()
+                except ObjectsError:
+                    return  # the failed commit already dropped this instance
+            if self.rev:
+                self.runtime.committer.set_status(self.cls.type_name, self.key, "hibernated")
+            self.runtime.counters.hibernations += 1
+            self.close()
+        finally:
+            self._release(False)

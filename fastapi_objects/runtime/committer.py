@@ -1,0 +1,172 @@
+"""Group commit: one writer that commits whatever turns are waiting, of every object, at once.
+
+Each object has at most one *queued* entry (turns that arrive while it waits are merged into
+it: the newest state, every journal entry, every waiter) and at most one entry *in flight*.
+Batches are committed one after another, so an object's commits land in turn order and a
+turn's waiters can be released, and its broadcasts sent, as soon as its batch commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .._exceptions import ObjectsError, StorageUnavailable
+from ..storage import Commit, StatusUpdate, Storage
+
+if TYPE_CHECKING:
+    from .activation import Activation
+
+log = logging.getLogger("fastapi_objects")
+
+
+class PendingCommit:
+    """Turns of one object waiting to be durable, merged into one fenced ``Commit``."""
+
+    __slots__ = ("activation", "commit", "waiters", "after", "error", "done")
+
+    def __init__(self, activation: Activation, commit: Commit) -> None:
+        self.activation = activation
+        self.commit = commit
+        self.waiters: list[asyncio.Future[None]] = []
+        self.after: list[Callable[[], None]] = []
+        self.error: ObjectsError | None = None
+        self.done = False
+
+    def merge(self, commit: Commit) -> None:
+        """Fold a later turn of the same object into this pending commit."""
+        mine = self.commit
+        mine.new_rev = commit.new_rev
+        mine.journal_rev = commit.journal_rev
+        mine.snapshot_rev = commit.snapshot_rev
+        mine.entries.extend(commit.entries)
+        if commit.state is not None:
+            mine.state = commit.state
+            mine.state_version = commit.state_version
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future that resolves when this commit is durable (or fails with its error)."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.done:
+            self._settle(fut)
+        else:
+            self.waiters.append(fut)
+        return fut
+
+    def _settle(self, fut: asyncio.Future[None]) -> None:
+        if fut.done():
+            return  # its caller was cancelled; the commit goes on regardless
+        if self.error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(self.error)
+
+    def finish(self, error: ObjectsError | None) -> None:
+        """Release every waiter; run the post-commit actions only on success."""
+        self.done = True
+        self.error = error
+        if error is None:
+            for action in self.after:
+                try:
+                    action()
+                except Exception:  # a failing subscriber must not fail the commit
+                    log.exception("post-commit action failed")
+        for fut in self.waiters:
+            self._settle(fut)
+
+
+class GroupCommitter:
+    """The single writer of a runtime: batches commits of many objects per transaction."""
+
+    def __init__(self, storage: Storage, max_batch: int = 512) -> None:
+        self.storage = storage
+        self.max_batch = max_batch
+        self._queue: list[PendingCommit] = []
+        self._statuses: dict[tuple[str, str], StatusUpdate] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0
+        self.commits = 0
+
+    def start(self) -> None:
+        """Start the writer task."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="objects-commit")
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the writer."""
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or in flight."""
+        while self._queue or self._statuses or not self._idle.is_set():
+            self._wakeup.set()
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    def submit(self, activation: Activation, commit: Commit) -> PendingCommit:
+        """Queue a turn's commit, merging it into the object's queued entry if there is one."""
+        queued = activation.queued
+        if queued is not None:
+            queued.merge(commit)
+            return queued
+        pending = PendingCommit(activation, commit)
+        activation.queued = pending
+        self._queue.append(pending)
+        self._idle.clear()
+        self._wakeup.set()
+        return pending
+
+    def set_status(self, type: str, key: str, status: str) -> None:
+        """Queue an unfenced status change; the latest one per object wins."""
+        self._statuses[(type, key)] = StatusUpdate(type, key, status)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def discard(self, pending: PendingCommit, error: ObjectsError) -> None:
+        """Drop a queued entry (its object was invalidated) and fail its waiters."""
+        if pending in self._queue:
+            self._queue.remove(pending)
+        pending.finish(error)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue and not self._statuses:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            statuses = list(self._statuses.values())
+            self._statuses.clear()
+            for pending in batch:
+                pending.activation.queued = None
+            try:
+                flags = await self.storage.commit([p.commit for p in batch], statuses)
+            except StorageUnavailable as exc:
+                flags = [False] * len(batch)
+                failure: ObjectsError | None = exc
+            except Exception as exc:  # never let the writer die
+                log.exception("group commit failed")
+                flags = [False] * len(batch)
+                failure = StorageUnavailable(f"commit failed: {exc!r}")
+            else:
+                failure = None
+            self.batches += 1
+            self.commits += len(batch)
+            for pending, ok in zip(batch, flags, strict=True):
+                if ok:
+                    pending.activation.committed(pending)
+                    pending.finish(None)
+                else:
+                    pending.activation.commit_failed(pending, failure)

@@ -1,0 +1,128 @@
+"""Callable methods of an object: discovery, argument validation, result encoding."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, get_type_hints
+
+import pydantic
+from pydantic_core import to_jsonable_python
+
+from .._exceptions import InvalidArguments
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+# Names on DurableObject that are hooks or helpers, never remote-callable methods.
+RESERVED = frozenset({
+    "on_activate", "on_hibernate", "on_connect", "on_message", "on_disconnect",
+    "migrate_state", "apply", "record", "emit", "broadcast", "connections",
+})
+
+
+def readonly(fn: F) -> F:
+    """Mark a method read-only: it may run concurrently with other read-only calls.
+
+    A read-only method must not change ``self.state``; its result still waits for the commit
+    of any earlier turn whose state it could have seen (the output gate).
+
+    Example::
+
+        @readonly
+        async def get(self) -> int:
+            return self.state.value
+    """
+    fn.__objects_readonly__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+class MethodSpec:
+    """How to call one method: its parameters, validator and result encoder."""
+
+    __slots__ = ("fn", "name", "params", "readonly", "_validator", "_result")
+
+    def __init__(self, owner: type, name: str, fn: Callable[..., Awaitable[Any]]) -> None:
+        self.fn = fn
+        self.name = name
+        self.readonly: bool = getattr(fn, "__objects_readonly__", False)
+        signature = inspect.signature(fn)
+        hints = get_type_hints(fn, include_extras=True)
+        fields: dict[str, Any] = {}
+        params = []
+        for param in list(signature.parameters.values())[1:]:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TypeError(f"{owner.__name__}.{name}: *args and **kwargs cannot be called remotely")
+            annotation = hints.get(param.name, Any)
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (annotation, default)
+            params.append(param.name)
+        self.params = tuple(params)
+        self._validator: type[pydantic.BaseModel] | None = (
+            pydantic.create_model(
+                f"{owner.__name__}.{name}",
+                __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                **fields,
+            )
+            if fields
+            else None
+        )
+        returns = hints.get("return", Any)
+        self._result = pydantic.TypeAdapter(returns) if returns not in (Any, None) else None
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Map positional and keyword arguments to parameter names."""
+        if not args:
+            return kwargs
+        if len(args) > len(self.params):
+            raise InvalidArguments(
+                f"{self.name}() takes {len(self.params)} arguments, {len(args)} were given"
+            )
+        bound = dict(zip(self.params, args, strict=False))
+        for name in kwargs:
+            if name in bound:
+                raise InvalidArguments(f"{self.name}() got two values for argument {name!r}")
+        bound.update(kwargs)
+        return bound
+
+    def validate(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Validate arguments against the signature; raise ``InvalidArguments``."""
+        if self._validator is None:
+            if args:
+                raise InvalidArguments(
+                    f"{self.name}() takes no arguments; got {', '.join(sorted(args))}"
+                )
+            return args
+        if not isinstance(args, dict):
+            raise InvalidArguments(f"{self.name}(): arguments must be an object of name: value")
+        try:
+            model = self._validator.model_validate(args)
+        except pydantic.ValidationError as exc:
+            raise InvalidArguments(f"{self.name}(): {_describe(exc)}") from None
+        return {name: getattr(model, name) for name in self.params}
+
+    def encode_result(self, result: Any) -> Any:
+        """Turn a method's result into JSON-compatible data."""
+        if self._result is not None:
+            return self._result.dump_python(result, mode="json")
+        return to_jsonable_python(result)
+
+
+def discover(owner: type, base: type) -> dict[str, MethodSpec]:
+    """Find the public ``async def`` methods of ``owner`` that ``base`` does not define."""
+    specs: dict[str, MethodSpec] = {}
+    for name in dir(owner):
+        if name.startswith("_") or name in RESERVED or hasattr(base, name):
+            continue
+        fn = inspect.getattr_static(owner, name)
+        if isinstance(fn, staticmethod | classmethod) or not inspect.iscoroutinefunction(fn):
+            continue
+        specs[name] = MethodSpec(owner, name, fn)
+    return specs
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "arguments"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

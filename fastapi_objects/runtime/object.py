@@ -1,0 +1,177 @@
+"""``DurableObject``: the class users subclass, and its event-sourced variant."""
+
+from __future__ import annotations
+
+import typing
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import pydantic
+
+from .keys import snake_case, validate_type_name
+from .methods import MethodSpec, discover
+
+if TYPE_CHECKING:
+    from .activation import Activation
+    from .connection import Connection
+    from .runtime import Runtime
+
+S = TypeVar("S", bound=pydantic.BaseModel)
+E = TypeVar("E")
+
+
+def _type_arg(cls: type, generic: type, index: int) -> Any:
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, generic):
+                args = typing.get_args(base)
+                if len(args) > index and not isinstance(args[index], TypeVar):
+                    return args[index]
+    return None
+
+
+def _state_model(cls: type) -> type[pydantic.BaseModel] | None:
+    model = _type_arg(cls, DurableObject, 0)
+    if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+        return model
+    return None
+
+
+class DurableObject(Generic[S]):
+    """A keyed, singleton, durable object whose state is a pydantic model.
+
+    Public ``async def`` methods are callable through a ``Handle``; calls run one turn at a time
+    and each turn that changed ``self.state`` is committed before its caller gets the result.
+
+    Example::
+
+        class CounterState(BaseModel):
+            value: int = 0
+
+        class Counter(DurableObject[CounterState]):
+            async def increment(self, by: int = 1) -> int:
+                self.state.value += by
+                return self.state.value
+
+    Class options: ``type_name`` (default: the class name in snake_case), ``state_version``
+    (with ``migrate_state``), ``idle_timeout`` (seconds without calls or clients before
+    hibernating), ``call_timeout`` (seconds), ``max_queue`` (calls waiting before ``Overloaded``),
+    ``max_connections`` (websocket clients attached at once).
+    """
+
+    type_name: ClassVar[str]
+    state_model: ClassVar[type[pydantic.BaseModel]]
+    state_version: ClassVar[int] = 1
+    idle_timeout: ClassVar[float] = 30.0
+    call_timeout: ClassVar[float] = 30.0
+    max_queue: ClassVar[int] = 1024
+    max_connections: ClassVar[int] = 32_768
+    __objects_methods__: ClassVar[dict[str, MethodSpec]]
+
+    key: str
+    state: S
+    objects: Runtime
+    _activation: Activation
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        model = _state_model(cls)
+        if model is None:
+            return  # a generic intermediate class, not a concrete object type
+        cls.state_model = model
+        cls.type_name = validate_type_name(cls.__dict__.get("type_name", snake_case(cls.__name__)))
+        cls.__objects_methods__ = discover(cls, DurableObject)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    async def on_activate(self) -> None:
+        """Run when the object is loaded into memory (first call or attach after hibernation)."""
+
+    async def on_hibernate(self) -> None:
+        """Run before the object leaves memory after ``idle_timeout``; changes are committed."""
+
+    async def on_connect(self, conn: Connection) -> None:
+        """Run when a websocket client attaches; raise ``ConnectionRejected`` to refuse it."""
+
+    async def on_message(self, conn: Connection, frame: dict[str, Any]) -> None:
+        """Run for a client frame that is not a call (a custom event)."""
+
+    async def on_disconnect(self, conn: Connection) -> None:
+        """Run when a websocket client detaches."""
+
+    @classmethod
+    def migrate_state(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:
+        """Upgrade a checkpoint written at ``from_version`` to ``state_version``.
+
+        Called on thaw when the stored version is older. The default refuses, so that an
+        unplanned version bump is a clear error instead of silently dropped data.
+        """
+        from .._exceptions import CorruptState
+
+        raise CorruptState(
+            f"{cls.__name__} stores state version {from_version} but the class is at "
+            f"state_version={cls.state_version}; define {cls.__name__}.migrate_state"
+        )
+
+    # -- helpers for methods -----------------------------------------------------------------
+
+    def record(self, kind: str, payload: Any = None) -> None:
+        """Append a journal entry, committed together with this turn (dropped if it fails)."""
+        self._activation.turn().entries.append((kind, payload))
+
+    def broadcast(
+        self, event: str, payload: Any = None, *, exclude: Connection | None = None
+    ) -> None:
+        """Send ``event`` to every attached client, after this turn commits.
+
+        Goes to the topic ``"{type}:{key}"``, so it reaches clients on every node.
+        """
+        self._activation.broadcast(event, payload, exclude)
+
+    def connections(self, tag: str | None = None) -> list[Connection]:
+        """The clients attached to this object on this node, optionally only those tagged ``tag``."""
+        return self._activation.connections_tagged(tag)
+
+
+class EventSourced(DurableObject[S], Generic[S, E]):
+    """An object whose state is rebuilt from its journal of events with a pure ``apply``.
+
+    ``emit(event)`` applies the event to the state at once and journals it with the turn;
+    on thaw the runtime loads the latest snapshot and replays the events after it. A snapshot
+    is written every ``snapshot_every`` events and on hibernation.
+
+    Example::
+
+        class Deposited(BaseModel):
+            amount: int
+
+        class Account(EventSourced[Balance, Deposited]):
+            @staticmethod
+            def apply(state: Balance, event: Deposited) -> Balance:
+                return Balance(total=state.total + event.amount)
+
+            async def deposit(self, amount: int) -> int:
+                self.emit(Deposited(amount=amount))
+                return self.state.total
+    """
+
+    snapshot_every: ClassVar[int] = 100
+    event_adapter: ClassVar[pydantic.TypeAdapter[Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        event = _type_arg(cls, EventSourced, 1)
+        if event is not None:
+            cls.event_adapter = pydantic.TypeAdapter(event)
+
+    @staticmethod
+    def apply(state: Any, event: Any) -> Any:
+        """Return the state after ``event`` (pure: no I/O, no clock, no randomness)."""
+        raise NotImplementedError("EventSourced objects must define a static apply(state, event)")
+
+    def emit(self, event: E) -> None:
+        """Apply ``event`` to the state now and journal it with this turn."""
+        self.state = self.apply(self.state, event)
+        self._activation.turn().entries.append(
+            ("event", self.event_adapter.dump_python(event, mode="json"))
+        )

@@ -1,0 +1,296 @@
+"""``Runtime``: the registry of live objects on this node, and the way calls reach them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from .._exceptions import CallTimeout, UnknownMethod, UnknownObjectType
+from ..storage import (
+    DEFAULT_DATABASE_URL,
+    JournalEntry,
+    ObjectPage,
+    ObjectQuery,
+    Storage,
+    TypeStats,
+    normalize_url,
+    open_storage,
+)
+from .activation import Activation, Stale
+from .committer import GroupCommitter
+from .handle import Handle, _Handle
+from .keys import validate_key
+from .methods import MethodSpec
+from .object import DurableObject
+
+T = TypeVar("T", bound=DurableObject[Any])
+
+
+@dataclass
+class Counters:
+    """Running totals since start."""
+
+    thaws: int = 0
+    hibernations: int = 0
+    turns: int = 0
+    conflicts: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeStats:
+    """A snapshot of what this node's runtime holds and has done (see ``Runtime.stats``)."""
+
+    active: int
+    thaws: int
+    hibernations: int
+    turns: int
+    commits: int
+    batches: int
+    conflicts: int
+
+
+class Runtime:
+    """Durable objects without any web framework.
+
+    Example::
+
+        async with Runtime(objects=[Counter], database_url="sqlite+aiosqlite:///./x.db") as rt:
+            await rt.create_tables()
+            counter = rt.get(Counter, "abc")
+            print(await counter.increment(2))
+
+    ``database_url`` falls back to ``OBJECTS_DATABASE_URL``, then to
+    ``sqlite+aiosqlite:///./objects.db``. ``create_tables`` (default: only for SQLite and
+    memory, which have no migration step to run) creates the tables on start. ``max_batch``
+    caps how many objects' commits share one transaction.
+    """
+
+    def __init__(
+        self,
+        objects: Sequence[type[DurableObject[Any]]] = (),
+        database_url: str | None = None,
+        *,
+        schema: str | None = None,
+        create_tables: bool | None = None,
+        max_batch: int = 512,
+    ) -> None:
+        self.database_url = normalize_url(
+            database_url or os.environ.get("OBJECTS_DATABASE_URL") or DEFAULT_DATABASE_URL
+        )
+        self.types: dict[str, type[DurableObject[Any]]] = {}
+        for cls in objects:
+            self.register(cls)
+        self.storage: Storage = open_storage(self.database_url, schema=schema)
+        self.committer = GroupCommitter(self.storage, max_batch=max_batch)
+        self.create_tables_on_start = (
+            create_tables
+            if create_tables is not None
+            else not self.database_url.startswith("postgresql")
+        )
+        self.counters = Counters()
+        self._activations: dict[tuple[str, str], Activation] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def register(self, cls: type[DurableObject[Any]]) -> None:
+        """Add an object class; its ``type_name`` must be unique in this runtime."""
+        if not hasattr(cls, "state_model"):
+            raise TypeError(f"{cls.__name__} must subclass DurableObject[YourStateModel]")
+        other = self.types.get(cls.type_name)
+        if other is not None and other is not cls:
+            raise ValueError(
+                f"type name {cls.type_name!r} is used by {other.__qualname__} and "
+                f"{cls.__qualname__}; set type_name on one of them"
+            )
+        self.types[cls.type_name] = cls
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the runtime was started on."""
+        if self._loop is None:
+            raise RuntimeError(
+                "the objects runtime is not started: use `async with Objects(...)` or the "
+                "FastAPI lifespan (`FastAPI(lifespan=objects.lifespan)`)"
+            )
+        return self._loop
+
+    async def start(self) -> None:
+        """Connect to storage and start the group committer."""
+        self._loop = asyncio.get_running_loop()
+        await self.storage.start()
+        if self.create_tables_on_start:
+            await self.storage.create_tables()
+        self.committer.start()
+
+    async def close(self) -> None:
+        """Hibernate every live object (running ``on_hibernate``), commit, disconnect."""
+        if self._loop is None:
+            return
+        await asyncio.gather(
+            *(act.hibernate(force=True) for act in list(self._activations.values())),
+            return_exceptions=True,
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.committer.close()
+        await self.storage.close()
+        self._loop = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def create_tables(self) -> None:
+        """Create the storage tables when missing (idempotent)."""
+        await self.storage.create_tables()
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def object_type(self, type_name: str) -> type[DurableObject[Any]]:
+        """The registered class for ``type_name``, or ``UnknownObjectType``."""
+        cls = self.types.get(type_name)
+        if cls is None:
+            known = ", ".join(sorted(self.types)) or "none"
+            raise UnknownObjectType(f"unknown object type {type_name!r} (registered: {known})")
+        return cls
+
+    def get(self, cls: type[T], key: str) -> Handle[T]:
+        """Return a handle to the object ``(cls, key)``; nothing is loaded until it is called."""
+        if self.types.get(getattr(cls, "type_name", "")) is not cls:
+            raise UnknownObjectType(
+                f"{cls.__name__} is not registered: pass it in Objects(objects=[...])"
+            )
+        return _Handle(self, cls, validate_key(key))  # type: ignore[return-value]
+
+    async def call(
+        self, cls: type[DurableObject[Any]], key: str, method: str, args: dict[str, Any]
+    ) -> Any:
+        """Call ``method`` by name with keyword ``args``, validating both."""
+        spec = cls.__objects_methods__.get(method)
+        if spec is None:
+            raise UnknownMethod(f"{cls.__name__} has no callable method {method!r}")
+        return await self.invoke(cls, validate_key(key), spec, spec.validate(args))
+
+    async def invoke(
+        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any]
+    ) -> Any:
+        """Run a validated call on the object's live instance, thawing it if needed."""
+        ident = (cls.type_name, key)
+        timeout = asyncio.timeout(cls.call_timeout)
+        try:
+            async with timeout:
+                while True:
+                    act = self._activations.get(ident)
+                    if act is None:
+                        act = await self._activate(cls, key)
+                    try:
+                        return await act.call(spec, args)
+                    except Stale:
+                        continue
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise CallTimeout(
+                f"{cls.type_name}:{key}.{spec.name}() overran call_timeout={cls.call_timeout}s; "
+                "a running turn was cancelled and rolled back"
+            ) from None
+
+    async def _activate(self, cls: type[DurableObject[Any]], key: str) -> Activation:
+        act = Activation(self, cls, key)  # holds its own gate until loaded
+        self._activations[(cls.type_name, key)] = act
+        try:
+            await act.load()
+        except BaseException:
+            act.close()
+            act._release(False)
+            raise
+        act._release(False)
+        return act
+
+    def forget(self, act: Activation) -> None:
+        """Remove a closed activation from the registry (if it is still the registered one)."""
+        ident = (act.cls.type_name, act.key)
+        if self._activations.get(ident) is act:
+            del self._activations[ident]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task owned by the runtime (cancelled on close)."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def publish_nowait(
+        self, topic: str, event: str, payload: Any, *, exclude: str | None = None
+    ) -> None:
+        """Publish a broadcast (after a commit). Without a pub/sub, nobody can be listening."""
+
+    # -- reading without thawing -------------------------------------------------------------
+
+    async def journal(
+        self, cls: type[DurableObject[Any]], key: str, after_rev: int = 0, limit: int | None = None
+    ) -> list[JournalEntry]:
+        """Read an object's committed journal entries after ``after_rev``, in order."""
+        return await self.storage.read_journal(cls.type_name, validate_key(key), after_rev, limit)
+
+    async def query(
+        self,
+        type: type[DurableObject[Any]] | str | None = None,
+        *,
+        status: str | None = None,
+        status_in: Sequence[str] | None = None,
+        key_prefix: str | None = None,
+        state_version: int | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> ObjectPage:
+        """List stored objects without thawing them, ``limit`` at a time, by ``(type, key)``.
+
+        Example: ``page = await objects.query(Counter, status="hibernated", key_prefix="user:")``
+        then ``objects.query(..., cursor=page.next_cursor)`` for the next page.
+        """
+        type_name = type if isinstance(type, str) or type is None else type.type_name
+        if type_name is not None:
+            self.object_type(type_name)
+        if key_prefix:
+            validate_key(key_prefix)
+        if not 1 <= limit <= 10_000:
+            raise ValueError("limit must be between 1 and 10000")
+        return await self.storage.query(
+            ObjectQuery(
+                type=type_name, status=status,
+                status_in=tuple(status_in) if status_in is not None else None,
+                key_prefix=key_prefix, state_version=state_version, updated_after=updated_after,
+                updated_before=updated_before, limit=limit, cursor=cursor,
+            )
+        )
+
+    async def type_stats(self) -> list[TypeStats]:
+        """Count stored objects per type and status."""
+        return await self.storage.stats()
+
+    def stats(self) -> RuntimeStats:
+        """What this node holds now and has done since start."""
+        c = self.counters
+        return RuntimeStats(
+            active=len(self._activations), thaws=c.thaws, hibernations=c.hibernations,
+            turns=c.turns, commits=self.committer.commits, batches=self.committer.batches,
+            conflicts=c.conflicts,
+        )

@@ -1,0 +1,177 @@
+"""The storage contract every backend implements, and the records it speaks in.
+
+An object ``(type, key)`` is one checkpoint row plus an append-only journal:
+
+- ``rev`` is the fencing revision: it grows by one per committed turn and every commit names
+  the ``expected_rev`` it builds on (compare-and-set);
+- ``journal_rev`` is the last journal entry's ``rev`` (entries are numbered 1, 2, 3... per object);
+- ``snapshot_rev`` is the journal position the stored ``state`` already includes. Snapshot-style
+  objects write their state every turn, so it equals ``journal_rev``; event-sourced objects write
+  it every N events and replay the journal entries after it on thaw.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JSON = Any
+"""A JSON-compatible value (dict, list, str, int, float, bool or None)."""
+
+STATUSES = ("active", "hibernated")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The stored head of one object: its latest state and revisions."""
+
+    type: str
+    key: str
+    rev: int
+    journal_rev: int
+    snapshot_rev: int
+    state: JSON
+    state_version: int
+    status: str
+    metadata: dict[str, JSON]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One entry of an object's append-only journal."""
+
+    rev: int
+    kind: str
+    payload: JSON
+    at: datetime
+
+
+@dataclass(slots=True)
+class Commit:
+    """What one or more turns of one object write, fenced by ``expected_rev``.
+
+    ``expected_rev == 0`` creates the object. ``state`` is ``None`` when the turns wrote only
+    journal entries (an event-sourced object between snapshots); ``state_version`` is then
+    ``None`` too and the stored one is kept.
+    """
+
+    type: str
+    key: str
+    expected_rev: int
+    new_rev: int
+    state: JSON | None
+    state_version: int | None
+    snapshot_rev: int
+    journal_rev: int
+    entries: list[tuple[str, JSON]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """An unfenced status change (``active`` on thaw, ``hibernated`` on hibernation)."""
+
+    type: str
+    key: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectQuery:
+    """Filters for listing objects without thawing them; see ``Storage.query``."""
+
+    type: str | None = None
+    status: str | None = None
+    status_in: tuple[str, ...] | None = None
+    key_prefix: str | None = None
+    state_version: int | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPage:
+    """One page of a query; pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    items: list[Checkpoint]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStats:
+    """How many objects of one type are in one status."""
+
+    type: str
+    status: str
+    count: int
+
+
+class Storage(ABC):
+    """The async storage contract: checkpoints, journal, fenced batched commits and queries."""
+
+    url: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections; the default does nothing."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default does nothing."""
+
+    @abstractmethod
+    async def create_tables(self) -> None:
+        """Create the version-1 tables when missing (idempotent)."""
+
+    @abstractmethod
+    async def load(self, type: str, key: str) -> Checkpoint | None:
+        """Return the object's checkpoint, or ``None`` if it was never committed."""
+
+    @abstractmethod
+    async def read_journal(
+        self, type: str, key: str, after_rev: int = 0, limit: int | None = None
+    ) -> list[JournalEntry]:
+        """Return journal entries with ``rev > after_rev`` in order."""
+
+    @abstractmethod
+    async def commit(
+        self, commits: Sequence[Commit], statuses: Sequence[StatusUpdate] = ()
+    ) -> list[bool]:
+        """Apply many objects' commits in ONE transaction.
+
+        Returns one flag per commit: ``False`` when its ``expected_rev`` did not match (that
+        commit wrote nothing; the others still apply). Commits must name distinct objects.
+        Raises ``StorageUnavailable`` when the transaction itself failed.
+        """
+
+    @abstractmethod
+    async def query(self, query: ObjectQuery) -> ObjectPage:
+        """List checkpoints matching ``query`` ordered by ``(type, key)``."""
+
+    @abstractmethod
+    async def stats(self) -> list[TypeStats]:
+        """Count objects per type and status."""
+
+    @abstractmethod
+    async def delete(self, type: str, key: str) -> bool:
+        """Purge an object and its journal; return whether it existed."""
+
+
+def encode_cursor(type: str, key: str) -> str:
+    """Encode the position after ``(type, key)`` as an opaque cursor string."""
+    return base64.urlsafe_b64encode(json.dumps([type, key]).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """Decode a cursor made by ``encode_cursor``; raise ``ValueError`` when malformed."""
+    try:
+        type, key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except Exception as exc:
+        raise ValueError(f"malformed cursor {cursor!r}") from exc
+    return str(type), str(key)

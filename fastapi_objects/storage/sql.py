@@ -1,0 +1,309 @@
+"""SQL storage on SQLAlchemy 2 async Core: SQLite (aiosqlite) and PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic_core
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from .._exceptions import StorageUnavailable
+from .base import (
+    Checkpoint,
+    Commit,
+    JournalEntry,
+    ObjectPage,
+    ObjectQuery,
+    StatusUpdate,
+    Storage,
+    TypeStats,
+    decode_cursor,
+    encode_cursor,
+)
+from .tables import storage_metadata
+
+# Bind parameters per statement stay well under asyncpg's and SQLite's limit (32,767).
+_CHUNK = 400
+
+
+def _dumps(value: object) -> str:
+    return pydantic_core.to_json(value).decode()
+
+
+class SQLStorage(Storage):
+    """Storage in SQLite or PostgreSQL; one transaction per group commit."""
+
+    def __init__(self, url: str, *, schema: str | None = None, echo: bool = False) -> None:
+        self.url = url
+        self.schema = schema
+        kwargs: dict[str, Any] = {
+            "json_serializer": _dumps,
+            "json_deserializer": pydantic_core.from_json,
+            "echo": echo,
+        }
+        self._sqlite = url.startswith("sqlite")
+        if self._sqlite and schema:
+            raise ValueError("a schema needs PostgreSQL; SQLite keeps one schema per file")
+        if self._sqlite:
+            in_memory = url.split("///", 1)[-1] in ("", ":memory:") or "mode=memory" in url
+            if in_memory:
+                kwargs["poolclass"] = StaticPool
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 10
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self._sqlite:
+            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.metadata = storage_metadata(schema)
+        prefix = f"{schema}." if schema else ""
+        self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
+        self.journal = self.metadata.tables[prefix + "objects_journal"]
+
+    async def close(self) -> None:
+        """Dispose of the connection pool."""
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _connect(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        try:
+            if write:
+                # A commit's first statement is a write, so SQLite takes its write lock
+                # (waiting up to busy_timeout) before reading anything: no upgrade deadlock.
+                async with self.engine.begin() as conn:
+                    yield conn
+            else:
+                async with self.engine.connect() as conn:
+                    yield conn
+        except StorageUnavailable:
+            raise
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError) as exc:
+            raise StorageUnavailable(f"storage unavailable ({_redacted(self.url)}): {exc}") from exc
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StorageUnavailable(f"storage connection lost: {exc}") from exc
+            raise StorageUnavailable(f"storage refused the transaction: {exc.orig}") from exc
+
+    async def create_tables(self) -> None:
+        """Create the version-1 tables (and the schema) when missing."""
+        async with self._connect(write=True) as conn:
+            if self.schema and not self._sqlite:
+                await conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+            await conn.run_sync(self.metadata.create_all, checkfirst=True)
+
+    async def load(self, type: str, key: str) -> Checkpoint | None:
+        """Return the checkpoint of ``(type, key)`` or ``None``."""
+        cp = self.checkpoints
+        stmt = sa.select(cp).where(cp.c.type == type, cp.c.key == key)
+        async with self._connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _checkpoint(row)
+
+    async def read_journal(
+        self, type: str, key: str, after_rev: int = 0, limit: int | None = None
+    ) -> list[JournalEntry]:
+        """Return journal entries after ``after_rev`` in order."""
+        j = self.journal
+        stmt = (
+            sa.select(j.c.rev, j.c.kind, j.c.payload, j.c.at)
+            .where(j.c.type == type, j.c.key == key, j.c.rev > after_rev)
+            .order_by(j.c.rev)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [JournalEntry(r.rev, r.kind, r.payload, _utc(r.at)) for r in rows]
+
+    async def commit(
+        self, commits: Sequence[Commit], statuses: Sequence[StatusUpdate] = ()
+    ) -> list[bool]:
+        """Apply every commit in one transaction; ``False`` marks a fenced-out commit."""
+        now = datetime.now(UTC)
+        ok: dict[tuple[str, str], bool] = {}
+        async with self._connect(write=True) as conn:
+            creates = [c for c in commits if c.expected_rev == 0]
+            updates = [c for c in commits if c.expected_rev != 0]
+            for chunk in _chunks(creates):
+                ok.update(await self._insert(conn, chunk, now))
+            for chunk in _chunks(updates):
+                ok.update(await self._update(conn, chunk, now))
+            rows = [
+                {"type": c.type, "key": c.key, "rev": c.journal_rev - len(c.entries) + i + 1,
+                 "kind": kind, "payload": payload, "at": now}
+                for c in commits if ok[(c.type, c.key)]
+                for i, (kind, payload) in enumerate(c.entries)
+            ]
+            if rows:
+                await conn.execute(sa.insert(self.journal), rows)
+            if statuses:
+                cp = self.checkpoints
+                stmt = (
+                    sa.update(cp)
+                    .where(cp.c.type == sa.bindparam("t"), cp.c.key == sa.bindparam("k"))
+                    .values(status=sa.bindparam("s"))
+                )
+                await conn.execute(
+                    stmt, [{"t": s.type, "k": s.key, "s": s.status} for s in statuses]
+                )
+        return [ok[(c.type, c.key)] for c in commits]
+
+    async def _insert(
+        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
+    ) -> dict[tuple[str, str], bool]:
+        dialect = postgresql if not self._sqlite else sqlite
+        rows = [
+            {"type": c.type, "key": c.key, "rev": c.new_rev, "journal_rev": c.journal_rev,
+             "snapshot_rev": c.snapshot_rev, "state": c.state, "state_version": c.state_version,
+             "status": "active", "metadata": {}, "created_at": now, "updated_at": now}
+            for c in commits
+        ]
+        cp = self.checkpoints
+        stmt = (
+            dialect.insert(cp).values(rows).on_conflict_do_nothing().returning(cp.c.type, cp.c.key)
+        )
+        created = {(r.type, r.key) for r in await conn.execute(stmt)}
+        return {(c.type, c.key): (c.type, c.key) in created for c in commits}
+
+    async def _update(
+        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
+    ) -> dict[tuple[str, str], bool]:
+        cp = self.checkpoints
+        if self._sqlite:
+            # SQLite runs in-process: one statement per object costs microseconds.
+            result = {}
+            for c in commits:
+                values: dict[str, Any] = {
+                    "rev": c.new_rev, "journal_rev": c.journal_rev, "snapshot_rev": c.snapshot_rev,
+                    "status": "active", "updated_at": now,
+                }
+                if c.state is not None:
+                    values["state"] = c.state
+                    values["state_version"] = c.state_version
+                stmt = (
+                    sa.update(cp)
+                    .where(cp.c.type == c.type, cp.c.key == c.key, cp.c.rev == c.expected_rev)
+                    .values(values)
+                )
+                result[(c.type, c.key)] = (await conn.execute(stmt)).rowcount == 1
+            return result
+        # PostgreSQL: one UPDATE ... FROM (VALUES ...) for the whole chunk.
+        v = sa.values(
+            sa.column("type", sa.String()),
+            sa.column("key", sa.String()),
+            sa.column("expected_rev", sa.BigInteger()),
+            sa.column("new_rev", sa.BigInteger()),
+            sa.column("journal_rev", sa.BigInteger()),
+            sa.column("snapshot_rev", sa.BigInteger()),
+            sa.column("state", postgresql.JSONB()),
+            sa.column("state_version", sa.Integer()),
+            name="v",
+        ).data([
+            (c.type, c.key, c.expected_rev, c.new_rev, c.journal_rev, c.snapshot_rev,
+             c.state, c.state_version)
+            for c in commits
+        ])
+        stmt = (
+            sa.update(cp)
+            .where(cp.c.type == v.c.type, cp.c.key == v.c.key, cp.c.rev == v.c.expected_rev)
+            .values(
+                rev=v.c.new_rev,
+                journal_rev=v.c.journal_rev,
+                snapshot_rev=v.c.snapshot_rev,
+                state=sa.func.coalesce(v.c.state, cp.c.state),
+                state_version=sa.func.coalesce(v.c.state_version, cp.c.state_version),
+                status="active",
+                updated_at=now,
+            )
+            .returning(cp.c.type, cp.c.key)
+        )
+        updated = {(r.type, r.key) for r in await conn.execute(stmt)}
+        return {(c.type, c.key): (c.type, c.key) in updated for c in commits}
+
+    async def query(self, query: ObjectQuery) -> ObjectPage:
+        """List checkpoints matching the filters, ``limit`` at a time."""
+        cp = self.checkpoints
+        stmt = sa.select(cp).order_by(cp.c.type, cp.c.key).limit(query.limit + 1)
+        if query.type is not None:
+            stmt = stmt.where(cp.c.type == query.type)
+        if query.status is not None:
+            stmt = stmt.where(cp.c.status == query.status)
+        if query.status_in is not None:
+            stmt = stmt.where(cp.c.status.in_(query.status_in))
+        if query.key_prefix:
+            stmt = stmt.where(
+                cp.c.key >= query.key_prefix, cp.c.key < query.key_prefix + "\U0010ffff"
+            )
+        if query.state_version is not None:
+            stmt = stmt.where(cp.c.state_version == query.state_version)
+        if query.updated_after is not None:
+            stmt = stmt.where(cp.c.updated_at > query.updated_after)
+        if query.updated_before is not None:
+            stmt = stmt.where(cp.c.updated_at < query.updated_before)
+        if query.cursor is not None:
+            after_type, after_key = decode_cursor(query.cursor)
+            stmt = stmt.where(sa.tuple_(cp.c.type, cp.c.key) > sa.tuple_(after_type, after_key))
+        async with self._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        items = [_checkpoint(r) for r in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return ObjectPage(items, encode_cursor(items[-1].type, items[-1].key) if more else None)
+
+    async def stats(self) -> list[TypeStats]:
+        """Count objects per type and status."""
+        cp = self.checkpoints
+        stmt = (
+            sa.select(cp.c.type, cp.c.status, sa.func.count())
+            .group_by(cp.c.type, cp.c.status)
+            .order_by(cp.c.type, cp.c.status)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [TypeStats(r[0], r[1], r[2]) for r in rows]
+
+    async def delete(self, type: str, key: str) -> bool:
+        """Delete the checkpoint and journal of ``(type, key)``."""
+        cp, j = self.checkpoints, self.journal
+        async with self._connect(write=True) as conn:
+            await conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
+            result = await conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
+        return result.rowcount == 1
+
+
+def _checkpoint(row: sa.Row[Any]) -> Checkpoint:
+    m = row._mapping
+    return Checkpoint(
+        type=m["type"], key=m["key"], rev=m["rev"], journal_rev=m["journal_rev"],
+        snapshot_rev=m["snapshot_rev"], state=m["state"], state_version=m["state_version"],
+        status=m["status"], metadata=m["metadata"], created_at=_utc(m["created_at"]),
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _chunks(commits: Sequence[Commit]) -> list[Sequence[Commit]]:
+    return [commits[i : i + _CHUNK] for i in range(0, len(commits), _CHUNK)]
+
+
+def _redacted(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the writer; synchronous=FULL makes every acknowledged
+    # commit survive a power loss, not only a process crash.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

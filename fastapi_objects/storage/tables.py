@@ -1,0 +1,121 @@
+"""Versioned DDL of the storage tables.
+
+A user's Alembic migration calls ``create_storage_tables(version=1)``; the version-1 tables are
+frozen here forever, so the user's history never changes under them when the library moves on.
+A later version adds tables or columns in ``_VERSIONS[n]`` and a new user migration calls
+``create_storage_tables(version=n)`` on top of the old one.
+
+Example (an Alembic revision)::
+
+    from fastapi_objects.storage import create_storage_tables, drop_storage_tables
+
+    def upgrade() -> None:
+        create_storage_tables(version=1, schema=None)
+
+    def downgrade() -> None:
+        drop_storage_tables(version=1, schema=None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+LATEST_VERSION = 1
+PREFIX = "objects_"
+
+
+def json_type() -> sa.types.TypeEngine[object]:
+    """JSON everywhere, JSONB on PostgreSQL."""
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def _key_type() -> sa.types.TypeEngine[str]:
+    # Bytewise ("C") ordering on PostgreSQL, as SQLite's BINARY default and Python's str order:
+    # key-prefix scans and cursors then agree on every backend and can use the primary key.
+    return sa.String(256).with_variant(postgresql.VARCHAR(256, collation="C"), "postgresql")
+
+
+def _v1(metadata: sa.MetaData) -> list[sa.Table]:
+    checkpoints = sa.Table(
+        PREFIX + "checkpoints",
+        metadata,
+        sa.Column("type", sa.String(64), primary_key=True),
+        sa.Column("key", _key_type(), primary_key=True),
+        sa.Column("rev", sa.BigInteger(), nullable=False),
+        sa.Column("journal_rev", sa.BigInteger(), nullable=False),
+        sa.Column("snapshot_rev", sa.BigInteger(), nullable=False),
+        sa.Column("state", json_type(), nullable=True),
+        sa.Column("state_version", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("metadata", json_type(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_objects_checkpoints_status", "type", "status", "key"),
+        sa.Index("ix_objects_checkpoints_updated", "type", "updated_at"),
+    )
+    journal = sa.Table(
+        PREFIX + "journal",
+        metadata,
+        sa.Column("type", sa.String(64), primary_key=True),
+        sa.Column("key", _key_type(), primary_key=True),
+        sa.Column("rev", sa.BigInteger(), primary_key=True),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("payload", json_type(), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    )
+    return [checkpoints, journal]
+
+
+_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1}
+
+
+def storage_metadata(schema: str | None = None, version: int = LATEST_VERSION) -> sa.MetaData:
+    """Return a ``MetaData`` holding every storage table up to ``version``.
+
+    Point Alembic's ``target_metadata`` at it (together with the app's own) so that
+    ``alembic check`` proves the migration and the runtime agree.
+    """
+    _check_version(version)
+    metadata = sa.MetaData(schema=schema)
+    for v in range(1, version + 1):
+        _VERSIONS[v](metadata)
+    return metadata
+
+
+def create_storage_tables(version: int = 1, schema: str | None = None) -> None:
+    """Create the tables that ``version`` adds, from inside an Alembic migration (``op``-based).
+
+    Works online and in offline (``--sql``) mode. Each version only adds what the previous
+    versions did not have, so call it once per version, in order.
+    """
+    from alembic import op
+
+    _check_version(version)
+    for table in _VERSIONS[version](sa.MetaData(schema=schema)):
+        columns = [column._copy() for column in table.columns]
+        op.create_table(table.name, *columns, schema=schema)
+        for index in table.indexes:
+            op.create_index(
+                index.name or "",
+                table.name,
+                [column.name for column in index.columns],
+                schema=schema,
+            )
+
+
+def drop_storage_tables(version: int = 1, schema: str | None = None) -> None:
+    """Drop the tables that ``version`` added (for an Alembic ``downgrade``)."""
+    from alembic import op
+
+    _check_version(version)
+    for table in reversed(_VERSIONS[version](sa.MetaData(schema=schema))):
+        op.drop_table(table.name, schema=schema)
+
+
+def _check_version(version: int) -> None:
+    if version not in _VERSIONS:
+        known = ", ".join(str(v) for v in sorted(_VERSIONS))
+        raise ValueError(f"unknown storage table version {version}; known versions: {known}")

@@ -1,0 +1,101 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL server, one isolated schema per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+PG_URL = os.environ.get(
+    "OBJECTS_TEST_DATABASE_URL", "postgresql+asyncpg://root@127.0.0.1:5432/test"
+)
+REQUIRE_PG = os.environ.get("OBJECTS_REQUIRE_POSTGRES") == "1"
+BACKENDS = ["memory", "sqlite", "postgres"]
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _probe(url: str) -> str | None:
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=3)
+        await conn.close()
+    except Exception as exc:
+        return f"PostgreSQL at {url} is not reachable ({exc!r}); set OBJECTS_TEST_DATABASE_URL"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The PostgreSQL URL; skips (or fails under OBJECTS_REQUIRE_POSTGRES=1) when unreachable."""
+    reason = asyncio.run(_probe(PG_URL))
+    if reason is not None:
+        if REQUIRE_PG:
+            pytest.fail(reason + " and OBJECTS_REQUIRE_POSTGRES=1")
+        pytest.skip(reason)
+    return PG_URL
+
+
+async def _exec(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_asyncpg_dsn(url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_schema(pg_url: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await _exec(pg_url, f'CREATE SCHEMA "{name}"')
+    try:
+        yield name
+    finally:
+        await _exec(pg_url, f'DROP SCHEMA "{name}" CASCADE')
+
+
+class Backend:
+    """Where a test's storage lives: a URL and an optional schema."""
+
+    def __init__(self, name: str, url: str, schema: str | None = None) -> None:
+        self.name = name
+        self.url = url
+        self.schema = schema
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name})"
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each backend family in turn: memory, a SQLite file, a PostgreSQL schema."""
+    if request.param == "memory":
+        yield Backend("memory", "memory://")
+    elif request.param == "sqlite":
+        yield Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}")
+    else:
+        url = request.getfixturevalue("pg_url")
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        await _exec(url, f'CREATE SCHEMA "{name}"')
+        try:
+            yield Backend("postgres", url, name)
+        finally:
+            await _exec(url, f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture
+def sql_backend(backend: Backend) -> Iterator[Backend]:
+    """Only the durable backends (SQLite and PostgreSQL)."""
+    if backend.name == "memory":
+        pytest.skip("needs a durable backend")
+    yield backend
