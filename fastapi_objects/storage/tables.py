@@ -66,7 +66,18 @@ def _v1(metadata: sa.MetaData) -> list[sa.Table]:
         sa.Column("payload", json_type(), nullable=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     )
-    return [checkpoints, journal]
+    # Pub/sub payloads too large for a PostgreSQL NOTIFY (8,000 bytes): the NOTIFY carries the id.
+    pubsub = sa.Table(
+        PREFIX + "pubsub",
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+                  autoincrement=True),
+        sa.Column("topic", sa.String(512), nullable=False),
+        sa.Column("data", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_objects_pubsub_created", "created_at"),
+    )
+    return [checkpoints, journal, pubsub]
 
 
 _VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1}
