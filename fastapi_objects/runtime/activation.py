@@ -12,12 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from .._exceptions import ConflictError, CorruptState, ObjectsError, StorageUnavailable
+from .._exceptions import (
+    ConflictError,
+    ConnectionRejected,
+    CorruptState,
+    ObjectsError,
+    Overloaded,
+    StorageUnavailable,
+)
 from ..storage import Commit
 from .object import DurableObject, EventSourced
 
@@ -41,7 +49,7 @@ class Stale(Exception):
 class Turn:
     """What a running turn produced besides state: journal entries and post-commit actions."""
 
-    __slots__ = ("entries", "after")
+    __slots__ = ("after", "entries")
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, Any]] = []
@@ -52,10 +60,28 @@ class Activation:
     """The live instance of ``(type, key)`` on this node."""
 
     __slots__ = (
-        "runtime", "cls", "key", "topic", "instance", "event_sourced",
-        "rev", "journal_rev", "snapshot_rev", "since_snapshot", "state_json",
-        "queued", "last", "closed", "last_used", "in_flight", "connections",
-        "_writer", "_readers", "_waiters", "_turn", "_timer",
+        "_readers",
+        "_timer",
+        "_turn",
+        "_waiters",
+        "_writer",
+        "closed",
+        "cls",
+        "connections",
+        "event_sourced",
+        "in_flight",
+        "instance",
+        "journal_rev",
+        "key",
+        "last",
+        "last_used",
+        "queued",
+        "rev",
+        "runtime",
+        "since_snapshot",
+        "snapshot_rev",
+        "state_json",
+        "topic",
     )
 
     def __init__(self, runtime: Runtime, cls: type[DurableObject[Any]], key: str) -> None:
@@ -87,7 +113,9 @@ class Activation:
         try:
             cp = await storage.load(cls.type_name, self.key)
         except ValueError as exc:
-            raise CorruptState(f"{self.topic}: stored checkpoint is not valid JSON ({exc})") from exc
+            raise CorruptState(
+                f"{self.topic}: stored checkpoint is not valid JSON ({exc})"
+            ) from exc
         instance = cls()
         instance.key = self.key
         instance.objects = self.runtime
@@ -116,7 +144,9 @@ class Activation:
                 f"{cls.__name__}.state_version={cls.state_version} (a newer deploy wrote it?)"
             )
         if not isinstance(data, dict):
-            raise CorruptState(f"{self.topic}: stored state is {type(data).__name__}, not an object")
+            raise CorruptState(
+                f"{self.topic}: stored state is {type(data).__name__}, not an object"
+            )
         if version < cls.state_version:
             data = cls.migrate_state(data, version)
         try:
@@ -166,8 +196,6 @@ class Activation:
 
     async def _wait(self, readonly: bool) -> None:
         if len(self._waiters) >= self.cls.max_queue:
-            from .._exceptions import Overloaded
-
             raise Overloaded(
                 f"{self.topic}: {len(self._waiters)} calls are already waiting "
                 f"(max_queue={self.cls.max_queue})",
@@ -224,25 +252,34 @@ class Activation:
             raise RuntimeError(f"{self.topic}: record(), emit() and broadcast() run inside a turn")
         return self._turn
 
+    def in_turn(self) -> bool:
+        """Whether a mutating turn of this object is running."""
+        return self._turn is not None
+
     async def call(self, spec: MethodSpec, args: dict[str, Any]) -> Any:
         """Run one call as a turn (or inside the running turn, when re-entered)."""
+        return await self.run(spec.fn, args, spec.readonly)
+
+    async def run(
+        self, fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any], readonly: bool = False
+    ) -> Any:
+        """Run ``fn(instance, **kwargs)`` as a turn; return once its output may leave."""
         chain = _chain.get()
         if self in chain:
-            return await spec.fn(self.instance, **args)
-        readonly = spec.readonly
+            return await fn(self.instance, **kwargs)
         await self._enter(readonly)
         token = _chain.set((*chain, self))
         self.in_flight += 1
         try:
             if readonly:
                 try:
-                    result = await spec.fn(self.instance, **args)
+                    result = await fn(self.instance, **kwargs)
                 finally:
                     self._release(True)
                 pending = self.last
             else:
                 try:
-                    result, pending = await self._turn_of(spec.fn(self.instance, **args))
+                    result, pending = await self._turn_of(fn(self.instance, **kwargs))
                 finally:
                     self._release(False)
         finally:
@@ -335,9 +372,9 @@ class Activation:
         if failure is None:
             self.runtime.counters.conflicts += 1
             error = ConflictError(
-                f"{self.topic}: commit on rev {pending.commit.expected_rev} was fenced out: another "
-                "writer changed this object (a second process or machine serving it?). This "
-                "instance was dropped and the call was not applied; see docs/running.md"
+                f"{self.topic}: commit on rev {pending.commit.expected_rev} was fenced out: "
+                "another writer changed this object (a second process or machine serving it?). "
+                "This instance was dropped and the call was not applied; see docs/running.md"
             )
         else:
             error = StorageUnavailable(
@@ -363,6 +400,11 @@ class Activation:
             self._timer.cancel()
             self._timer = None
         self.runtime.forget(self)
+        for conn in list(self.connections.values()) if self.connections else ():
+            # Their instance is gone: make them reconnect to a fresh one.
+            conn.activation = None
+            conn.close(1012, f"{self.topic} was reloaded; reconnect")
+        self.connections = None
         for fut, _ in self._waiters:
             if not fut.done():
                 fut.set_exception(Stale())
@@ -382,6 +424,38 @@ class Activation:
         """Attached connections on this node, optionally filtered by tag."""
         conns = list(self.connections.values()) if self.connections else []
         return conns if tag is None else [c for c in conns if tag in c.tags]
+
+    async def attach(self, conn: Connection) -> None:
+        """Attach a client: run ``on_connect`` as a turn; it may raise ``ConnectionRejected``."""
+        limit = self.cls.max_connections
+        if self.connections is not None and len(self.connections) >= limit:
+            raise ConnectionRejected(
+                f"{self.topic} already has {limit} clients attached (max_connections)", code=1013
+            )
+        if self.connections is None:
+            self.connections = {}
+        self.connections[conn.id] = conn
+        conn.activation = self
+        try:
+            await self.run(lambda obj: obj.on_connect(conn), {})
+        except BaseException:
+            self._drop(conn)
+            raise
+
+    async def detach(self, conn: Connection) -> None:
+        """Detach a client and run ``on_disconnect``; the idle timer restarts when none are left."""
+        self._drop(conn)
+        await self.run(lambda obj: obj.on_disconnect(conn), {})
+
+    def _drop(self, conn: Connection) -> None:
+        if self.connections is not None and self.connections.pop(conn.id, None) is not None:
+            conn.activation = None
+            if not self.connections:
+                self.connections = None
+                self.last_used = self.runtime.loop.time()
+                if self._timer is not None and not self.closed:
+                    self._timer.cancel()
+                    self._arm(self.cls.idle_timeout)
 
     # -- hibernation -------------------------------------------------------------------------
 

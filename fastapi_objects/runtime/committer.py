@@ -25,7 +25,7 @@ log = logging.getLogger("fastapi_objects")
 class PendingCommit:
     """Turns of one object waiting to be durable, merged into one fenced ``Commit``."""
 
-    __slots__ = ("activation", "commit", "waiters", "after", "error", "done")
+    __slots__ = ("activation", "after", "commit", "done", "error", "waiters")
 
     def __init__(self, activation: Activation, commit: Commit) -> None:
         self.activation = activation

@@ -22,7 +22,7 @@ class _Handle(Generic[T]):
     the turn is durable. Handles are cheap: make one per request.
     """
 
-    __slots__ = ("_runtime", "_cls", "key")
+    __slots__ = ("_cls", "_runtime", "key")
 
     def __init__(self, runtime: Runtime, cls: type[T], key: str) -> None:
         self._runtime = runtime

@@ -39,7 +39,7 @@ def readonly(fn: F) -> F:
 class MethodSpec:
     """How to call one method: its parameters, validator and result encoder."""
 
-    __slots__ = ("fn", "name", "params", "readonly", "_validator", "_result")
+    __slots__ = ("_result", "_validator", "fn", "name", "params", "readonly")
 
     def __init__(self, owner: type, name: str, fn: Callable[..., Awaitable[Any]]) -> None:
         self.fn = fn
@@ -51,7 +51,9 @@ class MethodSpec:
         params = []
         for param in list(signature.parameters.values())[1:]:
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                raise TypeError(f"{owner.__name__}.{name}: *args and **kwargs cannot be called remotely")
+                raise TypeError(
+                    f"{owner.__name__}.{name}: *args and **kwargs cannot be called remotely"
+                )
             annotation = hints.get(param.name, Any)
             default = ... if param.default is param.empty else param.default
             fields[param.name] = (annotation, default)

@@ -129,7 +129,7 @@ class DurableObject(Generic[S]):
         self._activation.broadcast(event, payload, exclude)
 
     def connections(self, tag: str | None = None) -> list[Connection]:
-        """The clients attached to this object on this node, optionally only those tagged ``tag``."""
+        """Clients attached to this object on this node, optionally only those tagged ``tag``."""
         return self._activation.connections_tagged(tag)
 
 

@@ -1,0 +1,74 @@
+"""``Connection``: one client attached to an object (a websocket, seen without HTTP)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic_core import to_json
+
+if TYPE_CHECKING:
+    from .activation import Activation
+
+MAX_CONNECTION_STATE = 16 * 1024
+
+
+class Transport(Protocol):
+    """How the runtime reaches a client; the web integration implements it."""
+
+    def send(self, frame: dict[str, Any]) -> None:
+        """Queue a frame for the client (must not block)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the client's connection with a close code and a reason."""
+
+
+class Connection:
+    """A client attached to an object, with its own small state and tags.
+
+    ``state`` is JSON (at most 16 KB encoded; assign a new dict to change it) and lives as
+    long as the connection; ``tags`` group connections for ``self.connections(tag=...)``;
+    ``params`` holds what the client sent when attaching (query parameters) and what the
+    app's ``authorize`` returned.
+    """
+
+    __slots__ = ("_state", "_transport", "activation", "id", "params", "tags", "topic")
+
+    def __init__(self, topic: str, transport: Transport, params: dict[str, Any] | None = None):
+        self.id = uuid.uuid4().hex
+        self.topic = topic
+        self.tags: set[str] = set()
+        self.params: dict[str, Any] = params or {}
+        self._state: dict[str, Any] = {}
+        self._transport = transport
+        self.activation: Activation | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Per-connection JSON state (read it; assign a whole new dict to change it)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        size = len(to_json(value))
+        if size > MAX_CONNECTION_STATE:
+            raise ValueError(
+                f"connection state is {size} bytes of JSON; the limit is {MAX_CONNECTION_STATE}"
+            )
+        self._state = value
+
+    def send(self, event: str, payload: Any = None) -> None:
+        """Send ``event`` to this client only; inside a turn, after the turn commits."""
+        frame = {"topic": self.topic, "event": event, "payload": payload}
+        act = self.activation
+        if act is not None and act.in_turn():
+            act.turn().after.append(lambda: self._transport.send(frame))
+        else:
+            self._transport.send(frame)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close this client's connection."""
+        self._transport.close(code, reason)
+
+    def __repr__(self) -> str:
+        return f"Connection({self.topic!r}, id={self.id[:8]}, tags={sorted(self.tags)})"
