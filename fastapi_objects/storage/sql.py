@@ -159,7 +159,7 @@ class SQLStorage(Storage):
         self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
     ) -> dict[tuple[str, str], bool]:
         dialect = postgresql if not self._sqlite else sqlite
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"type": c.type, "key": c.key, "rev": c.new_rev, "journal_rev": c.journal_rev,
              "snapshot_rev": c.snapshot_rev, "state": c.state, "state_version": c.state_version,
              "status": "active", "metadata": {}, "created_at": now, "updated_at": now}
@@ -194,7 +194,9 @@ class SQLStorage(Storage):
                 )
                 result[(c.type, c.key)] = (await conn.execute(stmt)).rowcount == 1
             return result
-        # PostgreSQL: one UPDATE ... FROM (VALUES ...) for the whole chunk.
+        # PostgreSQL: one UPDATE ... FROM (VALUES ...) for the whole chunk. A journal-only
+        # commit sends SQL NULL for state (none_as_null: not the JSON 'null') and the casts type
+        # a column whose every row is NULL (else text), so COALESCE keeps the stored values.
         v = sa.values(
             sa.column("type", sa.String()),
             sa.column("key", sa.String()),
@@ -202,7 +204,7 @@ class SQLStorage(Storage):
             sa.column("new_rev", sa.BigInteger()),
             sa.column("journal_rev", sa.BigInteger()),
             sa.column("snapshot_rev", sa.BigInteger()),
-            sa.column("state", postgresql.JSONB()),
+            sa.column("state", postgresql.JSONB(none_as_null=True)),
             sa.column("state_version", sa.Integer()),
             name="v",
         ).data([
@@ -217,8 +219,10 @@ class SQLStorage(Storage):
                 rev=v.c.new_rev,
                 journal_rev=v.c.journal_rev,
                 snapshot_rev=v.c.snapshot_rev,
-                state=sa.func.coalesce(v.c.state, cp.c.state),
-                state_version=sa.func.coalesce(v.c.state_version, cp.c.state_version),
+                state=sa.func.coalesce(sa.cast(v.c.state, postgresql.JSONB()), cp.c.state),
+                state_version=sa.func.coalesce(
+                    sa.cast(v.c.state_version, sa.Integer()), cp.c.state_version
+                ),
                 status="active",
                 updated_at=now,
             )
@@ -244,9 +248,9 @@ class SQLStorage(Storage):
         if query.state_version is not None:
             stmt = stmt.where(cp.c.state_version == query.state_version)
         if query.updated_after is not None:
-            stmt = stmt.where(cp.c.updated_at > query.updated_after)
+            stmt = stmt.where(cp.c.updated_at > _to_utc(query.updated_after))
         if query.updated_before is not None:
-            stmt = stmt.where(cp.c.updated_at < query.updated_before)
+            stmt = stmt.where(cp.c.updated_at < _to_utc(query.updated_before))
         if query.cursor is not None:
             after_type, after_key = decode_cursor(query.cursor)
             stmt = stmt.where(sa.tuple_(cp.c.type, cp.c.key) > sa.tuple_(after_type, after_key))
@@ -289,6 +293,12 @@ def _checkpoint(row: sa.Row[Any]) -> Checkpoint:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _to_utc(value: datetime) -> datetime:
+    # SQLite stores times as UTC text and drops a parameter's offset, so compare in UTC;
+    # a naive time is taken as UTC, as the rows are written.
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _chunks(commits: Sequence[Commit]) -> list[Sequence[Commit]]:
