@@ -56,11 +56,12 @@ class MemoryStorage(Storage):
                 result.append(False)
                 continue
             state = copy.deepcopy(c.state) if c.state is not None else old.state if old else None
+            version = c.state_version if c.state_version is not None else (
+                old.state_version if old else 0
+            )
             self._checkpoints[ident] = Checkpoint(
                 type=c.type, key=c.key, rev=c.new_rev, journal_rev=c.journal_rev,
-                snapshot_rev=c.snapshot_rev, state=state,
-                state_version=c.state_version if c.state_version is not None or not old
-                else old.state_version,
+                snapshot_rev=c.snapshot_rev, state=state, state_version=version,
                 status="active", metadata=old.metadata if old else {},
                 created_at=old.created_at if old else now, updated_at=now,
             )

@@ -19,6 +19,7 @@ Example (an Alembic revision)::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -27,7 +28,7 @@ LATEST_VERSION = 1
 PREFIX = "objects_"
 
 
-def json_type() -> sa.types.TypeEngine[object]:
+def json_type() -> sa.types.TypeEngine[Any]:
     """JSON everywhere, JSONB on PostgreSQL."""
     return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
