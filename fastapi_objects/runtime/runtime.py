@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from .._exceptions import CallTimeout, UnknownMethod, UnknownObjectType
+from .._exceptions import CallTimeout, StorageUnavailable, UnknownMethod, UnknownObjectType
+from ..pubsub import PubSub, Subscription, open_pubsub
 from ..storage import (
     DEFAULT_DATABASE_URL,
     JournalEntry,
@@ -23,6 +25,7 @@ from ..storage import (
 )
 from .activation import Activation, Stale
 from .committer import GroupCommitter
+from .connection import Connection, Transport
 from .handle import Handle, _Handle
 from .keys import validate_key
 from .methods import MethodSpec
@@ -65,9 +68,11 @@ class Runtime:
             print(await counter.increment(2))
 
     ``database_url`` falls back to ``OBJECTS_DATABASE_URL``, then to
-    ``sqlite+aiosqlite:///./objects.db``. ``create_tables`` (default: only for SQLite and
-    memory, which have no migration step to run) creates the tables on start. ``max_batch``
-    caps how many objects' commits share one transaction.
+    ``sqlite+aiosqlite:///./objects.db``. ``pubsub_url`` (else ``OBJECTS_PUBSUB_URL``) carries
+    broadcasts between nodes: PostgreSQL LISTEN/NOTIFY by default on PostgreSQL, ``redis://...``
+    with the redis extra, or an in-process hub for SQLite. ``create_tables`` (default: only
+    for SQLite and memory, which have no migration step to run) creates the tables on start.
+    ``max_batch`` caps how many objects' commits share one transaction.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Runtime:
         objects: Sequence[type[DurableObject[Any]]] = (),
         database_url: str | None = None,
         *,
+        pubsub_url: str | None = None,
         schema: str | None = None,
         create_tables: bool | None = None,
         max_batch: int = 512,
@@ -82,6 +88,19 @@ class Runtime:
         self.database_url = normalize_url(
             database_url or os.environ.get("OBJECTS_DATABASE_URL") or DEFAULT_DATABASE_URL
         )
+        self.node_id = uuid.uuid4().hex[:12]
+        # Broadcasts cross nodes through PostgreSQL when the data lives there; an embedded
+        # database means one node, so an in-process hub of this runtime's own is enough.
+        self.pubsub_url = (
+            pubsub_url
+            or os.environ.get("OBJECTS_PUBSUB_URL")
+            or (
+                self.database_url
+                if self.database_url.startswith("postgresql")
+                else f"memory://{self.node_id}"
+            )
+        )
+        self.pubsub: PubSub = open_pubsub(self.pubsub_url, node_id=self.node_id, schema=schema)
         self.types: dict[str, type[DurableObject[Any]]] = {}
         for cls in objects:
             self.register(cls)
@@ -127,6 +146,7 @@ class Runtime:
         await self.storage.start()
         if self.create_tables_on_start:
             await self.storage.create_tables()
+        await self.pubsub.start()
         self.committer.start()
 
     async def close(self) -> None:
@@ -141,6 +161,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.committer.close()
+        await self.pubsub.close()
         await self.storage.close()
         self._loop = None
 
@@ -238,7 +259,63 @@ class Runtime:
     def publish_nowait(
         self, topic: str, event: str, payload: Any, *, exclude: str | None = None
     ) -> None:
-        """Publish a broadcast (after a commit). Without a pub/sub, nobody can be listening."""
+        """Publish without waiting: local subscribers now, other nodes in order, soon."""
+        self.pubsub.publish_nowait(topic, event, payload, exclude=exclude)
+
+    async def publish(self, topic: str, event: str, payload: Any = None) -> None:
+        """Publish ``event`` on ``topic`` (e.g. ``"counter:abc:debug"``) to every node.
+
+        Object broadcasts use ``"{type}:{key}"``; app code may publish on any topic.
+        """
+        await self.pubsub.publish(topic, event, payload)
+
+    def subscribe(self, topic: str, *, max_queue: int = 1024) -> Subscription:
+        """Subscribe to ``topic``: ``async with objects.subscribe(t) as sub: async for m in sub``.
+
+        A subscriber that falls ``max_queue`` messages behind is closed (``SubscriptionOverflow``)
+        rather than slowing the publisher down.
+        """
+        return self.pubsub.subscribe(topic, max_queue=max_queue)
+
+    # -- attached clients --------------------------------------------------------------------
+
+    async def attach(
+        self,
+        cls: type[DurableObject[Any]],
+        key: str,
+        transport: Transport,
+        params: dict[str, Any] | None = None,
+    ) -> Connection:
+        """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject)."""
+        key = validate_key(key)
+        conn = Connection(f"{cls.type_name}:{key}", transport, params)
+        async with asyncio.timeout(cls.call_timeout):
+            while True:
+                act = self._activations.get((cls.type_name, key)) or await self._activate(cls, key)
+                try:
+                    await act.attach(conn)
+                    return conn
+                except Stale:
+                    continue
+
+    async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
+        """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""
+        act = conn.activation
+        if act is None or act.closed:
+            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue")
+        try:
+            await act.run(lambda obj: obj.on_message(conn, frame), {})
+        except Stale:
+            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue") from None
+
+    async def detach(self, conn: Connection) -> None:
+        """Detach a client; runs ``on_disconnect``. Idempotent."""
+        act = conn.activation
+        if act is not None and not act.closed:
+            try:
+                await act.detach(conn)
+            except Stale:
+                pass
 
     # -- reading without thawing -------------------------------------------------------------
 

@@ -1,0 +1,153 @@
+// fastapi_objects browser client: the browser side of the websocket frames.
+//
+//   const counter = ObjectsClient.connect("/objects/counter/abc/ws");
+//   counter.on("changed", (payload) => render(payload.value));
+//   const value = await counter.call("increment", { by: 1 });
+//   counter.send("typing", { on: true });        // a custom event for on_message
+//   counter.onStatus((status) => ...);            // "connecting" | "open" | "closed"
+//
+// Reconnects with exponential backoff and jitter. Calls made while disconnected wait for the
+// connection (up to callTimeout); calls in flight when it drops are rejected, never re-sent,
+// so a call is applied at most once.
+(function (global) {
+  "use strict";
+
+  class ObjectsError extends Error {
+    constructor(type, message) {
+      super(message);
+      this.name = "ObjectsError";
+      this.type = type;
+    }
+  }
+
+  class ObjectSocket {
+    constructor(url, options) {
+      this.url = ObjectSocket.absolute(url);
+      this.options = Object.assign(
+        { minBackoff: 250, maxBackoff: 10000, callTimeout: 30000, reconnect: true },
+        options || {}
+      );
+      this.handlers = new Map();
+      this.statusHandlers = [];
+      this.pending = new Map();
+      this.waiting = [];
+      this.nextRef = 1;
+      this.attempt = 0;
+      this.status = "connecting";
+      this.closedByUser = false;
+      this.lastClose = null;
+      this.open();
+    }
+
+    static absolute(url) {
+      if (/^wss?:\/\//.test(url)) return url;
+      const scheme = global.location.protocol === "https:" ? "wss:" : "ws:";
+      return scheme + "//" + global.location.host + url;
+    }
+
+    open() {
+      this.setStatus("connecting");
+      const ws = new WebSocket(this.url);
+      this.ws = ws;
+      ws.onopen = () => {
+        this.attempt = 0;
+        this.setStatus("open");
+        const waiting = this.waiting;
+        this.waiting = [];
+        waiting.forEach((flush) => flush());
+      };
+      ws.onmessage = (event) => this.receive(event.data);
+      ws.onclose = (event) => {
+        this.lastClose = { code: event.code, reason: event.reason };
+        this.pending.forEach(({ reject, timer }) => {
+          clearTimeout(timer);
+          reject(new ObjectsError("disconnected", "connection closed before the reply"));
+        });
+        this.pending.clear();
+        this.setStatus("closed");
+        // 44xx codes are refusals (bad key, unauthorized, forbidden): retrying cannot help.
+        const refused = event.code >= 4400 && event.code < 4500 && event.code !== 4408;
+        if (!this.closedByUser && this.options.reconnect && !refused) this.scheduleReconnect();
+      };
+    }
+
+    scheduleReconnect() {
+      const base = Math.min(this.options.maxBackoff, this.options.minBackoff * 2 ** this.attempt);
+      this.attempt += 1;
+      setTimeout(() => this.open(), base / 2 + Math.random() * (base / 2));
+    }
+
+    receive(data) {
+      let frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (err) {
+        return;
+      }
+      if (frame.ref !== undefined && frame.ref !== null && this.pending.has(frame.ref)) {
+        const { resolve, reject, timer } = this.pending.get(frame.ref);
+        clearTimeout(timer);
+        this.pending.delete(frame.ref);
+        if (frame.ok) resolve(frame.result);
+        else reject(new ObjectsError(frame.error.type, frame.error.message));
+      } else if (frame.event !== undefined) {
+        (this.handlers.get(frame.event) || []).forEach((fn) => fn(frame.payload, frame));
+        (this.handlers.get("*") || []).forEach((fn) => fn(frame.payload, frame));
+      } else if (frame.ok === false) {
+        (this.handlers.get("error") || []).forEach((fn) => fn(frame.error, frame));
+      }
+    }
+
+    request(frame) {
+      return new Promise((resolve, reject) => {
+        const ref = String(this.nextRef++);
+        frame.ref = ref;
+        const timer = setTimeout(() => {
+          this.pending.delete(ref);
+          reject(new ObjectsError("timeout", "no reply within " + this.options.callTimeout + " ms"));
+        }, this.options.callTimeout);
+        const transmit = () => {
+          this.pending.set(ref, { resolve, reject, timer });
+          this.ws.send(JSON.stringify(frame));
+        };
+        if (this.status === "open") transmit();
+        else this.waiting.push(transmit);
+      });
+    }
+
+    call(method, args) {
+      return this.request({ call: method, args: args || {} });
+    }
+
+    send(event, payload) {
+      return this.request({ event: event, payload: payload === undefined ? null : payload });
+    }
+
+    on(event, fn) {
+      if (!this.handlers.has(event)) this.handlers.set(event, []);
+      this.handlers.get(event).push(fn);
+      return () => this.handlers.set(event, this.handlers.get(event).filter((f) => f !== fn));
+    }
+
+    onStatus(fn) {
+      this.statusHandlers.push(fn);
+      fn(this.status);
+    }
+
+    setStatus(status) {
+      this.status = status;
+      this.statusHandlers.forEach((fn) => fn(status, this.lastClose));
+    }
+
+    close() {
+      this.closedByUser = true;
+      this.ws.close(1000);
+    }
+  }
+
+  global.ObjectsClient = {
+    connect: (url, options) => new ObjectSocket(url, options),
+    ObjectSocket: ObjectSocket,
+    ObjectsError: ObjectsError,
+  };
+})(typeof window !== "undefined" ? window : globalThis);

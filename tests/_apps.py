@@ -1,0 +1,111 @@
+"""Small apps shared by the integration tests (DESIGN section 1, as written)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+
+from fastapi_objects import (
+    Connection,
+    ConnectionRejected,
+    DurableObject,
+    Handle,
+    Objects,
+    get_object,
+    readonly,
+)
+
+
+class CounterState(BaseModel):
+    value: int = 0
+
+
+class Counter(DurableObject[CounterState]):
+    idle_timeout = 30.0
+
+    async def increment(self, by: int = 1) -> int:
+        self.state.value += by
+        self.broadcast("changed", {"value": self.state.value})
+        return self.state.value
+
+    @readonly
+    async def get(self) -> int:
+        return self.state.value
+
+    async def fail(self) -> None:
+        self.state.value += 1000
+        self.broadcast("changed", {"value": self.state.value})
+        raise ValueError("refused on purpose")
+
+    async def slow(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+
+class RoomState(BaseModel):
+    messages: list[str] = []
+
+
+class Room(DurableObject[RoomState]):
+    """Rejects clients without a name; keeps presence in connection state."""
+
+    idle_timeout = 0.3
+
+    async def on_connect(self, conn: Connection) -> None:
+        name = conn.params.get("name")
+        if not name:
+            raise ConnectionRejected("a name is required", code=4403)
+        conn.state = {"name": name}
+        conn.tags.add("member")
+        conn.send("welcome", {"history": self.state.messages})
+        self.broadcast("joined", {"name": name, "present": self._present()})
+
+    async def on_disconnect(self, conn: Connection) -> None:
+        self.broadcast("left", {"name": conn.state.get("name"), "present": self._present()})
+
+    async def on_message(self, conn: Connection, frame: dict[str, Any]) -> None:
+        if frame["event"] == "typing":
+            self.broadcast("typing", {"name": conn.state["name"]}, exclude=conn)
+
+    async def say(self, text: str) -> int:
+        self.state.messages.append(text)
+        self.broadcast("message", {"text": text})
+        return len(self.state.messages)
+
+    @readonly
+    async def history(self) -> list[str]:
+        return self.state.messages
+
+    def _present(self) -> list[str]:
+        return sorted(c.state.get("name", "?") for c in self.connections(tag="member"))
+
+
+def make_app(database_url: str, **options: Any) -> tuple[FastAPI, Objects]:
+    objects = Objects(objects=[Counter, Room], database_url=database_url, **options)
+    app = FastAPI(lifespan=objects.lifespan)
+    app.include_router(objects.router)
+
+    @app.post("/counters/{key}/increment")
+    async def increment(
+        counter: Annotated[Handle[Counter], Depends(get_object(Counter))], by: int = 1
+    ) -> dict[str, int]:
+        return {"value": await counter.increment(by)}
+
+    @app.get("/counters/{key}")
+    async def read(
+        counter: Annotated[Handle[Counter], Depends(get_object(Counter))],
+    ) -> dict[str, int]:
+        return {"value": await counter.get()}
+
+    @app.post("/counters/{key}/fail")
+    async def fail(counter: Annotated[Handle[Counter], Depends(get_object(Counter))]) -> None:
+        await counter.fail()
+
+    @app.get("/plain")
+    async def plain() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app, objects
