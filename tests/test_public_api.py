@@ -1,0 +1,58 @@
+"""The public surface changes only on purpose."""
+
+from __future__ import annotations
+
+import fastapi_objects
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    assert fastapi_objects.__all__ == [
+        "CallTimeout",
+        "ConflictError",
+        "Connection",
+        "ConnectionRejected",
+        "CorruptState",
+        "DurableObject",
+        "EventSourced",
+        "Handle",
+        "InvalidArguments",
+        "InvalidCall",
+        "InvalidKey",
+        "Message",
+        "MissingDependency",
+        "ObjectNotFound",
+        "Objects",
+        "ObjectsError",
+        "Overloaded",
+        "Runtime",
+        "RuntimeStats",
+        "StorageUnavailable",
+        "SubscriptionOverflow",
+        "UnknownMethod",
+        "UnknownObjectType",
+        "get_object",
+        "readonly",
+    ]
+    assert fastapi_objects.__all__ == sorted(fastapi_objects.__all__)
+    for name in fastapi_objects.__all__:
+        assert getattr(fastapi_objects, name) is not None
+
+
+def test_every_error_is_an_objects_error_with_a_distinct_type() -> None:
+    errors = [
+        getattr(fastapi_objects, name)
+        for name in fastapi_objects.__all__
+        if isinstance(getattr(fastapi_objects, name), type)
+        and issubclass(getattr(fastapi_objects, name), Exception)
+    ]
+    assert len(errors) >= 13
+    assert all(issubclass(e, fastapi_objects.ObjectsError) for e in errors)
+    types = [e.type for e in errors]
+    assert len(types) == len(set(types)), types
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    for name in fastapi_objects.__all__:
+        obj = getattr(fastapi_objects, name)
+        if callable(obj):
+            assert (obj.__doc__ or "").strip(), name
