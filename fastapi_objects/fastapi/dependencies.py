@@ -40,6 +40,7 @@ def get_object(cls: type[T], key: KeySource = "key") -> Callable[..., Awaitable[
         return found
 
     async def dependency(connection: HTTPConnection) -> Handle[T]:
+        value: Any
         if callable(key):
             value = key(connection)
             if inspect.isawaitable(value):
