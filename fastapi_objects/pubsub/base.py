@@ -1,0 +1,351 @@
+"""Topics and fan-out, written once above small backends.
+
+``PubSub`` delivers a message to this node's subscribers at once, in call order, and hands it
+to a ``Backend`` that carries it to the other nodes. A backend only moves encoded messages
+between nodes (``connect``, ``disconnect``, ``publish``); it knows nothing of subscribers.
+
+Example::
+
+    async with open_pubsub("memory://") as pubsub:
+        async with pubsub.subscribe("counter:abc") as sub:
+            pubsub.publish_nowait("counter:abc", "changed", {"value": 1})
+            message = await sub.get()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import pydantic_core
+
+from .._exceptions import ObjectsError
+
+logger = logging.getLogger("fastapi_objects.pubsub")
+
+# Past this many messages waiting for the backend, the oldest are dropped (and logged): the
+# publisher runs inside the runtime's commit loop and must never block or grow memory forever.
+_OUTBOX_LIMIT = 10_000
+_SEND_ATTEMPTS = 5
+_FLUSH_TIMEOUT = 5.0
+
+
+class SubscriptionOverflow(ObjectsError):
+    """A subscriber fell ``max_queue`` messages behind; its subscription was closed."""
+
+    type = "overflow"
+
+
+class PubSubClosed(ObjectsError):
+    """The pub/sub (or the subscription) is closed, or the pub/sub was never started."""
+
+    type = "pubsub_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published event on a topic; ``payload`` is JSON-compatible."""
+
+    topic: str
+    event: str
+    payload: Any
+    exclude: str | None = None  # a connection id that must not receive it (the sender)
+    origin: str = ""  # node id of the publisher
+
+
+def encode_message(message: Message) -> bytes:
+    """Encode a message as JSON (raises ``ValueError`` when the payload is not JSON-compatible)."""
+    try:
+        return pydantic_core.to_json(
+            {
+                "topic": message.topic,
+                "event": message.event,
+                "payload": message.payload,
+                "exclude": message.exclude,
+                "origin": message.origin,
+            }
+        )
+    except pydantic_core.PydanticSerializationError as exc:
+        where = f"{message.topic!r}/{message.event!r}"
+        raise ValueError(f"the payload of {where} is not JSON-compatible: {exc}") from exc
+
+
+def decode_message(data: bytes | str) -> Message:
+    """Decode what ``encode_message`` produced; ``ValueError`` for anything malformed."""
+    raw = pydantic_core.from_json(data)
+    if not isinstance(raw, dict):
+        raise ValueError("a pub/sub message must be a JSON object")
+    topic, event = raw.get("topic"), raw.get("event")
+    exclude, origin = raw.get("exclude"), raw.get("origin", "")
+    if not (isinstance(topic, str) and isinstance(event, str) and isinstance(origin, str)):
+        raise ValueError("a pub/sub message needs string 'topic', 'event' and 'origin'")
+    if exclude is not None and not isinstance(exclude, str):
+        raise ValueError("'exclude' must be a string or null")
+    return Message(topic, event, raw.get("payload"), exclude, origin)
+
+
+class Backend(ABC):
+    """Carries encoded messages between nodes; every node's backend hears every message."""
+
+    @abstractmethod
+    async def connect(self, on_message: Callable[[Message], None]) -> None:
+        """Start listening; call ``on_message`` (in the event loop, in arrival order) per message.
+
+        Messages that cannot be decoded are logged and skipped; ``on_message`` also gets
+        this node's own messages back, which ``PubSub`` drops by ``origin``.
+        """
+
+    @abstractmethod
+    async def disconnect(self) -> None:
+        """Stop listening and release connections."""
+
+    @abstractmethod
+    async def publish(self, message: Message, data: bytes) -> None:
+        """Send ``data`` (``message`` encoded by ``encode_message``) to every node."""
+
+
+class Subscription:
+    """A bounded queue of the messages published on one topic.
+
+    Use it as an async context manager (unsubscribes on exit) and an async iterator, or
+    call ``await sub.get()``. If it falls ``max_queue`` messages behind it is closed, its
+    queued messages are dropped, and the next read raises ``SubscriptionOverflow``.
+    """
+
+    def __init__(self, pubsub: PubSub, topic: str, max_queue: int) -> None:
+        self.topic = topic
+        self.max_queue = max_queue
+        self._pubsub = pubsub
+        self._items: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._overflowed = False
+        self.closed = False
+
+    def _put(self, message: Message) -> None:
+        if self.closed:
+            return
+        if len(self._items) >= self.max_queue:
+            self._overflowed = True
+            self._items.clear()
+            self.close()
+            logger.warning("subscriber of %r fell %d messages behind; closed", self.topic,
+                           self.max_queue)
+            return
+        self._items.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Message:
+        """Wait for the next message; raises ``SubscriptionOverflow`` or ``PubSubClosed``."""
+        while not self._items:
+            if self._overflowed:
+                raise SubscriptionOverflow(
+                    f"the subscriber of topic {self.topic!r} fell more than {self.max_queue} "
+                    "messages behind and was closed; subscribe again to resume"
+                )
+            if self.closed:
+                raise PubSubClosed(f"the subscription to {self.topic!r} is closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def close(self) -> None:
+        """Unsubscribe; a pending ``get`` wakes up (iteration ends, or reports the overflow)."""
+        if not self.closed:
+            self.closed = True
+            self._pubsub._unsubscribe(self)
+            self._wake()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self.closed and not self._items and not self._overflowed:
+            raise StopAsyncIteration
+        try:
+            return await self.get()
+        except PubSubClosed:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PubSub:
+    """Topics with fan-out to this node's subscribers and, through ``backend``, to other nodes."""
+
+    def __init__(self, backend: Backend, node_id: str) -> None:
+        self.backend = backend
+        self.node_id = node_id
+        self._topics: dict[str, dict[Subscription, None]] = {}
+        # Ordered outbox: (message, encoded, future of an awaiting ``publish`` or None).
+        self._outbox: deque[tuple[Message, bytes, asyncio.Future[None] | None]] = deque()
+        self._wakeup = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        """Connect the backend and start the task that sends to the other nodes."""
+        if self._closed:
+            raise PubSubClosed("this pub/sub is closed; open a new one")
+        if self._started:
+            return
+        await self.backend.connect(self._on_remote)
+        self._sender = asyncio.create_task(self._send_loop(), name="objects-pubsub-sender")
+        self._started = True
+
+    async def close(self) -> None:
+        """Send what is queued (for up to a few seconds), disconnect, end every subscription."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sender is not None:
+            self._outbox.append((Message("", "", None), b"", None))  # end marker
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), _FLUSH_TIMEOUT)
+            except TimeoutError:
+                logger.warning("pub/sub closed with %d messages unsent", len(self._outbox))
+                self._sender.cancel()
+                await asyncio.gather(self._sender, return_exceptions=True)
+            for _, _, future in self._outbox:
+                if future is not None and not future.done():
+                    future.set_exception(PubSubClosed("the pub/sub closed before sending"))
+            self._outbox.clear()
+        if self._started:
+            await self.backend.disconnect()
+        for subscriptions in list(self._topics.values()):
+            for subscription in list(subscriptions):
+                subscription.close()
+
+    async def __aenter__(self) -> PubSub:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def publish_nowait(
+        self, topic: str, event: str, payload: Any, *, exclude: str | None = None
+    ) -> None:
+        """Deliver to this node's subscribers now and queue the send to the other nodes.
+
+        Never blocks: safe to call from the runtime's commit loop. Raises ``PubSubClosed``
+        when not started or closed, ``ValueError`` when ``payload`` is not JSON-compatible.
+        """
+        self._enqueue(topic, event, payload, exclude, None)
+
+    async def publish(
+        self, topic: str, event: str, payload: Any, *, exclude: str | None = None
+    ) -> None:
+        """Like ``publish_nowait``, but return only once the backend has sent the message."""
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(topic, event, payload, exclude, future)
+        await future
+
+    def _enqueue(
+        self, topic: str, event: str, payload: Any, exclude: str | None,
+        future: asyncio.Future[None] | None,
+    ) -> None:
+        if self._closed or not self._started:
+            state = "closed" if self._closed else "not started (call await pubsub.start())"
+            raise PubSubClosed(f"cannot publish on {topic!r}: the pub/sub is {state}")
+        message = Message(topic, event, payload, exclude, self.node_id)
+        data = encode_message(message)  # before local delivery: every node sees the same JSON
+        self._deliver(message)
+        if len(self._outbox) >= _OUTBOX_LIMIT:
+            _, _, dropped = self._outbox.popleft()
+            logger.error("pub/sub outbox full (%d); dropped the oldest message", _OUTBOX_LIMIT)
+            if dropped is not None and not dropped.done():
+                dropped.set_exception(PubSubClosed("dropped: the pub/sub outbox was full"))
+        self._outbox.append((message, data, future))
+        self._wakeup.set()
+
+    def subscribe(self, topic: str, *, max_queue: int = 1024) -> Subscription:
+        """Subscribe to exactly ``topic`` (no wildcards) from now on."""
+        if self._closed:
+            raise PubSubClosed(f"cannot subscribe to {topic!r}: the pub/sub is closed")
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        subscription = Subscription(self, topic, max_queue)
+        self._topics.setdefault(topic, {})[subscription] = None
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscriptions = self._topics.get(subscription.topic)
+        if subscriptions is not None:
+            subscriptions.pop(subscription, None)
+            if not subscriptions:
+                del self._topics[subscription.topic]
+
+    def subscriber_count(self, topic: str) -> int:
+        """How many subscriptions on this node are open on ``topic``."""
+        return len(self._topics.get(topic, ()))
+
+    def _deliver(self, message: Message) -> None:
+        subscriptions = self._topics.get(message.topic)
+        if subscriptions:
+            for subscription in list(subscriptions):
+                subscription._put(message)
+
+    def _on_remote(self, message: Message) -> None:
+        if message.origin != self.node_id:  # our own were delivered when published
+            self._deliver(message)
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._outbox:
+                message, data, future = self._outbox.popleft()
+                if not data:
+                    return  # the end marker queued by close()
+                try:
+                    error = await self._send(message, data)
+                except asyncio.CancelledError:
+                    if future is not None and not future.done():
+                        future.set_exception(PubSubClosed("the pub/sub closed before sending"))
+                    raise
+                if future is not None and not future.done():
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+
+    async def _send(self, message: Message, data: bytes) -> Exception | None:
+        attempt, delay = 1, 0.05
+        while True:
+            try:
+                await self.backend.publish(message, data)
+                return None
+            except Exception as exc:
+                # An ObjectsError is a clear, lasting problem (a missing table): no retry.
+                if attempt == _SEND_ATTEMPTS or isinstance(exc, ObjectsError):
+                    logger.error("pub/sub: dropped %r/%r after %d attempts: %r",
+                                 message.topic, message.event, attempt, exc)
+                    return exc
+                logger.warning("pub/sub: send failed (%r); retrying", exc)
+            await asyncio.sleep(delay)
+            attempt, delay = attempt + 1, delay * 2
