@@ -489,8 +489,12 @@ class Activation:
         except Stale:
             return
         try:
-            if not force and (self.in_flight or self.connections or self._waiters):
-                self._arm(self.cls.idle_timeout)
+            idle_for = self.runtime.loop.time() - self.last_used
+            if not force and (
+                self.in_flight or self.connections or self._waiters
+                or idle_for < self.cls.idle_timeout  # a call slipped in before us
+            ):
+                self._arm(max(self.cls.idle_timeout - idle_for, 0.01))
                 return
             try:
                 pending = await self._run_hook(self.instance.on_hibernate, snapshot=True)
