@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,7 +36,9 @@ async def _probe(url: str) -> str | None:
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """The PostgreSQL URL; skips (or fails under OBJECTS_REQUIRE_POSTGRES=1) when unreachable."""
-    reason = asyncio.run(_probe(PG_URL))
+    # A thread of its own: this may be first requested from inside a running event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reason = pool.submit(asyncio.run, _probe(PG_URL)).result()
     if reason is not None:
         if REQUIRE_PG:
             pytest.fail(reason + " and OBJECTS_REQUIRE_POSTGRES=1")

@@ -148,7 +148,13 @@ class Activation:
                 f"{self.topic}: stored state is {type(data).__name__}, not an object"
             )
         if version < cls.state_version:
-            data = cls.migrate_state(data, version)
+            try:
+                data = cls.migrate_state(data, version)
+            except Exception as exc:
+                message = exc.message if isinstance(exc, CorruptState) else repr(exc)
+                raise CorruptState(
+                    f"{self.topic}: migrating state from version {version} failed: {message}"
+                ) from exc
         try:
             return cls.state_model.model_validate(data)
         except pydantic.ValidationError as exc:
@@ -256,18 +262,29 @@ class Activation:
         """Whether a mutating turn of this object is running."""
         return self._turn is not None
 
-    async def call(self, spec: MethodSpec, args: dict[str, Any]) -> Any:
+    async def call(self, spec: MethodSpec, args: dict[str, Any], held: bool = False) -> Any:
         """Run one call as a turn (or inside the running turn, when re-entered)."""
-        return await self.run(spec.fn, args, spec.readonly)
+        return await self.run(spec.fn, args, spec.readonly, held)
 
     async def run(
-        self, fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any], readonly: bool = False
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        kwargs: dict[str, Any],
+        readonly: bool = False,
+        held: bool = False,
     ) -> Any:
-        """Run ``fn(instance, **kwargs)`` as a turn; return once its output may leave."""
+        """Run ``fn(instance, **kwargs)`` as a turn; return once its output may leave.
+
+        ``held``: the caller already holds the gate as writer (it thawed the object), so the
+        call that caused the thaw keeps its place ahead of the calls that queued meanwhile.
+        """
         chain = _chain.get()
         if self in chain:
             return await fn(self.instance, **kwargs)
-        await self._enter(readonly)
+        if held:
+            readonly = False
+        else:
+            await self._enter(readonly)
         token = _chain.set((*chain, self))
         self.in_flight += 1
         try:
@@ -425,10 +442,12 @@ class Activation:
         conns = list(self.connections.values()) if self.connections else []
         return conns if tag is None else [c for c in conns if tag in c.tags]
 
-    async def attach(self, conn: Connection) -> None:
+    async def attach(self, conn: Connection, held: bool = False) -> None:
         """Attach a client: run ``on_connect`` as a turn; it may raise ``ConnectionRejected``."""
         limit = self.cls.max_connections
         if self.connections is not None and len(self.connections) >= limit:
+            if held:
+                self._release(False)
             raise ConnectionRejected(
                 f"{self.topic} already has {limit} clients attached (max_connections)", code=1013
             )
@@ -437,7 +456,7 @@ class Activation:
         self.connections[conn.id] = conn
         conn.activation = self
         try:
-            await self.run(lambda obj: obj.on_connect(conn), {})
+            await self.run(lambda obj: obj.on_connect(conn), {}, held=held)
         except BaseException:
             self._drop(conn)
             raise

@@ -218,9 +218,9 @@ class Runtime:
             async with timeout:
                 while True:
                     act = self._activations.get(ident)
-                    if act is None:
-                        act = await self._activate(cls, key)
                     try:
+                        if act is None:
+                            return await (await self._activate(cls, key)).call(spec, args, True)
                         return await act.call(spec, args)
                     except Stale:
                         continue
@@ -233,7 +233,8 @@ class Runtime:
             ) from None
 
     async def _activate(self, cls: type[DurableObject[Any]], key: str) -> Activation:
-        act = Activation(self, cls, key)  # holds its own gate until loaded
+        """Thaw ``(cls, key)``; the caller gets it with the gate held (``held=True`` calls)."""
+        act = Activation(self, cls, key)  # created holding its own gate
         self._activations[(cls.type_name, key)] = act
         try:
             await act.load()
@@ -241,7 +242,6 @@ class Runtime:
             act.close()
             act._release(False)
             raise
-        act._release(False)
         return act
 
     def forget(self, act: Activation) -> None:
@@ -291,9 +291,12 @@ class Runtime:
         conn = Connection(f"{cls.type_name}:{key}", transport, params)
         async with asyncio.timeout(cls.call_timeout):
             while True:
-                act = self._activations.get((cls.type_name, key)) or await self._activate(cls, key)
+                act = self._activations.get((cls.type_name, key))
                 try:
-                    await act.attach(conn)
+                    if act is None:
+                        await (await self._activate(cls, key)).attach(conn, held=True)
+                    else:
+                        await act.attach(conn)
                     return conn
                 except Stale:
                     continue
