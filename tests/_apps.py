@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Body, Depends, FastAPI
 from pydantic import BaseModel
 
 from fastapi_objects import (
@@ -41,8 +41,29 @@ class Counter(DurableObject[CounterState]):
         raise ValueError("refused on purpose")
 
     async def slow(self, seconds: float) -> str:
-        await asyncio.sleep(seconds)
+        SLOW_RUNNING.add(f"{self.objects.node_id}/{self.key}")
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            SLOW_RUNNING.discard(f"{self.objects.node_id}/{self.key}")
         return "done"
+
+
+# "{node_id}/{key}" of each Counter whose slow() is running now: lets a test wait until a
+# call holds an object's turn instead of guessing with a sleep.
+SLOW_RUNNING: set[str] = set()
+
+
+class TimedCounter(Counter):
+    """A Counter whose calls time out quickly (for the 504 mapping)."""
+
+    call_timeout = 0.2
+
+
+class NarrowCounter(Counter):
+    """A Counter with room for one waiting call (for the 503 Overloaded mapping)."""
+
+    max_queue = 1
 
 
 class RoomState(BaseModel):
@@ -84,7 +105,9 @@ class Room(DurableObject[RoomState]):
 
 
 def make_app(database_url: str, **options: Any) -> tuple[FastAPI, Objects]:
-    objects = Objects(objects=[Counter, Room], database_url=database_url, **options)
+    objects = Objects(
+        objects=[Counter, Room, TimedCounter, NarrowCounter], database_url=database_url, **options
+    )
     app = FastAPI(lifespan=objects.lifespan)
     app.include_router(objects.router)
 
@@ -103,6 +126,35 @@ def make_app(database_url: str, **options: Any) -> tuple[FastAPI, Objects]:
     @app.post("/counters/{key}/fail")
     async def fail(counter: Annotated[Handle[Counter], Depends(get_object(Counter))]) -> None:
         await counter.fail()
+
+    @app.post("/counters/{key}/call/{method}")
+    async def call(
+        counter: Annotated[Handle[Counter], Depends(get_object(Counter))],
+        method: str,
+        args: Annotated[dict[str, Any] | None, Body()] = None,
+    ) -> dict[str, Any]:
+        """Call any method by name, as a websocket frame does (for the 422 mappings)."""
+        return {"result": await counter.call(method, args)}
+
+    @app.post("/timed/{key}/slow")
+    async def timed_slow(
+        counter: Annotated[Handle[TimedCounter], Depends(get_object(TimedCounter))],
+        seconds: float,
+    ) -> dict[str, str]:
+        return {"result": await counter.slow(seconds)}
+
+    @app.post("/narrow/{key}/slow")
+    async def narrow_slow(
+        counter: Annotated[Handle[NarrowCounter], Depends(get_object(NarrowCounter))],
+        seconds: float,
+    ) -> dict[str, str]:
+        return {"result": await counter.slow(seconds)}
+
+    @app.post("/narrow/{key}/increment")
+    async def narrow_increment(
+        counter: Annotated[Handle[NarrowCounter], Depends(get_object(NarrowCounter))],
+    ) -> dict[str, int]:
+        return {"value": await counter.increment()}
 
     @app.get("/plain")
     async def plain() -> dict[str, bool]:
