@@ -6,7 +6,9 @@ Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "even
 ``{"topic", "event", "payload"}``.
 
 Close codes: 4400 invalid key, 4404 unknown type, 4401 unauthorized, 4403 origin not allowed
-or rejected by ``on_connect``, 4408 client too slow, 1013 too many clients, 1012 object reloaded.
+or rejected by ``on_connect``, 4408 client too slow, 1013 too many clients, 1012 object reloaded,
+1011 attach failed (storage, or ``on_connect`` raised). Frames are JSON text: a binary frame,
+like any malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
 """
 
 from __future__ import annotations
@@ -155,15 +157,23 @@ class _Session:
         except (ObjectsError, TimeoutError) as exc:
             self.close(1011, f"attach failed: {exc}")
             return
+        except Exception as exc:
+            # A bug in on_connect: the client must not see a normal close (1000).
+            log.exception("%s: on_connect failed", self.topic)
+            self.close(1011, f"on_connect raised {type(exc).__name__}: {exc}")
+            return
         try:
             while self.close_with is None:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                data = message.get("text")
-                if data is None:
-                    data = message.get("bytes") or b""
-                self._handle(data)
+                text = message.get("text")
+                if text is None:
+                    # Frames are JSON text (what browsers send); a binary frame is a client bug.
+                    self._error(None, "invalid_frame", "binary frames are not accepted: "
+                                "send each frame as JSON in a text frame")
+                    continue
+                self._handle(text)
         except WebSocketDisconnect:
             return
 
@@ -191,10 +201,12 @@ class _Session:
 
     # -- incoming frames ---------------------------------------------------------------------
 
-    def _handle(self, data: str | bytes) -> None:
+    def _handle(self, data: str) -> None:
         limit = self.objects.max_frame_bytes
-        if len(data) > limit:
-            size = len(data)
+        size = len(data)
+        if 4 * size > limit:  # a character is 1 to 4 bytes: encode only near the limit
+            size = len(data.encode("utf-8", "surrogatepass"))
+        if size > limit:
             self._error(None, "frame_too_large", f"frame is {size} bytes; the limit is {limit}")
             return
         try:
