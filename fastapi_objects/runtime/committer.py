@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._exceptions import ObjectsError, StorageUnavailable
+from .._exceptions import ConflictError, ObjectsError, StorageUnavailable
 from ..storage import Commit, StatusUpdate, Storage
 
 if TYPE_CHECKING:
@@ -115,7 +115,22 @@ class GroupCommitter:
             await asyncio.sleep(0)
 
     def submit(self, activation: Activation, commit: Commit) -> PendingCommit:
-        """Queue a turn's commit, merging it into the object's queued entry if there is one."""
+        """Queue a turn's commit, merging it into the object's queued entry if there is one.
+
+        A turn that finishes after its instance was dropped (fenced out, or its storage
+        failed) built on state that never became durable: it fails here with
+        ``ConflictError``. Committed, its ``expected_rev`` could match a rev another writer
+        committed meanwhile and overwrite that writer's acknowledged change.
+        """
+        if activation.closed:
+            pending = PendingCommit(activation, commit)
+            pending.finish(
+                ConflictError(
+                    f"{activation.topic}: this instance was dropped while the call ran (its "
+                    "earlier commit was fenced out or failed); the call was not applied"
+                )
+            )
+            return pending
         queued = activation.queued
         if queued is not None:
             queued.merge(commit)
