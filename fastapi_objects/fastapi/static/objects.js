@@ -57,7 +57,10 @@
         waiting.forEach((flush) => flush());
       };
       ws.onmessage = (event) => this.receive(event.data);
-      ws.onclose = (event) => {
+      let closed = false;
+      const onClosed = (event) => {
+        if (closed) return;
+        closed = true;
         this.lastClose = { code: event.code, reason: event.reason };
         this.pending.forEach(({ reject, timer }) => {
           clearTimeout(timer);
@@ -68,6 +71,13 @@
         // 44xx codes are refusals (bad key, unauthorized, forbidden): retrying cannot help.
         const refused = event.code >= 4400 && event.code < 4500 && event.code !== 4408;
         if (!this.closedByUser && this.options.reconnect && !refused) this.scheduleReconnect();
+      };
+      ws.onclose = onClosed;
+      // Node.js 20's WebSocket fires only "error" (and stays CONNECTING) when it cannot
+      // connect; browsers are CLOSED by then and fire "close" next. Without this, a client
+      // in Node would never reconnect after a failed attempt.
+      ws.onerror = () => {
+        if (ws.readyState === 0) onClosed({ code: 1006, reason: "" });
       };
     }
 
