@@ -1,0 +1,329 @@
+"""Websockets for real: uvicorn on a loopback port, `websockets` clients, httpx over TCP.
+
+The server runs in its own thread and event loop (tests/_server.py), so clients and server
+share nothing but sockets. On PostgreSQL, broadcasts between nodes go over LISTEN/NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from fastapi_objects import Objects
+from tests._apps import Room, make_app
+from tests._server import LiveServer
+
+WAIT = 15.0  # generous: only reached when a frame is really missing
+CLIENTS = 120
+BROADCASTS = 25
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"
+
+
+@pytest.fixture
+async def live(db_url: str) -> AsyncIterator[tuple[LiveServer, Objects]]:
+    app, objects = make_app(db_url)
+    async with LiveServer(app) as server:
+        yield server, objects
+
+
+async def _recv(ws: ClientConnection) -> dict[str, Any]:
+    frame = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def _reply(ws: ClientConnection, ref: Any) -> dict[str, Any]:
+    """The reply to ``ref``, skipping broadcasts."""
+    while True:
+        frame = await _recv(ws)
+        if frame.get("ref") == ref and "ok" in frame:
+            return frame
+
+
+async def _events(
+    ws: ClientConnection, event: str, count: int, replies: dict[Any, Any] | None = None
+) -> list[Any]:
+    """The payloads of the next ``count`` broadcasts of ``event``, in arrival order.
+
+    Call replies read on the way are kept in ``replies`` (by ref) when it is given.
+    """
+    payloads = []
+    while len(payloads) < count:
+        frame = await _recv(ws)
+        if frame.get("event") == event:
+            payloads.append(frame["payload"])
+        elif replies is not None and "ok" in frame:
+            replies[frame["ref"]] = frame
+    return payloads
+
+
+async def _call(ws: ClientConnection, ref: Any, method: str, **args: Any) -> Any:
+    await ws.send(json.dumps({"ref": ref, "call": method, "args": args}))
+    reply = await _reply(ws, ref)
+    assert reply["ok"] is True, reply
+    return reply["result"]
+
+
+async def _attach_many(server: LiveServer, path: str, count: int) -> list[ClientConnection]:
+    """``count`` clients, each attached (its first call answered) before this returns."""
+    clients = await asyncio.gather(
+        *(connect(server.ws_url(path), open_timeout=WAIT) for _ in range(count))
+    )
+    await asyncio.gather(*(_call(ws, "hello", "get") for ws in clients))
+    return clients
+
+
+async def _close_all(clients: list[ClientConnection]) -> None:
+    await asyncio.gather(*(ws.close() for ws in clients))
+
+
+async def _fan_out(server: LiveServer, key: str) -> None:
+    """CLIENTS clients on one object each get all BROADCASTS broadcasts, in commit order."""
+    clients = await _attach_many(server, f"/objects/counter/{key}/ws", CLIENTS)
+    try:
+        driver = clients[0]
+        # Pipelined: every call is sent before any reply is read.
+        for i in range(BROADCASTS):
+            await driver.send(json.dumps({"ref": i, "call": "increment", "args": {}}))
+        replies: dict[Any, Any] = {}
+        received = await asyncio.gather(
+            _events(driver, "changed", BROADCASTS, replies),
+            *(_events(ws, "changed", BROADCASTS) for ws in clients[1:]),
+        )
+        expected = [{"value": v} for v in range(1, BROADCASTS + 1)]
+        for payloads in received:
+            assert payloads == expected
+        # The driver reads every reply too (a client that stops reading stalls its own close).
+        while len(replies) < BROADCASTS:
+            frame = await _recv(driver)
+            replies[frame["ref"]] = frame
+        assert [replies[i]["result"] for i in range(BROADCASTS)] == list(range(1, BROADCASTS + 1))
+    finally:
+        await _close_all(clients)
+
+
+async def test_many_clients_each_receive_every_broadcast_in_order(
+    live: tuple[LiveServer, Objects],
+) -> None:
+    server, _ = live
+    await _fan_out(server, "fan")
+
+
+async def test_an_http_posts_broadcast_reaches_websocket_clients(
+    live: tuple[LiveServer, Objects],
+) -> None:
+    server, _ = live
+    clients = await _attach_many(server, "/objects/counter/web/ws", 10)
+    try:
+        async with httpx2.AsyncClient(base_url=server.url) as http:
+            for by in (5, 7):
+                response = await http.post("/counters/web/increment", params={"by": by})
+                assert response.json() == {"value": by if by == 5 else 12}
+            assert (await http.get("/counters/web")).json() == {"value": 12}
+        for ws in clients:
+            assert await _events(ws, "changed", 2) == [{"value": 5}, {"value": 12}]
+    finally:
+        await _close_all(clients)
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "reason"),
+    [
+        ("/objects/room/r/ws", 4403, "a name is required"),
+        ("/objects/nope/r/ws", 4404, "nope"),
+        ("/objects/counter/bad!key/ws", 4400, "characters"),
+    ],
+)
+async def test_a_rejected_attach_is_seen_by_a_real_client(
+    live: tuple[LiveServer, Objects], path: str, code: int, reason: str
+) -> None:
+    server, _ = live
+    async with connect(server.ws_url(path), open_timeout=WAIT) as ws:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), WAIT)
+        assert ws.close_code == code
+        assert ws.close_reason is not None and reason in ws.close_reason
+
+
+async def test_malformed_frames_over_a_real_socket(live: tuple[LiveServer, Objects]) -> None:
+    server, _ = live
+    async with connect(
+        server.ws_url("/objects/counter/m/ws"), open_timeout=WAIT, max_size=None
+    ) as ws:
+        for bad in ("{oops", "[]", '{"ref": 1}', '{"ref": 2, "call": "nope"}'):
+            await ws.send(bad)
+            reply = await _recv(ws)
+            assert reply["ok"] is False, reply
+        await ws.send(b"\x01\x02")  # a binary frame
+        assert (await _recv(ws))["error"]["type"] == "invalid_frame"
+        await ws.send(json.dumps({"ref": 3, "call": "get", "pad": "x" * (1 << 20)}))
+        assert (await _recv(ws))["error"]["type"] == "frame_too_large"  # default 1 MiB
+        assert await _call(ws, 4, "increment", by=3) == 3
+        assert ws.close_code is None  # still open
+
+
+async def test_hibernate_after_the_last_detach_and_thaw_on_attach(
+    live: tuple[LiveServer, Objects],
+) -> None:
+    server, objects = live
+    assert Room.idle_timeout < 1
+    url = server.ws_url("/objects/room/h/ws")
+    async with connect(url + "?name=ann", open_timeout=WAIT) as ann:
+        assert (await _recv(ann))["payload"] == {"history": []}
+        assert await _call(ann, 1, "say", text="first") == 1
+        async with connect(url + "?name=bob", open_timeout=WAIT) as bob:
+            assert (await _recv(bob))["payload"] == {"history": ["first"]}
+        # An attached client keeps the object awake well past idle_timeout.
+        await asyncio.sleep(Room.idle_timeout * 3)
+        assert objects.stats().hibernations == 0
+        assert await _call(ann, 2, "history") == ["first"]
+    thaws = objects.stats().thaws
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while objects.stats().hibernations < 1:
+        assert loop.time() < deadline, "the room never hibernated"
+        await asyncio.sleep(0.02)
+    assert objects.stats().active == 0
+    page = await server.run(objects.query(Room, status="hibernated"))
+    assert [(cp.key, cp.state) for cp in page.items] == [("h", {"messages": ["first"]})]
+    async with connect(url + "?name=cat", open_timeout=WAIT) as cat:
+        assert (await _recv(cat))["payload"] == {"history": ["first"]}
+        assert objects.stats().thaws == thaws + 1
+        assert await _call(cat, 1, "say", text="second") == 2
+    page = await server.run(objects.query(Room, key_prefix="h"))
+    assert page.items[0].state == {"messages": ["first", "second"]}
+
+
+async def test_fan_out_on_postgresql(pg_url: str, pg_schema: str) -> None:
+    app, _ = make_app(pg_url, schema=pg_schema, create_tables=True)
+    async with LiveServer(app) as server:
+        await _fan_out(server, "pgfan")
+
+
+async def test_a_broadcast_made_on_node_a_reaches_a_client_on_node_b(
+    pg_url: str, pg_schema: str
+) -> None:
+    app_a, _ = make_app(pg_url, schema=pg_schema, create_tables=True)
+    app_b, _ = make_app(pg_url, schema=pg_schema, create_tables=True)
+    async with LiveServer(app_a) as node_a, LiveServer(app_b) as node_b:
+        clients = await _attach_many(node_b, "/objects/counter/x/ws", 5)
+        try:
+            async with httpx2.AsyncClient(base_url=node_a.url) as http:
+                for _ in range(3):
+                    assert (await http.post("/counters/x/increment")).status_code == 200
+            for ws in clients:
+                assert await _events(ws, "changed", 3) == [
+                    {"value": 1}, {"value": 2}, {"value": 3},
+                ]
+        finally:
+            await _close_all(clients)
+
+
+# -- the JavaScript client, in Node.js against the live server -------------------------------
+
+_JS_DRIVER = """
+require(process.argv[2]);
+const log = (obj) => console.log(JSON.stringify(obj));
+const client = ObjectsClient.connect(process.argv[3], { minBackoff: 50, maxBackoff: 200 });
+let opens = 0;
+client.on("changed", (payload) => log({ changed: payload.value }));
+client.onStatus(async (status) => {
+  log({ status });
+  if (status !== "open") return;
+  opens += 1;
+  if (opens === 1) {
+    log({ result: await client.call("increment", { by: 2 }) });
+    try {
+      await client.call("increment", { by: "many" });
+    } catch (err) {
+      log({ error: err.type });
+    }
+    log({ ready: true });
+  } else {
+    log({ result: await client.call("increment", { by: 1 }) });
+    client.close();
+  }
+});
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+async def test_the_javascript_client_calls_listens_and_reconnects(
+    db_url: str, tmp_path: Path
+) -> None:
+    js = Path(__file__).parents[1] / "fastapi_objects" / "fastapi" / "static" / "objects.js"
+    driver = tmp_path / "driver.js"
+    driver.write_text(_JS_DRIVER)
+    app, _ = make_app(db_url)
+    server = LiveServer(app)
+    await server.start()
+    node = await asyncio.create_subprocess_exec(
+        "node", "--experimental-websocket", "--no-warnings", str(driver), str(js),
+        server.ws_url("/objects/counter/js/ws"), stdout=asyncio.subprocess.PIPE,
+    )
+    assert node.stdout is not None
+    seen: list[dict[str, Any]] = []
+
+    async def until(done: dict[str, Any]) -> None:
+        while done not in seen:
+            line = await asyncio.wait_for(node.stdout.readline(), WAIT)  # type: ignore[union-attr]
+            assert line, f"node exited early; saw {seen}"
+            seen.append(json.loads(line))
+
+    try:
+        await until({"ready": True})
+        assert {"result": 2} in seen and {"changed": 2} in seen
+        assert {"error": "invalid_arguments"} in seen
+        # Restart the server on the same port: the client reconnects by itself (1012, backoff).
+        await server.stop()
+        server = LiveServer(make_app(db_url)[0], port=server.port)
+        await server.start()
+        await until({"result": 3})  # state survived the restart
+        assert await asyncio.wait_for(node.wait(), WAIT) == 0
+        statuses = [e["status"] for e in seen if "status" in e]
+        assert statuses.count("open") == 2 and "closed" in statuses
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+        await server.stop()
+
+
+_JS_REFUSED = """
+require(process.argv[2]);
+const client = ObjectsClient.connect(process.argv[3], { minBackoff: 20, maxBackoff: 50 });
+client.onStatus((status, close) => console.log(JSON.stringify({ status, close })));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+async def test_the_javascript_client_does_not_retry_a_refusal(
+    live: tuple[LiveServer, Objects], tmp_path: Path
+) -> None:
+    server, _ = live
+    js = Path(__file__).parents[1] / "fastapi_objects" / "fastapi" / "static" / "objects.js"
+    driver = tmp_path / "refused.js"
+    driver.write_text(_JS_REFUSED)
+    node = await asyncio.create_subprocess_exec(
+        "node", "--experimental-websocket", "--no-warnings", str(driver), str(js),
+        server.ws_url("/objects/room/r/ws"), stdout=asyncio.subprocess.PIPE,
+    )
+    # With nothing scheduled after the refusal, Node exits by itself.
+    out, _ = await asyncio.wait_for(node.communicate(), WAIT)
+    events = [json.loads(line) for line in out.splitlines()]
+    # The server accepts, then closes with the refusal's code: once, no retry.
+    assert [e["status"] for e in events] == ["connecting", "open", "closed"]
+    assert events[-1]["close"] == {"code": 4403, "reason": "a name is required"}
