@@ -129,8 +129,12 @@ class SQLStorage(Storage):
         now = datetime.now(UTC)
         ok: dict[tuple[str, str], bool] = {}
         async with self._connect(write=True) as conn:
-            creates = [c for c in commits if c.expected_rev == 0]
-            updates = [c for c in commits if c.expected_rev != 0]
+            creates = sorted((c for c in commits if c.expected_rev == 0), key=_ident)
+            updates = sorted((c for c in commits if c.expected_rev != 0), key=_ident)
+            statuses = sorted(statuses, key=_ident)
+            if not self._sqlite:
+                idents = {_ident(c) for c in updates} | {_ident(s) for s in statuses}
+                await self._lock(conn, sorted(idents))
             for chunk in _chunks(creates):
                 ok.update(await self._insert(conn, chunk, now))
             for chunk in _chunks(updates):
@@ -154,6 +158,20 @@ class SQLStorage(Storage):
                     stmt, [{"t": s.type, "k": s.key, "s": s.status} for s in statuses]
                 )
         return [ok[(c.type, c.key)] for c in commits]
+
+    async def _lock(self, conn: AsyncConnection, idents: list[tuple[str, str]]) -> None:
+        # Two writers (nodes, or a stale instance beside a fresh one) whose batches share
+        # objects would deadlock if each locked its rows in its own order: lock every row
+        # this batch changes first, in one global order (the same bytewise order as sorted()).
+        cp = self.checkpoints
+        for i in range(0, len(idents), _CHUNK):
+            stmt = (
+                sa.select(cp.c.type)
+                .where(sa.tuple_(cp.c.type, cp.c.key).in_(idents[i : i + _CHUNK]))
+                .order_by(cp.c.type.collate("C"), cp.c.key.collate("C"))
+                .with_for_update()
+            )
+            await conn.execute(stmt)
 
     async def _insert(
         self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
@@ -293,6 +311,10 @@ def _checkpoint(row: sa.Row[Any]) -> Checkpoint:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _ident(item: Commit | StatusUpdate) -> tuple[str, str]:
+    return (item.type, item.key)
 
 
 def _to_utc(value: datetime) -> datetime:
