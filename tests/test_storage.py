@@ -438,3 +438,50 @@ async def test_large_batches_are_chunked_in_one_commit(storage: Storage) -> None
     assert len(page.items) == 450
     total = sum(s.count for s in await storage.stats())
     assert total == n
+
+
+async def test_batches_over_the_same_objects_in_opposite_orders_do_not_deadlock(
+    storage: Storage, backend: Backend
+) -> None:
+    """Two writers (nodes) whose batches name the same objects in opposite orders."""
+    if backend.name != "postgres":
+        pytest.skip("SQLite has one writer at a time; memory has no transactions")
+    import asyncio
+
+    import asyncpg
+
+    keys = ["k0", "k1", "k2"]
+    await storage.commit([_create(k) for k in keys])
+    cps = {k: await _load(storage, k) for k in keys}
+    other = open_storage(backend.url, schema=backend.schema)
+    blocker = await asyncpg.connect(backend.url.replace("+asyncpg", ""))
+    try:
+        # A third transaction holds k2, so both writers stop half-way through their batch.
+        tx = blocker.transaction()
+        await tx.start()
+        table = f'"{backend.schema}".objects_checkpoints'
+        await blocker.execute(f"SELECT 1 FROM {table} WHERE key = 'k2' FOR UPDATE")
+        one = asyncio.create_task(
+            storage.commit([_next(cps[k], {"value": 1}) for k in ("k0", "k2", "k1")])
+        )
+        two = asyncio.create_task(
+            other.commit([_next(cps[k], {"value": 2}) for k in ("k1", "k2", "k0")])
+        )
+        for _ in range(500):
+            await blocker.execute("SELECT pg_stat_clear_snapshot()")  # else cached per transaction
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            if waiting >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting >= 2, "both writers should be waiting for a lock"
+        await tx.rollback()
+        results = await asyncio.gather(one, two)  # a deadlock raises StorageUnavailable
+    finally:
+        await blocker.close()
+        await other.close()
+    assert sorted(results) == [[False] * 3, [True] * 3]
+    winner = 1 if results[0] == [True] * 3 else 2
+    assert [(await _load(storage, k)).state for k in keys] == [{"value": winner}] * 3
