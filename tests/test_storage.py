@@ -448,7 +448,7 @@ async def test_batches_over_the_same_objects_in_opposite_orders_do_not_deadlock(
         pytest.skip("SQLite has one writer at a time; memory has no transactions")
     import asyncio
 
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     keys = ["k0", "k1", "k2"]
     await storage.commit([_create(k) for k in keys])
