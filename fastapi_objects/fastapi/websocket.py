@@ -44,11 +44,15 @@ _last_broadcast: tuple[Message | None, str] = (None, "")
 
 def _encode_broadcast(message: Message) -> str:
     # Fan-out hands the same Message to every client of a topic: encode it once, not N times.
+    # The cache is read once into a local: runtimes in other threads (several servers in one
+    # process) share it, and a second read could return another thread's frame.
     global _last_broadcast
-    if _last_broadcast[0] is not message:
+    cached, text = _last_broadcast
+    if cached is not message:
         frame = {"topic": message.topic, "event": message.event, "payload": message.payload}
-        _last_broadcast = (message, to_json(frame).decode())
-    return _last_broadcast[1]
+        text = to_json(frame).decode()
+        _last_broadcast = (message, text)
+    return text
 
 
 async def serve_websocket(
