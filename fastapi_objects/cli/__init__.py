@@ -1,0 +1,33 @@
+"""The ``objects`` command line: ``init`` a project, ``migrate`` it, and inspect stored objects.
+
+Run ``objects --help``; each command is described in ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from .init import init
+from .manage import ls, rm, show, stats
+from .migrate import migrate
+
+app = typer.Typer(
+    name="objects",
+    help="Durable objects for FastAPI: set up storage and migrations, inspect stored objects.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold database passwords
+)
+app.command()(init)
+app.command()(migrate)
+app.command()(ls)
+app.command()(show)
+app.command()(rm)
+app.command()(stats)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Run the ``objects`` command (the console script)."""
+    app()

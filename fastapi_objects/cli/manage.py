@@ -1,0 +1,190 @@
+"""``objects ls``, ``show``, ``rm`` and ``stats``: look at stored objects without thawing them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.json import JSON
+from rich.table import Table
+
+from ..runtime.keys import validate_key
+from ..storage import ObjectQuery
+from ..storage.base import STATUSES
+from ..storage.sql import SQLStorage
+from ._errors import CliError, reported
+from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_target, resolve
+
+TypeArgument = Annotated[str, typer.Argument(metavar="TYPE", help="Object type, e.g. counter.")]
+KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="Object key.")]
+
+
+@reported
+def ls(
+    type_name: TypeArgument,
+    status: Annotated[
+        str | None, typer.Option(help=f"Only objects in this status ({', '.join(STATUSES)}).")
+    ] = None,
+    prefix: Annotated[str | None, typer.Option(help="Only keys starting with this.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many rows.")] = 50,
+    app: AppOption = None,
+    database_url: DatabaseUrlOption = None,
+    schema: SchemaOption = None,
+) -> None:
+    """List the stored objects of TYPE, by key."""
+    if status is not None and status not in STATUSES:
+        raise CliError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+    if prefix:
+        validate_key(prefix)
+    asyncio.run(_ls(resolve(app, database_url, schema), type_name, status, prefix, limit))
+
+
+async def _ls(
+    target: Target, type_name: str, status: str | None, prefix: str | None, limit: int
+) -> None:
+    async with open_target(target) as storage:
+        await _check_type(storage, target, type_name)
+        page = await storage.query(
+            ObjectQuery(type=type_name, status=status, key_prefix=prefix, limit=limit)
+        )
+    console = Console()
+    if not page.items:
+        console.print(f"no {type_name} objects match", markup=False)
+        return
+    table = Table("key", "status", "rev", "version", "updated (UTC)", "state", title=type_name)
+    for cp in page.items:
+        state = json.dumps(cp.state, separators=(",", ":"))
+        table.add_row(
+            cp.key, cp.status, str(cp.rev), str(cp.state_version), _time(cp.updated_at),
+            state if len(state) <= 60 else state[:59] + "…",
+        )
+    console.print(table)
+    if page.next_cursor is not None:
+        console.print(f"(first {limit} shown; raise --limit for more)", markup=False)
+
+
+@reported
+def show(
+    type_name: TypeArgument,
+    key: KeyArgument,
+    journal: Annotated[int, typer.Option(min=0, help="How many journal entries to show.")] = 10,
+    app: AppOption = None,
+    database_url: DatabaseUrlOption = None,
+    schema: SchemaOption = None,
+) -> None:
+    """Show one object: state, rev, state version, status, times and its journal tail."""
+    key = validate_key(key)
+    asyncio.run(_show(resolve(app, database_url, schema), type_name, key, journal))
+
+
+async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
+    async with open_target(target) as storage:
+        await _check_type(storage, target, type_name)
+        cp = await storage.load(type_name, key)
+        if cp is None:
+            raise CliError(f"no object {type_name}:{key}")
+        entries = await storage.read_journal(type_name, key, max(0, cp.journal_rev - tail))
+    console = Console()
+    fields = Table.grid(padding=(0, 2))
+    for name, value in [
+        ("object", f"{type_name}:{key}"), ("status", cp.status), ("rev", cp.rev),
+        ("state version", cp.state_version), ("journal rev", cp.journal_rev),
+        ("snapshot rev", cp.snapshot_rev), ("created (UTC)", _time(cp.created_at)),
+        ("updated (UTC)", _time(cp.updated_at)),
+    ]:
+        fields.add_row(name, str(value))
+    console.print(fields)
+    console.print("state:", markup=False)
+    console.print(JSON.from_data(cp.state))
+    if tail == 0:
+        return
+    if not entries:
+        console.print("journal: empty", markup=False)
+        return
+    journal = Table("rev", "at (UTC)", "kind", "payload", title=f"journal (last {len(entries)})")
+    for entry in entries:
+        journal.add_row(str(entry.rev), _time(entry.at), entry.kind, _json(entry.payload))
+    console.print(journal)
+
+
+@reported
+def rm(
+    type_name: TypeArgument,
+    key: KeyArgument,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    app: AppOption = None,
+    database_url: DatabaseUrlOption = None,
+    schema: SchemaOption = None,
+) -> None:
+    """Purge one object: its checkpoint and its journal."""
+    key = validate_key(key)
+    asyncio.run(_rm(resolve(app, database_url, schema), type_name, key, yes))
+
+
+async def _rm(target: Target, type_name: str, key: str, yes: bool) -> None:
+    async with open_target(target) as storage:
+        if target.types is not None:
+            await _check_type(storage, target, type_name)
+        cp = await storage.load(type_name, key)
+        if cp is None:
+            raise CliError(f"no object {type_name}:{key}")
+        if not yes:
+            typer.confirm(
+                f"Delete {type_name}:{key} (rev {cp.rev}) and its {cp.journal_rev} journal "
+                "entries for good?",
+                abort=True,
+            )
+        await storage.delete(type_name, key)
+    typer.echo(f"deleted {type_name}:{key}")
+
+
+@reported
+def stats(
+    app: AppOption = None, database_url: DatabaseUrlOption = None, schema: SchemaOption = None
+) -> None:
+    """Count the stored objects per type and status."""
+    asyncio.run(_stats(resolve(app, database_url, schema)))
+
+
+async def _stats(target: Target) -> None:
+    async with open_target(target) as storage:
+        rows = await storage.stats()
+    counts: dict[str, dict[str, int]] = {name: {} for name in sorted(target.types or {})}
+    for row in rows:
+        counts.setdefault(row.type, {})[row.status] = row.count
+    table = Table("type", *STATUSES, "total", title="objects")
+    for name in sorted(counts):
+        by_status = counts[name]
+        table.add_row(
+            name, *(str(by_status.get(s, 0)) for s in STATUSES), str(sum(by_status.values()))
+        )
+    Console().print(table)
+
+
+async def _check_type(storage: SQLStorage, target: Target, type_name: str) -> None:
+    """Refuse a type the app does not register (with --app) or that has no stored object."""
+    if target.types is not None:
+        if type_name not in target.types:
+            known = ", ".join(sorted(target.types)) or "none"
+            raise CliError(f"unknown object type {type_name!r} (registered: {known})")
+        return
+    stored = sorted({row.type for row in await storage.stats()})
+    if type_name not in stored:
+        known = ", ".join(stored) or "none"
+        raise CliError(
+            f"unknown object type {type_name!r}: none stored (stored types: {known}; "
+            "--app names the registered ones)"
+        )
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _json(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 80 else text[:79] + "…"

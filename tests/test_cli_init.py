@@ -1,0 +1,345 @@
+"""`objects init` and `objects migrate` on fresh FastAPI projects, with real SQLite and PostgreSQL.
+
+Each test builds a small FastAPI project in tmp_path (pyproject.toml + app/main.py written as
+DESIGN section 1 shows), runs the CLI there (in-process with Typer's CliRunner, and as the real
+`objects` console script), then proves with `alembic check` that the migration matches the
+runtime's tables, and that the app starts and a durable call persists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from fastapi.testclient import TestClient
+from sqlalchemy.ext.asyncio import create_async_engine
+from typer.testing import CliRunner
+
+from fastapi_objects.cli import app as cli
+
+BIN = Path(sys.executable).parent
+PYPROJECT = '[project]\nname = "Shop API"\nversion = "0.1.0"\ndependencies = ["fastapi"]\n'
+MAIN = '''\
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+
+from app.objects_settings import DATABASE_URL, SCHEMA
+from fastapi_objects import DurableObject, Handle, Objects, get_object
+
+
+class CounterState(BaseModel):
+    value: int = 0
+
+
+class Counter(DurableObject[CounterState]):
+    async def increment(self, by: int = 1) -> int:
+        self.state.value += by
+        self.record("incremented", {"by": by})
+        return self.state.value
+
+
+# create_tables=False: the tables must come from the migration.
+objects = Objects(objects=[Counter], database_url=DATABASE_URL, schema=SCHEMA, create_tables=False)
+app = FastAPI(lifespan=objects.lifespan)
+app.include_router(objects.router)
+
+
+@app.post("/counters/{key}/increment")
+async def increment(counter: Annotated[Handle[Counter], Depends(get_object(Counter))], by: int = 1):
+    return {"value": await counter.increment(by)}
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh FastAPI project as the current folder, with the process state restored after."""
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "main.py").write_text(MAIN)
+    monkeypatch.chdir(tmp_path)
+    for name in ("OBJECTS_DATABASE_URL", "OBJECTS_SCHEMA", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    loggers = {name: (lg.disabled, lg.level) for name, lg in _loggers()}
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    _forget_app_modules()
+    yield tmp_path
+    _forget_app_modules()
+    # Alembic's env.py calls logging.config.fileConfig: undo it for the tests that follow.
+    for name, lg in _loggers():
+        lg.disabled, level = loggers.get(name, (False, logging.NOTSET))
+        lg.setLevel(level)
+    root.setLevel(root_state[0])
+    root.handlers[:] = root_state[1]
+
+
+def _loggers() -> list[tuple[str, logging.Logger]]:
+    return [
+        (name, lg) for name, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    ]
+
+
+def _forget_app_modules() -> None:
+    for name in [m for m in sys.modules if m == "app" or m.startswith("app.")]:
+        del sys.modules[name]
+
+
+def run(*args: str, input: str | None = None, code: int = 0) -> str:
+    """Run the CLI in-process; check its exit code; return stdout."""
+    result = CliRunner().invoke(cli, list(args), input=input)
+    assert result.exit_code == code, (result.output, result.exception)
+    return result.stdout
+
+
+def run_real(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script (`objects`, `alembic`) as a real process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBJECTS_")}
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mtime (ns), to prove a command changed nothing."""
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def durable_call(key: str, by: int) -> int:
+    """Start the app (lifespan and all), make one durable HTTP call, stop it."""
+    _forget_app_modules()
+    # A fresh module: a fresh runtime on the configured database.
+    app = importlib.import_module("app.main").app
+    with TestClient(app) as client:
+        response = client.post(f"/counters/{key}/increment", params={"by": by})
+    assert response.status_code == 200, response.text
+    return int(response.json()["value"])
+
+
+def storage_revision(root: Path) -> Path:
+    (path,) = (root / "migrations" / "versions").glob("*_objects_storage_v1.py")
+    return path
+
+
+def test_fresh_project_on_sqlite_end_to_end(project: Path) -> None:
+    done = run_real("objects", "init", cwd=project)
+    assert done.returncode == 0, done.stderr
+    for name in (".env", "app/objects_settings.py", "alembic.ini", "migrations/README",
+                 "migrations/env.py", "migrations/script.py.mako"):
+        assert f"created: {name}" in done.stdout
+        assert (project / name).is_file()
+    revision = storage_revision(project)
+    assert "create_storage_tables(version=1, schema=None)" in revision.read_text()
+    assert "objects migrate" in done.stdout  # the next commands
+    assert (project / ".env").read_text().endswith(
+        "OBJECTS_DATABASE_URL=sqlite+aiosqlite:///./objects.db\n"
+    )
+
+    done = run_real("objects", "migrate", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert revision.name.split("_")[0] in done.stdout
+    check = run_real("alembic", "check", cwd=project)
+    assert check.returncode == 0, check.stderr
+    assert "No new upgrade operations detected" in check.stdout
+
+    assert durable_call("a", 2) == 2
+    assert durable_call("a", 3) == 5  # a restarted app thawed the persisted state
+    listing = run_real("objects", "ls", "counter", cwd=project)
+    assert listing.returncode == 0, listing.stderr
+    assert "hibernated" in listing.stdout and '{"value":5}' in listing.stdout
+
+    # alembic check really compares: a database that drifted from the migration fails it.
+    with sqlite3.connect(project / "objects.db") as db:
+        db.execute("DROP INDEX ix_objects_checkpoints_status")
+    assert run_real("alembic", "check", cwd=project).returncode != 0
+
+
+def test_fresh_project_on_postgres_in_its_own_schema(
+    project: Path, pg_url: str, pg_schema: str
+) -> None:
+    # The project already names its database the way Fly.io and Heroku write it.
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgres://")
+    (project / ".env").write_text(f"DATABASE_URL={dsn}\n")
+    out = run("init", "--database", "postgres", "--schema", pg_schema)
+    assert "updated: .env" in out
+    env = (project / ".env").read_text()
+    assert f"OBJECTS_DATABASE_URL={pg_url}\n" in env and f"OBJECTS_SCHEMA={pg_schema}\n" in env
+    assert env.startswith(f"DATABASE_URL={dsn}\n")  # kept as it was
+    assert f'schema="{pg_schema}"' in storage_revision(project).read_text()
+
+    out = run("migrate")
+    assert "upgraded to head" in out
+    config = Config(str(project / "alembic.ini"))
+    command.check(config)  # raises AutogenerateDiffsDetected on any difference
+
+    assert durable_call("a", 7) == 7
+    assert durable_call("a", 1) == 8
+    listing = run("ls", "counter", "--app", "app.main:app")
+    assert '{"value":8}' in listing
+    stats = [line.split() for line in run("stats").splitlines() if "counter" in line]
+    assert [cell for cell in stats[0] if cell != "│"] == ["counter", "0", "1", "1"]
+    shown = run("show", "counter", "a")
+    assert '"value": 8' in shown and "incremented" in shown
+
+    # Alembic's version table lives in the test's schema too, not in public.
+    async def tables() -> set[str]:
+        engine = create_async_engine(pg_url)
+        try:
+            async with engine.connect() as conn:
+                return set(
+                    await conn.run_sync(lambda c: sa.inspect(c).get_table_names(schema=pg_schema))
+                )
+        finally:
+            await engine.dispose()
+
+    assert {"alembic_version", "objects_checkpoints", "objects_journal"} <= asyncio.run(tables())
+
+
+def test_rerun_changes_nothing_and_dry_run_writes_nothing(project: Path) -> None:
+    before = snapshot(project)
+    out = run("init", "--dry-run")
+    assert snapshot(project) == before
+    assert "+++ b/migrations/env.py" in out and "+++ b/.env" in out
+    assert "+    create_storage_tables(version=1, schema=None)" in out
+    assert "dry run: nothing was written" in out
+
+    run("init", "--fly")
+    written = snapshot(project)
+    out = run("init", "--fly")
+    assert snapshot(project) == written
+    assert "created" not in out and "updated" not in out
+    assert "up to date: .env" in out and "up to date: fly.toml" in out
+    assert f"up to date: migrations/versions/{storage_revision(project).name}" in out
+    out = run("init", "--fly", "--dry-run")
+    assert "---" not in out and snapshot(project) == written
+
+
+def test_differing_files_are_kept_unless_forced(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("init")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.internal/shop")
+    settings = project / "app" / "objects_settings.py"
+    settings.write_text(settings.read_text() + "# mine\n")
+    before = snapshot(project)
+    out = run("init", "--database", "postgres")
+    assert snapshot(project) == before
+    assert "differs, kept (--force overwrites it): app/objects_settings.py" in out
+    assert ".env keeps its OBJECTS_DATABASE_URL" in out
+
+    out = run("init", "--database", "postgres", "--force")
+    assert "updated: .env" in out and "updated: app/objects_settings.py" in out
+    assert "OBJECTS_DATABASE_URL=postgresql+asyncpg://u@db.internal/shop\n" in (
+        project / ".env"
+    ).read_text()
+    assert "# mine" not in settings.read_text()
+
+
+def test_init_chains_onto_an_existing_alembic_history(project: Path) -> None:
+    config = Config(str(project / "alembic.ini"))
+    command.init(config, "migrations", template="async")
+    ini = project / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace("driver://user:pass@localhost/dbname", "sqlite+aiosqlite:///app.db")
+    )
+    (project / "migrations" / "versions" / "0001_users.py").write_text(
+        '"""users"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        'revision = "0001users"\ndown_revision = None\n\n\n'
+        "def upgrade():\n"
+        '    op.create_table("users", sa.Column("id", sa.Integer, primary_key=True))\n\n\n'
+        "def downgrade():\n"
+        '    op.drop_table("users")\n'
+    )
+    env_py = snapshot(project)["migrations/env.py"]
+
+    out = run("init")
+    assert "created: migrations/versions/" in out
+    assert "follows the current head 0001users" in out
+    assert "storage_metadata" in out  # tells them to add the tables to target_metadata
+    assert snapshot(project)["migrations/env.py"] == env_py  # their env.py is theirs
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    (head,) = script.get_heads()
+    assert head != "0001users"
+    assert script.get_revision(head).down_revision == "0001users"
+    assert storage_revision(project).name.startswith(head)
+
+    again = snapshot(project)
+    assert f"up to date: migrations/versions/{storage_revision(project).name}" in run("init")
+    assert snapshot(project) == again
+
+    run("migrate")
+    with sqlite3.connect(project / "app.db") as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        (version,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert {"users", "objects_checkpoints", "objects_journal"} <= tables
+    assert version == head
+
+
+def test_fly_files(project: Path) -> None:
+    (project / ".env").write_text("DATABASE_URL=postgres://shop@db.internal:5432/shop\n")
+    run("init", "--database", "postgres", "--schema", "objects", "--fly")
+    fly = tomllib.loads((project / "fly.toml").read_text())
+    assert fly["app"] == "shop-api"
+    assert fly["deploy"]["release_command"] == "objects migrate"
+    assert fly["http_service"]["internal_port"] == 8080
+    assert fly["env"]["OBJECTS_SCHEMA"] == "objects"
+    dockerfile = (project / "Dockerfile").read_text()
+    assert '"uvicorn", "app.main:app"' in dockerfile and '"--port", "8080"' in dockerfile
+    assert 'pip install . "fastapi-objects[postgres]"' in dockerfile
+    assert ".env" in (project / ".dockerignore").read_text().splitlines()
+
+
+def test_migrate_without_alembic_uses_the_versioned_ddl(project: Path) -> None:
+    db = project / "plain.db"
+    out = run("migrate", "--database-url", f"sqlite:///{db}")
+    assert "storage tables (version 1) ready" in out
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"objects_checkpoints", "objects_journal", "objects_pubsub"} <= tables
+    assert "ready" in run("migrate", "--database-url", f"sqlite:///{db}")  # idempotent
+
+
+def test_migrate_through_alembic_reports_an_unreachable_database(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("init")
+    monkeypatch.setenv("OBJECTS_DATABASE_URL", "postgresql+asyncpg://root@127.0.0.1:1/test")
+    result = CliRunner().invoke(cli, ["migrate"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: database unreachable") and "127.0.0.1" in line
+    assert "Traceback" not in result.output
+
+
+def test_templates_ship_inside_the_package() -> None:
+    from importlib.resources import files
+
+    templates = files("fastapi_objects") / "templates"
+    for name in ("alembic_async/README", "alembic_async/env.py", "alembic_async/script.py.mako",
+                 "alembic_async/alembic.ini.mako", "objects_storage_v1.py.jinja",
+                 "objects_settings.py.jinja", "fly.toml.jinja", "Dockerfile.jinja"):
+        assert (templates / name).is_file(), name
+    assert len((templates / "alembic_async" / "README").read_text().splitlines()) == 1
