@@ -1,0 +1,45 @@
+"""``python -m example_app``: serve the example app with uvicorn.
+
+``HOST`` and ``PORT`` choose the address (default 127.0.0.1:8000); ``OBJECTS_DATABASE_URL``
+the database (default ``sqlite+aiosqlite:///./objects.db``, whose tables the app creates on
+start). On PostgreSQL the tables come from the app's Alembic migration, run here first, as
+Fly.io's release command does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import uvicorn
+from alembic import command
+from alembic.config import Config
+
+from fastapi_objects.storage import DEFAULT_DATABASE_URL, normalize_url
+
+HERE = Path(__file__).parent
+
+
+def _shown(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://{rest}"
+
+
+def main() -> None:
+    host = os.environ.get("HOST") or "127.0.0.1"
+    port = int(os.environ.get("PORT") or "8000")
+    url = normalize_url(os.environ.get("OBJECTS_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    if url.startswith("postgresql"):
+        print("migrating: alembic upgrade head (example_app/alembic.ini)", flush=True)
+        command.upgrade(Config(str(HERE / "alembic.ini")), "head")
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"example app: http://{shown_host}:{port}/  (database: {_shown(url)})", flush=True)
+    print("stop it with Ctrl+C", flush=True)
+    uvicorn.run("example_app.main:app", host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Alembic environment (async), written by `objects init`.
+
+The database is OBJECTS_DATABASE_URL (environment first, then the project's .env); the storage
+tables live in OBJECTS_SCHEMA when it is set (PostgreSQL), and so does Alembic's version table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from logging.config import fileConfig
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from fastapi_objects.storage import DEFAULT_DATABASE_URL, normalize_url, storage_metadata
+
+config = context.config
+if config.config_file_name is not None:
+    # disable_existing_loggers=False: `objects migrate` runs this inside its own process.
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def setting(name: str) -> str | None:
+    """Read ``name`` from the environment, else from the .env next to alembic.ini."""
+    if os.environ.get(name):
+        return os.environ[name]
+    root = Path(config.config_file_name or "alembic.ini").resolve().parent
+    env_file = root / ".env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() == name:
+                return value.strip().strip("'\"") or None
+    return None
+
+
+URL = normalize_url(
+    config.get_main_option("sqlalchemy.url")
+    or setting("OBJECTS_DATABASE_URL")
+    or DEFAULT_DATABASE_URL
+)
+SCHEMA = setting("OBJECTS_SCHEMA")
+
+# Add your own MetaData here (e.g. Base.metadata) so `alembic check` compares your tables too.
+target_metadata = [storage_metadata(SCHEMA)]
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Compare only the storage schema (add None here when your own tables use the default)."""
+    return type_ != "schema" or name == SCHEMA
+
+
+def configure(**kwargs: Any) -> None:
+    """Configure the migration context, keeping the version table beside the storage tables."""
+    context.configure(
+        target_metadata=target_metadata,
+        version_table_schema=SCHEMA,
+        include_schemas=SCHEMA is not None,
+        include_name=include_name if SCHEMA is not None else None,
+        **kwargs,
+    )
+
+
+def run_migrations_offline() -> None:
+    """Emit the migration as SQL (`alembic upgrade head --sql`)."""
+    configure(url=URL, literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection: Connection) -> None:
+    """Run the migrations on one connection, creating the schema first when needed."""
+    if SCHEMA is not None and connection.dialect.name == "postgresql":
+        connection.execute(sa.schema.CreateSchema(SCHEMA, if_not_exists=True))
+        connection.commit()
+    configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    """Connect with the async driver and run the migrations."""
+    engine = create_async_engine(URL, poolclass=sa.pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_async_migrations())

@@ -1,0 +1,227 @@
+"""The durable objects of the example app: ``ChatRoom``, ``Counter`` and a per-user ``Cart``.
+
+Each is a plain class: state is a pydantic model, public ``async def`` methods are callable
+from routes (``Depends(get_object(...))``) and from browsers (websocket frames), and every
+turn that changed the state is committed before its caller hears back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from fastapi_objects import (
+    Connection,
+    ConnectionRejected,
+    DurableObject,
+    InvalidArguments,
+    UnknownMethod,
+    readonly,
+)
+
+
+def idle_timeout(default: float) -> float:
+    """Seconds idle before hibernating: ``EXAMPLE_IDLE_TIMEOUT`` overrides (tests use ~1 s)."""
+    value = os.environ.get("EXAMPLE_IDLE_TIMEOUT")
+    return float(value) if value else default
+
+
+# -- Counter ---------------------------------------------------------------------------------
+
+
+class CounterState(BaseModel):
+    value: int = 0
+
+
+class Counter(DurableObject[CounterState]):
+    """A number everyone can bump; every change is broadcast to attached browsers."""
+
+    idle_timeout = idle_timeout(30.0)
+
+    async def increment(self, by: int = 1) -> int:
+        self.state.value += by
+        self.broadcast("changed", {"value": self.state.value})
+        return self.state.value
+
+    @readonly
+    async def get(self) -> int:
+        return self.state.value
+
+
+# -- ChatRoom --------------------------------------------------------------------------------
+
+HISTORY_LIMIT = 200
+MAX_TEXT = 500
+MAX_NAME = 24
+
+
+class ChatMessage(BaseModel):
+    name: str
+    text: str
+    at: float  # unix seconds
+
+
+class ChatRoomState(BaseModel):
+    messages: list[ChatMessage] = []  # the last HISTORY_LIMIT messages
+    posted: int = 0  # messages ever posted
+
+
+class ChatRoom(DurableObject[ChatRoomState]):
+    """A chat room: durable history; presence and typing live in the connections.
+
+    Who is here and who is typing is not state worth a database write: it lives in each
+    attached connection (``conn.state``, ``conn.tags``) and vanishes with it. Only messages
+    are committed, so after hibernation a room comes back with its history and nobody in it.
+    """
+
+    idle_timeout = idle_timeout(30.0)
+
+    async def on_connect(self, conn: Connection) -> None:
+        name = str(conn.params.get("name", "")).strip()
+        if not 1 <= len(name) <= MAX_NAME:
+            raise ConnectionRejected(f"choose a name of 1 to {MAX_NAME} characters", code=4403)
+        conn.state = {"name": name, "typing": False}
+        conn.tags.add("member")
+        conn.send("welcome", {
+            "you": conn.id,
+            "history": [m.model_dump() for m in self.state.messages],
+            "present": self._present(),
+            "typing": self._typing(),
+        })
+        self.broadcast("presence", {"present": self._present()}, exclude=conn)
+
+    async def on_disconnect(self, conn: Connection) -> None:
+        self.broadcast("presence", {"present": self._present()})
+        if conn.state.get("typing"):
+            self.broadcast("typing", {"typing": self._typing()})
+
+    async def on_message(self, conn: Connection, frame: dict[str, Any]) -> None:
+        payload = frame.get("payload") or {}
+        if frame["event"] == "typing":
+            typing = bool(payload.get("on"))
+            if typing != conn.state.get("typing"):
+                conn.state = {**conn.state, "typing": typing}
+                self.broadcast("typing", {"typing": self._typing()}, exclude=conn)
+        elif frame["event"] == "say":
+            was_typing = conn.state.get("typing")
+            conn.state = {**conn.state, "typing": False}
+            self._post(conn.state["name"], payload.get("text"))
+            if was_typing:
+                self.broadcast("typing", {"typing": self._typing()}, exclude=conn)
+        else:
+            raise UnknownMethod(f"chat rooms understand 'typing' and 'say', not {frame['event']!r}")
+
+    async def post(self, name: str, text: str) -> ChatMessage:
+        """Post as ``name`` without a websocket (the HTTP API uses it)."""
+        name = name.strip()
+        if not 1 <= len(name) <= MAX_NAME:
+            raise InvalidArguments(f"name must be 1 to {MAX_NAME} characters")
+        return self._post(name, text)
+
+    @readonly
+    async def history(self, limit: int = 50) -> list[ChatMessage]:
+        return self.state.messages[-limit:] if limit > 0 else []
+
+    @readonly
+    async def present(self) -> list[dict[str, str]]:
+        return self._present()
+
+    def _post(self, name: str, text: Any) -> ChatMessage:
+        text = text.strip() if isinstance(text, str) else ""
+        if not 1 <= len(text) <= MAX_TEXT:
+            raise InvalidArguments(f"a message is 1 to {MAX_TEXT} characters")
+        message = ChatMessage(name=name, text=text, at=time.time())
+        self.state.messages = [*self.state.messages[-(HISTORY_LIMIT - 1):], message]
+        self.state.posted += 1
+        self.broadcast("message", message.model_dump())
+        return message
+
+    def _present(self) -> list[dict[str, str]]:
+        return self._people(typing_only=False)
+
+    def _typing(self) -> list[dict[str, str]]:
+        return self._people(typing_only=True)
+
+    def _people(self, typing_only: bool) -> list[dict[str, str]]:
+        people = [
+            {"id": c.id, "name": c.state["name"]}
+            for c in self.connections(tag="member")
+            if c.state.get("typing") or not typing_only
+        ]
+        return sorted(people, key=lambda p: (p["name"].lower(), p["id"]))
+
+
+# -- Cart ------------------------------------------------------------------------------------
+
+CATALOG: dict[str, tuple[str, int]] = {
+    "espresso": ("Espresso", 250),
+    "croissant": ("Croissant", 320),
+    "cookie": ("Cookie", 180),
+    "lemonade": ("Lemonade", 400),
+}
+"""sku -> (name, price in cents)."""
+
+
+class CartState(BaseModel):
+    items: dict[str, int] = {}  # sku -> quantity
+    wakeups: int = 0  # times this cart was loaded into memory (first visit, then each thaw)
+
+
+class CartLine(BaseModel):
+    sku: str
+    name: str
+    quantity: int
+    cents: int
+
+
+class CartView(BaseModel):
+    lines: list[CartLine]
+    total_cents: int
+    wakeups: int
+
+
+class Cart(DurableObject[CartState]):
+    """One shopper's cart, keyed by the session cookie: it sleeps when they do.
+
+    After ``idle_timeout`` without a call the cart leaves memory (its state is already in
+    the database); the next call thaws it, runs ``on_activate`` and carries on.
+    """
+
+    idle_timeout = idle_timeout(10.0)
+
+    async def on_activate(self) -> None:
+        self.state.wakeups += 1
+
+    async def add(self, sku: str, quantity: int = 1) -> CartView:
+        if sku not in CATALOG:
+            raise InvalidArguments(f"unknown product {sku!r}; try one of {', '.join(CATALOG)}")
+        if not 1 <= quantity <= 99:
+            raise InvalidArguments("quantity must be between 1 and 99")
+        self.state.items[sku] = min(99, self.state.items.get(sku, 0) + quantity)
+        return self._view()
+
+    async def remove(self, sku: str) -> CartView:
+        self.state.items.pop(sku, None)
+        return self._view()
+
+    async def clear(self) -> CartView:
+        self.state.items = {}
+        return self._view()
+
+    @readonly
+    async def view(self) -> CartView:
+        return self._view()
+
+    def _view(self) -> CartView:
+        lines = [
+            CartLine(sku=sku, name=CATALOG[sku][0], quantity=qty, cents=CATALOG[sku][1] * qty)
+            for sku, qty in sorted(self.state.items.items())
+            if sku in CATALOG
+        ]
+        return CartView(
+            lines=lines, total_cents=sum(line.cents for line in lines),
+            wakeups=self.state.wakeups,
+        )

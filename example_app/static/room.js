@@ -1,0 +1,112 @@
+// A chat room: history, presence and typing, all through one websocket to the ChatRoom object.
+(function () {
+  "use strict";
+  const $ = (sel) => document.querySelector(sel);
+  const room = document.querySelector("main.room").dataset.room;
+  const NAME_KEY = "objects-demo-name";
+  let me = null; // this connection's id, from the welcome frame
+  let myName = null;
+
+  function el(tag, props, ...children) {
+    const node = Object.assign(document.createElement(tag), props || {});
+    children.forEach((c) => node.append(c));
+    return node;
+  }
+
+  const list = $("#messages");
+  function renderMessage(m) {
+    const at = new Date(m.at * 1000);
+    return el("li", { className: m.name === myName ? "mine" : "" },
+      el("time", { dateTime: at.toISOString(), textContent: at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) }),
+      el("span", { className: "who", textContent: m.name }),
+      el("span", { className: "text", textContent: m.text }));
+  }
+  function renderHistory(messages) {
+    list.replaceChildren(...messages.map(renderMessage));
+    if (!messages.length) list.append(el("li", { className: "empty", textContent: "No messages yet. Say hello!" }));
+    list.scrollTop = list.scrollHeight;
+  }
+  function appendMessage(m) {
+    list.querySelector(".empty")?.remove();
+    const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    list.append(renderMessage(m));
+    if (stick) list.scrollTop = list.scrollHeight;
+  }
+  function renderPresence(present) {
+    $("#present").replaceChildren(...present.map((p) =>
+      el("li", { className: p.id === me ? "me" : "", textContent: p.id === me ? `${p.name} (you)` : p.name })));
+    $("#present-count").textContent = present.length;
+  }
+  function renderTyping(typing) {
+    const names = typing.filter((p) => p.id !== me).map((p) => p.name);
+    $("#typing").textContent = !names.length ? "" :
+      names.length === 1 ? `${names[0]} is typing…` : `${names.join(", ")} are typing…`;
+  }
+
+  function join(name) {
+    myName = name;
+    localStorage.setItem(NAME_KEY, name);
+    $("#join").hidden = true;
+    $("#room-body").hidden = false;
+    const socket = ObjectsClient.connect(
+      `/objects/chat_room/${room}/ws?name=${encodeURIComponent(name)}`);
+    socket.on("welcome", (p) => {
+      me = p.you;
+      renderHistory(p.history);
+      renderPresence(p.present);
+      renderTyping(p.typing);
+    });
+    socket.on("presence", (p) => renderPresence(p.present));
+    socket.on("typing", (p) => renderTyping(p.typing));
+    socket.on("message", appendMessage);
+    socket.onStatus((status, close) => {
+      const s = $("#status");
+      s.className = "status " + status;
+      s.textContent = status === "open" ? "live" :
+        status === "closed" && close && close.reason ? `closed: ${close.reason}` : status;
+    });
+
+    // Typing: tell the room when we start, and when we stop (idle 2 s, or sent).
+    const input = $("#text");
+    let typing = false;
+    let idle = null;
+    function setTyping(on) {
+      if (on !== typing) {
+        typing = on;
+        socket.send("typing", { on }).catch(() => {});
+      }
+    }
+    input.addEventListener("input", () => {
+      setTyping(input.value.trim().length > 0);
+      clearTimeout(idle);
+      idle = setTimeout(() => setTyping(false), 2000);
+    });
+    $("#compose").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const text = input.value.trim();
+      if (!text) return;
+      clearTimeout(idle);
+      typing = false; // "say" clears it on the server in the same turn
+      input.value = "";
+      socket.send("say", { text }).catch((err) => {
+        input.value = text;
+        $("#typing").textContent = `not sent: ${err.message}`;
+      });
+    });
+    input.focus();
+  }
+
+  const fromUrl = new URLSearchParams(location.search).get("name");
+  const known = (fromUrl || localStorage.getItem(NAME_KEY) || "").trim();
+  if (known) {
+    join(known.slice(0, 24));
+  } else {
+    $("#join").hidden = false;
+    $("#name").focus();
+    $("#join").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const name = $("#name").value.trim();
+      if (name) join(name.slice(0, 24));
+    });
+  }
+})();

@@ -1,0 +1,371 @@
+"""The example app over HTTP and websockets.
+
+In-process through Starlette's TestClient (on a temp SQLite file), and as a real process
+(``python -m example_app``) on a loopback port, on SQLite and on a fresh PostgreSQL database.
+``AppProcess`` and ``pg_database`` are shared with the browser and Fly.io tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+from starlette.websockets import WebSocketDisconnect
+from websockets.sync.client import connect as ws_connect
+
+from example_app.main import SESSION_COOKIE, create_app
+from example_app.objects import Cart, ChatRoom
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- shared helpers --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 5) -> tuple[int, Any]:
+    """One HTTP request with the standard library; returns (status, decoded JSON or text)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            status, raw, kind = reply.status, reply.read(), reply.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        status, raw, kind = exc.code, exc.read(), exc.headers.get_content_type()
+    return status, json.loads(raw) if kind == "application/json" else raw.decode()
+
+
+def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class AppProcess:
+    """A real server process (``argv``) on 127.0.0.1:``port``, its output kept in ``log``."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.argv, self.port, self.log = argv, port, log
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def start(self, within: float = 30) -> AppProcess:
+        """Start it and wait until ``GET /healthz`` answers 200."""
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + within
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.argv} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if http("GET", self.url + "/healthz", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"{self.argv} did not pass /healthz in {within}s:\n{self.output()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """Ctrl+C (uvicorn shuts down gracefully, hibernating objects); the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (``postgresql://`` URL), dropped afterwards."""
+    name = f"objects_example_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_admin(pg_url, f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(pg_url).set(drivername="postgresql", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- in-process: TestClient ------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"
+
+
+@pytest.fixture
+def client(db_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(db_url)) as client:
+        yield client
+
+
+def _until_reply(ws: Any, ref: str) -> list[dict[str, Any]]:
+    """Frames received up to and including the reply to ``ref``."""
+    frames = []
+    while True:
+        frames.append(ws.receive_json())
+        if frames[-1].get("ref") == ref and "ok" in frames[-1]:
+            return frames
+
+
+def _events(frames: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    return [(f["event"], f["payload"]) for f in frames if "event" in f]
+
+
+def test_pages_static_files_and_the_js_client(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    for needle in ('src="/objects/client.js"', 'id="counter-value"', "Chat rooms", "Your cart"):
+        assert needle in page.text
+    assert SESSION_COOKIE in page.headers["set-cookie"]
+    assert "ObjectsClient" in client.get("/objects/client.js").text
+    for path in ("/static/index.js", "/static/room.js", "/static/stats.js", "/static/style.css"):
+        assert client.get(path).status_code == 200, path
+    room = client.get("/rooms/lounge")
+    assert room.status_code == 200 and "#lounge" in room.text and "/static/room.js" in room.text
+    assert client.get("/rooms/Not A Room").status_code == 404
+
+
+def test_counter_routes_are_stable(client: TestClient) -> None:
+    assert client.post("/counters/a/increment", params={"by": 5}).json() == {"value": 5}
+    assert client.post("/counters/a/increment").json() == {"value": 6}
+    assert client.get("/counters/a").json() == {"value": 6}
+    assert client.get("/counters/b").json() == {"value": 0}
+    assert client.post("/counters/a/increment", params={"by": "many"}).status_code == 422
+    bad_key = client.post("/counters/no%20spaces/increment")
+    assert bad_key.status_code == 400 and bad_key.json()["error"]["type"] == "invalid_key"
+    assert client.get("/healthz").json() == {"ok": True}
+
+
+def test_counter_websocket_speaks_the_standard_frames(client: TestClient) -> None:
+    with client.websocket_connect("/objects/counter/live/ws") as ws:
+        ws.send_json({"ref": "1", "call": "increment", "args": {"by": 2}})
+        assert _until_reply(ws, "1") == [
+            {"topic": "counter:live", "event": "changed", "payload": {"value": 2}},
+            {"ref": "1", "ok": True, "result": 2},
+        ]
+        assert client.post("/counters/live/increment", params={"by": 3}).json() == {"value": 5}
+        assert ws.receive_json()["payload"] == {"value": 5}  # an HTTP call's broadcast
+
+
+def test_chat_room_history_presence_typing_and_exclude(client: TestClient) -> None:
+    url = "/objects/chat_room/lounge/ws"
+    with client.websocket_connect(url) as nameless, pytest.raises(WebSocketDisconnect) as info:
+        nameless.receive_json()
+    assert info.value.code == 4403
+    posted = client.post("/api/rooms/lounge/messages", json={"name": "curl", "text": "first"})
+    assert posted.status_code == 201 and posted.json()["text"] == "first"
+
+    with client.websocket_connect(url + "?name=Alice") as alice:
+        welcome = alice.receive_json()
+        assert welcome["event"] == "welcome"
+        me = welcome["payload"]["you"]
+        assert [m["text"] for m in welcome["payload"]["history"]] == ["first"]
+        assert welcome["payload"]["present"] == [{"id": me, "name": "Alice"}]
+        with client.websocket_connect(url + "?name=Bob") as bob:
+            welcome = bob.receive_json()["payload"]
+            assert [p["name"] for p in welcome["present"]] == ["Alice", "Bob"]
+            assert [p["name"] for p in alice.receive_json()["payload"]["present"]] == [
+                "Alice", "Bob"]
+
+            bob.send_json({"event": "typing", "payload": {"on": True}})
+            typing = alice.receive_json()
+            assert typing["event"] == "typing"
+            assert [p["name"] for p in typing["payload"]["typing"]] == ["Bob"]
+
+            bob.send_json({"ref": "s", "event": "say", "payload": {"text": "  hi all  "}})
+            # Bob sees his message but not his own typing updates (broadcast with exclude).
+            bob_frames = _until_reply(bob, "s")
+            assert _events(bob_frames) == [("message", bob_frames[0]["payload"])]
+            assert bob_frames[0]["payload"]["text"] == "hi all"
+            alice.send_json({"ref": "p", "call": "present", "args": {}})
+            alice_events = _events(_until_reply(alice, "p"))
+            assert ("typing", {"typing": []}) in alice_events
+            assert [e for e, p in alice_events if e == "message" and p["name"] == "Bob"]
+
+            bob.send_json({"ref": "x", "event": "dance"})
+            assert bob.receive_json()["error"]["type"] == "unknown_method"
+            bob.send_json({"ref": "e", "event": "say", "payload": {"text": "   "}})
+            assert bob.receive_json()["error"]["type"] == "invalid_arguments"
+            bob.send_json({"ref": "h", "call": "history", "args": {"limit": 1}})
+            assert bob.receive_json()["result"][0]["text"] == "hi all"  # still usable
+        left = alice.receive_json()
+        assert left["event"] == "presence"
+        assert left["payload"]["present"] == [{"id": me, "name": "Alice"}]
+
+    history = client.get("/api/rooms/lounge/messages").json()
+    assert [(m["name"], m["text"]) for m in history] == [("curl", "first"), ("Bob", "hi all")]
+    rooms = client.get("/api/rooms").json()
+    assert [(r["name"], r["posted"], r["last"]["text"]) for r in rooms] == [
+        ("lounge", 2, "hi all")]
+
+
+def _stored(client: TestClient, type_name: str, status: str) -> int:
+    for row in client.get("/api/stats").json()["stored"]:
+        if (row["type"], row["status"]) == (type_name, status):
+            return int(row["count"])
+    return 0
+
+
+def test_a_room_hibernates_when_empty_and_thaws_with_its_history(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ChatRoom, "idle_timeout", 0.3)
+    with TestClient(create_app(db_url)) as client:
+        with client.websocket_connect("/objects/chat_room/den/ws?name=Ann") as ws:
+            ws.receive_json()
+            ws.send_json({"ref": "1", "event": "say", "payload": {"text": "remember me"}})
+            _until_reply(ws, "1")
+            time.sleep(0.6)  # attached clients keep a room awake, however idle
+            assert client.get("/api/rooms").json()[0]["status"] == "active"
+        wait_for(lambda: client.get("/api/rooms").json()[0]["status"] == "hibernated", 10,
+                 "the empty room to hibernate")
+        thaws = client.get("/api/stats").json()["thaws"]
+        with client.websocket_connect("/objects/chat_room/den/ws?name=Ann") as ws:
+            history = ws.receive_json()["payload"]["history"]
+            assert [m["text"] for m in history] == ["remember me"]
+        assert client.get("/api/stats").json()["thaws"] == thaws + 1
+    with TestClient(create_app(db_url)) as client:  # and across a restart
+        assert client.get("/api/rooms/den/messages").json()[0]["text"] == "remember me"
+
+
+def test_carts_are_per_session_and_sleep_between_visits(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Cart, "idle_timeout", 0.3)
+    with TestClient(create_app(db_url)) as client:
+        first = client.get("/api/cart")
+        assert first.json() == {"lines": [], "total_cents": 0, "wakeups": 1}
+        mine = first.cookies[SESSION_COOKIE]
+        added = client.post("/api/cart/items", json={"sku": "espresso", "quantity": 2}).json()
+        assert added["lines"] == [
+            {"sku": "espresso", "name": "Espresso", "quantity": 2, "cents": 500}]
+        bad = client.post("/api/cart/items", json={"sku": "caviar"})
+        assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_arguments"
+
+        client.cookies.clear()  # a second visitor
+        assert client.get("/api/cart").json()["lines"] == []
+        theirs = client.cookies[SESSION_COOKIE]
+        assert theirs != mine
+
+        client.cookies.clear()
+        client.cookies.set(SESSION_COOKIE, mine)
+        wait_for(lambda: _stored(client, "cart", "hibernated") == 2, 10, "both carts to sleep")
+        back = client.get("/api/cart").json()
+        assert back["lines"][0]["quantity"] == 2 and back["wakeups"] == 2
+        assert client.delete("/api/cart/items/espresso").json()["lines"] == []
+
+        with client.websocket_connect(f"/objects/cart/{mine}/ws") as ws:
+            ws.send_json({"ref": "v", "call": "view", "args": {}})
+            assert ws.receive_json()["result"]["wakeups"] == 2
+        with client.websocket_connect(f"/objects/cart/{theirs}/ws") as ws, \
+                pytest.raises(WebSocketDisconnect) as info:
+            ws.receive_json()
+        assert info.value.code == 4401
+
+
+def test_healthz_fails_when_the_database_has_no_tables(
+    pg_schema: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OBJECTS_SCHEMA", pg_schema)  # an empty schema: migration not run
+    with TestClient(create_app(pg_url)) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["ok"] is False
+
+
+# -- as a real process: python -m example_app ------------------------------------------------
+
+
+def _tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+
+
+def test_python_m_example_app_serves_on_sqlite(tmp_path: Path) -> None:
+    db, port = tmp_path / "app.db", free_port()
+    env = {"PORT": str(port), "OBJECTS_DATABASE_URL": f"sqlite:///{db}", "HOST": ""}
+    app = AppProcess([sys.executable, "-m", "example_app"], env, port, tmp_path / "out.log")
+    app.start()
+    try:
+        assert f"example app: http://127.0.0.1:{port}/" in app.output()
+        assert {"objects_checkpoints", "objects_journal"} <= _tables(db)
+        with ws_connect(f"ws://127.0.0.1:{port}/objects/counter/k/ws") as ws:
+            ws.send(json.dumps({"ref": 1, "call": "get", "args": {}}))
+            assert json.loads(ws.recv(timeout=5))["result"] == 0  # attached
+            assert http("POST", app.url + "/counters/k/increment?by=4") == (200, {"value": 4})
+            assert json.loads(ws.recv(timeout=5))["payload"] == {"value": 4}
+        status, page = http("GET", app.url + "/")
+        assert status == 200 and "Live counter" in page
+    finally:
+        assert app.stop() == 0, app.output()
+    with sqlite3.connect(db) as conn:
+        (state,) = conn.execute(
+            "SELECT state FROM objects_checkpoints WHERE type = 'counter' AND key = 'k'"
+        ).fetchone()
+    assert json.loads(state) == {"value": 4}
+
+
+@pytest.mark.postgres
+def test_python_m_example_app_migrates_postgres_first(tmp_path: Path, pg_database: str) -> None:
+    port = free_port()
+    env = {"PORT": str(port), "OBJECTS_DATABASE_URL": pg_database}
+    app = AppProcess([sys.executable, "-m", "example_app"], env, port, tmp_path / "out.log")
+    app.start()
+    try:
+        assert "alembic upgrade head" in app.output()
+        assert http("POST", app.url + "/counters/pg/increment?by=2") == (200, {"value": 2})
+        assert http("GET", app.url + "/counters/pg") == (200, {"value": 2})
+    finally:
+        assert app.stop() == 0, app.output()
