@@ -1,0 +1,26 @@
+# The fastapi_objects example app, for Fly.io (see fly.toml and docs/deploy-fly.md) or any
+# container host: fastapi_objects with its PostgreSQL driver, plus the app and its migration.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# The library first, so that editing the app does not reinstall it.
+COPY pyproject.toml README.md ./
+COPY fastapi_objects ./fastapi_objects
+RUN pip install ".[postgres]"
+COPY example_app ./example_app
+
+RUN useradd --create-home --uid 1000 app && chown app /app
+USER app
+
+EXPOSE 8080
+# Passes Fly's DATABASE_URL on as OBJECTS_DATABASE_URL; wraps the CMD and fly.toml's
+# release_command (the migration) alike.
+ENTRYPOINT ["sh", "example_app/entrypoint.sh"]
+# ONE process: each uvicorn worker would be a separate node, and until clustering lands only
+# one node may serve an object (docs/deploy-fly.md). Fly's proxy sets X-Forwarded-Proto.
+CMD ["uvicorn", "example_app.main:app", "--host", "0.0.0.0", "--port", "8080", "--forwarded-allow-ips", "*"]
