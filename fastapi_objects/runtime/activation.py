@@ -527,7 +527,8 @@ class Activation:
                 except ObjectsError:
                     return  # the failed commit already dropped this instance
             if self.rev:
-                self.runtime.committer.set_status(self.cls.type_name, self.key, "hibernated")
+                # Once it has left memory, listings say so (tests and operators rely on it).
+                await self.runtime.committer.set_status(self.cls.type_name, self.key, "hibernated")
             self.runtime.counters.hibernations += 1
             self.close()
         finally:

@@ -85,6 +85,7 @@ class GroupCommitter:
         self.max_batch = max_batch
         self._queue: list[PendingCommit] = []
         self._statuses: dict[tuple[str, str], StatusUpdate] = {}
+        self._status_waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -142,11 +143,18 @@ class GroupCommitter:
         self._wakeup.set()
         return pending
 
-    def set_status(self, type: str, key: str, status: str) -> None:
-        """Queue an unfenced status change; the latest one per object wins."""
+    def set_status(self, type: str, key: str, status: str) -> asyncio.Future[None]:
+        """Queue an unfenced status change; the latest one per object wins.
+
+        The future resolves once the batch carrying it is done (written, or failed: a status
+        is a hint, so callers wait for it but never fail on it).
+        """
         self._statuses[(type, key)] = StatusUpdate(type, key, status)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._status_waiters.append(fut)
         self._idle.clear()
         self._wakeup.set()
+        return fut
 
     def discard(self, pending: PendingCommit, error: ObjectsError) -> None:
         """Drop a queued entry (its object was invalidated) and fail its waiters."""
@@ -164,6 +172,7 @@ class GroupCommitter:
             del self._queue[: self.max_batch]
             statuses = list(self._statuses.values())
             self._statuses.clear()
+            status_waiters, self._status_waiters = self._status_waiters, []
             for pending in batch:
                 pending.activation.queued = None
             try:
@@ -179,6 +188,9 @@ class GroupCommitter:
                 failure = None
             self.batches += 1
             self.commits += len(batch)
+            for fut in status_waiters:
+                if not fut.done():
+                    fut.set_result(None)
             for pending, ok in zip(batch, flags, strict=True):
                 if ok:
                     pending.activation.committed(pending)

@@ -9,11 +9,11 @@ from typing import Any
 
 import pydantic_core
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from .._exceptions import StorageUnavailable
+from ._writes import PostgresWrites, SQLiteWrites
 from .base import (
     Checkpoint,
     Commit,
@@ -59,6 +59,12 @@ class SQLStorage(Storage):
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 10
             kwargs["pool_pre_ping"] = True
+            parsed = sa.engine.make_url(url)
+            if "sslmode" in parsed.query:
+                # libpq spelling (Fly and Heroku URLs say ?sslmode=disable); asyncpg's connect()
+                # takes it as ssl=.
+                kwargs["connect_args"] = {"ssl": parsed.query["sslmode"]}
+                url = parsed.difference_update_query(["sslmode"]).render_as_string(False)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self._sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -66,6 +72,11 @@ class SQLStorage(Storage):
         prefix = f"{schema}." if schema else ""
         self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
         self.journal = self.metadata.tables[prefix + "objects_journal"]
+        self._writes: PostgresWrites | SQLiteWrites = (
+            SQLiteWrites(self.checkpoints, self.journal)
+            if self._sqlite
+            else PostgresWrites(self.checkpoints, self.journal)
+        )
 
     async def close(self) -> None:
         """Dispose of the connection pool."""
@@ -127,127 +138,33 @@ class SQLStorage(Storage):
     ) -> list[bool]:
         """Apply every commit in one transaction; ``False`` marks a fenced-out commit."""
         now = datetime.now(UTC)
-        ok: dict[tuple[str, str], bool] = {}
+        done: set[tuple[str, str]] = set()
+        writes = self._writes
         async with self._connect(write=True) as conn:
             creates = sorted((c for c in commits if c.expected_rev == 0), key=_ident)
             updates = sorted((c for c in commits if c.expected_rev != 0), key=_ident)
             statuses = sorted(statuses, key=_ident)
-            if not self._sqlite:
-                idents = {_ident(c) for c in updates} | {_ident(s) for s in statuses}
-                await self._lock(conn, sorted(idents))
+            # Two writers (nodes, or a stale instance beside a fresh one) whose batches share
+            # objects would deadlock if each locked rows in its own order: lock them first,
+            # in one global order.
+            idents = sorted({_ident(c) for c in updates} | {_ident(s) for s in statuses})
+            for i in range(0, len(idents), _CHUNK):
+                await writes.lock(conn, idents[i : i + _CHUNK])
             for chunk in _chunks(creates):
-                ok.update(await self._insert(conn, chunk, now))
+                done |= await writes.insert(conn, chunk, now)
             for chunk in _chunks(updates):
-                ok.update(await self._update(conn, chunk, now))
+                done |= await writes.update(conn, chunk, now)
             rows = [
                 {"type": c.type, "key": c.key, "rev": c.journal_rev - len(c.entries) + i + 1,
                  "kind": kind, "payload": payload, "at": now}
-                for c in commits if ok[(c.type, c.key)]
+                for c in commits if (c.type, c.key) in done
                 for i, (kind, payload) in enumerate(c.entries)
             ]
-            if rows:
-                await conn.execute(sa.insert(self.journal), rows)
+            for i in range(0, len(rows), _CHUNK * 4):
+                await writes.journal(conn, rows[i : i + _CHUNK * 4])
             if statuses:
-                cp = self.checkpoints
-                stmt = (
-                    sa.update(cp)
-                    .where(cp.c.type == sa.bindparam("t"), cp.c.key == sa.bindparam("k"))
-                    .values(status=sa.bindparam("s"))
-                )
-                await conn.execute(
-                    stmt, [{"t": s.type, "k": s.key, "s": s.status} for s in statuses]
-                )
-        return [ok[(c.type, c.key)] for c in commits]
-
-    async def _lock(self, conn: AsyncConnection, idents: list[tuple[str, str]]) -> None:
-        # Two writers (nodes, or a stale instance beside a fresh one) whose batches share
-        # objects would deadlock if each locked its rows in its own order: lock every row
-        # this batch changes first, in one global order (the same bytewise order as sorted()).
-        cp = self.checkpoints
-        for i in range(0, len(idents), _CHUNK):
-            stmt = (
-                sa.select(cp.c.type)
-                .where(sa.tuple_(cp.c.type, cp.c.key).in_(idents[i : i + _CHUNK]))
-                .order_by(cp.c.type.collate("C"), cp.c.key.collate("C"))
-                .with_for_update()
-            )
-            await conn.execute(stmt)
-
-    async def _insert(
-        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
-    ) -> dict[tuple[str, str], bool]:
-        dialect = postgresql if not self._sqlite else sqlite
-        rows: list[dict[str, Any]] = [
-            {"type": c.type, "key": c.key, "rev": c.new_rev, "journal_rev": c.journal_rev,
-             "snapshot_rev": c.snapshot_rev, "state": c.state, "state_version": c.state_version,
-             "status": "active", "metadata": {}, "created_at": now, "updated_at": now}
-            for c in commits
-        ]
-        cp = self.checkpoints
-        stmt = (
-            dialect.insert(cp).values(rows).on_conflict_do_nothing().returning(cp.c.type, cp.c.key)
-        )
-        created = {(r.type, r.key) for r in await conn.execute(stmt)}
-        return {(c.type, c.key): (c.type, c.key) in created for c in commits}
-
-    async def _update(
-        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
-    ) -> dict[tuple[str, str], bool]:
-        cp = self.checkpoints
-        if self._sqlite:
-            # SQLite runs in-process: one statement per object costs microseconds.
-            result = {}
-            for c in commits:
-                values: dict[str, Any] = {
-                    "rev": c.new_rev, "journal_rev": c.journal_rev, "snapshot_rev": c.snapshot_rev,
-                    "status": "active", "updated_at": now,
-                }
-                if c.state is not None:
-                    values["state"] = c.state
-                    values["state_version"] = c.state_version
-                stmt = (
-                    sa.update(cp)
-                    .where(cp.c.type == c.type, cp.c.key == c.key, cp.c.rev == c.expected_rev)
-                    .values(values)
-                )
-                result[(c.type, c.key)] = (await conn.execute(stmt)).rowcount == 1
-            return result
-        # PostgreSQL: one UPDATE ... FROM (VALUES ...) for the whole chunk. A journal-only
-        # commit sends SQL NULL for state (none_as_null: not the JSON 'null') and the casts type
-        # a column whose every row is NULL (else text), so COALESCE keeps the stored values.
-        v = sa.values(
-            sa.column("type", sa.String()),
-            sa.column("key", sa.String()),
-            sa.column("expected_rev", sa.BigInteger()),
-            sa.column("new_rev", sa.BigInteger()),
-            sa.column("journal_rev", sa.BigInteger()),
-            sa.column("snapshot_rev", sa.BigInteger()),
-            sa.column("state", postgresql.JSONB(none_as_null=True)),
-            sa.column("state_version", sa.Integer()),
-            name="v",
-        ).data([
-            (c.type, c.key, c.expected_rev, c.new_rev, c.journal_rev, c.snapshot_rev,
-             c.state, c.state_version)
-            for c in commits
-        ])
-        stmt = (
-            sa.update(cp)
-            .where(cp.c.type == v.c.type, cp.c.key == v.c.key, cp.c.rev == v.c.expected_rev)
-            .values(
-                rev=v.c.new_rev,
-                journal_rev=v.c.journal_rev,
-                snapshot_rev=v.c.snapshot_rev,
-                state=sa.func.coalesce(sa.cast(v.c.state, postgresql.JSONB()), cp.c.state),
-                state_version=sa.func.coalesce(
-                    sa.cast(v.c.state_version, sa.Integer()), cp.c.state_version
-                ),
-                status="active",
-                updated_at=now,
-            )
-            .returning(cp.c.type, cp.c.key)
-        )
-        updated = {(r.type, r.key) for r in await conn.execute(stmt)}
-        return {(c.type, c.key): (c.type, c.key) in updated for c in commits}
+                await writes.statuses(conn, statuses)
+        return [(c.type, c.key) in done for c in commits]
 
     async def query(self, query: ObjectQuery) -> ObjectPage:
         """List checkpoints matching the filters, ``limit`` at a time."""
