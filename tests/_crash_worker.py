@@ -14,7 +14,7 @@ import sys
 
 from pydantic import BaseModel
 
-from fastapi_objects.runtime import DurableObject, Runtime
+from fastapi_objects.runtime import DurableObject, Runtime, readonly
 
 
 class TallyState(BaseModel):
@@ -27,6 +27,10 @@ class Tally(DurableObject[TallyState]):
     async def increment(self) -> int:
         self.state.value += 1
         self.record("inc", self.state.value)
+        return self.state.value
+
+    @readonly
+    async def read(self) -> int:
         return self.state.value
 
 

@@ -7,11 +7,10 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _crash_worker import Tally
-from _support import _probe_postgres_first  # noqa: F401 - autouse fixture
 
 from fastapi_objects.runtime import Runtime
 from fastapi_objects.storage import open_storage
@@ -88,3 +87,74 @@ async def test_sigkill_loses_no_acknowledged_result(sql_backend: Backend) -> Non
             before = await runtime.storage.load("tally", key)
             assert before is not None
             assert await runtime.get(Tally, key).increment() == before.state["value"] + 1
+
+
+class _Lock:
+    """Hold the database's write lock on the checkpoint rows from outside the runtime."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._release: Any = None
+
+    async def __aenter__(self) -> _Lock:
+        if self.backend.name == "sqlite":
+            import sqlite3
+
+            path = self.backend.url.split("///", 1)[1]
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("BEGIN IMMEDIATE")  # the one SQLite writer is now this connection
+
+            async def release_sqlite() -> None:
+                db.execute("ROLLBACK")
+                db.close()
+
+            self._release = release_sqlite
+        else:
+            import asyncpg  # type: ignore[import-untyped]
+
+            conn = await asyncpg.connect(self.backend.url.replace("+asyncpg", ""))
+            tx = conn.transaction()
+            await tx.start()
+            table = f'"{self.backend.schema}".objects_checkpoints'
+            await conn.execute(f"SELECT 1 FROM {table} FOR UPDATE")
+
+            async def release_pg() -> None:
+                await tx.rollback()
+                await conn.close()
+
+            self._release = release_pg
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._release()
+
+
+class Steady(Tally):
+    """A tally that stays in memory for the whole test (no hibernation in between)."""
+
+    idle_timeout = 30.0
+
+
+async def test_output_gate_holds_results_until_the_commit_is_durable(sql_backend: Backend) -> None:
+    """While the database cannot commit, no result that depends on the new state leaves."""
+    async with Runtime(
+        objects=[Steady], database_url=sql_backend.url, schema=sql_backend.schema,
+        create_tables=True,
+    ) as runtime:
+        tally = runtime.get(Steady, "k")
+        assert await tally.increment() == 1
+        async with _Lock(sql_backend):
+            write = asyncio.create_task(tally.increment())
+            await asyncio.sleep(0.2)
+            assert not write.done(), "a result left before its commit"
+            # A read of the uncommitted state, and a later turn, wait for the same commit.
+            read = asyncio.create_task(tally.read())
+            later = asyncio.create_task(tally.increment())
+            await asyncio.sleep(0.1)
+            assert not read.done() and not later.done()
+        assert await write == 2
+        assert await read == 2
+        assert await later == 3
+        cp = await runtime.storage.load("steady", "k")
+        assert cp is not None and cp.state["value"] == 3
+        assert runtime.stats().thaws == 1

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _support import _probe_postgres_first, wait_until  # noqa: F401 - autouse fixture
+from _support import wait_until
 from pydantic import BaseModel
 
 from fastapi_objects._exceptions import ConflictError

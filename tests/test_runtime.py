@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
-from _support import _probe_postgres_first, wait_until  # noqa: F401 - autouse fixture
+from _support import wait_until
 from pydantic import BaseModel
 
 from fastapi_objects._exceptions import (
@@ -240,15 +240,8 @@ async def test_turns_run_one_at_a_time_in_arrival_order(rt: Runtime) -> None:
     assert await c.get_log() == items
 
 
-async def test_the_call_that_thaws_keeps_its_place(
-    rt: Runtime, backend: Backend, request: pytest.FixtureRequest
-) -> None:
-    if backend.name != "memory":  # memory thaws without waiting, so it never loses its place
-        request.applymarker(pytest.mark.xfail(
-            reason="Runtime._activate releases the loader's gate and the thawing caller then "
-            "queues behind every call that arrived during the load: it runs last",
-            strict=True,
-        ))
+async def test_the_call_that_thaws_keeps_its_place(rt: Runtime) -> None:
+    """The first call waits for the load; calls arriving meanwhile must queue behind it."""
     c = rt.get(Counter, "fresh")
     items = [f"i{n}" for n in range(10)]
     results = await asyncio.gather(*(c.append(item) for item in items))
@@ -637,11 +630,6 @@ async def test_missing_migrate_state_is_corrupt_state(rt2: Runtime) -> None:
     assert (cp.rev, cp.state_version) == (1, 1)  # nothing was overwritten
 
 
-@pytest.mark.xfail(
-    reason="Activation._decode lets migrate_state's CorruptState through without the object's "
-    "'type:key' (the default message names only the class)",
-    strict=True,
-)
 async def test_missing_migrate_state_names_the_object(rt2: Runtime) -> None:
     from fastapi_objects._exceptions import CorruptState
 

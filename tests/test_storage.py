@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _support import _probe_postgres_first  # noqa: F401 - autouse fixture
 
 from fastapi_objects.storage import (
     Checkpoint,
