@@ -18,7 +18,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -33,6 +33,7 @@ logger = logging.getLogger("fastapi_objects.pubsub")
 # publisher runs inside the runtime's commit loop and must never block or grow memory forever.
 _OUTBOX_LIMIT = 10_000
 _SEND_ATTEMPTS = 5
+_BATCH = 256  # messages per backend send
 _FLUSH_TIMEOUT = 5.0
 
 
@@ -106,8 +107,12 @@ class Backend(ABC):
         """Stop listening and release connections."""
 
     @abstractmethod
-    async def publish(self, message: Message, data: bytes) -> None:
-        """Send ``data`` (``message`` encoded by ``encode_message``) to every node."""
+    async def publish(self, batch: Sequence[tuple[Message, bytes]]) -> None:
+        """Send each ``data`` (its ``message`` encoded) to every node, in order.
+
+        A batch is whatever queued up while the previous one was sent: a backend sends it in
+        as few round trips as it can.
+        """
 
 
 class Subscription:
@@ -315,36 +320,47 @@ class PubSub:
             self._deliver(message)
 
     async def _send_loop(self) -> None:
+        outbox = self._outbox
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._outbox:
-                message, data, future = self._outbox.popleft()
-                if not data:
-                    return  # the end marker queued by close()
+            while outbox:
+                batch: list[tuple[Message, bytes]] = []
+                futures: list[asyncio.Future[None] | None] = []
+                while outbox and len(batch) < _BATCH:
+                    if not outbox[0][1]:
+                        break  # the end marker queued by close()
+                    message, data, future = outbox.popleft()
+                    batch.append((message, data))
+                    futures.append(future)
+                if not batch:
+                    return
                 try:
-                    error = await self._send(message, data)
+                    error = await self._send(batch)
                 except asyncio.CancelledError:
-                    if future is not None and not future.done():
-                        future.set_exception(PubSubClosed("the pub/sub closed before sending"))
+                    for future in futures:
+                        if future is not None and not future.done():
+                            future.set_exception(PubSubClosed("the pub/sub closed before sending"))
                     raise
-                if future is not None and not future.done():
-                    if error is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(error)
+                for future in futures:
+                    if future is not None and not future.done():
+                        if error is None:
+                            future.set_result(None)
+                        else:
+                            future.set_exception(error)
 
-    async def _send(self, message: Message, data: bytes) -> Exception | None:
+    async def _send(self, batch: list[tuple[Message, bytes]]) -> Exception | None:
         attempt, delay = 1, 0.05
+        message = batch[0][0]
         while True:
             try:
-                await self.backend.publish(message, data)
+                await self.backend.publish(batch)
                 return None
             except Exception as exc:
                 # An ObjectsError is a clear, lasting problem (a missing table): no retry.
                 if attempt == _SEND_ATTEMPTS or isinstance(exc, ObjectsError):
-                    logger.error("pub/sub: dropped %r/%r after %d attempts: %r",
-                                 message.topic, message.event, attempt, exc)
+                    logger.error("pub/sub: dropped %d messages from %r/%r after %d attempts: %r",
+                                 len(batch), message.topic, message.event, attempt, exc)
                     return exc
                 logger.warning("pub/sub: send failed (%r); retrying", exc)
             await asyncio.sleep(delay)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .base import Backend, Message, decode_message, logger
 
@@ -35,8 +35,12 @@ class MemoryBackend(Backend):
             if not hub:
                 del _hubs[self.name]
 
-    async def publish(self, message: Message, data: bytes) -> None:
-        """Hand ``data`` to every other node of the hub (this node delivered it already)."""
+    async def publish(self, batch: Sequence[tuple[Message, bytes]]) -> None:
+        """Hand each message to every other node of the hub (this node delivered it already)."""
+        for _, data in batch:
+            self._publish(data)
+
+    def _publish(self, data: bytes) -> None:
         here = asyncio.get_running_loop()
         hub = _hubs.get(self.name, {})
         for backend, (loop, on_message) in list(hub.items()):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._exceptions import MissingDependency, StorageUnavailable
@@ -95,15 +95,37 @@ class PostgresBackend(Backend):
             await self._pool.close()
             self._pool = None
 
-    async def publish(self, message: Message, data: bytes) -> None:
-        """NOTIFY the message, or store it and NOTIFY its row id when it is too large."""
-        import asyncpg
+    async def publish(self, batch: Sequence[tuple[Message, bytes]]) -> None:
+        """NOTIFY the messages in order, a run of small ones per statement.
 
+        A large one is stored and its row id NOTIFYed.
+        """
         if self._pool is None:
             raise StorageUnavailable("the PostgreSQL pub/sub is not connected")
-        if len(data) <= NOTIFY_LIMIT:
-            await self._pool.execute("SELECT pg_notify($1, $2)", self.channel, data.decode())
-            return
+        small: list[str] = []
+        for message, data in batch:
+            if len(data) <= NOTIFY_LIMIT:
+                small.append(data.decode())
+                continue
+            await self._notify(small)
+            await self._publish_large(message, data)
+        await self._notify(small)
+
+    async def _notify(self, payloads: list[str]) -> None:
+        if payloads:
+            assert self._pool is not None
+            # Notifications of one statement are delivered in the order they were raised.
+            await self._pool.execute(
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, i) "
+                "ORDER BY i",
+                self.channel, payloads,
+            )
+            payloads.clear()
+
+    async def _publish_large(self, message: Message, data: bytes) -> None:
+        import asyncpg
+
+        assert self._pool is not None
         try:
             await self._pool.execute(
                 f"WITH r AS (INSERT INTO {self.table} (topic, data, created_at) "

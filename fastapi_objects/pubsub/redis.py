@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,11 +60,14 @@ class RedisBackend(Backend):
             await self._client.aclose()
             self._client = None
 
-    async def publish(self, message: Message, data: bytes) -> None:
-        """PUBLISH the encoded message."""
+    async def publish(self, batch: Sequence[tuple[Message, bytes]]) -> None:
+        """PUBLISH the encoded messages, pipelined: one round trip per batch."""
         if self._client is None:
             raise StorageUnavailable("the Redis pub/sub is not connected")
-        await self._client.publish(self.channel, data)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, data in batch:
+                pipe.publish(self.channel, data)
+            await pipe.execute()
 
     async def _read(self, on_message: Callable[[Message], None]) -> None:
         delay = 0.05

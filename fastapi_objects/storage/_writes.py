@@ -1,10 +1,10 @@
 """The statements of a group commit, per dialect.
 
-PostgreSQL gets one fixed statement per step whose rows travel as arrays (``unnest``): the
-statement text never changes with the batch size, so SQLAlchemy compiles it once and asyncpg
-prepares it once per connection. (A ``VALUES`` list of N rows is a new statement for every N
-and cost ~17 ms of compiling per batch of 64.) SQLite runs in-process: one cached statement
-per object costs microseconds.
+PostgreSQL gets one fixed statement whose rows travel as arrays (``unnest``): its text never
+changes with the batch size, so SQLAlchemy compiles it once and asyncpg prepares it once per
+connection (a ``VALUES`` list of N rows is a new statement for every N and cost ~17 ms of
+compiling per batch of 64). SQLite runs in-process: one cached statement per object costs
+microseconds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pydantic_core
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .base import Commit, StatusUpdate
@@ -28,55 +28,55 @@ def _json(value: Any) -> str | None:
 
 
 class PostgresWrites:
-    """Batch statements for PostgreSQL."""
+    """A whole group commit as ONE statement, run outside an explicit transaction.
+
+    A single statement is atomic by itself, so a batch costs one round trip instead of five
+    (BEGIN, lock, update, journal, COMMIT). Data-modifying CTEs: ``locked`` takes the row locks
+    in one global order (two writers sharing objects cannot deadlock), ``upd`` applies the
+    fenced updates (re-checking ``rev`` on the latest row version), ``ins`` creates objects,
+    and the journal rows are inserted only for the objects that succeeded.
+    """
 
     def __init__(self, checkpoints: sa.Table, journal: sa.Table) -> None:
         cp = _qualified(checkpoints)
         j = _qualified(journal)
         text = postgresql.ARRAY(sa.Text())
         big = postgresql.ARRAY(sa.BigInteger())
-        self._lock = sa.text(
-            f"SELECT 1 FROM {cp} c JOIN unnest(:types, :keys) AS v(type, key) "
-            "ON c.type = v.type AND c.key = v.key "
-            'ORDER BY c.type COLLATE "C", c.key COLLATE "C" FOR UPDATE OF c'
-        ).bindparams(sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text))
-        rows = (
-            "unnest(:types, :keys, :expected, :new, :journal, :snapshot, :states, :versions) "
-            "AS v(type, key, expected_rev, new_rev, journal_rev, snapshot_rev, state, version)"
-        )
-        params = [
+        now = sa.bindparam("now", type_=sa.DateTime(timezone=True))
+        self._commit = sa.text(
+            "WITH v AS MATERIALIZED (SELECT * FROM unnest(:types, :keys, :expected, :new, "
+            ":journal, :snapshot, :states, :versions) AS v(type, key, expected_rev, new_rev, "
+            "journal_rev, snapshot_rev, state, version)), "
+            f"locked AS MATERIALIZED (SELECT c.type, c.key FROM {cp} c JOIN v "
+            "ON c.type = v.type AND c.key = v.key WHERE v.expected_rev <> 0 "
+            'ORDER BY c.type COLLATE "C", c.key COLLATE "C" FOR UPDATE OF c), '
+            f"upd AS (UPDATE {cp} c SET rev = v.new_rev, journal_rev = v.journal_rev, "
+            "snapshot_rev = v.snapshot_rev, state = COALESCE(v.state::jsonb, c.state), "
+            "state_version = COALESCE(v.version, c.state_version), status = 'active', "
+            "updated_at = :now FROM v JOIN locked l ON l.type = v.type AND l.key = v.key "
+            "WHERE c.type = v.type AND c.key = v.key AND c.rev = v.expected_rev "
+            "RETURNING c.type, c.key), "
+            f"ins AS (INSERT INTO {cp} (type, key, rev, journal_rev, snapshot_rev, state, "
+            "state_version, status, metadata, created_at, updated_at) "
+            "SELECT v.type, v.key, v.new_rev, v.journal_rev, v.snapshot_rev, v.state::jsonb, "
+            "v.version, 'active', '{}'::jsonb, :now, :now FROM v WHERE v.expected_rev = 0 "
+            "ON CONFLICT DO NOTHING RETURNING type, key), "
+            "ok AS (SELECT type, key FROM upd UNION ALL SELECT type, key FROM ins), "
+            f"jr AS (INSERT INTO {j} (type, key, rev, kind, payload, at) "
+            "SELECT e.type, e.key, e.rev, e.kind, e.payload::jsonb, :now "
+            "FROM unnest(:jtypes, :jkeys, :jrevs, :jkinds, :jpayloads) "
+            "AS e(type, key, rev, kind, payload) "
+            "JOIN ok ON ok.type = e.type AND ok.key = e.key) "
+            "SELECT type, key FROM ok"
+        ).bindparams(
             sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
             sa.bindparam("expected", type_=big), sa.bindparam("new", type_=big),
             sa.bindparam("journal", type_=big), sa.bindparam("snapshot", type_=big),
             sa.bindparam("states", type_=text),
             sa.bindparam("versions", type_=postgresql.ARRAY(sa.Integer())),
-            sa.bindparam("now", type_=sa.DateTime(timezone=True)),
-        ]
-        self._insert = sa.text(
-            f"INSERT INTO {cp} (type, key, rev, journal_rev, snapshot_rev, state, state_version, "
-            "status, metadata, created_at, updated_at) "
-            "SELECT v.type, v.key, v.new_rev, v.journal_rev, v.snapshot_rev, v.state::jsonb, "
-            f"v.version, 'active', '{{}}'::jsonb, :now, :now FROM {rows} "
-            "ON CONFLICT DO NOTHING RETURNING type, key"
-        ).bindparams(*params)
-        self._update = sa.text(
-            f"UPDATE {cp} c SET rev = v.new_rev, journal_rev = v.journal_rev, "
-            "snapshot_rev = v.snapshot_rev, state = COALESCE(v.state::jsonb, c.state), "
-            "state_version = COALESCE(v.version, c.state_version), status = 'active', "
-            f"updated_at = :now FROM {rows} "
-            "WHERE c.type = v.type AND c.key = v.key AND c.rev = v.expected_rev "
-            "RETURNING c.type, c.key"
-        ).bindparams(*params)
-        self._journal = sa.text(
-            f"INSERT INTO {j} (type, key, rev, kind, payload, at) "
-            "SELECT v.type, v.key, v.rev, v.kind, v.payload::jsonb, :now "
-            "FROM unnest(:types, :keys, :revs, :kinds, :payloads) "
-            "AS v(type, key, rev, kind, payload)"
-        ).bindparams(
-            sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
-            sa.bindparam("revs", type_=big), sa.bindparam("kinds", type_=text),
-            sa.bindparam("payloads", type_=text),
-            sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+            sa.bindparam("jtypes", type_=text), sa.bindparam("jkeys", type_=text),
+            sa.bindparam("jrevs", type_=big), sa.bindparam("jkinds", type_=text),
+            sa.bindparam("jpayloads", type_=text), now,
         )
         self._status = sa.text(
             f"UPDATE {cp} c SET status = v.status "
@@ -87,52 +87,34 @@ class PostgresWrites:
             sa.bindparam("statuses", type_=text),
         )
 
-    async def lock(self, conn: AsyncConnection, idents: Sequence[Ident]) -> None:
-        """Lock the rows a batch changes in one global order (no deadlock between writers)."""
-        if idents:
-            await conn.execute(
-                self._lock, {"types": [i[0] for i in idents], "keys": [i[1] for i in idents]}
-            )
-
-    async def insert(
+    async def commit(
         self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
     ) -> set[Ident]:
-        """Create objects; return the ones created (others already existed)."""
-        result = await conn.execute(self._insert, self._rows(commits, now))
-        return {(r[0], r[1]) for r in result}
-
-    async def update(
-        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
-    ) -> set[Ident]:
-        """Apply fenced updates; return the ones whose ``expected_rev`` matched."""
-        result = await conn.execute(self._update, self._rows(commits, now))
-        return {(r[0], r[1]) for r in result}
-
-    async def journal(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        """Append journal entries."""
-        await conn.execute(self._journal, {
-            "types": [r["type"] for r in rows], "keys": [r["key"] for r in rows],
-            "revs": [r["rev"] for r in rows], "kinds": [r["kind"] for r in rows],
-            "payloads": [_json(r["payload"]) for r in rows], "now": rows[0]["at"],
-        })
-
-    async def statuses(self, conn: AsyncConnection, updates: Sequence[StatusUpdate]) -> None:
-        """Write status hints."""
-        await conn.execute(self._status, {
-            "types": [s.type for s in updates], "keys": [s.key for s in updates],
-            "statuses": [s.status for s in updates],
-        })
-
-    @staticmethod
-    def _rows(commits: Sequence[Commit], now: datetime) -> dict[str, Any]:
-        return {
+        """Apply a batch (``conn`` in autocommit mode); return the objects that succeeded."""
+        entries = [
+            (c.type, c.key, c.journal_rev - len(c.entries) + i + 1, kind, _json(payload))
+            for c in commits
+            for i, (kind, payload) in enumerate(c.entries)
+        ]
+        result = await conn.execute(self._commit, {
             "types": [c.type for c in commits], "keys": [c.key for c in commits],
             "expected": [c.expected_rev for c in commits], "new": [c.new_rev for c in commits],
             "journal": [c.journal_rev for c in commits],
             "snapshot": [c.snapshot_rev for c in commits],
             "states": [_json(c.state) for c in commits],
-            "versions": [c.state_version for c in commits], "now": now,
-        }
+            "versions": [c.state_version for c in commits],
+            "jtypes": [e[0] for e in entries], "jkeys": [e[1] for e in entries],
+            "jrevs": [e[2] for e in entries], "jkinds": [e[3] for e in entries],
+            "jpayloads": [e[4] for e in entries], "now": now,
+        })
+        return {(r[0], r[1]) for r in result}
+
+    async def statuses(self, conn: AsyncConnection, updates: Sequence[StatusUpdate]) -> None:
+        """Write status hints (their own statement: a hint needs no atomicity with commits)."""
+        await conn.execute(self._status, {
+            "types": [s.type for s in updates], "keys": [s.key for s in updates],
+            "statuses": [s.status for s in updates],
+        })
 
 
 class SQLiteWrites:
@@ -142,8 +124,22 @@ class SQLiteWrites:
         self.cp = checkpoints
         self.journal_table = journal
 
-    async def lock(self, conn: AsyncConnection, idents: Sequence[Ident]) -> None:
-        """SQLite serializes writers per database: nothing to order."""
+    async def commit(
+        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
+    ) -> set[Ident]:
+        """Apply a batch (``conn`` inside a transaction); return the objects that succeeded."""
+        creates = [c for c in commits if c.expected_rev == 0]
+        updates = [c for c in commits if c.expected_rev != 0]
+        done = await self.insert(conn, creates, now) | await self.update(conn, updates, now)
+        rows = [
+            {"type": c.type, "key": c.key, "rev": c.journal_rev - len(c.entries) + i + 1,
+             "kind": kind, "payload": payload, "at": now}
+            for c in commits if (c.type, c.key) in done
+            for i, (kind, payload) in enumerate(c.entries)
+        ]
+        if rows:
+            await self.journal(conn, rows)
+        return done
 
     async def insert(
         self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
@@ -153,7 +149,7 @@ class SQLiteWrites:
         created = set()
         for c in commits:
             stmt = (
-                sa.dialects.sqlite.insert(cp)
+                sqlite.insert(cp)
                 .values(
                     type=c.type, key=c.key, rev=c.new_rev, journal_rev=c.journal_rev,
                     snapshot_rev=c.snapshot_rev, state=c.state, state_version=c.state_version,
@@ -204,5 +200,5 @@ class SQLiteWrites:
 
 
 def _qualified(table: sa.Table) -> str:
-    preparer = postgresql.dialect().identifier_preparer
+    preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
     return preparer.format_table(table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pydantic_core
 import sqlalchemy as sa
@@ -27,9 +27,6 @@ from .base import (
     encode_cursor,
 )
 from .tables import storage_metadata
-
-# Bind parameters per statement stay well under asyncpg's and SQLite's limit (32,767).
-_CHUNK = 400
 
 
 def _dumps(value: object) -> str:
@@ -58,7 +55,6 @@ class SQLStorage(Storage):
         else:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 10
-            kwargs["pool_pre_ping"] = True
             parsed = sa.engine.make_url(url)
             if "sslmode" in parsed.query:
                 # libpq spelling (Fly and Heroku URLs say ?sslmode=disable); asyncpg's connect()
@@ -66,6 +62,7 @@ class SQLStorage(Storage):
                 kwargs["connect_args"] = {"ssl": parsed.query["sslmode"]}
                 url = parsed.difference_update_query(["sslmode"]).render_as_string(False)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if self._sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.metadata = storage_metadata(schema)
@@ -83,15 +80,16 @@ class SQLStorage(Storage):
         await self.engine.dispose()
 
     @asynccontextmanager
-    async def _connect(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def _connect(
+        self, mode: Literal["read", "write", "autocommit"] = "read"
+    ) -> AsyncIterator[AsyncConnection]:
+        # Single-statement reads run without BEGIN/ROLLBACK around them: one round trip.
         try:
-            if write:
-                # A commit's first statement is a write, so SQLite takes its write lock
-                # (waiting up to busy_timeout) before reading anything: no upgrade deadlock.
+            if mode == "write":
                 async with self.engine.begin() as conn:
                     yield conn
             else:
-                async with self.engine.connect() as conn:
+                async with self._autocommit.connect() as conn:
                     yield conn
         except StorageUnavailable:
             raise
@@ -104,7 +102,7 @@ class SQLStorage(Storage):
 
     async def create_tables(self) -> None:
         """Create the version-1 tables (and the schema) when missing."""
-        async with self._connect(write=True) as conn:
+        async with self._connect("write") as conn:
             if self.schema and not self._sqlite:
                 await conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
             await conn.run_sync(self.metadata.create_all, checkfirst=True)
@@ -140,30 +138,12 @@ class SQLStorage(Storage):
         now = datetime.now(UTC)
         done: set[tuple[str, str]] = set()
         writes = self._writes
-        async with self._connect(write=True) as conn:
-            creates = sorted((c for c in commits if c.expected_rev == 0), key=_ident)
-            updates = sorted((c for c in commits if c.expected_rev != 0), key=_ident)
-            statuses = sorted(statuses, key=_ident)
-            # Two writers (nodes, or a stale instance beside a fresh one) whose batches share
-            # objects would deadlock if each locked rows in its own order: lock them first,
-            # in one global order.
-            idents = sorted({_ident(c) for c in updates} | {_ident(s) for s in statuses})
-            for i in range(0, len(idents), _CHUNK):
-                await writes.lock(conn, idents[i : i + _CHUNK])
-            for chunk in _chunks(creates):
-                done |= await writes.insert(conn, chunk, now)
-            for chunk in _chunks(updates):
-                done |= await writes.update(conn, chunk, now)
-            rows = [
-                {"type": c.type, "key": c.key, "rev": c.journal_rev - len(c.entries) + i + 1,
-                 "kind": kind, "payload": payload, "at": now}
-                for c in commits if (c.type, c.key) in done
-                for i, (kind, payload) in enumerate(c.entries)
-            ]
-            for i in range(0, len(rows), _CHUNK * 4):
-                await writes.journal(conn, rows[i : i + _CHUNK * 4])
+        # PostgreSQL: the batch is one statement (atomic on its own); SQLite: one transaction.
+        async with self._connect("write" if self._sqlite else "autocommit") as conn:
+            if commits:
+                done = await writes.commit(conn, commits, now)
             if statuses:
-                await writes.statuses(conn, statuses)
+                await writes.statuses(conn, sorted(statuses, key=_ident))
         return [(c.type, c.key) in done for c in commits]
 
     async def query(self, query: ObjectQuery) -> ObjectPage:
@@ -210,7 +190,7 @@ class SQLStorage(Storage):
     async def delete(self, type: str, key: str) -> bool:
         """Delete the checkpoint and journal of ``(type, key)``."""
         cp, j = self.checkpoints, self.journal
-        async with self._connect(write=True) as conn:
+        async with self._connect("write") as conn:
             await conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
             result = await conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
         return result.rowcount == 1
@@ -238,10 +218,6 @@ def _to_utc(value: datetime) -> datetime:
     # SQLite stores times as UTC text and drops a parameter's offset, so compare in UTC;
     # a naive time is taken as UTC, as the rows are written.
     return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _chunks(commits: Sequence[Commit]) -> list[Sequence[Commit]]:
-    return [commits[i : i + _CHUNK] for i in range(0, len(commits), _CHUNK)]
 
 
 def _redacted(url: str) -> str:
