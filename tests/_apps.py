@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI
@@ -41,17 +42,26 @@ class Counter(DurableObject[CounterState]):
         raise ValueError("refused on purpose")
 
     async def slow(self, seconds: float) -> str:
-        SLOW_RUNNING.add(f"{self.objects.node_id}/{self.key}")
+        """Hold the turn for ``seconds``, or until ``release_slow`` lets it go."""
+        ident = f"{self.objects.node_id}/{self.key}"
+        SLOW_RUNNING.add(ident)
         try:
-            await asyncio.sleep(seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_RELEASE.setdefault(ident, asyncio.Event()).wait(), seconds)
         finally:
-            SLOW_RUNNING.discard(f"{self.objects.node_id}/{self.key}")
+            SLOW_RUNNING.discard(ident)
         return "done"
 
 
 # "{node_id}/{key}" of each Counter whose slow() is running now: lets a test wait until a
 # call holds an object's turn instead of guessing with a sleep.
 SLOW_RUNNING: set[str] = set()
+_RELEASE: dict[str, asyncio.Event] = {}
+
+
+def release_slow(node_id: str, key: str) -> None:
+    """End every running and future ``slow()`` of ``key`` on that node (call it on its loop)."""
+    _RELEASE.setdefault(f"{node_id}/{key}", asyncio.Event()).set()
 
 
 class TimedCounter(Counter):

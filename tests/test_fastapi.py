@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from fastapi_objects import DurableObject, Handle, Objects, get_object
-from tests._apps import SLOW_RUNNING, Counter, make_app
+from tests._apps import SLOW_RUNNING, Counter, make_app, release_slow
 
 CLOSED_PORT_URL = "postgresql+asyncpg://root@127.0.0.1:1/test"
 
@@ -296,21 +296,30 @@ def test_call_timeout_is_504_and_the_turn_is_rolled_back(client: TestClient) -> 
 
 def test_overloaded_is_503_with_retry_after(client: TestClient) -> None:
     objects = client.app.state.objects  # type: ignore[attr-defined]
+    assert client.portal is not None
     with ThreadPoolExecutor(4) as pool:
-        holder = pool.submit(client.post, "/narrow/n/slow", params={"seconds": 0.5})
-        deadline = time.monotonic() + 10
-        while f"{objects.node_id}/n" not in SLOW_RUNNING:
-            assert time.monotonic() < deadline, "slow() never started"
-            time.sleep(0.005)
-        # One call may wait (max_queue=1); the others are refused at once.
-        responses = list(pool.map(lambda _: client.post("/narrow/n/increment"), range(3)))
+        holder = pool.submit(client.post, "/narrow/n/slow", params={"seconds": 60})
+        _poll(lambda: f"{objects.node_id}/n" in SLOW_RUNNING, "slow() to hold the turn")
+        # While slow() holds the turn, one call may wait (max_queue=1); the rest are refused
+        # at once, whichever order the threads run in.
+        calls = [pool.submit(client.post, "/narrow/n/increment") for _ in range(3)]
+        _poll(lambda: sum(f.done() for f in calls) == 2, "two calls to be refused")
+        client.portal.call(release_slow, objects.node_id, "n")
         assert holder.result().json() == {"result": "done"}
+        responses = [f.result() for f in calls]
     refused = [r for r in responses if r.status_code == 503]
     assert len(refused) == 2, [r.text for r in responses]
     for response in refused:
         _error(response, 503, "overloaded")
         assert int(response.headers["retry-after"]) >= 1
     assert [r.json() for r in responses if r.status_code == 200] == [{"value": 1}]
+
+
+def _poll(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
 
 
 def test_storage_unavailable_is_503_when_the_database_is_down() -> None:

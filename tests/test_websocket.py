@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
 from fastapi_objects import Connection, ConnectionRejected, DurableObject, Objects
-from tests._apps import Counter, Room, make_app
+from tests._apps import Counter, Room, make_app, release_slow
 
 
 @pytest.fixture
@@ -156,12 +156,14 @@ def test_oversized_frames_are_refused_and_the_connection_stays_usable(db_url: st
 
 
 def test_too_many_calls_in_flight_is_an_overloaded_error_frame(db_url: str) -> None:
-    app, _ = make_app(db_url, max_calls_in_flight=2)
+    app, objects = make_app(db_url, max_calls_in_flight=2)
     with TestClient(app) as client, client.websocket_connect("/objects/counter/busy/ws") as ws:
-        _call(ws, 1, "slow", seconds=0.3)
-        _call(ws, 2, "slow", seconds=0.3)
+        _call(ws, 1, "slow", seconds=60)
+        _call(ws, 2, "slow", seconds=60)
         _call(ws, 3, "get")
         assert "in flight" in _error_frame(ws.receive_json(), "overloaded", 3)
+        assert client.portal is not None
+        client.portal.call(release_slow, objects.node_id, "busy")
         replies = [ws.receive_json(), ws.receive_json()]
         assert sorted(r["ref"] for r in replies) == [1, 2]
         assert all(r["ok"] for r in replies)
@@ -348,6 +350,29 @@ def test_connections_per_object_limit_closes_1013(db_url: str) -> None:
         assert "max_connections" in closed.reason
         _call(first, 2, "get")
         assert first.receive_json() == {"ref": 2, "ok": True, "result": 0}
+
+
+def test_a_fenced_out_instance_closes_its_clients_1012_and_they_reconnect(db_url: str) -> None:
+    app_a, _ = make_app(db_url)
+    app_b, _ = make_app(db_url)
+    with TestClient(app_a) as a, TestClient(app_b) as b:
+        with a.websocket_connect("/objects/counter/x/ws") as ws:
+            _call(ws, 1, "increment")
+            assert ws.receive_json()["event"] == "changed"
+            assert ws.receive_json()["result"] == 1
+            assert b.post("/counters/x/increment").json() == {"value": 2}  # another node
+            _call(ws, 2, "increment")  # A's instance is stale: its commit is fenced out
+            with pytest.raises(WebSocketDisconnect) as info:
+                while True:
+                    frame = ws.receive_json()
+                    # No broadcast of the refused turn; at most its conflict error.
+                    _error_frame(frame, "conflict", 2)
+            assert info.value.code == 1012
+            assert "reconnect" in info.value.reason
+        with a.websocket_connect("/objects/counter/x/ws") as ws:
+            _call(ws, 3, "increment")
+            assert ws.receive_json()["payload"] == {"value": 3}
+            assert ws.receive_json() == {"ref": 3, "ok": True, "result": 3}
 
 
 def test_room_state_survives_a_restart(db_url: str) -> None:

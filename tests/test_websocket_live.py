@@ -7,8 +7,11 @@ share nothing but sockets. On PostgreSQL, broadcasts between nodes go over LISTE
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +176,58 @@ async def test_malformed_frames_over_a_real_socket(live: tuple[LiveServer, Objec
         assert (await _recv(ws))["error"]["type"] == "frame_too_large"  # default 1 MiB
         assert await _call(ws, 4, "increment", by=3) == 3
         assert ws.close_code is None  # still open
+
+
+def _raw_client_that_never_reads(port: int, path: str) -> socket.socket:
+    """A websocket client that completes the handshake and then stops reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
+    sock.settimeout(WAIT)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)  # byte by byte: leave the frames after it unread
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_dropped_4408_without_holding_back_others(
+    db_url: str,
+) -> None:
+    app, objects = make_app(db_url, max_outbox=8)
+    async with LiveServer(app) as server:
+        path = "/objects/counter/s/ws"
+        good = (await _attach_many(server, path, 1))[0]
+        stuck = await asyncio.to_thread(_raw_client_that_never_reads, server.port, path)
+        try:
+            await _call(good, "sync", "get")  # the stuck client attached before this returned
+            blob = "x" * 65536
+            count = 300  # ~20 MB: more than the socket buffers can hide
+            for i in range(count):
+                await server.run(objects.publish("counter:s", "big", {"i": i, "blob": blob}))
+            payloads = await _events(good, "big", count)
+            assert [p["i"] for p in payloads] == list(range(count))
+
+            def read_until_closed() -> bytes:
+                # Up to the close frame (not EOF: that comes only after the close handshake).
+                data = b""
+                while b"too slow" not in data and (chunk := stuck.recv(1 << 20)):
+                    data += chunk
+                return data
+
+            data = await asyncio.to_thread(read_until_closed)
+        finally:
+            stuck.close()
+            await good.close()
+    # A close frame with code 4408 (0x1138) and its reason, after fewer than all frames.
+    assert b"\x11\x38client too slow" in data
+    assert data.count(b'"event":"big"') < count
 
 
 async def test_hibernate_after_the_last_detach_and_thaw_on_attach(
