@@ -375,6 +375,39 @@ def test_a_fenced_out_instance_closes_its_clients_1012_and_they_reconnect(db_url
             assert ws.receive_json() == {"ref": 3, "ok": True, "result": 3}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=WebSocketDisconnect,
+    reason="runtime: Activation.commit_failed closes the connections (1012) before it fails "
+    "the pending commit, so the caller's conflict error frame is dropped by the closing session",
+)
+def test_a_fenced_out_call_is_answered_with_its_conflict_before_the_close(db_url: str) -> None:
+    app_a, _ = make_app(db_url)
+    app_b, _ = make_app(db_url)
+    with (
+        TestClient(app_a) as a,
+        TestClient(app_b) as b,
+        a.websocket_connect("/objects/counter/x/ws") as ws,
+    ):
+        _call(ws, 1, "increment")
+        ws.receive_json()
+        ws.receive_json()
+        b.post("/counters/x/increment")
+        _call(ws, 2, "increment")
+        # DESIGN section 3: "the caller gets a clear error" (here: not applied, conflict).
+        _error_frame(ws.receive_json(), "conflict", 2)
+
+
+def test_attach_with_the_database_down_closes_1011() -> None:
+    app, _ = make_app(
+        "postgresql+asyncpg://root@127.0.0.1:1/test", create_tables=False, pubsub_url="memory://"
+    )
+    with TestClient(app) as client:
+        closed = _closed(client, "/objects/counter/x/ws")
+        assert closed.code == 1011
+        assert "storage" in closed.reason
+
+
 def test_room_state_survives_a_restart(db_url: str) -> None:
     app, _ = make_app(db_url)
     with TestClient(app) as client, client.websocket_connect("/objects/room/r/ws?name=a") as ws:
