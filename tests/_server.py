@@ -83,7 +83,8 @@ class LiveServer:
     async def stop(self) -> None:
         """Ask uvicorn to exit (running the app's lifespan shutdown) and join the thread."""
         self.server.should_exit = True
-        await asyncio.to_thread(self._thread.join, _STOP_TIMEOUT)
+        if self._thread.ident is not None:  # started (stop() after a failed start is fine)
+            await asyncio.to_thread(self._thread.join, _STOP_TIMEOUT)
         self._sock.close()
         if self._thread.is_alive():
             raise RuntimeError(f"uvicorn did not stop within {_STOP_TIMEOUT}s")
