@@ -62,7 +62,7 @@ async def test_acknowledged_writes_survive_a_postgres_restart(pg_url: str, pg_sc
 
     async def until(total: int) -> None:
         async with asyncio.timeout(60):
-            while sum(acked.values()) < total:
+            while sum(acked.values()) < total:  # noqa: ASYNC110 - counts, not one event
                 await asyncio.sleep(0.01)
 
     async with Runtime(

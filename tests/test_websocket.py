@@ -375,12 +375,6 @@ def test_a_fenced_out_instance_closes_its_clients_1012_and_they_reconnect(db_url
             assert ws.receive_json() == {"ref": 3, "ok": True, "result": 3}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=WebSocketDisconnect,
-    reason="runtime: Activation.commit_failed closes the connections (1012) before it fails "
-    "the pending commit, so the caller's conflict error frame is dropped by the closing session",
-)
 def test_a_fenced_out_call_is_answered_with_its_conflict_before_the_close(db_url: str) -> None:
     app_a, _ = make_app(db_url)
     app_b, _ = make_app(db_url)

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import HTTPConnection
 
-from .._exceptions import InvalidKey
 from ..runtime import DurableObject, Handle
 
 if TYPE_CHECKING:
@@ -47,9 +46,17 @@ def get_object(cls: type[T], key: KeySource = "key") -> Callable[..., Awaitable[
                 value = await value
         else:
             value = connection.path_params.get(key)
-            if value is None:
-                raise InvalidKey(f"the route has no path parameter {key!r} to key {cls.__name__}")
-        return objects_of(connection).get(cls, value)
+            if value is None:  # the app's mistake, not the client's: a 500 that says so
+                raise RuntimeError(
+                    f"get_object({cls.__name__}): the route has no path parameter {key!r}"
+                )
+        objects = objects_of(connection)
+        if objects.types.get(cls.type_name) is not cls:
+            raise RuntimeError(
+                f"get_object({cls.__name__}): {cls.__name__} is not registered in "
+                "Objects(objects=[...])"
+            )
+        return objects.get(cls, value)
 
     dependency.__name__ = f"get_{cls.__name__}"
     _DEPENDENCIES[(cls, key)] = dependency

@@ -22,6 +22,7 @@ from .._exceptions import (
     ConflictError,
     ConnectionRejected,
     CorruptState,
+    ObjectNotFound,
     ObjectsError,
     Overloaded,
     StorageUnavailable,
@@ -121,7 +122,14 @@ class Activation:
         instance.objects = self.runtime
         instance._activation = self
         if cp is None:
-            instance.state = cls.state_model()
+            try:
+                instance.state = cls.state_model()
+            except pydantic.ValidationError as exc:
+                missing = [".".join(map(str, e["loc"])) for e in exc.errors(include_url=False)]
+                raise ObjectNotFound(
+                    f"{self.topic} does not exist, and a new one cannot start from "
+                    f"{cls.state_model.__name__}() (no default for {', '.join(missing)})"
+                ) from None
         else:
             self.rev, self.journal_rev, self.snapshot_rev = cp.rev, cp.journal_rev, cp.snapshot_rev
             instance.state = self._decode(cp.state, cp.state_version)
@@ -286,25 +294,27 @@ class Activation:
         else:
             await self._enter(readonly)
         token = _chain.set((*chain, self))
-        self.in_flight += 1
+        self.in_flight += 1  # until the output may leave: a caller awaiting its commit counts
         try:
-            if readonly:
-                try:
-                    result = await fn(self.instance, **kwargs)
-                finally:
-                    self._release(True)
-                pending = self.last
-            else:
-                try:
-                    result, pending = await self._turn_of(fn(self.instance, **kwargs))
-                finally:
-                    self._release(False)
+            try:
+                if readonly:
+                    try:
+                        result = await fn(self.instance, **kwargs)
+                    finally:
+                        self._release(True)
+                    pending = self.last
+                else:
+                    try:
+                        result, pending = await self._turn_of(fn(self.instance, **kwargs))
+                    finally:
+                        self._release(False)
+            finally:
+                _chain.reset(token)
+                self.last_used = self.runtime.loop.time()
+            if pending is not None and not (pending.done and pending.error is None):
+                await pending.wait()
         finally:
-            _chain.reset(token)
             self.in_flight -= 1
-            self.last_used = self.runtime.loop.time()
-        if pending is not None and not (pending.done and pending.error is None):
-            await pending.wait()
         return result
 
     async def _turn_of(self, coro: Any) -> tuple[Any, PendingCommit | None]:
@@ -398,8 +408,8 @@ class Activation:
                 f"{self.topic}: {failure.message}; the call was not acknowledged and the object "
                 "will reload from storage on the next call"
             )
+        pending.finish(error)  # first: its callers' error replies go out before any close
         self.invalidate(error)
-        pending.finish(error)
 
     def invalidate(self, error: ObjectsError) -> None:
         """Drop this instance: fail turns that built on unconfirmed state, forget it."""
@@ -418,9 +428,10 @@ class Activation:
             self._timer = None
         self.runtime.forget(self)
         for conn in list(self.connections.values()) if self.connections else ():
-            # Their instance is gone: make them reconnect to a fresh one.
+            # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls
+            # failing with this close (a fenced-out commit) first get to send their errors.
             conn.activation = None
-            conn.close(1012, f"{self.topic} was reloaded; reconnect")
+            self.runtime.loop.call_soon(conn.close, 1012, f"{self.topic} was reloaded; reconnect")
         self.connections = None
         for fut, _ in self._waiters:
             if not fut.done():
