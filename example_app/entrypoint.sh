@@ -3,12 +3,10 @@
 #
 # `fly postgres attach` sets the secret DATABASE_URL; fastapi_objects reads OBJECTS_DATABASE_URL,
 # so DATABASE_URL is passed on unless OBJECTS_DATABASE_URL is set. Fly writes it as
-# postgres://user:pass@<db>.flycast:5432/<name>?sslmode=disable: the query string is dropped
-# because fastapi_objects 0.1 hands `sslmode` (a libpq option) to asyncpg's connect(), which
-# rejects it; without it asyncpg uses sslmode=prefer, which suits Fly's private network.
+# postgres://user:pass@<db>.flycast:5432/<name>?sslmode=disable, which the library accepts.
 set -e
 if [ -z "${OBJECTS_DATABASE_URL:-}" ] && [ -n "${DATABASE_URL:-}" ]; then
-  OBJECTS_DATABASE_URL="${DATABASE_URL%%\?*}"
+  OBJECTS_DATABASE_URL="$DATABASE_URL"
   export OBJECTS_DATABASE_URL
 fi
 if [ -z "${OBJECTS_DATABASE_URL:-}" ]; then

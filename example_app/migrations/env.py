@@ -15,9 +15,13 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from fastapi_objects.storage import DEFAULT_DATABASE_URL, normalize_url, storage_metadata
+from fastapi_objects.storage import (
+    DEFAULT_DATABASE_URL,
+    create_engine,
+    normalize_url,
+    storage_metadata,
+)
 
 config = context.config
 if config.config_file_name is not None:
@@ -85,7 +89,7 @@ def do_run_migrations(connection: Connection) -> None:
 
 async def run_async_migrations() -> None:
     """Connect with the async driver and run the migrations."""
-    engine = create_async_engine(URL, poolclass=sa.pool.NullPool)
+    engine = create_engine(URL, poolclass=sa.pool.NullPool)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)

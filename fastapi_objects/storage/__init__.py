@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import MissingDependency
 from .base import (
@@ -22,6 +23,10 @@ from .base import (
     TypeStats,
 )
 from .tables import create_storage_tables, drop_storage_tables, storage_metadata
+from .urls import normalize_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./objects.db"
 
@@ -35,29 +40,13 @@ __all__ = [
     "StatusUpdate",
     "Storage",
     "TypeStats",
+    "create_engine",
     "create_storage_tables",
     "drop_storage_tables",
     "normalize_url",
     "open_storage",
     "storage_metadata",
 ]
-
-
-def normalize_url(url: str) -> str:
-    """Map the URL spellings users paste to the async driver we run on.
-
-    >>> normalize_url("postgres://u@h/db")
-    'postgresql+asyncpg://u@h/db'
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError(f"malformed database URL {url!r}: expected scheme://...")
-    scheme = {
-        "postgres": "postgresql+asyncpg",
-        "postgresql": "postgresql+asyncpg",
-        "sqlite": "sqlite+aiosqlite",
-    }.get(scheme, scheme)
-    return f"{scheme}://{rest}"
 
 
 def open_storage(url: str, *, schema: str | None = None) -> Storage:
@@ -81,3 +70,14 @@ def open_storage(url: str, *, schema: str | None = None) -> Storage:
     from .sql import SQLStorage
 
     return SQLStorage(url, schema=schema)
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async SQLAlchemy engine for ``url`` as the storage sets it up (for Alembic's env.py).
+
+    Accepts ``postgres://``, ``sqlite:///`` and libpq's ``?sslmode=``; extra keyword
+    arguments go to ``create_async_engine`` (e.g. ``poolclass=NullPool``).
+    """
+    from .sql import create_engine as _create_engine
+
+    return _create_engine(url, **kwargs)

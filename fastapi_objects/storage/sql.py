@@ -27,10 +27,49 @@ from .base import (
     encode_cursor,
 )
 from .tables import storage_metadata
+from .urls import normalize_url
 
 
 def _dumps(value: object) -> str:
     return pydantic_core.to_json(value).decode()
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url`` set up as the storage needs it (also for Alembic's env.py).
+
+    Accepts the spellings users paste (``postgres://``, ``sqlite:///``, libpq's
+    ``?sslmode=``); SQLite gets WAL and ``synchronous=FULL``; PostgreSQL plans every statement.
+    """
+    url = normalize_url(url)
+    options: dict[str, Any] = {
+        "json_serializer": _dumps,
+        "json_deserializer": pydantic_core.from_json,
+    }
+    if url.startswith("sqlite"):
+        in_memory = url.split("///", 1)[-1] in ("", ":memory:") or "mode=memory" in url
+        if in_memory:
+            options["poolclass"] = StaticPool
+        options["connect_args"] = {"timeout": 30}
+    else:
+        options["pool_size"] = 10
+        options["max_overflow"] = 10
+        # Our statements take arrays whose sizes change every batch: PostgreSQL's generic
+        # plan for a prepared statement (after 5 runs) turned a 1 ms commit into 9 ms.
+        connect_args: dict[str, Any] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
+        parsed = sa.engine.make_url(url)
+        if "sslmode" in parsed.query:
+            # libpq spelling (Fly and Heroku URLs say ?sslmode=disable); asyncpg takes ssl=.
+            connect_args["ssl"] = parsed.query["sslmode"]
+            url = parsed.difference_update_query(["sslmode"]).render_as_string(False)
+        options["connect_args"] = connect_args
+    options.update(kwargs)
+    if options.get("poolclass") is not None:
+        options.pop("pool_size", None)
+        options.pop("max_overflow", None)
+    engine = create_async_engine(url, **options)
+    if url.startswith("sqlite"):
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 class SQLStorage(Storage):
@@ -39,38 +78,11 @@ class SQLStorage(Storage):
     def __init__(self, url: str, *, schema: str | None = None, echo: bool = False) -> None:
         self.url = url
         self.schema = schema
-        kwargs: dict[str, Any] = {
-            "json_serializer": _dumps,
-            "json_deserializer": pydantic_core.from_json,
-            "echo": echo,
-        }
         self._sqlite = url.startswith("sqlite")
         if self._sqlite and schema:
             raise ValueError("a schema needs PostgreSQL; SQLite keeps one schema per file")
-        if self._sqlite:
-            in_memory = url.split("///", 1)[-1] in ("", ":memory:") or "mode=memory" in url
-            if in_memory:
-                kwargs["poolclass"] = StaticPool
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 10
-            # Our statements take arrays whose sizes change every batch: PostgreSQL's generic
-            # plan for a prepared statement (after 5 runs) turned a 1 ms commit into 9 ms.
-            connect_args: dict[str, Any] = {
-                "server_settings": {"plan_cache_mode": "force_custom_plan"}
-            }
-            parsed = sa.engine.make_url(url)
-            if "sslmode" in parsed.query:
-                # libpq spelling (Fly and Heroku URLs say ?sslmode=disable); asyncpg's connect()
-                # takes it as ssl=.
-                connect_args["ssl"] = parsed.query["sslmode"]
-                url = parsed.difference_update_query(["sslmode"]).render_as_string(False)
-            kwargs["connect_args"] = connect_args
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.engine: AsyncEngine = create_engine(url, echo=echo)
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        if self._sqlite:
-            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.metadata = storage_metadata(schema)
         prefix = f"{schema}." if schema else ""
         self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
