@@ -79,9 +79,13 @@ class PostgresWrites:
             sa.bindparam("jpayloads", type_=text), now,
         )
         self._status = sa.text(
-            f"UPDATE {cp} c SET status = v.status "
-            "FROM unnest(:types, :keys, :statuses) AS v(type, key, status) "
-            "WHERE c.type = v.type AND c.key = v.key"
+            "WITH v AS MATERIALIZED (SELECT * FROM unnest(:types, :keys, :statuses) "
+            "AS v(type, key, status)), "
+            f"locked AS MATERIALIZED (SELECT c.type, c.key FROM {cp} c JOIN v "
+            "ON c.type = v.type AND c.key = v.key "
+            'ORDER BY c.type COLLATE "C", c.key COLLATE "C" FOR UPDATE OF c) '
+            f"UPDATE {cp} c SET status = v.status FROM v JOIN locked l "
+            "ON l.type = v.type AND l.key = v.key WHERE c.type = v.type AND c.key = v.key"
         ).bindparams(
             sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
             sa.bindparam("statuses", type_=text),
