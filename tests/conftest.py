@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 PG_URL = os.environ.get(
     "OBJECTS_TEST_DATABASE_URL", "postgresql+asyncpg://root@127.0.0.1:5432/test"
@@ -102,3 +103,19 @@ def sql_backend(backend: Backend) -> Iterator[Backend]:
     if backend.name == "memory":
         pytest.skip("needs a durable backend")
     yield backend
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A fresh SQLite file for one test."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"
+
+
+@pytest.fixture
+def client(db_url: str) -> Iterator[TestClient]:
+    """The shared test app of tests/_apps.py, started, on a fresh SQLite file."""
+    from tests._apps import make_app
+
+    app, _ = make_app(db_url)
+    with TestClient(app) as client:
+        yield client

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
@@ -26,18 +25,6 @@ from fastapi_objects import DurableObject, Handle, Objects, get_object
 from tests._apps import SLOW_RUNNING, Counter, make_app, release_slow
 
 CLOSED_PORT_URL = "postgresql+asyncpg://root@127.0.0.1:1/test"
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"
-
-
-@pytest.fixture
-def client(db_url: str) -> Iterator[TestClient]:
-    app, _ = make_app(db_url)
-    with TestClient(app) as client:
-        yield client
 
 
 def _error(response: Any, status: int, type: str) -> str:

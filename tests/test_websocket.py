@@ -6,8 +6,6 @@ whose reply must be the very next frame, so a stray frame would show up in its p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,18 +16,6 @@ from starlette.websockets import WebSocketDisconnect
 
 from fastapi_objects import Connection, ConnectionRejected, DurableObject, Objects
 from tests._apps import Counter, Room, make_app, release_slow
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"
-
-
-@pytest.fixture
-def client(db_url: str) -> Iterator[TestClient]:
-    app, _ = make_app(db_url)
-    with TestClient(app) as client:
-        yield client
 
 
 def _closed(client: TestClient, url: str, **kwargs: Any) -> WebSocketDisconnect:

@@ -31,11 +31,6 @@ BROADCASTS = 25
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"
-
-
-@pytest.fixture
 async def live(db_url: str) -> AsyncIterator[tuple[LiveServer, Objects]]:
     app, objects = make_app(db_url)
     async with LiveServer(app) as server:
