@@ -85,4 +85,6 @@ async def test_acknowledged_writes_survive_a_postgres_restart(pg_url: str, pg_sc
             assert acked[key] <= stored <= acked[key] + unknown[key], (key, acked, unknown)
     finally:
         await storage.close()
+    # The restart was seen (calls failed while the server was away), and failed clearly.
+    assert failures
     assert set(failures) <= {"StorageUnavailable", "ConflictError", "CallTimeout"}, failures

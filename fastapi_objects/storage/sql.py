@@ -40,6 +40,18 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     Accepts the spellings users paste (``postgres://``, ``sqlite:///``, libpq's
     ``?sslmode=``); SQLite gets WAL and ``synchronous=FULL``; PostgreSQL plans every statement.
     """
+    url, options = _engine_options(url)
+    options.update(kwargs)
+    if options.get("poolclass") is not None:
+        options.pop("pool_size", None)
+        options.pop("max_overflow", None)
+    engine = create_async_engine(url, **options)
+    if url.startswith("sqlite"):
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _engine_options(url: str) -> tuple[str, dict[str, Any]]:
     url = normalize_url(url)
     options: dict[str, Any] = {
         "json_serializer": _dumps,
@@ -62,14 +74,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             connect_args["ssl"] = parsed.query["sslmode"]
             url = parsed.difference_update_query(["sslmode"]).render_as_string(False)
         options["connect_args"] = connect_args
-    options.update(kwargs)
-    if options.get("poolclass") is not None:
-        options.pop("pool_size", None)
-        options.pop("max_overflow", None)
-    engine = create_async_engine(url, **options)
-    if url.startswith("sqlite"):
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
+    return url, options
 
 
 class SQLStorage(Storage):
@@ -82,6 +87,7 @@ class SQLStorage(Storage):
         if self._sqlite and schema:
             raise ValueError("a schema needs PostgreSQL; SQLite keeps one schema per file")
         self.engine: AsyncEngine = create_engine(url, echo=echo)
+        self._connect_args: dict[str, Any] = _engine_options(url)[1]["connect_args"]
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.metadata = storage_metadata(schema)
         prefix = f"{schema}." if schema else ""
@@ -90,12 +96,23 @@ class SQLStorage(Storage):
         self._writes: PostgresWrites | SQLiteWrites = (
             SQLiteWrites(self.checkpoints, self.journal)
             if self._sqlite
-            else PostgresWrites(self.checkpoints, self.journal)
+            else PostgresWrites(self.checkpoints, self.journal, self._connect_driver)
         )
 
     async def close(self) -> None:
-        """Dispose of the connection pool."""
+        """Dispose of the connection pool (and the writer's connections)."""
+        if isinstance(self._writes, PostgresWrites):
+            await self._writes.close()
         await self.engine.dispose()
+
+    async def _connect_driver(self) -> Any:
+        """A new asyncpg connection, made as the engine makes its own."""
+        engine = self.engine.sync_engine
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        cparams.update(self._connect_args)
+        import asyncpg  # type: ignore[import-untyped]
+
+        return await asyncpg.connect(*cargs, **cparams)
 
     @asynccontextmanager
     async def _connect(
@@ -155,13 +172,19 @@ class SQLStorage(Storage):
         """Apply every commit in one transaction; ``False`` marks a fenced-out commit."""
         now = datetime.now(UTC)
         done: set[tuple[str, str]] = set()
+        statuses = sorted(statuses, key=_ident)
         writes = self._writes
-        # PostgreSQL: the batch is one statement (atomic on its own); SQLite: one transaction.
-        async with self._connect("write" if self._sqlite else "autocommit") as conn:
+        if isinstance(writes, PostgresWrites):  # one statement: atomic on its own
             if commits:
-                done = await writes.commit(conn, commits, now)
+                done = await writes.commit(commits, now)
             if statuses:
-                await writes.statuses(conn, sorted(statuses, key=_ident))
+                await writes.statuses(statuses)
+        else:
+            async with self._connect("write") as conn:
+                if commits:
+                    done = await writes.commit(conn, commits, now)
+                if statuses:
+                    await writes.statuses(conn, statuses)
         return [(c.type, c.key) in done for c in commits]
 
     async def query(self, query: ObjectQuery) -> ObjectPage:
