@@ -78,21 +78,17 @@ class PendingCommit:
 
 
 class GroupCommitter:
-    """The writer of a runtime: batches commits of many objects per transaction.
+    """The single writer of a runtime: batches commits of many objects per transaction.
 
-    Up to ``concurrency`` batches are in flight at once (PostgreSQL commits them in parallel;
-    SQLite has one writer, so 1 there), but never two commits of the same object: an object
-    whose commit is in flight keeps its next one queued, so its commits land in turn order.
+    One batch at a time, on purpose: while it is in flight the next one fills up. Several
+    batches in flight (tried with up to 4) made batches smaller and cost more CPU per call
+    than they saved in latency: 4.0k instead of 6.4k HTTP calls/s on this machine.
     """
 
-    def __init__(self, storage: Storage, max_batch: int = 512, concurrency: int = 1) -> None:
+    def __init__(self, storage: Storage, max_batch: int = 512) -> None:
         self.storage = storage
         self.max_batch = max_batch
-        self.concurrency = concurrency
         self._queue: list[PendingCommit] = []
-        self._flying: set[Activation] = set()
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._statuses: dict[tuple[str, str], StatusUpdate] = {}
         self._status_waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
@@ -109,7 +105,6 @@ class GroupCommitter:
     async def close(self) -> None:
         """Commit what is queued, then stop the writer."""
         await self.drain()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -174,75 +169,36 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         while True:
-            if self._in_flight < self.concurrency and self._start_batch():
-                continue
-            if not self._queue and not self._statuses and not self._in_flight:
+            if not self._queue and not self._statuses:
                 self._idle.set()
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    def _start_batch(self) -> bool:
-        batch: list[PendingCommit] = []
-        rest: list[PendingCommit] = []
-        for pending in self._queue:
-            if len(batch) < self.max_batch and pending.activation not in self._flying:
-                batch.append(pending)
-            else:
-                rest.append(pending)
-        if not batch and not self._statuses:
-            return False
-        self._queue = rest
-        for pending in batch:
-            pending.activation.queued = None
-            self._flying.add(pending.activation)
-        statuses = list(self._statuses.values())
-        self._statuses.clear()
-        waiters, self._status_waiters = self._status_waiters, []
-        self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._commit(batch, statuses, waiters))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return True
-
-    async def _commit(
-        self,
-        batch: list[PendingCommit],
-        statuses: list[StatusUpdate],
-        status_waiters: list[asyncio.Future[None]],
-    ) -> None:
-        try:
-            await self._write(batch, statuses, status_waiters)
-        finally:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            statuses = list(self._statuses.values())
+            self._statuses.clear()
+            status_waiters, self._status_waiters = self._status_waiters, []
             for pending in batch:
-                self._flying.discard(pending.activation)
-            self._in_flight -= 1
-            self._wakeup.set()
-
-    async def _write(
-        self,
-        batch: list[PendingCommit],
-        statuses: list[StatusUpdate],
-        status_waiters: list[asyncio.Future[None]],
-    ) -> None:
-        try:
-            flags = await self.storage.commit([p.commit for p in batch], statuses)
-        except StorageUnavailable as exc:
-            flags = [False] * len(batch)
-            failure: ObjectsError | None = exc
-        except Exception as exc:  # never let the writer die
-            log.exception("group commit failed")
-            flags = [False] * len(batch)
-            failure = StorageUnavailable(f"commit failed: {exc!r}")
-        else:
-            failure = None
-        self.batches += 1
-        self.commits += len(batch)
-        for fut in status_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        for pending, ok in zip(batch, flags, strict=True):
-            if ok:
-                pending.activation.committed(pending)
-                pending.finish(None)
+                pending.activation.queued = None
+            try:
+                flags = await self.storage.commit([p.commit for p in batch], statuses)
+            except StorageUnavailable as exc:
+                flags = [False] * len(batch)
+                failure: ObjectsError | None = exc
+            except Exception as exc:  # never let the writer die
+                log.exception("group commit failed")
+                flags = [False] * len(batch)
+                failure = StorageUnavailable(f"commit failed: {exc!r}")
             else:
-                pending.activation.commit_failed(pending, failure)
+                failure = None
+            self.batches += 1
+            self.commits += len(batch)
+            for fut in status_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            for pending, ok in zip(batch, flags, strict=True):
+                if ok:
+                    pending.activation.committed(pending)
+                    pending.finish(None)
+                else:
+                    pending.activation.commit_failed(pending, failure)

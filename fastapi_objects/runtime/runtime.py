@@ -105,10 +105,7 @@ class Runtime:
         for cls in objects:
             self.register(cls)
         self.storage: Storage = open_storage(self.database_url, schema=schema)
-        # PostgreSQL commits several batches in parallel (commit latency, not CPU, is the
-        # limit); SQLite has one writer and memory needs no help.
-        concurrency = 4 if self.database_url.startswith("postgresql") else 1
-        self.committer = GroupCommitter(self.storage, max_batch, concurrency)
+        self.committer = GroupCommitter(self.storage, max_batch)
         self.create_tables_on_start = (
             create_tables
             if create_tables is not None
