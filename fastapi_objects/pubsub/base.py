@@ -63,18 +63,24 @@ class Message:
 def encode_message(message: Message) -> bytes:
     """Encode a message as JSON (raises ``ValueError`` when the payload is not JSON-compatible)."""
     try:
+        # origin first: a node drops its own messages by prefix, without decoding them.
         return pydantic_core.to_json(
             {
+                "origin": message.origin,
                 "topic": message.topic,
                 "event": message.event,
                 "payload": message.payload,
                 "exclude": message.exclude,
-                "origin": message.origin,
             }
         )
     except pydantic_core.PydanticSerializationError as exc:
         where = f"{message.topic!r}/{message.event!r}"
         raise ValueError(f"the payload of {where} is not JSON-compatible: {exc}") from exc
+
+
+def own_prefix(node_id: str) -> str:
+    """How every message this node encodes begins (see ``encode_message``)."""
+    return pydantic_core.to_json({"origin": node_id}).decode()[:-1] + ","
 
 
 def decode_message(data: bytes | str) -> Message:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._exceptions import MissingDependency, StorageUnavailable
-from .base import Backend, Message, decode_message, logger
+from .base import Backend, Message, decode_message, logger, own_prefix
 
 NOTIFY_LIMIT = 7_000
 RETENTION = "5 minutes"
@@ -51,6 +51,7 @@ class PostgresBackend(Backend):
         self.table = f"{_quote(schema)}.objects_pubsub" if schema else "objects_pubsub"
         self.reconnects = 0
         # Shown in pg_stat_activity, so an operator sees which node listens and publishes.
+        self._own = own_prefix(node_id)
         self.listen_name = f"objects-pubsub-listen:{node_id}"[:63]
         self.pool_name = f"objects-pubsub:{node_id}"[:63]
         self._pool: Any = None
@@ -164,7 +165,8 @@ class PostgresBackend(Backend):
             self._lost.set()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._inbox.put_nowait(payload)
+        if not payload.startswith(self._own):  # this node delivered its own already
+            self._inbox.put_nowait(payload)
 
     async def _supervise(self) -> None:
         # Notifications sent while no connection listens are lost: pub/sub is at-most-once.
