@@ -1,0 +1,90 @@
+"""The app bench_http.py serves with uvicorn: objects, a no-op endpoint and the baseline.
+
+Configured by environment: BENCH_DATABASE_URL, BENCH_SCHEMA.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from fastapi_objects import DurableObject, Handle, Objects, get_object
+
+URL = os.environ["BENCH_DATABASE_URL"]
+SCHEMA = os.environ["BENCH_SCHEMA"]
+
+
+class CounterState(BaseModel):
+    value: int = 0
+
+
+class Counter(DurableObject[CounterState]):
+    async def increment(self, by: int = 1) -> int:
+        self.state.value += by
+        self.broadcast("changed", {"value": self.state.value})
+        return self.state.value
+
+
+class TickerState(BaseModel):
+    ticks: int = 0
+
+
+class Ticker(DurableObject[TickerState]):
+    idle_timeout = 600.0
+
+    async def tick(self, t: float) -> int:
+        self.state.ticks += 1
+        self.broadcast("tick", {"t": t, "n": self.state.ticks})
+        return self.state.ticks
+
+
+objects = Objects(objects=[Counter, Ticker], database_url=URL, schema=SCHEMA, create_tables=True)
+engine = create_async_engine(URL, pool_size=32, max_overflow=32)
+sessions = async_sessionmaker(engine, expire_on_commit=False)
+UPDATE = sa.text(
+    f'UPDATE "{SCHEMA}".baseline_counters SET value = value + :by WHERE key = :key RETURNING value'
+)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with objects.lifespan(app):
+        yield
+    await engine.dispose()
+
+
+app = FastAPI(lifespan=lifespan)
+app.include_router(objects.router)
+
+
+@app.post("/counters/{key}/increment")
+async def increment(
+    counter: Annotated[Handle[Counter], Depends(get_object(Counter))], by: int = 1
+) -> dict[str, int]:
+    return {"value": await counter.increment(by)}
+
+
+@app.post("/plain/{key}/increment")
+async def plain(key: str, by: int = 1) -> dict[str, int]:
+    return {"value": by}
+
+
+@app.post("/baseline/{key}/increment")
+async def baseline(key: str, by: int = 1) -> dict[str, int]:
+    async with sessions() as session, session.begin():
+        value = (await session.execute(UPDATE, {"key": key, "by": by})).scalar_one()
+    return {"value": value}
+
+
+@app.post("/tickers/{key}/tick")
+async def tick(
+    ticker: Annotated[Handle[Ticker], Depends(get_object(Ticker))], t: float
+) -> dict[str, int]:
+    return {"n": await ticker.tick(t)}
