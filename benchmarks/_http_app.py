@@ -13,7 +13,7 @@ from typing import Annotated
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from fastapi_objects import DurableObject, Handle, Objects, get_object
 

@@ -73,7 +73,8 @@ async def prepare(url: str, schema: str) -> None:
         f'CREATE TABLE "{schema}".baseline_counters (key text PRIMARY KEY, value bigint NOT NULL)'
     )
     await conn.execute(
-        f'INSERT INTO "{schema}".baseline_counters SELECT \'k\' || i, 0 FROM generate_series(0, 999) i'
+        f'INSERT INTO "{schema}".baseline_counters '
+        "SELECT 'k' || i, 0 FROM generate_series(0, 999) i"
     )
     await conn.close()
 
