@@ -413,3 +413,35 @@ def test_client_js_route(client: TestClient) -> None:
 def test_room_is_registered(client: TestClient) -> None:
     objects = client.app.state.objects  # type: ignore[attr-defined]
     assert objects.object_type("room") is Room
+
+
+class GrumpyState(BaseModel):
+    visits: int = 0
+
+
+class Grumpy(DurableObject[GrumpyState]):
+    """Its on_disconnect is broken: the server must shrug it off."""
+
+    async def on_connect(self, conn: Connection) -> None:
+        self.state.visits += 1
+
+    async def on_disconnect(self, conn: Connection) -> None:
+        raise RuntimeError("broken on purpose")
+
+    async def visits(self) -> int:
+        return self.state.visits
+
+
+def test_a_failing_on_disconnect_loses_nothing_and_the_object_keeps_serving(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    objects = Objects(objects=[Grumpy], database_url=db_url)
+    app = FastAPI(lifespan=objects.lifespan)
+    app.include_router(objects.router)
+    with TestClient(app) as client:
+        for expected in (1, 2):
+            with client.websocket_connect("/objects/grumpy/g/ws") as ws:
+                ws.send_json({"ref": 1, "call": "visits"})
+                assert ws.receive_json() == {"ref": 1, "ok": True, "result": expected}
+    assert "on_disconnect failed" in caplog.text
+    assert "broken on purpose" in caplog.text

@@ -144,8 +144,8 @@ class _Session:
                 if self.conn is not None:
                     try:
                         await self.objects.detach(self.conn)
-                    except ObjectsError as exc:
-                        log.warning("%s: on_disconnect failed: %s", self.topic, exc)
+                    except Exception:  # the client is gone either way; say why in the log
+                        log.exception("%s: on_disconnect failed", self.topic)
                 self.close(1000, "")
                 try:
                     await asyncio.wait_for(writer, timeout=5)
