@@ -7,15 +7,16 @@ answer ``{"value": n}``; the websocket ``/objects/counter/{key}/ws`` speaks the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
@@ -119,6 +120,26 @@ async def increment(counter: CounterHandle, by: int = 1) -> dict[str, int]:
 @router.get("/counters/{key}")
 async def read_counter(counter: CounterHandle) -> dict[str, int]:
     return {"value": await counter.get()}
+
+
+@router.get("/counters/{key}/events")
+async def counter_events(counter: CounterHandle, request: Request) -> StreamingResponse:
+    """The counter's broadcasts as Server-Sent Events, for clients that don't speak websocket.
+
+    ``curl -N localhost:8000/counters/home/events`` prints a line per change. It subscribes to
+    the object's topic only: it neither thaws nor keeps the counter awake.
+    """
+    objects = _runtime(request)
+    topic = f"{Counter.type_name}:{counter.key}"
+
+    async def stream() -> AsyncIterator[str]:
+        async with objects.subscribe(topic) as sub:
+            yield ": subscribed\n\n"  # sent at once, so clients know the stream is open
+            async for message in sub:
+                data = json.dumps(message.payload)
+                yield f"event: {message.event}\ndata: {data}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
 
 
 # -- rooms -----------------------------------------------------------------------------------
