@@ -377,20 +377,23 @@ async def test_counter_events_stream_changes_as_server_sent_events(tmp_path: Pat
     from tests._server import LiveServer
 
     app = create_app(f"sqlite+aiosqlite:///{tmp_path / 'sse.db'}")
-    async with LiveServer(app) as server, httpx2.AsyncClient(base_url=server.url) as http:
-        async with http.stream("GET", "/counters/sse/events") as events:
-            assert events.headers["content-type"].startswith("text/event-stream")
-            lines = events.aiter_lines()
-            async with asyncio.timeout(10):
-                assert await anext(lines) == ": subscribed"
-                for by in (2, 3):
-                    done = await http.post(f"/counters/sse/increment?by={by}")
-                    assert done.json() == {"value": {2: 2, 3: 5}[by]}
-                received = []
-                while len(received) < 2:
-                    line = await anext(lines)
-                    if line.startswith("data: "):
-                        received.append(json.loads(line.removeprefix("data: ")))
-                    elif line:
-                        assert line == "event: changed"
-            assert received == [{"value": 2}, {"value": 5}]
+    async with (
+        LiveServer(app) as server,
+        httpx2.AsyncClient(base_url=server.url) as http,
+        http.stream("GET", "/counters/sse/events") as events,
+    ):
+        assert events.headers["content-type"].startswith("text/event-stream")
+        lines = events.aiter_lines()
+        async with asyncio.timeout(10):
+            assert await anext(lines) == ": subscribed"
+            for by in (2, 3):
+                done = await http.post(f"/counters/sse/increment?by={by}")
+                assert done.json() == {"value": {2: 2, 3: 5}[by]}
+            received = []
+            while len(received) < 2:
+                line = await anext(lines)
+                if line.startswith("data: "):
+                    received.append(json.loads(line.removeprefix("data: ")))
+                elif line:
+                    assert line == "event: changed"
+        assert received == [{"value": 2}, {"value": 5}]
