@@ -76,6 +76,7 @@ class Activation:
         "key",
         "last",
         "last_used",
+        "loop",
         "queued",
         "rev",
         "runtime",
@@ -103,7 +104,8 @@ class Activation:
         self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
         self._turn: Turn | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.last_used = runtime.loop.time()
+        self.loop = runtime.loop
+        self.last_used = self.loop.time()
 
     # -- thaw --------------------------------------------------------------------------------
 
@@ -215,7 +217,7 @@ class Activation:
                 f"(max_queue={self.cls.max_queue})",
                 retry_after=1.0,
             )
-        fut: asyncio.Future[None] = self.runtime.loop.create_future()
+        fut: asyncio.Future[None] = self.loop.create_future()
         entry = (fut, readonly)
         self._waiters.append(entry)
         try:
@@ -310,7 +312,7 @@ class Activation:
                         self._release(False)
             finally:
                 _chain.reset(token)
-                self.last_used = self.runtime.loop.time()
+                self.last_used = self.loop.time()
             if pending is not None and not (pending.done and pending.error is None):
                 await pending.wait()
         finally:
@@ -431,7 +433,7 @@ class Activation:
             # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls
             # failing with this close (a fenced-out commit) first get to send their errors.
             conn.activation = None
-            self.runtime.loop.call_soon(conn.close, 1012, f"{self.topic} was reloaded; reconnect")
+            self.loop.call_soon(conn.close, 1012, f"{self.topic} was reloaded; reconnect")
         self.connections = None
         for fut, _ in self._waiters:
             if not fut.done():
@@ -482,7 +484,7 @@ class Activation:
             conn.activation = None
             if not self.connections:
                 self.connections = None
-                self.last_used = self.runtime.loop.time()
+                self.last_used = self.loop.time()
                 if self._timer is not None and not self.closed:
                     self._timer.cancel()
                     self._arm(self.cls.idle_timeout)
@@ -496,14 +498,14 @@ class Activation:
         )
 
     def _arm(self, delay: float) -> None:
-        self._timer = self.runtime.loop.call_later(delay, self._check_idle)
+        self._timer = self.loop.call_later(delay, self._check_idle)
 
     def _check_idle(self) -> None:
         self._timer = None
         if self.closed:
             return
         timeout = self.cls.idle_timeout
-        idle_for = self.runtime.loop.time() - self.last_used
+        idle_for = self.loop.time() - self.last_used
         if self.busy() or idle_for < timeout:
             self._arm(timeout if self.busy() else timeout - idle_for)
             return
@@ -519,7 +521,7 @@ class Activation:
         except Stale:
             return
         try:
-            idle_for = self.runtime.loop.time() - self.last_used
+            idle_for = self.loop.time() - self.last_used
             if not force and (
                 self.in_flight or self.connections or self._waiters
                 or idle_for < self.cls.idle_timeout  # a call slipped in before us

@@ -100,7 +100,7 @@ class MethodSpec:
             model = self._validator.model_validate(args)
         except pydantic.ValidationError as exc:
             raise InvalidArguments(f"{self.name}(): {_describe(exc)}") from None
-        return {name: getattr(model, name) for name in self.params}
+        return model.__dict__  # the validated fields, by name (a fresh dict per call)
 
     def encode_result(self, result: Any) -> Any:
         """Turn a method's result into JSON-compatible data."""
