@@ -5,6 +5,7 @@ Configured by environment: BENCH_DATABASE_URL, BENCH_SCHEMA.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -74,6 +75,29 @@ async def increment(
 @app.post("/plain/{key}/increment")
 async def plain(key: str, by: int = 1) -> dict[str, int]:
     return {"value": by}
+
+
+_waiting: list[asyncio.Future[int]] = []
+
+
+async def _release_waiting() -> None:
+    while True:
+        await asyncio.sleep(0.001)
+        batch = list(_waiting)
+        _waiting.clear()
+        for fut in batch:
+            if not fut.done():
+                fut.set_result(1)
+
+
+@app.post("/suspend/{key}/increment")
+async def suspend(key: str, by: int = 1) -> dict[str, int]:
+    """Touches nothing, but waits like a durable call does: on a future released every 1 ms."""
+    if getattr(app.state, "releaser", None) is None:
+        app.state.releaser = asyncio.get_running_loop().create_task(_release_waiting())
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    _waiting.append(fut)
+    return {"value": await fut}
 
 
 @app.post("/baseline/{key}/increment")

@@ -136,6 +136,7 @@ def main() -> None:
         wrk(port, "/counters/k", 2)  # warm up: thaw the 1,000 objects
         results = {
             "(a) no object, no database": wrk(port, "/plain/k", args.duration),
+            "(c) no object, but waits ~1 ms on a future": wrk(port, "/suspend/k", args.duration),
             "(b) SQLAlchemy UPDATE..RETURNING": wrk(port, "/baseline/k", args.duration),
             "objects: POST /counters/{key}/increment": wrk(port, "/counters/k", args.duration),
         }
@@ -152,6 +153,8 @@ def main() -> None:
     plain = results["(a) no object, no database"]["rps"]
     base = results["(b) SQLAlchemy UPDATE..RETURNING"]["rps"]
     objs = results["objects: POST /counters/{key}/increment"]["rps"]
+    wait = results["(c) no object, but waits ~1 ms on a future"]["rps"]
+    print(f"(c) / (a) = {wait / plain:.0%}: what waiting alone costs through this stack")
     print(f"objects / (a) = {objs / plain:.0%} (target >= 60%): "
           f"{'PASS' if objs >= 0.6 * plain else 'MISS'}")
     print(f"objects / (b) = {objs / base:.1f}x (target >= 3x): "
