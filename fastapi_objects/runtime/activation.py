@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
-
-import pydantic
 
 from .._exceptions import (
     ConflictError,
     ConnectionRejected,
     CorruptState,
-    ObjectNotFound,
     ObjectsError,
     Overloaded,
     StorageUnavailable,
 )
 from ..storage import Commit
+from .gate import Gate
 from .object import DurableObject, EventSourced
+from .thaw import decode_state, new_state, replay
 
 if TYPE_CHECKING:
     from .committer import PendingCommit
@@ -61,15 +59,13 @@ class Activation:
     """The live instance of ``(type, key)`` on this node."""
 
     __slots__ = (
-        "_readers",
         "_timer",
         "_turn",
-        "_waiters",
-        "_writer",
         "closed",
         "cls",
         "connections",
         "event_sourced",
+        "gate",
         "in_flight",
         "instance",
         "journal_rev",
@@ -99,9 +95,7 @@ class Activation:
         self.closed = False
         self.in_flight = 0
         self.connections: dict[str, Connection] | None = None
-        self._writer = True  # the loader holds the gate until thawed
-        self._readers = 0
-        self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
+        self.gate = Gate(held=True)  # the loader holds the gate until thawed
         self._turn: Turn | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.loop = runtime.loop
@@ -124,19 +118,15 @@ class Activation:
         instance.objects = self.runtime
         instance._activation = self
         if cp is None:
-            try:
-                instance.state = cls.state_model()
-            except pydantic.ValidationError as exc:
-                missing = [".".join(map(str, e["loc"])) for e in exc.errors(include_url=False)]
-                raise ObjectNotFound(
-                    f"{self.topic} does not exist, and a new one cannot start from "
-                    f"{cls.state_model.__name__}() (no default for {', '.join(missing)})"
-                ) from None
+            instance.state = new_state(cls, self.topic)
         else:
             self.rev, self.journal_rev, self.snapshot_rev = cp.rev, cp.journal_rev, cp.snapshot_rev
-            instance.state = self._decode(cp.state, cp.state_version)
+            instance.state = decode_state(cls, self.topic, cp.state, cp.state_version)
             if self.event_sourced and cp.journal_rev > cp.snapshot_rev:
-                await self._replay(instance)
+                assert issubclass(cls, EventSourced)
+                instance.state, self.since_snapshot = await replay(
+                    storage, cls, self.key, instance.state, after_rev=self.snapshot_rev
+                )
             if cp.status != "active":
                 self.runtime.committer.set_status(cls.type_name, self.key, "active")
         self.instance = instance
@@ -146,118 +136,22 @@ class Activation:
         self.runtime.counters.thaws += 1
         self._arm(cls.idle_timeout)
 
-    def _decode(self, data: Any, version: int) -> Any:
-        cls = self.cls
-        if version > cls.state_version:
-            raise CorruptState(
-                f"{self.topic}: stored state version {version} is newer than "
-                f"{cls.__name__}.state_version={cls.state_version} (a newer deploy wrote it?)"
-            )
-        if not isinstance(data, dict):
-            raise CorruptState(
-                f"{self.topic}: stored state is {type(data).__name__}, not an object"
-            )
-        if version < cls.state_version:
-            try:
-                data = cls.migrate_state(data, version)
-            except Exception as exc:
-                message = exc.message if isinstance(exc, CorruptState) else repr(exc)
-                raise CorruptState(
-                    f"{self.topic}: migrating state from version {version} failed: {message}"
-                ) from exc
-        try:
-            return cls.state_model.model_validate(data)
-        except pydantic.ValidationError as exc:
-            raise CorruptState(
-                f"{self.topic}: stored state (version {version}) does not fit "
-                f"{cls.state_model.__name__}: {exc.errors(include_url=False)[:3]}"
-            ) from None
-
-    async def _replay(self, instance: DurableObject[Any]) -> None:
-        cls = self.cls
-        assert issubclass(cls, EventSourced)
-        try:
-            entries = await self.runtime.storage.read_journal(
-                cls.type_name, self.key, after_rev=self.snapshot_rev
-            )
-        except ValueError as exc:
-            raise CorruptState(f"{self.topic}: a journal entry is not valid JSON ({exc})") from exc
-        state = instance.state
-        for entry in entries:
-            if entry.kind != "event":
-                continue
-            try:
-                event = cls.event_adapter.validate_python(entry.payload)
-            except pydantic.ValidationError as exc:
-                raise CorruptState(
-                    f"{self.topic}: journal entry rev {entry.rev} is not a valid event: "
-                    f"{exc.errors(include_url=False)[:3]}"
-                ) from None
-            state = cls.apply(state, event)
-            self.since_snapshot += 1
-        instance.state = state
-
     # -- the gate ----------------------------------------------------------------------------
-
-    def _try_acquire(self, readonly: bool) -> bool:
-        if self._waiters or self._writer:
-            return False
-        if readonly:
-            self._readers += 1
-            return True
-        if self._readers:
-            return False
-        self._writer = True
-        return True
-
-    async def _wait(self, readonly: bool) -> None:
-        if len(self._waiters) >= self.cls.max_queue:
-            raise Overloaded(
-                f"{self.topic}: {len(self._waiters)} calls are already waiting "
-                f"(max_queue={self.cls.max_queue})",
-                retry_after=1.0,
-            )
-        fut: asyncio.Future[None] = self.loop.create_future()
-        entry = (fut, readonly)
-        self._waiters.append(entry)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release(readonly)  # granted just as we were cancelled: pass it on
-            elif entry in self._waiters:
-                self._waiters.remove(entry)
-            raise
-
-    def _release(self, readonly: bool) -> None:
-        if readonly:
-            self._readers -= 1
-        else:
-            self._writer = False
-        waiters = self._waiters
-        while waiters:
-            fut, ro = waiters[0]
-            if fut.done():
-                waiters.popleft()
-            elif ro and not self._writer:
-                waiters.popleft()
-                self._readers += 1
-                fut.set_result(None)
-            elif not ro and not self._writer and not self._readers:
-                waiters.popleft()
-                self._writer = True
-                fut.set_result(None)
-                break
-            else:
-                break
 
     async def _enter(self, readonly: bool) -> None:
         if self.closed:
             raise Stale
-        if not self._try_acquire(readonly):
-            await self._wait(readonly)
+        gate = self.gate
+        if not gate.try_enter(readonly):
+            if gate.queued >= self.cls.max_queue:
+                raise Overloaded(
+                    f"{self.topic}: {gate.queued} calls are already waiting "
+                    f"(max_queue={self.cls.max_queue})",
+                    retry_after=1.0,
+                )
+            await gate.wait(self.loop, readonly)
             if self.closed:
-                self._release(readonly)
+                gate.leave(readonly)
                 raise Stale
 
     # -- turns -------------------------------------------------------------------------------
@@ -303,13 +197,13 @@ class Activation:
                     try:
                         result = await fn(self.instance, **kwargs)
                     finally:
-                        self._release(True)
+                        self.gate.leave(True)
                     pending = self.last
                 else:
                     try:
                         result, pending = await self._turn_of(fn(self.instance, **kwargs))
                     finally:
-                        self._release(False)
+                        self.gate.leave(False)
             finally:
                 _chain.reset(token)
                 self.last_used = self.loop.time()
@@ -435,10 +329,7 @@ class Activation:
             conn.activation = None
             self.loop.call_soon(conn.close, 1012, f"{self.topic} was reloaded; reconnect")
         self.connections = None
-        for fut, _ in self._waiters:
-            if not fut.done():
-                fut.set_exception(Stale())
-        self._waiters.clear()
+        self.gate.fail_waiters(Stale)
 
     # -- broadcasts and connections ----------------------------------------------------------
 
@@ -460,7 +351,7 @@ class Activation:
         limit = self.cls.max_connections
         if self.connections is not None and len(self.connections) >= limit:
             if held:
-                self._release(False)
+                self.gate.leave(False)
             raise ConnectionRejected(
                 f"{self.topic} already has {limit} clients attached (max_connections)", code=1013
             )
@@ -494,7 +385,7 @@ class Activation:
     def busy(self) -> bool:
         """Whether a call, a waiter or an attached client keeps this object awake."""
         return bool(
-            self.in_flight or self.connections or self._writer or self._readers or self._waiters
+            self.in_flight or self.connections or self.gate.busy
         )
 
     def _arm(self, delay: float) -> None:
@@ -523,7 +414,7 @@ class Activation:
         try:
             idle_for = self.loop.time() - self.last_used
             if not force and (
-                self.in_flight or self.connections or self._waiters
+                self.in_flight or self.connections or self.gate.queued
                 or idle_for < self.cls.idle_timeout  # a call slipped in before us
             ):
                 self._arm(max(self.cls.idle_timeout - idle_for, 0.01))
@@ -545,4 +436,4 @@ class Activation:
             self.runtime.counters.hibernations += 1
             self.close()
         finally:
-            self._release(False)
+            self.gate.leave(False)

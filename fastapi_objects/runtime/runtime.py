@@ -270,7 +270,7 @@ class Runtime:
             await act.load()
         except BaseException:
             act.close()
-            act._release(False)
+            act.gate.leave(False)
             raise
         return act
 
