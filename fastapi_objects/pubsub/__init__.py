@@ -16,16 +16,15 @@ from __future__ import annotations
 import uuid
 from urllib.parse import urlsplit
 
-from .base import (
-    Backend,
+from .base import Backend, PubSub
+from .messages import (
     Message,
-    PubSub,
     PubSubClosed,
-    Subscription,
     SubscriptionOverflow,
     decode_message,
     encode_message,
 )
+from .subscription import Subscription
 
 __all__ = [
     "Backend",

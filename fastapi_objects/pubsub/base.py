@@ -15,19 +15,15 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import logging
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import pydantic_core
-
 from .._exceptions import ObjectsError
-
-logger = logging.getLogger("fastapi_objects.pubsub")
+from .messages import Message, PubSubClosed, encode_message, logger
+from .subscription import Subscription
 
 # Past this many messages waiting for the backend, the oldest are dropped (and logged): the
 # publisher runs inside the runtime's commit loop and must never block or grow memory forever.
@@ -35,66 +31,6 @@ _OUTBOX_LIMIT = 10_000
 _SEND_ATTEMPTS = 5
 _BATCH = 256  # messages per backend send
 _FLUSH_TIMEOUT = 5.0
-
-
-class SubscriptionOverflow(ObjectsError):
-    """A subscriber fell ``max_queue`` messages behind; its subscription was closed."""
-
-    type = "overflow"
-
-
-class PubSubClosed(ObjectsError):
-    """The pub/sub (or the subscription) is closed, or the pub/sub was never started."""
-
-    type = "pubsub_closed"
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One published event on a topic; ``payload`` is JSON-compatible."""
-
-    topic: str
-    event: str
-    payload: Any
-    exclude: str | None = None  # a connection id that must not receive it (the sender)
-    origin: str = ""  # node id of the publisher
-
-
-def encode_message(message: Message) -> bytes:
-    """Encode a message as JSON (raises ``ValueError`` when the payload is not JSON-compatible)."""
-    try:
-        # origin first: a node drops its own messages by prefix, without decoding them.
-        return pydantic_core.to_json(
-            {
-                "origin": message.origin,
-                "topic": message.topic,
-                "event": message.event,
-                "payload": message.payload,
-                "exclude": message.exclude,
-            }
-        )
-    except pydantic_core.PydanticSerializationError as exc:
-        where = f"{message.topic!r}/{message.event!r}"
-        raise ValueError(f"the payload of {where} is not JSON-compatible: {exc}") from exc
-
-
-def own_prefix(node_id: str) -> str:
-    """How every message this node encodes begins (see ``encode_message``)."""
-    return pydantic_core.to_json({"origin": node_id}).decode()[:-1] + ","
-
-
-def decode_message(data: bytes | str) -> Message:
-    """Decode what ``encode_message`` produced; ``ValueError`` for anything malformed."""
-    raw = pydantic_core.from_json(data)
-    if not isinstance(raw, dict):
-        raise ValueError("a pub/sub message must be a JSON object")
-    topic, event = raw.get("topic"), raw.get("event")
-    exclude, origin = raw.get("exclude"), raw.get("origin", "")
-    if not (isinstance(topic, str) and isinstance(event, str) and isinstance(origin, str)):
-        raise ValueError("a pub/sub message needs string 'topic', 'event' and 'origin'")
-    if exclude is not None and not isinstance(exclude, str):
-        raise ValueError("'exclude' must be a string or null")
-    return Message(topic, event, raw.get("payload"), exclude, origin)
 
 
 class Backend(ABC):
@@ -119,85 +55,6 @@ class Backend(ABC):
         A batch is whatever queued up while the previous one was sent: a backend sends it in
         as few round trips as it can.
         """
-
-
-class Subscription:
-    """A bounded queue of the messages published on one topic.
-
-    Use it as an async context manager (unsubscribes on exit) and an async iterator, or
-    call ``await sub.get()``. If it falls ``max_queue`` messages behind it is closed, its
-    queued messages are dropped, and the next read raises ``SubscriptionOverflow``.
-    """
-
-    def __init__(self, pubsub: PubSub, topic: str, max_queue: int) -> None:
-        self.topic = topic
-        self.max_queue = max_queue
-        self._pubsub = pubsub
-        self._items: deque[Message] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._overflowed = False
-        self.closed = False
-
-    def _put(self, message: Message) -> None:
-        if self.closed:
-            return
-        if len(self._items) >= self.max_queue:
-            self._overflowed = True
-            self._items.clear()
-            self.close()
-            logger.warning("subscriber of %r fell %d messages behind; closed", self.topic,
-                           self.max_queue)
-            return
-        self._items.append(message)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self) -> Message:
-        """Wait for the next message; raises ``SubscriptionOverflow`` or ``PubSubClosed``."""
-        while not self._items:
-            if self._overflowed:
-                raise SubscriptionOverflow(
-                    f"the subscriber of topic {self.topic!r} fell more than {self.max_queue} "
-                    "messages behind and was closed; subscribe again to resume"
-                )
-            if self.closed:
-                raise PubSubClosed(f"the subscription to {self.topic!r} is closed")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-    def close(self) -> None:
-        """Unsubscribe; a pending ``get`` wakes up (iteration ends, or reports the overflow)."""
-        if not self.closed:
-            self.closed = True
-            self._pubsub._unsubscribe(self)
-            self._wake()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Message:
-        if self.closed and not self._items and not self._overflowed:
-            raise StopAsyncIteration
-        try:
-            return await self.get()
-        except PubSubClosed:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class PubSub:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from .base import Backend, Message, decode_message, logger
+from .base import Backend
+from .messages import Message, decode_message, logger
 
 _Receiver = tuple[asyncio.AbstractEventLoop, Callable[[Message], None]]
 

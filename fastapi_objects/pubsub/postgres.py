@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._exceptions import MissingDependency, StorageUnavailable
-from .base import Backend, Message, decode_message, logger, own_prefix
+from .base import Backend
+from .messages import Message, decode_message, logger, own_prefix
 
 NOTIFY_LIMIT = 7_000
 RETENTION = "5 minutes"

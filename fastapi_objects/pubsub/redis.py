@@ -8,7 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._exceptions import MissingDependency, StorageUnavailable
-from .base import Backend, Message, decode_message, logger
+from .base import Backend
+from .messages import Message, decode_message, logger
 
 _BACKOFF_MAX = 5.0
 
