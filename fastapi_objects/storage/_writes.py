@@ -9,6 +9,7 @@ microseconds.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from .._exceptions import StorageUnavailable
 from .base import Commit, StatusUpdate
 
 Ident = tuple[str, str]
+_ATTEMPTS = 3  # runs of a statement PostgreSQL aborted to break a deadlock
 
 
 def _json(value: Any) -> str | None:
@@ -45,8 +47,11 @@ class PostgresWrites:
         journal: sa.Table,
         connect: Callable[[], Awaitable[Any]],
     ) -> None:
+        from asyncpg import exceptions  # type: ignore[import-untyped]  # PostgreSQL only
+
         self._connect = connect
         self._free: list[Any] = []  # idle asyncpg connections of the writer
+        self._retry = (exceptions.DeadlockDetectedError, exceptions.SerializationError)
         cp = _qualified(checkpoints)
         j = _qualified(journal)
         text = postgresql.ARRAY(sa.Text())
@@ -69,6 +74,7 @@ class PostgresWrites:
             "state_version, status, metadata, created_at, updated_at) "
             "SELECT v.type, v.key, v.new_rev, v.journal_rev, v.snapshot_rev, v.state::jsonb, "
             "v.version, 'active', '{}'::jsonb, :now, :now FROM v WHERE v.expected_rev = 0 "
+            'ORDER BY v.type COLLATE "C", v.key COLLATE "C" '
             "ON CONFLICT DO NOTHING RETURNING type, key), "
             "ok AS (SELECT type, key FROM upd UNION ALL SELECT type, key FROM ins), "
             f"jr AS (INSERT INTO {j} (type, key, rev, kind, payload, at) "
@@ -140,15 +146,31 @@ class PostgresWrites:
             conn = self._free.pop() if self._free else await self._connect()
         except Exception as exc:
             raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc!r}") from exc
-        try:
-            result: list[Any] = await conn.fetch(sql, *[params[n] for n in order])
-        except BaseException as exc:
-            conn.terminate()  # broken, or left mid-statement: never reuse it
-            if isinstance(exc, Exception):
-                raise StorageUnavailable(f"PostgreSQL refused or lost the commit: {exc!r}") from exc
-            raise
-        self._free.append(conn)
-        return result
+        args = [params[n] for n in order]
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                result: list[Any] = await conn.fetch(sql, *args)
+            except self._retry as exc:
+                # Two writers sharing objects (a stale node beside the owner) can still meet
+                # in opposite orders between the statement's parts; PostgreSQL picks one to
+                # abort and nothing of it was applied: run it again.
+                if attempt == _ATTEMPTS:
+                    self._free.append(conn)
+                    raise StorageUnavailable(
+                        f"PostgreSQL kept aborting the commit: {exc!r}"
+                    ) from exc
+                await asyncio.sleep(0.005 * attempt)
+            except BaseException as exc:
+                conn.terminate()  # broken, or left mid-statement: never reuse it
+                if isinstance(exc, Exception):
+                    raise StorageUnavailable(
+                        f"PostgreSQL refused or lost the commit: {exc!r}"
+                    ) from exc
+                raise
+            else:
+                self._free.append(conn)
+                return result
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         """Close the writer's connections."""
