@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -32,6 +32,7 @@ from .methods import MethodSpec
 from .object import DurableObject
 
 T = TypeVar("T", bound=DurableObject[Any])
+R = TypeVar("R")
 
 
 class _Deadline:
@@ -240,17 +241,9 @@ class Runtime:
         self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any]
     ) -> Any:
         """Run a validated call on the object's live instance, thawing it if needed."""
-        ident = (cls.type_name, key)
         deadline = _Deadline(self.loop, cls.call_timeout)
         try:
-            while True:
-                act = self._activations.get(ident)
-                try:
-                    if act is None:
-                        return await (await self._activate(cls, key)).call(spec, args, True)
-                    return await act.call(spec, args)
-                except Stale:
-                    continue
+            return await self._on_live(cls, key, lambda act, held: act.call(spec, args, held))
         except asyncio.CancelledError:
             if not deadline.expired():
                 raise
@@ -261,6 +254,27 @@ class Runtime:
             ) from None
         finally:
             deadline.cancel()
+
+    async def _on_live(
+        self,
+        cls: type[DurableObject[Any]],
+        key: str,
+        fn: Callable[[Activation, bool], Awaitable[R]],
+    ) -> R:
+        """Run ``fn(activation, held)`` on the live instance, thawing it (``held``) if needed.
+
+        An instance that closed meanwhile (hibernated, fenced out) raises ``Stale``: go again
+        with a fresh one.
+        """
+        ident = (cls.type_name, key)
+        while True:
+            act = self._activations.get(ident)
+            try:
+                if act is None:
+                    return await fn(await self._activate(cls, key), True)
+                return await fn(act, False)
+            except Stale:
+                continue
 
     async def _activate(self, cls: type[DurableObject[Any]], key: str) -> Activation:
         """Thaw ``(cls, key)``; the caller gets it with the gate held (``held=True`` calls)."""
@@ -320,16 +334,8 @@ class Runtime:
         key = validate_key(key)
         conn = Connection(f"{cls.type_name}:{key}", transport, params)
         async with asyncio.timeout(cls.call_timeout):
-            while True:
-                act = self._activations.get((cls.type_name, key))
-                try:
-                    if act is None:
-                        await (await self._activate(cls, key)).attach(conn, held=True)
-                    else:
-                        await act.attach(conn)
-                    return conn
-                except Stale:
-                    continue
+            await self._on_live(cls, key, lambda act, held: act.attach(conn, held))
+        return conn
 
     async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
         """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""

@@ -10,7 +10,7 @@ microseconds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,14 @@ from .base import Commit, StatusUpdate
 
 Ident = tuple[str, str]
 _ATTEMPTS = 3  # runs of a statement PostgreSQL aborted to break a deadlock
+
+
+def _entries(commits: Sequence[Commit]) -> Iterator[tuple[Commit, int, str, Any]]:
+    """Each commit's journal entries with their revs (they end at ``journal_rev``)."""
+    for c in commits:
+        first = c.journal_rev - len(c.entries) + 1
+        for i, (kind, payload) in enumerate(c.entries):
+            yield c, first + i, kind, payload
 
 
 def _json(value: Any) -> str | None:
@@ -111,9 +119,8 @@ class PostgresWrites:
     async def commit(self, commits: Sequence[Commit], now: datetime) -> set[Ident]:
         """Apply a batch; return the objects that succeeded."""
         entries = [
-            (c.type, c.key, c.journal_rev - len(c.entries) + i + 1, kind, _json(payload))
-            for c in commits
-            for i, (kind, payload) in enumerate(c.entries)
+            (c.type, c.key, rev, kind, _json(payload))
+            for c, rev, kind, payload in _entries(commits)
         ]
         rows = await self._run(self._commit_sql, self._commit_order, {
             "types": [c.type for c in commits], "keys": [c.key for c in commits],
@@ -199,10 +206,9 @@ class SQLiteWrites:
         updates = [c for c in commits if c.expected_rev != 0]
         done = await self.insert(conn, creates, now) | await self.update(conn, updates, now)
         rows = [
-            {"type": c.type, "key": c.key, "rev": c.journal_rev - len(c.entries) + i + 1,
-             "kind": kind, "payload": payload, "at": now}
-            for c in commits if (c.type, c.key) in done
-            for i, (kind, payload) in enumerate(c.entries)
+            {"type": c.type, "key": c.key, "rev": rev, "kind": kind, "payload": payload, "at": now}
+            for c, rev, kind, payload in _entries(commits)
+            if (c.type, c.key) in done
         ]
         if rows:
             await self.journal(conn, rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import pydantic_core
 import sqlalchemy as sa
@@ -115,12 +115,10 @@ class SQLStorage(Storage):
         return await asyncpg.connect(*cargs, **cparams)
 
     @asynccontextmanager
-    async def _connect(
-        self, mode: Literal["read", "write", "autocommit"] = "read"
-    ) -> AsyncIterator[AsyncConnection]:
+    async def _connect(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
         # Single-statement reads run without BEGIN/ROLLBACK around them: one round trip.
         try:
-            if mode == "write":
+            if write:
                 async with self.engine.begin() as conn:
                     yield conn
             else:
@@ -137,7 +135,7 @@ class SQLStorage(Storage):
 
     async def create_tables(self) -> None:
         """Create the version-1 tables (and the schema) when missing."""
-        async with self._connect("write") as conn:
+        async with self._connect(write=True) as conn:
             if self.schema and not self._sqlite:
                 await conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
             await conn.run_sync(self.metadata.create_all, checkfirst=True)
@@ -180,7 +178,7 @@ class SQLStorage(Storage):
             if statuses:
                 await writes.statuses(statuses)
         else:
-            async with self._connect("write") as conn:
+            async with self._connect(write=True) as conn:
                 if commits:
                     done = await writes.commit(conn, commits, now)
                 if statuses:
@@ -231,7 +229,7 @@ class SQLStorage(Storage):
     async def delete(self, type: str, key: str) -> bool:
         """Delete the checkpoint and journal of ``(type, key)``."""
         cp, j = self.checkpoints, self.journal
-        async with self._connect("write") as conn:
+        async with self._connect(write=True) as conn:
             await conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
             result = await conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
         return result.rowcount == 1
