@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from fastapi import APIRouter
 from starlette.applications import Starlette
@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket
 
 from .._exceptions import ObjectsError
 from ..runtime import DurableObject, Runtime
+from ..settings import ObjectsSettings, Options
 from .errors import objects_error_handler
 from .websocket import serve_websocket
 
@@ -33,14 +34,15 @@ class Objects(Runtime):
         app = FastAPI(lifespan=objects.lifespan)
         app.include_router(objects.router)     # websockets at /objects/{type}/{key}/ws
 
-    Besides the ``Runtime`` options (``database_url``, ``pubsub_url``, ``schema``,
-    ``create_tables``, ``max_batch``): ``prefix`` of the router (default ``/objects``);
-    ``authorize(websocket, type_name, key)`` run before every attach (sync or async; falsy
-    rejects with close code 4401, a dict is merged into ``conn.params``); ``allowed_origins``
-    (``None`` allows any; else the ``Origin`` header must be listed, or list ``"*"``);
-    ``max_frame_bytes`` per client frame (default 1 MiB); ``max_calls_in_flight`` per
-    connection (default 32); ``max_outbox`` frames queued to one client before it is dropped as
-    too slow (default 1024).
+    Options are the fields of ``ObjectsSettings`` (arguments here, then ``OBJECTS_<NAME>``
+    environment variables, then the project's ``.env``); besides the storage and cluster ones
+    the web ones are ``prefix`` of the router (default ``/objects``), ``allowed_origins``
+    (``None`` allows any; else the ``Origin`` header must be listed, or list ``"*"``),
+    ``max_frame_bytes`` per client frame (default 1 MiB), ``max_calls_in_flight`` per
+    connection (default 32) and ``max_outbox`` frames queued to one client before it is dropped
+    as too slow (default 1024). ``authorize(websocket, type_name, key)`` runs before every
+    attach (sync or async; falsy rejects with close code 4401, a dict is merged into
+    ``conn.params``).
     """
 
     def __init__(
@@ -48,27 +50,18 @@ class Objects(Runtime):
         objects: Sequence[type[DurableObject[Any]]] = (),
         database_url: str | None = None,
         *,
-        pubsub_url: str | None = None,
-        schema: str | None = None,
-        create_tables: bool | None = None,
-        max_batch: int = 512,
-        prefix: str = "/objects",
         authorize: Authorize | None = None,
-        allowed_origins: Sequence[str] | None = None,
-        max_frame_bytes: int = 1 << 20,
-        max_calls_in_flight: int = 32,
-        max_outbox: int = 1024,
+        settings: ObjectsSettings | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        super().__init__(
-            objects, database_url, pubsub_url=pubsub_url, schema=schema,
-            create_tables=create_tables, max_batch=max_batch,
-        )
-        self.prefix = prefix
+        super().__init__(objects, database_url, settings=settings, **options)
+        web = self.settings
+        self.prefix = web.prefix
         self.authorize = authorize
-        self.allowed_origins = list(allowed_origins) if allowed_origins is not None else None
-        self.max_frame_bytes = max_frame_bytes
-        self.max_calls_in_flight = max_calls_in_flight
-        self.max_outbox = max_outbox
+        self.allowed_origins = web.allowed_origins
+        self.max_frame_bytes = web.max_frame_bytes
+        self.max_calls_in_flight = web.max_calls_in_flight
+        self.max_outbox = web.max_outbox
         self._router: APIRouter | None = None
 
     @asynccontextmanager

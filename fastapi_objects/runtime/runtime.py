@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 from .._exceptions import CallTimeout, StorageUnavailable, UnknownMethod, UnknownObjectType
 from ..pubsub import PubSub, Subscription, open_pubsub
+from ..settings import ObjectsSettings, Options, redact
 from ..storage import (
-    DEFAULT_DATABASE_URL,
     JournalEntry,
     ObjectPage,
     ObjectQuery,
     Storage,
     TypeStats,
-    normalize_url,
     open_storage,
 )
+from ._log import announce
 from .activation import Activation, Stale
 from .committer import GroupCommitter
 from .connection import Connection, Transport
@@ -96,12 +95,9 @@ class Runtime:
             counter = rt.get(Counter, "abc")
             print(await counter.increment(2))
 
-    ``database_url`` falls back to ``OBJECTS_DATABASE_URL``, then to
-    ``sqlite+aiosqlite:///./objects.db``. ``pubsub_url`` (else ``OBJECTS_PUBSUB_URL``) carries
-    broadcasts between nodes: PostgreSQL LISTEN/NOTIFY by default on PostgreSQL, ``redis://...``
-    with the redis extra, or an in-process hub for SQLite. ``create_tables`` (default: only
-    for SQLite and memory, which have no migration step to run) creates the tables on start.
-    ``max_batch`` caps how many objects' commits share one transaction.
+    Options (``database_url``, ``pubsub_url``, ``schema``, ``node_ttl``...) are the fields of
+    ``ObjectsSettings``: given here, else ``OBJECTS_<NAME>`` in the environment, else the
+    project's ``.env``, else the default (``sqlite+aiosqlite:///./objects.db`` for storage).
     """
 
     def __init__(
@@ -109,35 +105,33 @@ class Runtime:
         objects: Sequence[type[DurableObject[Any]]] = (),
         database_url: str | None = None,
         *,
-        pubsub_url: str | None = None,
-        schema: str | None = None,
-        create_tables: bool | None = None,
-        max_batch: int = 512,
+        settings: ObjectsSettings | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        self.database_url = normalize_url(
-            database_url or os.environ.get("OBJECTS_DATABASE_URL") or DEFAULT_DATABASE_URL
-        )
-        self.node_id = uuid.uuid4().hex[:12]
+        if settings is None:
+            settings = ObjectsSettings.from_options(database_url=database_url, **options)
+        elif database_url is not None or options:
+            raise TypeError("pass either settings=ObjectsSettings(...) or options, not both")
+        self.settings = settings
+        self.database_url = settings.database_url
+        self.node_id = settings.node_id or uuid.uuid4().hex[:12]
         # Broadcasts cross nodes through PostgreSQL when the data lives there; an embedded
         # database means one node, so an in-process hub of this runtime's own is enough.
-        self.pubsub_url = (
-            pubsub_url
-            or os.environ.get("OBJECTS_PUBSUB_URL")
-            or (
-                self.database_url
-                if self.database_url.startswith("postgresql")
-                else f"memory://{self.node_id}"
-            )
+        self.pubsub_url = settings.pubsub_url or (
+            self.database_url
+            if self.database_url.startswith("postgresql")
+            else f"memory://{self.node_id}"
         )
+        schema = settings.db_schema
         self.pubsub: PubSub = open_pubsub(self.pubsub_url, node_id=self.node_id, schema=schema)
         self.types: dict[str, type[DurableObject[Any]]] = {}
         for cls in objects:
             self.register(cls)
         self.storage: Storage = open_storage(self.database_url, schema=schema)
-        self.committer = GroupCommitter(self.storage, max_batch)
+        self.committer = GroupCommitter(self.storage, settings.max_batch)
         self.create_tables_on_start = (
-            create_tables
-            if create_tables is not None
+            settings.create_tables
+            if settings.create_tables is not None
             else not self.database_url.startswith("postgresql")
         )
         self.counters = Counters()
@@ -177,6 +171,10 @@ class Runtime:
             await self.storage.create_tables()
         await self.pubsub.start()
         self.committer.start()
+        announce(
+            "fastapi_objects: node %s, storage %s, pubsub %s",
+            self.node_id, redact(self.database_url), redact(self.pubsub_url),
+        )
 
     async def close(self) -> None:
         """Hibernate every live object (running ``on_hibernate``), commit, disconnect."""

@@ -1,0 +1,117 @@
+"""``ObjectsSettings``: every option of the runtime, in one place.
+
+Options come from the ``Objects(...)``/``Runtime(...)`` arguments first, then the environment
+(``OBJECTS_<NAME>``), then the project's ``.env`` (what ``objects init`` writes), then the
+defaults below. The README's reference lists the same fields.
+
+Example::
+
+    settings = ObjectsSettings()                    # environment and ./.env
+    settings = ObjectsSettings(database_url="postgresql+asyncpg://db/app", node_ttl=5)
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import sqlalchemy as sa
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .storage import DEFAULT_DATABASE_URL, normalize_url
+
+
+class ObjectsSettings(BaseSettings):
+    """The options of fastapi_objects (see the module docstring for where they come from)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OBJECTS_", env_file=".env", extra="ignore", populate_by_name=True,
+        frozen=True,
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    """Storage: ``memory://``, ``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://...``."""
+    pubsub_url: str | None = None
+    """Broadcasts between nodes; default: the database on PostgreSQL, else in-process."""
+    db_schema: str | None = Field(
+        default=None, validation_alias=AliasChoices("schema", "db_schema", "OBJECTS_SCHEMA")
+    )
+    """PostgreSQL schema holding the tables (``OBJECTS_SCHEMA``)."""
+    create_tables: bool | None = None
+    """Create missing tables on start; default: on SQLite and memory, not on PostgreSQL."""
+    max_batch: int = Field(default=512, ge=1, le=10_000)
+    """Most objects' commits in one transaction."""
+
+    node_ttl: float = Field(default=10.0, gt=0.3, le=3600)
+    """Seconds after its last heartbeat that a node counts as dead (heartbeat every ttl/3)."""
+    node_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("node_id", "OBJECTS_NODE_ID", "FLY_MACHINE_ID")
+    )
+    """This node's id; default ``FLY_MACHINE_ID``, else a random one per process."""
+    region: str | None = Field(
+        default=None, validation_alias=AliasChoices("region", "OBJECTS_REGION", "FLY_REGION")
+    )
+    """This node's region (default ``FLY_REGION``), for ``placement = "region"``."""
+    internal_host: str = "127.0.0.1"
+    """Address of the node's internal listener (forwarded calls); on Fly the 6PN address."""
+    internal_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the internal listener; 0 picks a free one (each worker gets its own)."""
+    cluster_secret: SecretStr | None = None
+    """HMAC key of internal requests; required when ``internal_host`` is not loopback."""
+
+    prefix: str = "/objects"
+    """Where ``objects.router`` mounts."""
+    allowed_origins: list[str] | None = None
+    """Websocket ``Origin`` allow-list (``None``: any; ``"*"`` in the list: any)."""
+    max_frame_bytes: int = Field(default=1 << 20, ge=64)
+    """Largest client frame."""
+    max_calls_in_flight: int = Field(default=32, ge=1)
+    """Concurrent calls per websocket connection."""
+    max_outbox: int = Field(default=1024, ge=1)
+    """Frames queued to one client before it is closed as too slow (4408)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize(cls, value: str) -> str:
+        return normalize_url(value)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> ObjectsSettings:
+        """Settings from keyword options, leaving out the ones given as ``None``."""
+        return cls(**{name: value for name, value in options.items() if value is not None})
+
+
+def redact(url: str) -> str:
+    """``url`` with its password hidden, for logs and CLI output."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL (memory://name, redis://...)
+        head, sep, tail = url.rpartition("@")
+        if not sep or "://" not in head:
+            return url
+        scheme, _, userinfo = head.partition("://")
+        user = userinfo.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{tail}"
+
+
+class Options(TypedDict, total=False):
+    """The keyword options of ``Runtime(...)`` and ``Objects(...)``: the settings' fields.
+
+    ``None`` means "not given here": the environment, ``.env`` or the default decides.
+    """
+
+    pubsub_url: str | None
+    schema: str | None
+    create_tables: bool | None
+    max_batch: int | None
+    node_ttl: float | None
+    node_id: str | None
+    region: str | None
+    internal_host: str | None
+    internal_port: int | None
+    cluster_secret: str | None
+    prefix: str | None
+    allowed_origins: list[str] | None
+    max_frame_bytes: int | None
+    max_calls_in_flight: int | None
+    max_outbox: int | None
