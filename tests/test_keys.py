@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from fastapi_objects._exceptions import InvalidKey, ObjectsError
 from fastapi_objects.runtime import DurableObject
 from fastapi_objects.runtime.keys import (
+    KEY_REGEX,
     MAX_KEY_LENGTH,
     snake_case,
     validate_key,
@@ -26,7 +30,7 @@ class _State(BaseModel):
     [
         "a", "Z", "0", "abc123", "user:42", "user@example.com", "a.b", "a_b", "a-b", "a+b",
         "a=b", "a~b", "_", ":", "-leading-dash", "2024-01-01T10:00:00", "x" * MAX_KEY_LENGTH,
-        "A-Za-z0-9_.:@+=~-",
+        "A-Za-z0-9_.:@+=~-", ".a", "a.", "..a", "a..b", "._.", "." * 255 + "x",
     ],
 )
 def test_valid_keys_are_returned_unchanged(key: str) -> None:
@@ -59,6 +63,46 @@ def test_invalid_keys_say_why(key: str, message: str) -> None:
     assert message in str(info.value)
     assert info.value.type == "invalid_key"
     assert isinstance(info.value, ObjectsError)
+
+
+@pytest.mark.parametrize("key", [".", "..", "...", "." * MAX_KEY_LENGTH])
+def test_keys_made_only_of_dots_are_refused(key: str) -> None:
+    # /counters/../increment is /increment to a browser, a proxy or httpx: never the object.
+    with pytest.raises(InvalidKey, match="only dots"):
+        validate_key(key)
+
+
+def _allowed_by_schema(key: str) -> bool:
+    # JSON Schema reads `pattern` as an ECMA regex searched in the value, plus the lengths.
+    # Python's `$` also matches before a final newline, which ECMA's does not: fullmatch
+    # without the anchors is the ECMA meaning.
+    return (
+        1 <= len(key) <= MAX_KEY_LENGTH
+        and re.fullmatch(KEY_REGEX.removeprefix("^").removesuffix("$"), key) is not None
+    )
+
+
+def _valid(key: str) -> bool:
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True
+
+
+_KEYS = st.text(alphabet=st.sampled_from("a.Z9_:-~/ \n%é"), max_size=12) | st.text(
+    alphabet=".x", min_size=250, max_size=260
+)
+
+
+@given(_KEYS)
+def test_the_openapi_pattern_agrees_with_validate_key(key: str) -> None:
+    assert _allowed_by_schema(key) == _valid(key)
+
+
+@pytest.mark.parametrize("key", ["", ".", "..", "a/b", "a\n", "x" * 257, "a", "a.b", "..a"])
+def test_the_openapi_pattern_on_the_edges(key: str) -> None:
+    assert _allowed_by_schema(key) == _valid(key)
 
 
 @pytest.mark.parametrize("key", [5, 5.0, None, b"abc", ["a"], ("a",), {"a": 1}, True])

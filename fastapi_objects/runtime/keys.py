@@ -8,14 +8,21 @@ from .._exceptions import InvalidKey
 
 MAX_KEY_LENGTH = 256
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=~-]+")
+KEY_REGEX = r"^[A-Za-z0-9_.:@+=~-]*[A-Za-z0-9_:@+=~-][A-Za-z0-9_.:@+=~-]*$"
+"""The key rule as a JSON Schema ``pattern`` (with ``minLength`` 1, ``maxLength`` 256).
+
+It needs no lookahead, so every regex engine that reads OpenAPI (ECMA, RE2, Rust) can check it.
+"""
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def validate_key(key: object) -> str:
     """Return ``key`` if it is a valid object key, else raise ``InvalidKey``.
 
-    Keys are 1 to 256 characters from ``A-Z a-z 0-9 _ . : @ + = ~ -``: safe in a URL path,
-    a topic name and a log line without escaping.
+    Keys are 1 to 256 characters from ``A-Z a-z 0-9 _ . : @ + = ~ -``, not only dots: safe
+    in a URL path, a topic name and a log line without escaping. ``.`` and ``..`` are refused
+    because clients, proxies and URL normalisation resolve them as path segments, so
+    ``/counters/../increment`` would never reach the object.
     """
     if not isinstance(key, str):
         raise InvalidKey(f"object key must be a string, got {type(key).__name__}")
@@ -28,6 +35,10 @@ def validate_key(key: object) -> str:
         raise InvalidKey(
             f"object key {key[:64]!r} has characters outside [A-Za-z0-9_.:@+=~-]: "
             + " ".join(repr(c) for c in bad[:8])
+        )
+    if key.strip(".") == "":
+        raise InvalidKey(
+            f"object key {key[:64]!r} is only dots: '.' and '..' are path segments in a URL"
         )
     return key
 
