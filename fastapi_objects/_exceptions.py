@@ -6,9 +6,12 @@ Every error the library raises on purpose is an ``ObjectsError``::
     ├── ObjectNotFound            no such object type, or (for reads) no stored object
     │   └── UnknownObjectType
     ├── InvalidKey                key too long, empty, or with characters outside the allowed set
+    ├── InvalidQuery              a listing's filters, limit or cursor are malformed
     ├── InvalidCall               the call itself is wrong; nothing ran
     │   ├── UnknownMethod
-    │   └── InvalidArguments      arguments failed validation against the method signature
+    │   ├── InvalidArguments      arguments failed validation against the method signature
+    │   └── UnstorableValue       the turn's state, journal or result is not storable JSON;
+    │                             the turn was rolled back
     ├── ConflictError             the commit's expected_rev did not match: ownership lost
     ├── CallTimeout               the call overran its timeout; the turn was rolled back
     ├── Overloaded                the object's queue is full; retry after ``retry_after`` seconds
@@ -52,6 +55,12 @@ class InvalidKey(ObjectsError):
     type = "invalid_key"
 
 
+class InvalidQuery(ObjectsError):
+    """A listing's ``limit``, ``cursor`` or filters are malformed; nothing was read."""
+
+    type = "invalid_query"
+
+
 class InvalidCall(ObjectsError):
     """The call cannot run as asked; nothing was executed and nothing was written."""
 
@@ -68,6 +77,16 @@ class InvalidArguments(InvalidCall):
     """The arguments do not match the method signature (validated with pydantic)."""
 
     type = "invalid_arguments"
+
+
+class UnstorableValue(InvalidCall):
+    """A turn produced a state, journal entry or result that cannot be stored and read back.
+
+    Examples: an integer of more than 4,300 digits, ``inf`` or ``nan``, a NUL character
+    (PostgreSQL's JSON refuses it). The turn was rolled back: nothing was written or sent.
+    """
+
+    type = "unstorable_value"
 
 
 class ConflictError(ObjectsError):

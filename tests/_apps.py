@@ -170,4 +170,12 @@ def make_app(database_url: str, **options: Any) -> tuple[FastAPI, Objects]:
     async def plain() -> dict[str, bool]:
         return {"ok": True}
 
+    @app.get("/list")
+    async def listing(
+        limit: int = 100, cursor: str | None = None, status: str | None = None
+    ) -> dict[str, Any]:
+        """List counters as an admin page would: the query's own checks answer bad input."""
+        page = await objects.query(Counter, limit=limit, cursor=cursor, status=status)
+        return {"keys": [cp.key for cp in page.items], "next": page.next_cursor}
+
     return app, objects

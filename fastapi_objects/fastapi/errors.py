@@ -13,6 +13,7 @@ from .._exceptions import (
     ConnectionRejected,
     InvalidCall,
     InvalidKey,
+    InvalidQuery,
     ObjectNotFound,
     ObjectsError,
     Overloaded,
@@ -22,6 +23,7 @@ from .._exceptions import (
 # Most specific first: the first matching class decides the status.
 _STATUS: list[tuple[type[ObjectsError], int]] = [
     (InvalidKey, 400),
+    (InvalidQuery, 400),
     (ObjectNotFound, 404),
     (InvalidCall, 422),
     (ConflictError, 409),

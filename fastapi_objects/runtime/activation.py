@@ -26,6 +26,7 @@ from .._exceptions import (
 from ..storage import Commit
 from .gate import Gate
 from .object import DurableObject, EventSourced
+from .storable import check_result, check_storable
 from .thaw import decode_state, new_state, replay
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class Activation:
 
     async def call(self, spec: MethodSpec, args: dict[str, Any], held: bool = False) -> Any:
         """Run one call as a turn (or inside the running turn, when re-entered)."""
-        return await self.run(spec.fn, args, spec.readonly, held)
+        return await self.run(spec.fn, args, spec.readonly, held, spec)
 
     async def run(
         self,
@@ -176,11 +177,13 @@ class Activation:
         kwargs: dict[str, Any],
         readonly: bool = False,
         held: bool = False,
+        spec: MethodSpec | None = None,
     ) -> Any:
         """Run ``fn(instance, **kwargs)`` as a turn; return once its output may leave.
 
         ``held``: the caller already holds the gate as writer (it thawed the object), so the
         call that caused the thaw keeps its place ahead of the calls that queued meanwhile.
+        ``spec``: the method called, whose result must be storable JSON like the state.
         """
         chain = _chain.get()
         if self in chain:
@@ -196,12 +199,14 @@ class Activation:
                 if readonly:
                     try:
                         result = await fn(self.instance, **kwargs)
+                        if spec is not None:
+                            check_result(spec, result, self.topic)
                     finally:
                         self.gate.leave(True)
                     pending = self.last
                 else:
                     try:
-                        result, pending = await self._turn_of(fn(self.instance, **kwargs))
+                        result, pending = await self._turn_of(fn(self.instance, **kwargs), spec)
                     finally:
                         self.gate.leave(False)
             finally:
@@ -213,13 +218,17 @@ class Activation:
             self.in_flight -= 1
         return result
 
-    async def _turn_of(self, coro: Any) -> tuple[Any, PendingCommit | None]:
+    async def _turn_of(
+        self, coro: Any, spec: MethodSpec | None = None
+    ) -> tuple[Any, PendingCommit | None]:
         """Run a mutating turn; roll its state back and publish nothing if it raises."""
         turn = self._turn = Turn()
         instance = self.instance
         saved = instance.state
         try:
             result = await coro
+            if spec is not None:
+                check_result(spec, result, self.topic)
             pending = self._finish(turn) or self.last
         except BaseException:
             if self.event_sourced:
@@ -240,14 +249,22 @@ class Activation:
         return pending
 
     def _finish(self, turn: Turn) -> PendingCommit | None:
-        """Hand a finished turn to the committer; ``None`` when it changed nothing."""
+        """Hand a finished turn to the committer; ``None`` when it changed nothing.
+
+        Raises ``UnstorableValue`` (the turn rolls back) when a journal entry or the new state
+        could not be stored and read back.
+        """
         instance = self.instance
+        for kind, payload in turn.entries:
+            check_storable(payload, f"{self.topic}: journal entry {kind!r}")
         if self.event_sourced:
             if not turn.entries:
                 return None
             self.since_snapshot += sum(1 for kind, _ in turn.entries if kind == "event")
             snapshot = self.rev == 0 or self.since_snapshot >= self.cls.snapshot_every  # type: ignore[attr-defined]
             state = instance.state.model_dump(mode="json") if snapshot else None
+            if state is not None:
+                check_storable(state, f"{self.topic}: the new state")
             return self._commit(turn, state, snapshot)
         state = instance.state.model_dump(mode="json")
         if state == self.state_json:
@@ -262,6 +279,7 @@ class Activation:
             if self.rev:
                 state = None  # journal only; a first commit must create the row with its state
         if state is not None:
+            check_storable(state, f"{self.topic}: the new state")
             self.state_json = state
         return self._commit(turn, state, True)
 

@@ -10,15 +10,23 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
-from .._exceptions import CallTimeout, StorageUnavailable, UnknownMethod, UnknownObjectType
+from .._exceptions import (
+    CallTimeout,
+    InvalidQuery,
+    StorageUnavailable,
+    UnknownMethod,
+    UnknownObjectType,
+)
 from ..pubsub import PubSub, Subscription, open_pubsub
 from ..settings import ObjectsSettings, Options, redact
 from ..storage import (
+    STATUSES,
     JournalEntry,
     ObjectPage,
     ObjectQuery,
     Storage,
     TypeStats,
+    decode_cursor,
     open_storage,
 )
 from ._log import announce
@@ -385,8 +393,18 @@ class Runtime:
             self.object_type(type_name)
         if key_prefix:
             validate_key(key_prefix)
-        if not 1 <= limit <= 10_000:
-            raise ValueError("limit must be between 1 and 10000")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidQuery(f"limit must be a whole number from 1 to 10000, got {limit!r}")
+        for value in (status, *(status_in or ())):
+            if value is not None and value not in STATUSES:
+                raise InvalidQuery(f"status must be one of {', '.join(STATUSES)}, got {value!r}")
+        if cursor is not None:
+            try:
+                decode_cursor(cursor)
+            except ValueError:
+                raise InvalidQuery(
+                    f"malformed cursor {cursor[:80]!r}: pass back a page's next_cursor unchanged"
+                ) from None
         return await self.storage.query(
             ObjectQuery(
                 type=type_name, status=status,

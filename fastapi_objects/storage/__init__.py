@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import MissingDependency
 from .base import (
+    STATUSES,
     Checkpoint,
     Commit,
     JournalEntry,
@@ -21,6 +22,8 @@ from .base import (
     StatusUpdate,
     Storage,
     TypeStats,
+    decode_cursor,
+    encode_cursor,
 )
 from .tables import create_storage_tables, drop_storage_tables, storage_metadata
 from .urls import normalize_url
@@ -32,6 +35,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./objects.db"
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "STATUSES",
     "Checkpoint",
     "Commit",
     "JournalEntry",
@@ -42,7 +46,9 @@ __all__ = [
     "TypeStats",
     "create_engine",
     "create_storage_tables",
+    "decode_cursor",
     "drop_storage_tables",
+    "encode_cursor",
     "normalize_url",
     "open_storage",
     "storage_metadata",
