@@ -17,6 +17,7 @@ from fastapi_objects.runtime.keys import (
     MAX_KEY_LENGTH,
     snake_case,
     validate_key,
+    validate_key_prefix,
     validate_type_name,
 )
 
@@ -70,6 +71,14 @@ def test_keys_made_only_of_dots_are_refused(key: str) -> None:
     # /counters/../increment is /increment to a browser, a proxy or httpx: never the object.
     with pytest.raises(InvalidKey, match="only dots"):
         validate_key(key)
+
+
+def test_a_prefix_may_be_only_dots() -> None:
+    assert validate_key_prefix(".") == "." and validate_key_prefix("..") == ".."
+    assert validate_key_prefix("user:") == "user:"
+    for bad in ("", "a/", "." * MAX_KEY_LENGTH, 5):
+        with pytest.raises(InvalidKey):
+            validate_key_prefix(bad)
 
 
 def _allowed_by_schema(key: str) -> bool:

@@ -43,6 +43,16 @@ def validate_key(key: object) -> str:
     return key
 
 
+def validate_key_prefix(prefix: object) -> str:
+    """Return ``prefix`` if keys may start with it, else raise ``InvalidKey``.
+
+    The key rule, but a prefix may be only dots: ``"."`` is the start of ``".a"``.
+    """
+    if isinstance(prefix, str) and 0 < len(prefix) < MAX_KEY_LENGTH and not prefix.strip("."):
+        return prefix
+    return validate_key(prefix)
+
+
 def snake_case(name: str) -> str:
     """``ChatRoom`` -> ``chat_room``; ``HTTPCache`` -> ``http_cache``."""
     name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
