@@ -3,9 +3,16 @@
 Keyed, singleton, durable objects whose calls run one turn at a time and commit before they
 answer; browsers attach over websockets and get live broadcasts; idle objects hibernate to
 the database and thaw on the next call. See README.md for the whole story.
+
+The errors are imported at once; everything else on first use (PEP 562), so that tools which
+need one corner of the package (the ``objects`` command) do not load FastAPI, SQLAlchemy and
+pydantic to start.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import (
     CallTimeout,
@@ -23,10 +30,27 @@ from ._exceptions import (
     UnknownMethod,
     UnknownObjectType,
 )
-from .fastapi import Objects, get_object
-from .pubsub import Message, SubscriptionOverflow
-from .runtime import DurableObject, EventSourced, Handle, Runtime, RuntimeStats, readonly
-from .runtime.connection import Connection
+
+if TYPE_CHECKING:
+    from .fastapi import Objects, get_object
+    from .pubsub import Message, SubscriptionOverflow
+    from .runtime import DurableObject, EventSourced, Handle, Runtime, RuntimeStats, readonly
+    from .runtime.connection import Connection
+
+# Public name -> the module that defines it, imported when the name is first asked for.
+_LAZY = {
+    "Connection": ".runtime.connection",
+    "DurableObject": ".runtime",
+    "EventSourced": ".runtime",
+    "Handle": ".runtime",
+    "Message": ".pubsub",
+    "Objects": ".fastapi",
+    "Runtime": ".runtime",
+    "RuntimeStats": ".runtime",
+    "SubscriptionOverflow": ".pubsub",
+    "get_object": ".fastapi",
+    "readonly": ".runtime",
+}
 
 __version__ = "0.1.0"
 
@@ -57,3 +81,17 @@ __all__ = [
     "get_object",
     "readonly",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import fastapi_objects
 
 
@@ -56,3 +59,24 @@ def test_every_public_name_has_a_docstring() -> None:
         obj = getattr(fastapi_objects, name)
         if callable(obj):
             assert (obj.__doc__ or "").strip(), name
+
+
+def test_the_package_imports_its_web_parts_on_first_use() -> None:
+    # `from fastapi_objects import Objects` works as ever, but importing the package (for its
+    # errors, or the CLI) loads neither FastAPI nor SQLAlchemy (PEP 562 lazy exports).
+    code = (
+        "import sys, fastapi_objects\n"
+        "from fastapi_objects import ObjectsError\n"
+        "assert 'fastapi' not in sys.modules and 'sqlalchemy' not in sys.modules\n"
+        "from fastapi_objects import Objects, get_object\n"
+        "assert 'fastapi' in sys.modules and Objects.__name__ == 'Objects'\n"
+        "assert 'Objects' in dir(fastapi_objects)\n"
+        "try:\n"
+        "    fastapi_objects.nope\n"
+        "except AttributeError as exc:\n"
+        "    assert 'nope' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
