@@ -11,6 +11,7 @@ WORKDIR /app
 # The library first, so that editing the app does not reinstall it.
 COPY pyproject.toml README.md ./
 COPY fastapi_objects ./fastapi_objects
+COPY templates ./templates
 RUN pip install ".[postgres]"
 COPY example_app ./example_app
 

@@ -29,8 +29,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from fastapi_objects.cli import app as cli
+from fastapi_objects.cli._alembic import render_environment
+from fastapi_objects.cli._templates import templates_dir
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = '[project]\nname = "Shop API"\nversion = "0.1.0"\ndependencies = ["fastapi"]\n'
 MAIN = '''\
 from typing import Annotated
@@ -38,7 +41,6 @@ from typing import Annotated
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
-from app.objects_settings import DATABASE_URL, SCHEMA
 from fastapi_objects import DurableObject, Handle, Objects, get_object
 
 
@@ -53,8 +55,9 @@ class Counter(DurableObject[CounterState]):
         return self.state.value
 
 
+# As the README writes it: the database comes from the .env `objects init` wrote.
 # create_tables=False: the tables must come from the migration.
-objects = Objects(objects=[Counter], database_url=DATABASE_URL, schema=SCHEMA, create_tables=False)
+objects = Objects(objects=[Counter], create_tables=False)
 app = FastAPI(lifespan=objects.lifespan)
 app.include_router(objects.router)
 
@@ -147,8 +150,8 @@ def storage_revision(root: Path) -> Path:
 def test_fresh_project_on_sqlite_end_to_end(project: Path) -> None:
     done = run_real("objects", "init", cwd=project)
     assert done.returncode == 0, done.stderr
-    for name in (".env", "app/objects_settings.py", "alembic.ini", "migrations/README",
-                 "migrations/env.py", "migrations/script.py.mako"):
+    for name in (".env", "alembic.ini", "migrations/README", "migrations/env.py",
+                 "migrations/script.py.mako"):
         assert f"created: {name}" in done.stdout
         assert (project / name).is_file()
     revision = storage_revision(project)
@@ -237,25 +240,73 @@ def test_rerun_changes_nothing_and_dry_run_writes_nothing(project: Path) -> None
     assert "---" not in out and snapshot(project) == written
 
 
-def test_differing_files_are_kept_unless_forced(
+def test_a_value_init_refused_to_change_is_reported_with_how_to_apply_it(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run("init")
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.internal/shop")
-    settings = project / "app" / "objects_settings.py"
-    settings.write_text(settings.read_text() + "# mine\n")
+    # Seen: re-running init with --database postgres on a SQLite project printed
+    # "up to date: .env", and `objects migrate` then quietly upgraded SQLite again.
+    run("init", "--fly")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db.internal/shop")
+    fly = project / "fly.toml"
+    fly.write_text(fly.read_text() + "# mine\n")
     before = snapshot(project)
-    out = run("init", "--database", "postgres")
+    out = run("init", "--database", "postgres", "--fly")
     assert snapshot(project) == before
-    assert "differs, kept (--force overwrites it): app/objects_settings.py" in out
-    assert ".env keeps its OBJECTS_DATABASE_URL" in out
+    assert "up to date: .env" not in out
+    assert "differs, kept (--force overwrites it): .env\n" in out
+    assert (
+        "  OBJECTS_DATABASE_URL=sqlite+aiosqlite:///./objects.db stays; "
+        "init would write postgresql+asyncpg://u:***@db.internal/shop\n"
+    ) in out
+    assert "differs, kept (--force overwrites it): fly.toml" in out
+    # The database line names what the app and `objects migrate` will really use.
+    assert "database: sqlite+aiosqlite:///./objects.db (OBJECTS_DATABASE_URL in .env)" in out
+    assert "secret" not in out
+    assert "database: sqlite+aiosqlite:///./objects.db" in run("migrate")
 
-    out = run("init", "--database", "postgres", "--force")
-    assert "updated: .env" in out and "updated: app/objects_settings.py" in out
-    assert "OBJECTS_DATABASE_URL=postgresql+asyncpg://u@db.internal/shop\n" in (
+    before = snapshot(project)
+    out = run("init", "--database", "postgres", "--fly", "--dry-run")
+    assert "would be differs, kept (--force overwrites it): .env" in out
+    assert snapshot(project) == before
+
+    out = run("init", "--database", "postgres", "--fly", "--force")
+    assert "updated: .env" in out and "updated: fly.toml" in out
+    assert "OBJECTS_DATABASE_URL=postgresql+asyncpg://u:secret@db.internal/shop\n" in (
         project / ".env"
     ).read_text()
-    assert "# mine" not in settings.read_text()
+    assert "# mine" not in fly.read_text()
+    assert (
+        "database: postgresql+asyncpg://u:***@db.internal/shop (OBJECTS_DATABASE_URL in .env)"
+    ) in out
+    assert "up to date: .env" in run("init", "--database", "postgres", "--fly")
+
+
+def test_missing_values_are_added_beside_the_kept_ones(project: Path) -> None:
+    (project / ".env").write_text("OBJECTS_DATABASE_URL=sqlite+aiosqlite:///./mine.db\n")
+    out = run("init", "--database", "postgres", "--schema", "shop")
+    assert "updated, differing values kept (--force overwrites them): .env" in out
+    assert (project / ".env").read_text() == (
+        "OBJECTS_DATABASE_URL=sqlite+aiosqlite:///./mine.db\n"
+        "# fastapi_objects storage (objects init)\nOBJECTS_SCHEMA=shop\n"
+    )
+    assert (
+        "database: sqlite+aiosqlite:///./mine.db, schema shop (OBJECTS_DATABASE_URL in .env)"
+    ) in out
+
+
+def test_init_says_when_the_environment_overrides_its_env_file(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OBJECTS_DATABASE_URL", "postgresql://u:pw@elsewhere/db")
+    out = run("init")
+    assert "created: .env" in out
+    assert (
+        "note: OBJECTS_DATABASE_URL in your environment (postgresql://u:***@elsewhere/db) wins "
+        "over .env for the app and for objects migrate"
+    ) in out
+    assert (
+        "database: postgresql://u:***@elsewhere/db (OBJECTS_DATABASE_URL in the environment)"
+    ) in out
 
 
 def test_init_chains_onto_an_existing_alembic_history(project: Path) -> None:
@@ -334,12 +385,23 @@ def test_migrate_through_alembic_reports_an_unreachable_database(
     assert "Traceback" not in result.output
 
 
-def test_templates_ship_inside_the_package() -> None:
-    from importlib.resources import files
-
-    templates = files("fastapi_objects") / "templates"
+def test_the_templates_are_the_top_level_folder() -> None:
+    # The design card's top level: templates/ beside the package (the wheel ships it inside;
+    # tests/test_wheel.py proves that part).
+    assert not (ROOT / "fastapi_objects" / "templates").exists()
     for name in ("alembic_async/README", "alembic_async/env.py", "alembic_async/script.py.mako",
                  "alembic_async/alembic.ini.mako", "objects_storage_v1.py.jinja",
-                 "objects_settings.py.jinja", "fly.toml.jinja", "Dockerfile.jinja"):
-        assert (templates / name).is_file(), name
-    assert len((templates / "alembic_async" / "README").read_text().splitlines()) == 1
+                 "fly.toml.jinja", "Dockerfile.jinja", "dockerignore.jinja"):
+        assert (ROOT / "templates" / name).is_file(), name
+    assert templates_dir() == ROOT / "templates"
+    assert len((ROOT / "templates" / "alembic_async" / "README").read_text().splitlines()) == 1
+
+
+def test_the_example_app_keeps_the_environment_init_renders() -> None:
+    rendered = render_environment()
+    assert (ROOT / "example_app" / "migrations" / "env.py").read_text() == rendered[
+        Path("migrations/env.py")
+    ]
+    assert (ROOT / "example_app" / "migrations" / "script.py.mako").read_text() == rendered[
+        Path("migrations/script.py.mako")
+    ]

@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from fastapi_objects import Objects
 from fastapi_objects.cli import app as cli
+from fastapi_objects.cli import manage
+from fastapi_objects.storage.base import STATUSES
 
 SHOP = '''\
 import os
@@ -229,3 +232,43 @@ def test_init_refuses_a_folder_that_is_not_a_fastapi_project(shop: Path) -> None
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "is not a FastAPI project root" in done.stderr
     assert not (shop / ".env").exists() and not (shop / "alembic.ini").exists()
+
+
+def test_every_command_names_its_database_with_the_password_hidden(
+    shop: Path, pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen: `objects migrate` quietly upgraded ./objects.db when the user meant PostgreSQL.
+    url = make_url(pg_url).set(password="hunter2").render_as_string(hide_password=False)
+    shown = make_url(url).render_as_string(hide_password=True)
+    monkeypatch.setenv("OBJECTS_DATABASE_URL", url)
+    monkeypatch.setenv("OBJECTS_SCHEMA", pg_schema)
+    commands = [
+        ["migrate"], ["stats"], ["ls", "counter", "--app", "shop:app"],
+        ["show", "counter", "a", "--app", "shop:app"], ["rm", "counter", "a", "--yes"],
+    ]
+    for command in commands:
+        result = CliRunner().invoke(cli, command)
+        first = result.stdout.splitlines()[0]
+        assert "hunter2" not in result.output
+        source = "the runtime of --app shop:app" if "--app" in command else (
+            "OBJECTS_DATABASE_URL in the environment"
+        )
+        assert first == f"database: {shown}, schema {pg_schema} ({source})", (command, first)
+    monkeypatch.delenv("OBJECTS_DATABASE_URL")
+    monkeypatch.delenv("OBJECTS_SCHEMA")
+    (shop / ".env").write_text(f"OBJECTS_DATABASE_URL={url}\nOBJECTS_SCHEMA={pg_schema}\n")
+    assert run("stats").splitlines()[0] == (
+        f"database: {shown}, schema {pg_schema} (OBJECTS_DATABASE_URL in .env)"
+    )
+    assert run("stats", "--database-url", url, "--schema", pg_schema).splitlines()[0] == (
+        f"database: {shown}, schema {pg_schema} (--database-url)"
+    )
+    (shop / ".env").unlink()
+    assert run("migrate").splitlines()[0] == (
+        "database: sqlite+aiosqlite:///./objects.db "
+        "(the default; set OBJECTS_DATABASE_URL to change it)"
+    )
+
+
+def test_the_statuses_in_the_help_are_the_storage_ones() -> None:
+    assert manage.STATUSES == STATUSES

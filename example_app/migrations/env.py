@@ -1,13 +1,14 @@
 """Alembic environment (async), written by `objects init`.
 
-The database is OBJECTS_DATABASE_URL (environment first, then the project's .env); the storage
-tables live in OBJECTS_SCHEMA when it is set (PostgreSQL), and so does Alembic's version table.
+The database is the app's: OBJECTS_DATABASE_URL and OBJECTS_SCHEMA as fastapi_objects reads
+them (environment first, then the .env beside alembic.ini); `sqlalchemy.url` in alembic.ini
+wins when set. The storage tables and Alembic's version table live in OBJECTS_SCHEMA when it
+is set (PostgreSQL).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from logging.config import fileConfig
 from pathlib import Path
 from typing import Any
@@ -16,39 +17,20 @@ import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from fastapi_objects.storage import (
-    DEFAULT_DATABASE_URL,
-    create_engine,
-    normalize_url,
-    storage_metadata,
-)
+from fastapi_objects.settings import ObjectsSettings
+from fastapi_objects.storage import create_engine, normalize_url, storage_metadata
 
 config = context.config
 if config.config_file_name is not None:
     # disable_existing_loggers=False: `objects migrate` runs this inside its own process.
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-
-def setting(name: str) -> str | None:
-    """Read ``name`` from the environment, else from the .env next to alembic.ini."""
-    if os.environ.get(name):
-        return os.environ[name]
-    root = Path(config.config_file_name or "alembic.ini").resolve().parent
-    env_file = root / ".env"
-    if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.strip() == name:
-                return value.strip().strip("'\"") or None
-    return None
-
-
-URL = normalize_url(
-    config.get_main_option("sqlalchemy.url")
-    or setting("OBJECTS_DATABASE_URL")
-    or DEFAULT_DATABASE_URL
+# The settings model the app's Objects(...) reads, so that both use the same database.
+settings = ObjectsSettings(
+    _env_file=Path(config.config_file_name or "alembic.ini").resolve().parent / ".env"
 )
-SCHEMA = setting("OBJECTS_SCHEMA")
+URL = normalize_url(config.get_main_option("sqlalchemy.url") or settings.database_url)
+SCHEMA = settings.db_schema
 
 # Add your own MetaData here (e.g. Base.metadata) so `alembic check` compares your tables too.
 target_metadata = [storage_metadata(SCHEMA)]

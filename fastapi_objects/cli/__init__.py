@@ -30,4 +30,4 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Run the ``objects`` command (the console script)."""
-    app()
+    app(prog_name="objects")

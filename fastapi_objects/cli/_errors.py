@@ -1,16 +1,18 @@
-"""How the CLI fails: one clear line on stderr and exit code 1, no traceback for user errors."""
+"""How the CLI fails: one clear line on stderr and exit code 1, no traceback for user errors.
+
+Nothing heavy is imported here: SQLAlchemy's and Alembic's exceptions are looked at only when
+the command loaded them, so ``objects --help`` does not load either to describe them.
+"""
 
 from __future__ import annotations
 
 import functools
-import re
 import socket
+import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-import sqlalchemy as sa
 import typer
-from alembic.util import CommandError
 
 from .._exceptions import ObjectsError
 
@@ -29,10 +31,9 @@ def one_line(text: object) -> str:
 
 def redact(url: str) -> str:
     """``url`` with its password hidden, for messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except (ValueError, sa.exc.ArgumentError):  # unparsable: hide what looks like a password
-        return re.sub(r"://([^:/@]*):[^/@]*@", r"://\1:***@", url)
+    from ..settings import redact as redact_url
+
+    return redact_url(url)
 
 
 def reported(command: Callable[P, R]) -> Callable[P, R]:
@@ -42,23 +43,39 @@ def reported(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except CliError as exc:
-            message = str(exc)
-        except ObjectsError as exc:
-            message = exc.message
-        except CommandError as exc:
-            message = f"alembic: {exc}"
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            message = f"database unreachable: {exc.orig}"
         except BrokenPipeError:  # our stdout went away (e.g. `| head`): nothing to say
             raise typer.Exit(1) from None
-        except (ConnectionError, socket.gaierror, TimeoutError) as exc:
-            message = f"database unreachable: {exc}"
-        except OSError as exc:  # e.g. a file the command cannot write
-            message = str(exc)
-        except sa.exc.DBAPIError as exc:
-            message = f"the database refused the operation: {exc.orig}"
+        except Exception as exc:
+            message = _describe(exc)
+            if message is None:
+                raise
         typer.echo(f"error: {one_line(message)}", err=True)
         raise typer.Exit(1)
 
     return wrapper
+
+
+def _describe(exc: Exception) -> str | None:
+    """The message for an error a user can cause, or ``None`` for a bug (re-raised)."""
+    if isinstance(exc, CliError):
+        return str(exc)
+    if isinstance(exc, ObjectsError):
+        return exc.message
+    # An Alembic or SQLAlchemy error can only come from a command that loaded them.
+    if "alembic.util" in sys.modules:
+        from alembic.util import CommandError
+
+        if isinstance(exc, CommandError):
+            return f"alembic: {exc}"
+    if "sqlalchemy.exc" in sys.modules:
+        from sqlalchemy import exc as sa_exc
+
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return f"database unreachable: {exc.orig}"
+        if isinstance(exc, sa_exc.DBAPIError):
+            return f"the database refused the operation: {exc.orig}"
+    if isinstance(exc, ConnectionError | socket.gaierror | TimeoutError):
+        return f"database unreachable: {exc}"
+    if isinstance(exc, OSError):  # e.g. a file the command cannot write
+        return str(exc)
+    return None

@@ -1,4 +1,4 @@
-"""The user's project: where its root is, where its FastAPI app lives, and its settings.
+"""The user's project: where its root is, where its FastAPI app lives, and its .env.
 
 A directory is a FastAPI project root when its ``pyproject.toml`` or a ``requirements*.txt``
 names ``fastapi``, or when ``app/main.py``, ``main.py``, ``app.py``, ``src/<pkg>/main.py`` or
@@ -30,8 +30,6 @@ class Project:
     name: str
     app_module: str
     app_attr: str
-    package_dir: Path
-    """Folder (relative to ``root``) of the app's package; ``.`` for a top-level module."""
     install: str
     """What ``pip install`` takes to install the project's dependencies (for the Dockerfile)."""
     pyproject: dict[str, Any]
@@ -40,17 +38,6 @@ class Project:
     def app_path(self) -> str:
         """``module:attr`` of the FastAPI app, as uvicorn takes it."""
         return f"{self.app_module}:{self.app_attr}"
-
-    @property
-    def settings_file(self) -> Path:
-        """Where ``objects init`` writes the settings module (relative to ``root``)."""
-        return self.package_dir / "objects_settings.py"
-
-    @property
-    def settings_module(self) -> str:
-        """The dotted name the app imports the settings module by."""
-        package = self.app_module.rpartition(".")[0]
-        return f"{package}.objects_settings" if package else "objects_settings"
 
     @property
     def has_alembic(self) -> bool:
@@ -108,7 +95,6 @@ def find_project(root: Path) -> Project:
         name=re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "app",
         app_module=".".join(module_parts),
         app_attr=attr,
-        package_dir=rel.parent,
         install=install,
         pyproject=pyproject,
     )
@@ -136,31 +122,28 @@ def _find_app(root: Path) -> tuple[Path | None, str]:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """The ``NAME=value`` lines of a .env file (quotes stripped; no expansion)."""
-    values: dict[str, str] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            key = key.strip().removeprefix("export ").strip()
-            if sep and key and not key.startswith("#"):
-                values[key] = value.strip().strip("'\"")
-    return values
+    """The values a .env file sets, parsed by python-dotenv as ``ObjectsSettings`` parses them."""
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
-def setting(name: str, root: Path | None = None) -> str | None:
-    """``name`` from the environment, else from ``root/.env`` (the current folder by default)."""
-    if os.environ.get(name):
-        return os.environ[name]
-    return read_dotenv((root or Path.cwd()) / ".env").get(name) or None
+def setting(name: str, root: Path) -> str | None:
+    """``name`` from the environment, else from ``root/.env`` (e.g. Fly's ``DATABASE_URL``)."""
+    return os.environ.get(name) or read_dotenv(root / ".env").get(name) or None
 
 
-def merge_dotenv(text: str | None, values: dict[str, str], force: bool) -> tuple[str, list[str]]:
-    """Return ``text`` with ``values`` set, and notes about differing values kept.
+def merge_dotenv(
+    text: str | None, values: dict[str, str], force: bool
+) -> tuple[str, dict[str, str]]:
+    """Return ``text`` with ``values`` set, and the differing values it keeps, by name.
 
     Missing names are appended; a name already set to another value is kept unless ``force``.
     """
     lines = (text or "").splitlines()
-    notes: list[str] = []
+    kept: dict[str, str] = {}
     missing = dict(values)
     changed = False
     for i, line in enumerate(lines):
@@ -169,16 +152,17 @@ def merge_dotenv(text: str | None, values: dict[str, str], force: bool) -> tuple
         if not sep or key not in missing:
             continue
         wanted = missing.pop(key)
-        if value.strip().strip("'\"") == wanted:
+        value = value.strip().strip("'\"")
+        if value == wanted:
             continue
         if force:
             lines[i] = f"{key}={wanted}"
             changed = True
         else:
-            notes.append(f".env keeps its {key} (init would write {wanted}; --force replaces it)")
+            kept[key] = value
     if text is not None and not missing and not changed:
-        return text, notes
+        return text, kept
     if missing:
         lines.append("# fastapi_objects storage (objects init)")
         lines += [f"{key}={value}" for key, value in missing.items()]
-    return "\n".join(lines) + "\n", notes
+    return "\n".join(lines) + "\n", kept

@@ -1,23 +1,30 @@
-"""Which database the inspection commands open: ``--database-url``, ``--app`` or the settings."""
+"""Which database a command opens: ``--database-url``, ``--app`` or the app's settings.
+
+Without options it is what the app itself would use: ``ObjectsSettings`` (``OBJECTS_*`` in the
+environment, then ``./.env``, then the default). The heavy modules (SQLAlchemy, the runtime,
+the settings model) are imported by the functions that use them, so that ``objects --help``
+stays quick.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import sqlalchemy as sa
 import typer
 
-from ..runtime import DurableObject, Runtime
-from ..storage import DEFAULT_DATABASE_URL, normalize_url, open_storage
-from ..storage.sql import SQLStorage
-from ._errors import CliError, redact
-from ._project import setting
+from ._errors import CliError, one_line, redact
+from ._project import read_dotenv
+
+if TYPE_CHECKING:
+    from ..runtime import DurableObject, Runtime
+    from ..storage.sql import SQLStorage
 
 AppOption = Annotated[
     str | None,
@@ -44,36 +51,73 @@ class Target:
     url: str
     schema: str | None
     types: dict[str, type[DurableObject[Any]]] | None
+    source: str
+    """Where the URL came from, for the ``database:`` line."""
+
+    def describe(self) -> str:
+        """One line naming the database (password hidden), its schema and where it came from."""
+        where = f", schema {self.schema}" if self.schema else ""
+        return f"database: {redact(self.url)}{where} ({self.source})"
 
 
 def resolve(app: str | None, database_url: str | None, schema: str | None) -> Target:
-    """Pick the database: ``--database-url``, then ``--app``, then OBJECTS_DATABASE_URL."""
+    """Pick the database: ``--database-url``, then ``--app``, then the settings."""
+    from pydantic import ValidationError
+
+    from ..settings import ObjectsSettings
+
     runtime = load_runtime(app) if app else None
-    url = (
-        database_url
-        or (runtime.database_url if runtime is not None else None)
-        or setting("OBJECTS_DATABASE_URL")
-        or DEFAULT_DATABASE_URL
-    )
-    if schema is None:
-        # The app's runtime knows its schema; without one, the settings say it.
-        schema = (
-            getattr(runtime.storage, "schema", None) if runtime is not None
-            else setting("OBJECTS_SCHEMA")
-        )
-    try:
-        url = normalize_url(url)
-    except ValueError as exc:  # its message names the URL
-        raise CliError(str(exc)) from None
+    try:  # the options, then what the app itself reads
+        settings = ObjectsSettings.from_options(database_url=database_url, schema=schema)
+    except ValidationError as exc:
+        raise CliError(_settings_error(exc)) from None
+    url, db_schema = settings.database_url, settings.db_schema
+    if runtime is not None:  # the app's runtime knows better than the settings
+        url = url if database_url is not None else runtime.database_url
+        db_schema = schema if schema is not None else runtime.settings.db_schema
+    _check_url(url)
+    if database_url is not None:
+        source = "--database-url"
+    elif runtime is not None:
+        source = f"the runtime of --app {app}"
+    else:
+        source = _settings_source("OBJECTS_DATABASE_URL")
+    types = dict(runtime.types) if runtime is not None else None
+    return Target(url, db_schema, types, source)
+
+
+def _settings_source(name: str) -> str:
+    """Which settings source gave ``name``: the environment, ./.env or the default."""
+    if name.lower() in {key.lower() for key in os.environ}:
+        return f"{name} in the environment"
+    if name.lower() in {key.lower() for key in read_dotenv(Path(".env"))}:
+        return f"{name} in .env"
+    return f"the default; set {name} to change it"
+
+
+def _settings_error(exc: Any) -> str:
+    """The first problem of a pydantic ``ValidationError`` over the settings, in one line."""
+    error = exc.errors()[0]
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if name == "database_url" or "URL" in message:
+        return one_line(message)  # normalize_url's message names the URL already
+    return one_line(f"invalid setting {name}: {message}")
+
+
+def _check_url(url: str) -> None:
+    import sqlalchemy as sa
+
     try:
         sa.engine.make_url(url)
     except (ValueError, sa.exc.ArgumentError) as exc:  # e.g. a port that is not a number
         raise CliError(f"malformed database URL {redact(url)!r}: {exc}") from None
-    return Target(url, schema, dict(runtime.types) if runtime is not None else None)
 
 
 def load_runtime(spec: str) -> Runtime:
     """Import ``module:attr``: a runtime, or a FastAPI app whose module holds exactly one."""
+    from ..runtime import Runtime
+
     module_name, sep, attr = spec.partition(":")
     if not (sep and module_name and attr):
         raise CliError(f"--app takes module:attr (e.g. app.main:app), not {spec!r}")
@@ -102,6 +146,11 @@ def load_runtime(spec: str) -> Runtime:
 @asynccontextmanager
 async def open_target(target: Target, *, create: bool = False) -> AsyncIterator[SQLStorage]:
     """Open the target's SQL storage; unless ``create``, its tables must already exist."""
+    import sqlalchemy as sa
+
+    from ..storage import open_storage
+    from ..storage.sql import SQLStorage
+
     scheme = target.url.partition("://")[0]
     if scheme == "memory":
         raise CliError("memory:// storage lives inside your app's process: nothing to open here")
@@ -131,6 +180,8 @@ async def open_target(target: Target, *, create: bool = False) -> AsyncIterator[
 
 def _require_sqlite_file(url: str) -> None:
     # Opening a missing SQLite file would create an empty one: say what to do instead.
+    import sqlalchemy as sa
+
     database = sa.engine.make_url(url).database or ""
     if database not in ("", ":memory:") and not Path(database).is_file():
         raise CliError(f"no database file {database}: run `objects migrate` first")

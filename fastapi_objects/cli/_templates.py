@@ -1,4 +1,8 @@
-"""The package's templates (``fastapi_objects/templates``, shipped inside the wheel)."""
+"""The templates ``objects init`` renders: the project's top-level ``templates/`` folder.
+
+The wheel ships it inside the package (``fastapi_objects/templates``, hatch ``force-include``);
+a source checkout (an editable install) reads it where it lies, next to the package.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,24 @@ import functools
 import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
 
 def templates_dir() -> Path:
-    """The templates folder of the installed package."""
-    return Path(str(files("fastapi_objects") / "templates"))
+    """The templates folder: inside the installed package, else beside it in the source tree."""
+    packaged = Path(str(files("fastapi_objects") / "templates"))
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "templates"
 
 
 @functools.cache
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         keep_trailing_newline=True,

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import enum
+import os
 import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..storage import DEFAULT_DATABASE_URL, normalize_url
-from . import _alembic
 from ._errors import CliError, redact, reported
 from ._files import PlannedFile, apply, plan
 from ._project import Project, find_project, merge_dotenv, read_dotenv, setting
-from ._templates import render
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -44,7 +42,7 @@ def init(
         bool, typer.Option("--force", help="Overwrite files and .env values that differ.")
     ] = False,
 ) -> None:
-    """Write the storage settings (.env, a settings module) and the Alembic migration."""
+    """Write the storage settings (.env) and the Alembic migration that creates the tables."""
     if schema is not None and database is Database.sqlite:
         raise CliError("--schema needs --database postgres (SQLite has one schema per file)")
     if schema is not None and not _SCHEMA_NAME.match(schema):
@@ -52,7 +50,8 @@ def init(
     root = Path.cwd()
     project = find_project(root)
     url = _database_url(database, root, project)
-    planned, notes = _settings(project, url, schema, force)
+    env, used = _dotenv(project, url, schema, force)
+    planned, notes = [env], _overridden(used)
     if database is Database.postgres and not setting("DATABASE_URL", root):
         notes.append("no DATABASE_URL found: put your database in OBJECTS_DATABASE_URL in .env")
     planned += _migration(project, schema, force, notes)
@@ -64,20 +63,23 @@ def init(
         for item in planned:
             if item.old != item.new:
                 typer.echo(item.diff(), nl=False)
-        for item in planned:
-            typer.echo(f"would be {item.status}: {item.path.as_posix()}")
-        typer.echo("dry run: nothing was written")
     else:
         apply(root, planned)
-        for item in planned:
-            typer.echo(f"{item.status}: {item.path.as_posix()}")
+    for item in planned:
+        typer.echo(f"{'would be ' if dry_run else ''}{item.status}: {item.path.as_posix()}")
+        for line in item.kept:
+            typer.echo(f"  {line}")
+    if dry_run:
+        typer.echo("dry run: nothing was written")
     for note in notes:
         typer.echo(f"note: {note}")
-    typer.echo(f"database: {redact(url)}" + (f" (schema {schema})" if schema else ""))
+    typer.echo(_database_line(used))
     _next_steps(project, fly)
 
 
 def _database_url(database: Database, root: Path, project: Project) -> str:
+    from ..storage import DEFAULT_DATABASE_URL, normalize_url
+
     if database is Database.sqlite:
         return DEFAULT_DATABASE_URL
     existing = setting("DATABASE_URL", root)
@@ -92,9 +94,14 @@ def _database_url(database: Database, root: Path, project: Project) -> str:
     return f"postgresql+asyncpg://postgres@localhost:5432/{project.name.replace('-', '_')}"
 
 
-def _settings(
+Used = dict[str, tuple[str, str]]
+"""The value the app will read for each setting init writes, and where from."""
+
+
+def _dotenv(
     project: Project, url: str, schema: str | None, force: bool
-) -> tuple[list[PlannedFile], list[str]]:
+) -> tuple[PlannedFile, Used]:
+    """Plan .env, and say what the app will read from it or from the environment."""
     env_file = project.root / ".env"
     old = env_file.read_text() if env_file.is_file() else None
     values = {"OBJECTS_DATABASE_URL": url}
@@ -102,21 +109,48 @@ def _settings(
         values["OBJECTS_SCHEMA"] = schema
     elif force and "OBJECTS_SCHEMA" in read_dotenv(env_file):
         raise CliError(".env sets OBJECTS_SCHEMA: pass --schema with it, or remove it from .env")
-    text, notes = merge_dotenv(old, values, force)
-    module = render(
-        "objects_settings.py.jinja",
-        settings_module=project.settings_module,
-        depth=len(project.package_dir.parts),
+    text, kept = merge_dotenv(old, values, force)
+    lines = tuple(
+        f"{name}={_shown(name, value)} stays; init would write {_shown(name, values[name])}"
+        for name, value in kept.items()
     )
+    used = {name: (kept.get(name, value), ".env") for name, value in values.items()}
+    if schema is None and "OBJECTS_SCHEMA" in read_dotenv(env_file):
+        used["OBJECTS_SCHEMA"] = (read_dotenv(env_file)["OBJECTS_SCHEMA"], ".env")
+    for name in ("OBJECTS_DATABASE_URL", "OBJECTS_SCHEMA"):
+        if os.environ.get(name):  # the environment wins over .env, for the app as for us
+            used[name] = (os.environ[name], "the environment")
+    env = plan(project.root, Path(".env"), text, force=force, merge=True, kept=lines)
+    return env, used
+
+
+def _shown(name: str, value: str) -> str:
+    return redact(value) if name.endswith("_URL") else value
+
+
+def _overridden(used: Used) -> list[str]:
     return [
-        plan(project.root, Path(".env"), text, force=force, merge=True),
-        plan(project.root, project.settings_file, module, force=force),
-    ], notes
+        f"{name} in your environment ({_shown(name, value)}) wins over .env for the app and "
+        "for objects migrate"
+        for name, (value, source) in used.items()
+        if source == "the environment"
+    ]
+
+
+def _database_line(used: Used) -> str:
+    """``database: ...``: what the app and ``objects migrate`` will use, and where from."""
+    url, source = used["OBJECTS_DATABASE_URL"]
+    line = f"database: {redact(url)}"
+    if "OBJECTS_SCHEMA" in used:
+        line += f", schema {used['OBJECTS_SCHEMA'][0]}"
+    return f"{line} (OBJECTS_DATABASE_URL in {source})"
 
 
 def _migration(
     project: Project, schema: str | None, force: bool, notes: list[str]
 ) -> list[PlannedFile]:
+    from . import _alembic
+
     if not project.has_alembic:
         files = _alembic.render_environment()
         versions = Path(_alembic.MIGRATIONS_DIR) / "versions"
@@ -151,6 +185,8 @@ def _check_env_py(project: Project, script_dir: Path, notes: list[str]) -> None:
 
 
 def _fly(project: Project, schema: str | None, force: bool) -> list[PlannedFile]:
+    from ._templates import render
+
     context = {
         "name": project.name, "schema": schema, "install": project.install,
         "app_path": project.app_path,
@@ -165,8 +201,6 @@ def _fly(project: Project, schema: str | None, force: bool) -> list[PlannedFile]
 def _next_steps(project: Project, fly: bool) -> None:
     typer.echo("next:")
     typer.echo("  objects migrate    # create the storage tables")
-    typer.echo(f"  # where {project.app_module} builds its runtime:")
-    typer.echo(f"  from {project.settings_module} import DATABASE_URL, SCHEMA")
-    typer.echo("  objects = Objects(objects=[...], database_url=DATABASE_URL, schema=SCHEMA)")
+    typer.echo(f"  uvicorn {project.app_path}    # Objects(...) reads the database from .env")
     if fly:
         typer.echo("  fly launch --no-deploy && fly postgres attach <db> && fly deploy --ha=false")

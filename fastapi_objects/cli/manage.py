@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.json import JSON
-from rich.table import Table
 
-from ..runtime.keys import validate_key
-from ..storage import ObjectQuery
-from ..storage.base import STATUSES
-from ..storage.sql import SQLStorage
 from ._errors import CliError, reported
 from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_target, resolve
 
+if TYPE_CHECKING:
+    from ..storage.sql import SQLStorage
+
+# storage.base.STATUSES, spelled out so that `objects --help` need not import the storage layer
+# (tests/test_cli_manage.py keeps the two equal).
+STATUSES = ("active", "hibernated")
 TypeArgument = Annotated[str, typer.Argument(metavar="TYPE", help="Object type, e.g. counter.")]
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="Object key.")]
 
@@ -36,16 +35,23 @@ def ls(
     schema: SchemaOption = None,
 ) -> None:
     """List the stored objects of TYPE, by key."""
+    from ..runtime.keys import validate_key_prefix
+
     if status is not None and status not in STATUSES:
         raise CliError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
     if prefix:
-        validate_key(prefix)
-    asyncio.run(_ls(resolve(app, database_url, schema), type_name, status, prefix, limit))
+        validate_key_prefix(prefix)
+    asyncio.run(_ls(_target(app, database_url, schema), type_name, status, prefix, limit))
 
 
 async def _ls(
     target: Target, type_name: str, status: str | None, prefix: str | None, limit: int
 ) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..storage import ObjectQuery
+
     async with open_target(target) as storage:
         await _check_type(storage, target, type_name)
         page = await storage.query(
@@ -77,11 +83,17 @@ def show(
     schema: SchemaOption = None,
 ) -> None:
     """Show one object: state, rev, state version, status, times and its journal tail."""
+    from ..runtime.keys import validate_key
+
     key = validate_key(key)
-    asyncio.run(_show(resolve(app, database_url, schema), type_name, key, journal))
+    asyncio.run(_show(_target(app, database_url, schema), type_name, key, journal))
 
 
 async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
+    from rich.console import Console
+    from rich.json import JSON
+    from rich.table import Table
+
     async with open_target(target) as storage:
         await _check_type(storage, target, type_name)
         cp = await storage.load(type_name, key)
@@ -121,8 +133,10 @@ def rm(
     schema: SchemaOption = None,
 ) -> None:
     """Purge one object: its checkpoint and its journal."""
+    from ..runtime.keys import validate_key
+
     key = validate_key(key)
-    asyncio.run(_rm(resolve(app, database_url, schema), type_name, key, yes))
+    asyncio.run(_rm(_target(app, database_url, schema), type_name, key, yes))
 
 
 async def _rm(target: Target, type_name: str, key: str, yes: bool) -> None:
@@ -147,10 +161,13 @@ def stats(
     app: AppOption = None, database_url: DatabaseUrlOption = None, schema: SchemaOption = None
 ) -> None:
     """Count the stored objects per type and status."""
-    asyncio.run(_stats(resolve(app, database_url, schema)))
+    asyncio.run(_stats(_target(app, database_url, schema)))
 
 
 async def _stats(target: Target) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     async with open_target(target) as storage:
         rows = await storage.stats()
     counts: dict[str, dict[str, int]] = {name: {} for name in sorted(target.types or {})}
@@ -163,6 +180,13 @@ async def _stats(target: Target) -> None:
             name, *(str(by_status.get(s, 0)) for s in STATUSES), str(sum(by_status.values()))
         )
     Console().print(table)
+
+
+def _target(app: str | None, database_url: str | None, schema: str | None) -> Target:
+    """Resolve the database and name it (before connecting: a hang shows where)."""
+    target = resolve(app, database_url, schema)
+    typer.echo(target.describe())
+    return target
 
 
 async def _check_type(storage: SQLStorage, target: Target, type_name: str) -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 import typer
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 
 from ._errors import CliError, redact, reported
 from ._project import alembic_files
 from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_target, resolve
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 @reported
@@ -24,10 +26,13 @@ def migrate(
     config = _alembic_config(Path.cwd())
     if config is None:
         target = resolve(app, database_url, schema)
+        typer.echo(target.describe())
         asyncio.run(_create_tables(target))
-        where = f" (schema {target.schema})" if target.schema else ""
-        typer.echo(f"storage tables (version 1) ready in {redact(target.url)}{where}")
+        typer.echo("storage tables (version 1) ready")
         return
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     if schema is not None:
         raise CliError(
             "--schema does not apply with Alembic: the schema is in the migration (OBJECTS_SCHEMA)"
@@ -36,7 +41,8 @@ def migrate(
         url = resolve(app, database_url, None).url
         # configparser interpolation: a literal % in a password must be doubled.
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    with _naming_databases():  # env.py decides where to connect: name what it connects to
+        command.upgrade(config, "head")
     heads = ", ".join(ScriptDirectory.from_config(config).get_heads()) or "(empty history)"
     typer.echo(f"alembic: database upgraded to head {heads}")
 
@@ -44,10 +50,36 @@ def migrate(
 def _alembic_config(root: Path) -> Config | None:
     """The project's Alembic configuration, as the ``alembic`` command would read it."""
     ini, toml = alembic_files(root)
-    return None if ini is None and toml is None else Config(file_=ini, toml_file=toml)
+    if ini is None and toml is None:
+        return None
+    from alembic.config import Config
+
+    return Config(file_=ini, toml_file=toml)
+
+
+@contextmanager
+def _naming_databases() -> Iterator[None]:
+    """Print ``database: <url>`` once per database any engine connects to meanwhile."""
+    import sqlalchemy as sa
+
+    named: set[str] = set()
+
+    def connected(connection: sa.Connection, *args: Any) -> None:
+        url = connection.engine.url.render_as_string(hide_password=False)
+        if url not in named:
+            named.add(url)
+            typer.echo(f"database: {redact(url)} (as the Alembic environment connects)")
+
+    sa.event.listen(sa.Engine, "engine_connect", connected)
+    try:
+        yield
+    finally:
+        sa.event.remove(sa.Engine, "engine_connect", connected)
 
 
 async def _create_tables(target: Target) -> None:
+    import sqlalchemy as sa
+
     async with open_target(target, create=True) as storage:
         try:
             await storage.create_tables()
