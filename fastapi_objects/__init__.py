@@ -26,14 +26,16 @@ from ._exceptions import (
     ObjectNotFound,
     ObjectsError,
     Overloaded,
+    PubSubClosed,
     StorageUnavailable,
+    SubscriptionOverflow,
     UnknownMethod,
     UnknownObjectType,
 )
 
 if TYPE_CHECKING:
     from .fastapi import Objects, get_object
-    from .pubsub import Message, SubscriptionOverflow
+    from .pubsub import Message
     from .runtime import DurableObject, EventSourced, Handle, Runtime, RuntimeStats, readonly
     from .runtime.connection import Connection
 
@@ -47,7 +49,6 @@ _LAZY = {
     "Objects": ".fastapi",
     "Runtime": ".runtime",
     "RuntimeStats": ".runtime",
-    "SubscriptionOverflow": ".pubsub",
     "get_object": ".fastapi",
     "readonly": ".runtime",
 }
@@ -72,6 +73,7 @@ __all__ = [
     "Objects",
     "ObjectsError",
     "Overloaded",
+    "PubSubClosed",
     "Runtime",
     "RuntimeStats",
     "StorageUnavailable",

@@ -18,10 +18,14 @@ Every error the library raises on purpose is an ``ObjectsError``::
     ├── StorageUnavailable        the database could not be reached or refused the transaction
     ├── CorruptState              a stored checkpoint or journal entry cannot be decoded
     ├── ConnectionRejected        ``on_connect`` or ``authorize`` refused a websocket attach
+    ├── PubSubClosed              the pub/sub (or a subscription) is closed or not started
+    ├── SubscriptionOverflow      a subscriber fell ``max_queue`` messages behind; it was closed
     └── MissingDependency         an optional driver is not installed (names the pip command)
 
 Each class carries a stable ``type`` string (used in websocket error frames and HTTP error
-bodies) so clients never depend on Python class names.
+bodies) so clients never depend on Python class names. Errors that are not ``ObjectsError``s
+come from bugs: clients see them as ``internal_error`` with an id that is in the log
+(``fastapi_objects.fastapi.errors``), never as the exception's text.
 """
 
 from __future__ import annotations
@@ -135,6 +139,18 @@ class ConnectionRejected(ObjectsError):
     def __init__(self, message: str = "connection rejected", code: int = 4403) -> None:
         super().__init__(message)
         self.code = code
+
+
+class PubSubClosed(ObjectsError):
+    """The pub/sub (or the subscription) is closed, or the pub/sub was never started."""
+
+    type = "pubsub_closed"
+
+
+class SubscriptionOverflow(ObjectsError):
+    """A subscriber fell ``max_queue`` messages behind; its subscription was closed."""
+
+    type = "overflow"
 
 
 class MissingDependency(ObjectsError):

@@ -27,6 +27,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "Objects",
         "ObjectsError",
         "Overloaded",
+        "PubSubClosed",
         "Runtime",
         "RuntimeStats",
         "StorageUnavailable",

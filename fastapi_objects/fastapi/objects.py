@@ -84,6 +84,7 @@ class Objects(Runtime):
         app.state.objects = self
         if ObjectsError not in app.exception_handlers:
             app.add_exception_handler(ObjectsError, objects_error_handler)
+            app.exception_handlers.setdefault(Exception, objects_error_handler)  # 500: an id
             # Starlette copies handlers when it builds its middleware stack, which the lifespan
             # itself already ran through: rebuild it (before any request) so ours is in.
             app.middleware_stack = None

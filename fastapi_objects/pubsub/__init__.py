@@ -16,14 +16,9 @@ from __future__ import annotations
 import uuid
 from urllib.parse import urlsplit
 
+from .._exceptions import PubSubClosed, SubscriptionOverflow
 from .base import Backend, PubSub
-from .messages import (
-    Message,
-    PubSubClosed,
-    SubscriptionOverflow,
-    decode_message,
-    encode_message,
-)
+from .messages import Message, decode_message, encode_message
 from .subscription import Subscription
 
 __all__ = [

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from .._exceptions import ObjectsError
-from .messages import Message, PubSubClosed, encode_message, logger
+from .._exceptions import ObjectsError, PubSubClosed
+from .messages import Message, encode_message, logger
 from .subscription import Subscription
 
 # Past this many messages waiting for the backend, the oldest are dropped (and logged): the

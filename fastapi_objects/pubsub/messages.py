@@ -1,4 +1,8 @@
-"""What pub/sub carries: ``Message``, its JSON encoding, and the pub/sub errors."""
+"""What pub/sub carries: ``Message`` and its JSON encoding.
+
+The pub/sub errors (``PubSubClosed``, ``SubscriptionOverflow``) are in the one error tree of
+``fastapi_objects._exceptions``.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,7 @@ from typing import Any
 
 import pydantic_core
 
-from .._exceptions import ObjectsError
-
 logger = logging.getLogger("fastapi_objects.pubsub")
-
-
-class SubscriptionOverflow(ObjectsError):
-    """A subscriber fell ``max_queue`` messages behind; its subscription was closed."""
-
-    type = "overflow"
-
-
-class PubSubClosed(ObjectsError):
-    """The pub/sub (or the subscription) is closed, or the pub/sub was never started."""
-
-    type = "pubsub_closed"
 
 
 @dataclass(frozen=True, slots=True)

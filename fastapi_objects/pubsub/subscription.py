@@ -7,7 +7,8 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .messages import Message, PubSubClosed, SubscriptionOverflow, logger
+from .._exceptions import PubSubClosed, SubscriptionOverflow
+from .messages import Message, logger
 
 if TYPE_CHECKING:
     from .base import PubSub

@@ -12,6 +12,18 @@ if TYPE_CHECKING:
 
 MAX_CONNECTION_STATE = 16 * 1024
 
+RESERVED_EVENT_PREFIX = "objects:"
+"""Events starting with this are the protocol's own frames (``objects:attached``)."""
+
+
+def check_event(event: str) -> None:
+    """Refuse (``ValueError``) an event name the app may not send: ``objects:`` is reserved."""
+    if event.startswith(RESERVED_EVENT_PREFIX):
+        raise ValueError(
+            f"event {event!r}: names starting with {RESERVED_EVENT_PREFIX!r} are reserved for "
+            "the protocol's own frames"
+        )
+
 
 class Transport(Protocol):
     """How the runtime reaches a client; the web integration implements it."""
@@ -58,7 +70,11 @@ class Connection:
         self._state = value
 
     def send(self, event: str, payload: Any = None) -> None:
-        """Send ``event`` to this client only; inside a turn, after the turn commits."""
+        """Send ``event`` to this client only; inside a turn, after the turn commits.
+
+        ``ValueError`` if ``event`` starts with ``objects:`` (reserved for protocol frames).
+        """
+        check_event(event)
         frame = {"topic": self.topic, "event": event, "payload": payload}
         act = self.activation
         if act is not None and act.in_turn():

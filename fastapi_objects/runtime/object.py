@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import pydantic
 
+from .connection import check_event
 from .keys import snake_case, validate_type_name
 from .methods import MethodSpec, discover
 
@@ -125,7 +126,9 @@ class DurableObject(Generic[S]):
         """Send ``event`` to every attached client, after this turn commits.
 
         Goes to the topic ``"{type}:{key}"``, so it reaches clients on every node.
+        ``ValueError`` if ``event`` starts with ``objects:`` (reserved for protocol frames).
         """
+        check_event(event)
         self._activation.broadcast(event, payload, exclude)
 
     def connections(self, tag: str | None = None) -> list[Connection]:
