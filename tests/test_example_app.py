@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,16 @@ def _until_reply(ws: Any, ref: str) -> list[dict[str, Any]]:
             return frames
 
 
+@contextmanager
+def _attach(client: TestClient, url: str) -> Iterator[Any]:
+    """Connect; the first frame says the client is attached (``ws.connection`` is its id)."""
+    with client.websocket_connect(url) as ws:
+        frame = ws.receive_json()
+        assert frame["event"] == "objects:attached", frame
+        ws.connection = frame["payload"]["connection"]
+        yield ws
+
+
 def _events(frames: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     return [(f["event"], f["payload"]) for f in frames if "event" in f]
 
@@ -190,7 +201,7 @@ def test_counter_routes_are_stable(client: TestClient) -> None:
 
 
 def test_counter_websocket_speaks_the_standard_frames(client: TestClient) -> None:
-    with client.websocket_connect("/objects/counter/live/ws") as ws:
+    with _attach(client, "/objects/counter/live/ws") as ws:
         ws.send_json({"ref": "1", "call": "increment", "args": {"by": 2}})
         assert _until_reply(ws, "1") == [
             {"topic": "counter:live", "event": "changed", "payload": {"value": 2}},
@@ -208,13 +219,14 @@ def test_chat_room_history_presence_typing_and_exclude(client: TestClient) -> No
     posted = client.post("/api/rooms/lounge/messages", json={"name": "curl", "text": "first"})
     assert posted.status_code == 201 and posted.json()["text"] == "first"
 
-    with client.websocket_connect(url + "?name=Alice") as alice:
-        welcome = alice.receive_json()
+    with _attach(client, url + "?name=Alice") as alice:
+        welcome = alice.receive_json()  # on_connect's conn.send, right after the attached frame
         assert welcome["event"] == "welcome"
         me = welcome["payload"]["you"]
+        assert me == alice.connection
         assert [m["text"] for m in welcome["payload"]["history"]] == ["first"]
         assert welcome["payload"]["present"] == [{"id": me, "name": "Alice"}]
-        with client.websocket_connect(url + "?name=Bob") as bob:
+        with _attach(client, url + "?name=Bob") as bob:
             welcome = bob.receive_json()["payload"]
             assert [p["name"] for p in welcome["present"]] == ["Alice", "Bob"]
             assert [p["name"] for p in alice.receive_json()["payload"]["present"]] == [
@@ -264,7 +276,7 @@ def test_a_room_hibernates_when_empty_and_thaws_with_its_history(
 ) -> None:
     monkeypatch.setattr(ChatRoom, "idle_timeout", 0.3)
     with TestClient(create_app(db_url)) as client:
-        with client.websocket_connect("/objects/chat_room/den/ws?name=Ann") as ws:
+        with _attach(client, "/objects/chat_room/den/ws?name=Ann") as ws:
             ws.receive_json()
             ws.send_json({"ref": "1", "event": "say", "payload": {"text": "remember me"}})
             _until_reply(ws, "1")
@@ -273,7 +285,7 @@ def test_a_room_hibernates_when_empty_and_thaws_with_its_history(
         wait_for(lambda: client.get("/api/rooms").json()[0]["status"] == "hibernated", 10,
                  "the empty room to hibernate")
         thaws = client.get("/api/stats").json()["thaws"]
-        with client.websocket_connect("/objects/chat_room/den/ws?name=Ann") as ws:
+        with _attach(client, "/objects/chat_room/den/ws?name=Ann") as ws:
             history = ws.receive_json()["payload"]["history"]
             assert [m["text"] for m in history] == ["remember me"]
         assert client.get("/api/stats").json()["thaws"] == thaws + 1
@@ -307,7 +319,7 @@ def test_carts_are_per_session_and_sleep_between_visits(
         assert back["lines"][0]["quantity"] == 2 and back["wakeups"] == 2
         assert client.delete("/api/cart/items/espresso").json()["lines"] == []
 
-        with client.websocket_connect(f"/objects/cart/{mine}/ws") as ws:
+        with _attach(client, f"/objects/cart/{mine}/ws") as ws:
             ws.send_json({"ref": "v", "call": "view", "args": {}})
             assert ws.receive_json()["result"]["wakeups"] == 2
         with client.websocket_connect(f"/objects/cart/{theirs}/ws") as ws, \
@@ -342,8 +354,9 @@ def test_python_m_example_app_serves_on_sqlite(tmp_path: Path) -> None:
         assert f"example app: http://127.0.0.1:{port}/" in app.output()
         assert {"objects_checkpoints", "objects_journal"} <= _tables(db)
         with ws_connect(f"ws://127.0.0.1:{port}/objects/counter/k/ws") as ws:
+            assert json.loads(ws.recv(timeout=5))["event"] == "objects:attached"
             ws.send(json.dumps({"ref": 1, "call": "get", "args": {}}))
-            assert json.loads(ws.recv(timeout=5))["result"] == 0  # attached
+            assert json.loads(ws.recv(timeout=5))["result"] == 0
             assert http("POST", app.url + "/counters/k/increment?by=4") == (200, {"value": 4})
             assert json.loads(ws.recv(timeout=5))["payload"] == {"value": 4}
         status, page = http("GET", app.url + "/")

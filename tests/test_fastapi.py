@@ -85,6 +85,7 @@ def test_section_one_code_works_as_written_and_persists(
         assert client.post("/counters/other/increment").json() == {"value": 1}
         assert isinstance(app.state.objects, Objects)
         with client.websocket_connect("/objects/counter/abc/ws") as ws:
+            assert ws.receive_json()["event"] == "objects:attached"
             ws.send_json({"ref": 1, "call": "get", "args": {}})
             assert ws.receive_json() == {"ref": 1, "ok": True, "result": 6}
     # A new process on the same database sees the acknowledged state.

@@ -6,6 +6,9 @@ whose reply must be the very next frame, so a stray frame would show up in its p
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -16,6 +19,16 @@ from starlette.websockets import WebSocketDisconnect
 
 from fastapi_objects import Connection, ConnectionRejected, DurableObject, Objects
 from tests._apps import Counter, Room, make_app, release_slow
+
+
+@contextmanager
+def _attach(client: TestClient, url: str, **kwargs: Any) -> Iterator[Any]:
+    """Connect to ``url``; the first frame of an attached client must be objects:attached."""
+    with client.websocket_connect(url, **kwargs) as ws:
+        frame = ws.receive_json()
+        assert frame["event"] == "objects:attached", frame
+        assert isinstance(frame["payload"]["connection"], str), frame
+        yield ws
 
 
 def _closed(client: TestClient, url: str, **kwargs: Any) -> WebSocketDisconnect:
@@ -32,6 +45,15 @@ def _error_frame(frame: dict[str, Any], type: str, ref: Any = None) -> str:
     return str(frame["error"]["message"])
 
 
+def _internal_error_is_logged(message: str, caplog: pytest.LogCaptureFixture, cause: str) -> None:
+    """``message`` is ``internal error <id>``: the text stays in the log, under that id."""
+    assert re.fullmatch(r"internal error [0-9a-f]{16}", message), message
+    error_id = message.split()[-1]
+    records = [r for r in caplog.records if error_id in r.getMessage()]
+    assert len(records) == 1, caplog.text
+    assert records[0].exc_text is not None and cause in records[0].exc_text
+
+
 def _call(ws: Any, ref: Any, method: str, **args: Any) -> None:
     ws.send_json({"ref": ref, "call": method, "args": args})
 
@@ -40,7 +62,7 @@ def _call(ws: Any, ref: Any, method: str, **args: Any) -> None:
 
 
 def test_call_frames_get_results_and_broadcasts(client: TestClient) -> None:
-    with client.websocket_connect("/objects/counter/c1/ws") as ws:
+    with _attach(client, "/objects/counter/c1/ws") as ws:
         _call(ws, 1, "increment", by=2)
         # The broadcast leaves with the commit, before the reply.
         assert ws.receive_json() == {"topic": "counter:c1", "event": "changed",
@@ -48,16 +70,28 @@ def test_call_frames_get_results_and_broadcasts(client: TestClient) -> None:
         assert ws.receive_json() == {"ref": 1, "ok": True, "result": 2}
         _call(ws, "r-2", "get")
         assert ws.receive_json() == {"ref": "r-2", "ok": True, "result": 2}
-        ws.send_json({"call": "get"})  # no ref, no args: still answered
-        assert ws.receive_json() == {"ref": None, "ok": True, "result": 2}
+        ws.send_json({"ref": "r-3", "call": "get"})  # no args: still answered
+        assert ws.receive_json() == {"ref": "r-3", "ok": True, "result": 2}
     assert client.get("/counters/c1").json() == {"value": 2}
+
+
+@pytest.mark.parametrize("frame", [{"call": "increment"}, {"ref": None, "call": "increment"}])
+def test_a_call_without_a_ref_is_refused_and_does_not_run(
+    client: TestClient, frame: dict[str, Any]
+) -> None:
+    # Its reply could not be matched to it: it used to run (and answer "ref": null) anyway.
+    with _attach(client, "/objects/counter/noref/ws") as ws:
+        ws.send_json(frame)
+        assert '"ref"' in _error_frame(ws.receive_json(), "invalid_frame", None)
+        _call(ws, 1, "get")  # the next frame is this reply: nothing ran, nothing was broadcast
+        assert ws.receive_json() == {"ref": 1, "ok": True, "result": 0}
 
 
 def test_an_http_calls_broadcast_reaches_attached_clients(client: TestClient) -> None:
     with (
-        client.websocket_connect("/objects/counter/h/ws") as one,
-        client.websocket_connect("/objects/counter/h/ws") as two,
-        client.websocket_connect("/objects/counter/other/ws") as other,
+        _attach(client, "/objects/counter/h/ws") as one,
+        _attach(client, "/objects/counter/h/ws") as two,
+        _attach(client, "/objects/counter/other/ws") as other,
     ):
         _call(one, 1, "get")  # both are attached once their first call is answered
         assert one.receive_json()["result"] == 0
@@ -71,11 +105,13 @@ def test_an_http_calls_broadcast_reaches_attached_clients(client: TestClient) ->
         assert other.receive_json() == {"ref": 1, "ok": True, "result": 0}
 
 
-def test_a_turn_that_raised_broadcasts_nothing(client: TestClient) -> None:
-    with client.websocket_connect("/objects/counter/f/ws") as ws:
+def test_a_turn_that_raised_broadcasts_nothing(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _attach(client, "/objects/counter/f/ws") as ws:
         _call(ws, 1, "fail")
-        message = _error_frame(ws.receive_json(), "method_error", 1)
-        assert "refused on purpose" in message
+        message = _error_frame(ws.receive_json(), "internal_error", 1)
+        _internal_error_is_logged(message, caplog, "ValueError: refused on purpose")
         _call(ws, 2, "increment")
         # Not {"value": 1000}: the failed turn's broadcast and state were both dropped.
         assert ws.receive_json()["payload"] == {"value": 1}
@@ -109,7 +145,7 @@ def test_a_turn_that_raised_broadcasts_nothing(client: TestClient) -> None:
 def test_bad_frames_get_an_error_frame_and_the_connection_stays_usable(
     client: TestClient, frame: str, type: str, ref: Any
 ) -> None:
-    with client.websocket_connect("/objects/counter/bad/ws") as ws:
+    with _attach(client, "/objects/counter/bad/ws") as ws:
         ws.send_text(frame)
         _error_frame(ws.receive_json(), type, ref)
         _call(ws, "after", "increment")
@@ -118,7 +154,7 @@ def test_bad_frames_get_an_error_frame_and_the_connection_stays_usable(
 
 
 def test_binary_frames_get_an_error_frame(client: TestClient) -> None:
-    with client.websocket_connect("/objects/counter/bin/ws") as ws:
+    with _attach(client, "/objects/counter/bin/ws") as ws:
         ws.send_bytes(b"\x00\xff\xfe")
         assert "text" in _error_frame(ws.receive_json(), "invalid_frame")
         # Even a binary frame that holds JSON: frames are JSON text (browsers send text).
@@ -130,7 +166,7 @@ def test_binary_frames_get_an_error_frame(client: TestClient) -> None:
 
 def test_oversized_frames_are_refused_and_the_connection_stays_usable(db_url: str) -> None:
     app, _ = make_app(db_url, max_frame_bytes=1024)
-    with TestClient(app) as client, client.websocket_connect("/objects/counter/big/ws") as ws:
+    with TestClient(app) as client, _attach(client, "/objects/counter/big/ws") as ws:
         ws.send_json({"ref": 1, "call": "increment", "args": {}, "pad": "x" * 2000})
         assert "1024" in _error_frame(ws.receive_json(), "frame_too_large")
         # The limit is in bytes: 600 two-byte characters are over 1 KiB.
@@ -143,7 +179,7 @@ def test_oversized_frames_are_refused_and_the_connection_stays_usable(db_url: st
 
 def test_too_many_calls_in_flight_is_an_overloaded_error_frame(db_url: str) -> None:
     app, objects = make_app(db_url, max_calls_in_flight=2)
-    with TestClient(app) as client, client.websocket_connect("/objects/counter/busy/ws") as ws:
+    with TestClient(app) as client, _attach(client, "/objects/counter/busy/ws") as ws:
         _call(ws, 1, "slow", seconds=60)
         _call(ws, 2, "slow", seconds=60)
         _call(ws, 3, "get")
@@ -177,7 +213,7 @@ def test_on_connect_rejection_closes_4403_with_its_reason(client: TestClient) ->
     closed = _closed(client, "/objects/room/r/ws")
     assert (closed.code, closed.reason) == (4403, "a name is required")
     # The refused client left no trace: the next one is alone.
-    with client.websocket_connect("/objects/room/r/ws?name=ann") as ws:
+    with _attach(client, "/objects/room/r/ws?name=ann") as ws:
         assert ws.receive_json()["event"] == "welcome"
         assert ws.receive_json()["payload"] == {"name": "ann", "present": ["ann"]}
 
@@ -204,10 +240,10 @@ def test_authorize(db_url: str, authorize: Any) -> None:
         closed = _closed(client, "/objects/room/r/ws?token=deny")
         assert (closed.code, closed.reason) == (4429, "token revoked")
         # A dict verdict lands in conn.params (over the query parameters), which on_connect reads.
-        with client.websocket_connect("/objects/room/r/ws?token=good&name=spoofed") as ws:
+        with _attach(client, "/objects/room/r/ws?token=good&name=spoofed") as ws:
             assert ws.receive_json()["event"] == "welcome"
             assert ws.receive_json()["payload"]["name"] == "user-of-room-r"
-        with client.websocket_connect("/objects/room/r/ws?token=plain&name=pat") as ws:
+        with _attach(client, "/objects/room/r/ws?token=plain&name=pat") as ws:
             assert ws.receive_json()["event"] == "welcome"
             assert ws.receive_json()["payload"]["name"] == "pat"
 
@@ -219,9 +255,8 @@ def test_allowed_origins(db_url: str) -> None:
         assert closed.code == 4403
         assert "evil.example" in closed.reason
         assert _closed(client, "/objects/counter/o/ws").code == 4403  # no Origin at all
-        with client.websocket_connect(
-            "/objects/counter/o/ws", headers={"origin": "https://app.example"}
-        ) as ws:
+        origin = {"origin": "https://app.example"}
+        with _attach(client, "/objects/counter/o/ws", headers=origin) as ws:
             _call(ws, 1, "get")
             assert ws.receive_json() == {"ref": 1, "ok": True, "result": 0}
 
@@ -230,7 +265,7 @@ def test_any_origin_with_star(db_url: str) -> None:
     app, _ = make_app(db_url, allowed_origins=["*"])
     with (
         TestClient(app) as client,
-        client.websocket_connect("/objects/counter/o/ws", headers={"origin": "https://x.y"}) as ws,
+        _attach(client, "/objects/counter/o/ws", headers={"origin": "https://x.y"}) as ws,
     ):
         _call(ws, 1, "get")
         assert ws.receive_json()["ok"] is True
@@ -240,14 +275,14 @@ def test_any_origin_with_star(db_url: str) -> None:
 
 
 def test_room_presence_welcome_and_typing_excludes_the_sender(client: TestClient) -> None:
-    with client.websocket_connect("/objects/room/lobby/ws?name=ann") as ann:
+    with _attach(client, "/objects/room/lobby/ws?name=ann") as ann:
         assert ann.receive_json() == {"topic": "room:lobby", "event": "welcome",
                                       "payload": {"history": []}}
         assert ann.receive_json()["payload"] == {"name": "ann", "present": ["ann"]}
         _call(ann, 1, "say", text="hello")
         assert ann.receive_json()["payload"] == {"text": "hello"}
         assert ann.receive_json() == {"ref": 1, "ok": True, "result": 1}
-        with client.websocket_connect("/objects/room/lobby/ws?name=bob") as bob:
+        with _attach(client, "/objects/room/lobby/ws?name=bob") as bob:
             # conn.send reaches only the newcomer, with the history so far.
             assert bob.receive_json()["payload"] == {"history": ["hello"]}
             joined = {"name": "bob", "present": ["ann", "bob"]}
@@ -302,12 +337,12 @@ def _fussy_app(db_url: str) -> FastAPI:
 
 def test_hooks_commit_and_serve_websocket_in_an_apps_own_route(db_url: str) -> None:
     with TestClient(_fussy_app(db_url)) as client:
-        with client.websocket_connect("/fussy/f") as ws:
+        with _attach(client, "/fussy/f") as ws:
             assert ws.receive_json() == {"topic": "fussy:f", "event": "hello",
                                          "payload": {"connects": 1}}
-        with client.websocket_connect("/objects/fussy/f/ws") as ws:
+        with _attach(client, "/objects/fussy/f/ws") as ws:
             assert ws.receive_json()["payload"] == {"connects": 2}
-    with TestClient(_fussy_app(db_url)) as client, client.websocket_connect("/fussy/f") as ws:
+    with TestClient(_fussy_app(db_url)) as client, _attach(client, "/fussy/f") as ws:
         assert ws.receive_json()["payload"] == {"connects": 3}  # durable across restarts
 
 
@@ -317,7 +352,7 @@ def test_a_failing_on_connect_closes_1011_and_rolls_back(db_url: str, mode: str)
         closed = _closed(client, f"/fussy/f?mode={mode}")
         assert closed.code == 1011
         assert closed.reason
-        with client.websocket_connect("/fussy/f") as ws:
+        with _attach(client, "/fussy/f") as ws:
             assert ws.receive_json()["payload"] == {"connects": 1}
 
 
@@ -328,7 +363,7 @@ def test_connections_per_object_limit_closes_1013(db_url: str) -> None:
     objects = Objects(objects=[Small], database_url=db_url)
     app = FastAPI(lifespan=objects.lifespan)
     app.include_router(objects.router)
-    with TestClient(app) as client, client.websocket_connect("/objects/small/s/ws") as first:
+    with TestClient(app) as client, _attach(client, "/objects/small/s/ws") as first:
         _call(first, 1, "get")
         assert first.receive_json()["ok"] is True
         closed = _closed(client, "/objects/small/s/ws")
@@ -342,7 +377,7 @@ def test_a_fenced_out_instance_closes_its_clients_1012_and_they_reconnect(db_url
     app_a, _ = make_app(db_url)
     app_b, _ = make_app(db_url)
     with TestClient(app_a) as a, TestClient(app_b) as b:
-        with a.websocket_connect("/objects/counter/x/ws") as ws:
+        with _attach(a, "/objects/counter/x/ws") as ws:
             _call(ws, 1, "increment")
             assert ws.receive_json()["event"] == "changed"
             assert ws.receive_json()["result"] == 1
@@ -355,7 +390,7 @@ def test_a_fenced_out_instance_closes_its_clients_1012_and_they_reconnect(db_url
                     _error_frame(frame, "conflict", 2)
             assert info.value.code == 1012
             assert "reconnect" in info.value.reason
-        with a.websocket_connect("/objects/counter/x/ws") as ws:
+        with _attach(a, "/objects/counter/x/ws") as ws:
             _call(ws, 3, "increment")
             assert ws.receive_json()["payload"] == {"value": 3}
             assert ws.receive_json() == {"ref": 3, "ok": True, "result": 3}
@@ -367,7 +402,7 @@ def test_a_fenced_out_call_is_answered_with_its_conflict_before_the_close(db_url
     with (
         TestClient(app_a) as a,
         TestClient(app_b) as b,
-        a.websocket_connect("/objects/counter/x/ws") as ws,
+        _attach(a, "/objects/counter/x/ws") as ws,
     ):
         _call(ws, 1, "increment")
         ws.receive_json()
@@ -390,14 +425,14 @@ def test_attach_with_the_database_down_closes_1011() -> None:
 
 def test_room_state_survives_a_restart(db_url: str) -> None:
     app, _ = make_app(db_url)
-    with TestClient(app) as client, client.websocket_connect("/objects/room/r/ws?name=a") as ws:
+    with TestClient(app) as client, _attach(client, "/objects/room/r/ws?name=a") as ws:
         ws.receive_json()
         ws.receive_json()
         _call(ws, 1, "say", text="kept")
         assert ws.receive_json()["event"] == "message"
         assert ws.receive_json()["result"] == 1
     app, _ = make_app(db_url)
-    with TestClient(app) as client, client.websocket_connect("/objects/room/r/ws?name=b") as ws:
+    with TestClient(app) as client, _attach(client, "/objects/room/r/ws?name=b") as ws:
         assert ws.receive_json()["payload"] == {"history": ["kept"]}
 
 
@@ -440,7 +475,7 @@ def test_a_failing_on_disconnect_loses_nothing_and_the_object_keeps_serving(
     app.include_router(objects.router)
     with TestClient(app) as client:
         for expected in (1, 2):
-            with client.websocket_connect("/objects/grumpy/g/ws") as ws:
+            with _attach(client, "/objects/grumpy/g/ws") as ws:
                 ws.send_json({"ref": 1, "call": "visits"})
                 assert ws.receive_json() == {"ref": 1, "ok": True, "result": expected}
     assert "on_disconnect failed" in caplog.text

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests._server import LiveServer
 WAIT = 15.0  # generous: only reached when a frame is really missing
 CLIENTS = 120
 BROADCASTS = 25
+ATTACHING = 500  # clients attaching at once in the attached-frame test
 
 
 @pytest.fixture
@@ -75,12 +77,29 @@ async def _call(ws: ClientConnection, ref: Any, method: str, **args: Any) -> Any
     return reply["result"]
 
 
+async def _wait_attached(ws: ClientConnection) -> str:
+    """Read the first frame, which must say the client is attached; its connection id."""
+    frame = await _recv(ws)
+    assert frame["event"] == "objects:attached", frame
+    connection = frame["payload"]["connection"]
+    assert isinstance(connection, str)
+    return connection
+
+
+@asynccontextmanager
+async def _attached(url: str, **kwargs: Any) -> AsyncIterator[ClientConnection]:
+    """A client connected to ``url`` and attached (its objects:attached frame read)."""
+    async with connect(url, open_timeout=WAIT, **kwargs) as ws:
+        await _wait_attached(ws)
+        yield ws
+
+
 async def _attach_many(server: LiveServer, path: str, count: int) -> list[ClientConnection]:
-    """``count`` clients, each attached (its first call answered) before this returns."""
+    """``count`` clients, each attached (its objects:attached frame read) before this returns."""
     clients = await asyncio.gather(
         *(connect(server.ws_url(path), open_timeout=WAIT) for _ in range(count))
     )
-    await asyncio.gather(*(_call(ws, "hello", "get") for ws in clients))
+    await asyncio.gather(*(_wait_attached(ws) for ws in clients))
     return clients
 
 
@@ -111,6 +130,41 @@ async def _fan_out(server: LiveServer, key: str) -> None:
         assert [replies[i]["result"] for i in range(BROADCASTS)] == list(range(1, BROADCASTS + 1))
     finally:
         await _close_all(clients)
+
+
+async def _attached_means_attached(server: LiveServer, key: str) -> None:
+    """ATTACHING clients attach at once; a call made the moment the last one is attached
+    broadcasts to every one of them (it was committed after each objects:attached frame).
+
+    Before the attached frame, a client knew only that its handshake was done, while the
+    server had yet to subscribe it: 1 client in 200 missed such a broadcast.
+    """
+    clients = await _attach_many(server, f"/objects/counter/{key}/ws", ATTACHING)
+    try:
+        caller = clients[-1]
+        await caller.send(json.dumps({"ref": "go", "call": "increment", "args": {}}))
+        replies: dict[Any, Any] = {}
+        received = await asyncio.gather(
+            *(_events(ws, "changed", 1, replies if ws is caller else None) for ws in clients)
+        )
+        assert received == [[{"value": 1}]] * ATTACHING
+    finally:
+        await _close_all(clients)
+
+
+async def test_a_broadcast_right_after_the_attached_frame_reaches_every_client(
+    live: tuple[LiveServer, Objects],
+) -> None:
+    server, _ = live
+    await _attached_means_attached(server, "attach")
+
+
+async def test_a_broadcast_right_after_the_attached_frame_reaches_every_client_on_postgresql(
+    pg_url: str, pg_schema: str
+) -> None:
+    app, _ = make_app(pg_url, schema=pg_schema, create_tables=True)
+    async with LiveServer(app) as server:
+        await _attached_means_attached(server, "pgattach")
 
 
 async def test_many_clients_each_receive_every_broadcast_in_order(
@@ -150,7 +204,7 @@ async def test_a_rejected_attach_is_seen_by_a_real_client(
 ) -> None:
     server, _ = live
     async with connect(server.ws_url(path), open_timeout=WAIT) as ws:
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed):  # closed at once: no objects:attached frame
             await asyncio.wait_for(ws.recv(), WAIT)
         assert ws.close_code == code
         assert ws.close_reason is not None and reason in ws.close_reason
@@ -158,9 +212,7 @@ async def test_a_rejected_attach_is_seen_by_a_real_client(
 
 async def test_malformed_frames_over_a_real_socket(live: tuple[LiveServer, Objects]) -> None:
     server, _ = live
-    async with connect(
-        server.ws_url("/objects/counter/m/ws"), open_timeout=WAIT, max_size=None
-    ) as ws:
+    async with _attached(server.ws_url("/objects/counter/m/ws"), max_size=None) as ws:
         for bad in ("{oops", "[]", '{"ref": 1}', '{"ref": 2, "call": "nope"}'):
             await ws.send(bad)
             reply = await _recv(ws)
@@ -189,6 +241,10 @@ def _raw_client_that_never_reads(port: int, path: str) -> socket.socket:
     while b"\r\n\r\n" not in response:
         response += sock.recv(1)  # byte by byte: leave the frames after it unread
     assert response.startswith(b"HTTP/1.1 101"), response
+    # Then exactly the first frame (objects:attached, short and unmasked): it is attached.
+    opcode, length = sock.recv(1, socket.MSG_WAITALL), sock.recv(1, socket.MSG_WAITALL)[0]
+    assert opcode == b"\x81" and length < 126, (opcode, length)
+    assert b"objects:attached" in sock.recv(length, socket.MSG_WAITALL)
     return sock
 
 
@@ -201,7 +257,6 @@ async def test_a_client_that_stops_reading_is_dropped_4408_without_holding_back_
         good = (await _attach_many(server, path, 1))[0]
         stuck = await asyncio.to_thread(_raw_client_that_never_reads, server.port, path)
         try:
-            await _call(good, "sync", "get")  # the stuck client attached before this returned
             blob = "x" * 65536
             count = 300  # ~20 MB: more than the socket buffers can hide
             for i in range(count):
@@ -231,10 +286,10 @@ async def test_hibernate_after_the_last_detach_and_thaw_on_attach(
     server, objects = live
     assert Room.idle_timeout < 1
     url = server.ws_url("/objects/room/h/ws")
-    async with connect(url + "?name=ann", open_timeout=WAIT) as ann:
+    async with _attached(url + "?name=ann") as ann:
         assert (await _recv(ann))["payload"] == {"history": []}
         assert await _call(ann, 1, "say", text="first") == 1
-        async with connect(url + "?name=bob", open_timeout=WAIT) as bob:
+        async with _attached(url + "?name=bob") as bob:
             assert (await _recv(bob))["payload"] == {"history": ["first"]}
         # An attached client keeps the object awake well past idle_timeout.
         await asyncio.sleep(Room.idle_timeout * 3)
@@ -249,7 +304,7 @@ async def test_hibernate_after_the_last_detach_and_thaw_on_attach(
     assert objects.stats().active == 0
     page = await server.run(objects.query(Room, status="hibernated"))
     assert [(cp.key, cp.state) for cp in page.items] == [("h", {"messages": ["first"]})]
-    async with connect(url + "?name=cat", open_timeout=WAIT) as cat:
+    async with _attached(url + "?name=cat") as cat:
         assert (await _recv(cat))["payload"] == {"history": ["first"]}
         assert objects.stats().thaws == thaws + 1
         assert await _call(cat, 1, "say", text="second") == 2
@@ -290,12 +345,15 @@ const log = (obj) => console.log(JSON.stringify(obj));
 const client = ObjectsClient.connect(process.argv[3], { minBackoff: 50, maxBackoff: 200 });
 let opens = 0;
 client.on("changed", (payload) => log({ changed: payload.value }));
+// Made before the client is attached: held until it is, then sent.
+const first = client.call("increment", { by: 2 });
+client.ready.then((id) => log({ attached: typeof id, when: client.status }));
 client.onStatus(async (status) => {
   log({ status });
   if (status !== "open") return;
   opens += 1;
   if (opens === 1) {
-    log({ result: await client.call("increment", { by: 2 }) });
+    log({ result: await first });
     try {
       await client.call("increment", { by: "many" });
     } catch (err) {
@@ -336,6 +394,7 @@ async def test_the_javascript_client_calls_listens_and_reconnects(
     try:
         await until({"ready": True})
         assert {"result": 2} in seen and {"changed": 2} in seen
+        assert {"attached": "string", "when": "open"} in seen
         assert {"error": "invalid_arguments"} in seen
         # Restart the server on the same port: the client reconnects by itself (1012, backoff).
         await server.stop()
@@ -356,6 +415,7 @@ _JS_REFUSED = """
 require(process.argv[2]);
 const client = ObjectsClient.connect(process.argv[3], { minBackoff: 20, maxBackoff: 50 });
 client.onStatus((status, close) => console.log(JSON.stringify({ status, close })));
+client.ready.catch((err) => console.log(JSON.stringify({ ready: err.type, message: err.message })));
 """
 
 
@@ -374,6 +434,9 @@ async def test_the_javascript_client_does_not_retry_a_refusal(
     # With nothing scheduled after the refusal, Node exits by itself.
     out, _ = await asyncio.wait_for(node.communicate(), WAIT)
     events = [json.loads(line) for line in out.splitlines()]
-    # The server accepts, then closes with the refusal's code: once, no retry.
-    assert [e["status"] for e in events] == ["connecting", "open", "closed"]
-    assert events[-1]["close"] == {"code": 4403, "reason": "a name is required"}
+    # The server accepts, then closes with the refusal's code: once, no retry. The client
+    # was never attached, so it was never "open", and `ready` says why it never will be.
+    statuses = [e for e in events if "status" in e]
+    assert [e["status"] for e in statuses] == ["connecting", "closed"]
+    assert statuses[-1]["close"] == {"code": 4403, "reason": "a name is required"}
+    assert {"ready": "refused", "message": "a name is required"} in events

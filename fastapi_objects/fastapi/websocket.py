@@ -1,24 +1,22 @@
 """Websocket attach/detach: one ``_Session`` per client, speaking the JSON frames of DESIGN §3.
 
 Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event", "payload"}``
-(a custom event for ``on_message``). Server -> client: ``{"ref", "ok": true, "result"}``,
-``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts
+(a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
+"objects:attached", "payload": {"connection": id}}`` once attached, then ``{"ref", "ok": true,
+"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts
 ``{"topic", "event", "payload"}``.
 
-Close codes: 4400 invalid key, 4404 unknown type, 4401 unauthorized, 4403 origin not allowed
-or rejected by ``on_connect``, 4408 client too slow, 1013 too many clients, 1012 object reloaded,
-1011 attach failed (storage, or ``on_connect`` raised). Frames are JSON text: a binary frame,
-like any malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
+Close codes are ``protocol.CloseCode``. Frames are strict JSON text: a binary frame, like any
+malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from pydantic_core import from_json, to_json
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._exceptions import (
@@ -26,18 +24,26 @@ from .._exceptions import (
     InvalidKey,
     ObjectsError,
     Overloaded,
+    SubscriptionOverflow,
     UnknownObjectType,
 )
-from ..pubsub import Message, Subscription, SubscriptionOverflow
+from ..pubsub import Message, Subscription
 from ..runtime.connection import Connection
 from ..runtime.keys import validate_key
-from .errors import error_body
+from .errors import error_body, internal_error, log
+from .protocol import (
+    ATTACHED,
+    FRAME_TOO_LARGE,
+    INVALID_FRAME,
+    RESERVED_EVENT_PREFIX,
+    CloseCode,
+    decode_frame,
+    encode_frame,
+)
 
 if TYPE_CHECKING:
     from ..runtime.object import DurableObject
     from .objects import Objects
-
-log = logging.getLogger("fastapi_objects")
 
 _last_broadcast: tuple[Message | None, str] = (None, "")
 
@@ -50,7 +56,12 @@ def _encode_broadcast(message: Message) -> str:
     cached, text = _last_broadcast
     if cached is not message:
         frame = {"topic": message.topic, "event": message.event, "payload": message.payload}
-        text = to_json(frame).decode()
+        try:
+            text = encode_frame(frame)
+        except ValueError as exc:
+            # Already committed and published: the clients hear that a frame was refused.
+            error = internal_error(exc, f"broadcast {message.topic!r}/{message.event!r}")
+            text = encode_frame({"ref": None, "ok": False, "error": error})
         _last_broadcast = (message, text)
     return text
 
@@ -65,15 +76,15 @@ async def serve_websocket(
             cls = objects.object_type(cls)
         key = validate_key(key)
     except UnknownObjectType as exc:
-        await websocket.close(4404, exc.message[:120])
+        await websocket.close(CloseCode.UNKNOWN_TYPE, exc.message[:120])
         return
     except InvalidKey as exc:
-        await websocket.close(4400, exc.message[:120])
+        await websocket.close(CloseCode.INVALID_KEY, exc.message[:120])
         return
     origin = websocket.headers.get("origin")
     allowed = objects.allowed_origins
     if allowed is not None and "*" not in allowed and origin not in allowed:
-        await websocket.close(4403, f"origin {origin!r} is not allowed"[:120])
+        await websocket.close(CloseCode.FORBIDDEN, f"origin {origin!r} is not allowed"[:120])
         return
     params: dict[str, Any] = dict(websocket.query_params)
     if objects.authorize is not None:
@@ -85,7 +96,7 @@ async def serve_websocket(
             await websocket.close(exc.code, exc.message[:120])
             return
         if not verdict:
-            await websocket.close(4401, "unauthorized")
+            await websocket.close(CloseCode.UNAUTHORIZED, "unauthorized")
             return
         if isinstance(verdict, dict):
             params.update(verdict)
@@ -105,6 +116,9 @@ class _Session:
         self.topic = f"{cls.type_name}:{key}"
         # Unbounded queue, bounded by _push: a close marker must always fit.
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        # Until attached, frames wait here so that objects:attached goes first; broadcasts wait
+        # as messages, since whether one excludes this client is known only once attached.
+        self.held: list[str | Message] | None = []
         self.close_with: tuple[int, str] | None = None
         self.conn: Connection | None = None
         self.calls: set[asyncio.Task[None]] = set()
@@ -112,8 +126,13 @@ class _Session:
     # -- Transport (what the runtime calls) --------------------------------------------------
 
     def send(self, frame: dict[str, Any]) -> None:
-        """Queue a frame for this client."""
-        self._push(to_json(frame).decode())
+        """Queue a frame for this client (a frame that is not strict JSON is refused, logged)."""
+        try:
+            text = encode_frame(frame)
+        except ValueError as exc:
+            error = internal_error(exc, f"{self.topic}: conn.send({frame.get('event')!r})")
+            text = encode_frame({"ref": None, "ok": False, "error": error})
+        self._push(text)
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued."""
@@ -121,51 +140,62 @@ class _Session:
             self.close_with = (code, reason[:120])
             self.outbox.put_nowait(None)
 
-    def _push(self, text: str) -> None:
+    def _push(self, item: str | Message) -> None:
         if self.close_with is not None:
             return
-        if self.outbox.qsize() >= self.objects.max_outbox:
-            self.close(4408, "client too slow: outgoing frames backed up")
-        else:
-            self.outbox.put_nowait(text)
+        held = self.held
+        queued = len(held) if held is not None else self.outbox.qsize()
+        if queued >= self.objects.max_outbox:
+            self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
+        elif held is not None:
+            held.append(item)
+        elif isinstance(item, str):
+            self.outbox.put_nowait(item)
+        elif self.conn is None or item.exclude != self.conn.id:
+            self.outbox.put_nowait(_encode_broadcast(item))
 
     # -- the session -------------------------------------------------------------------------
 
     async def run(self, params: dict[str, Any]) -> None:
         writer = asyncio.create_task(self._write())
-        async with self.objects.subscribe(self.topic, max_queue=self.objects.max_outbox) as sub:
-            forwarder = asyncio.create_task(self._forward(sub))
-            try:
-                await self._attach_and_read(params)
-            finally:
-                forwarder.cancel()
-                for task in list(self.calls):
-                    task.cancel()
-                if self.conn is not None:
-                    try:
-                        await self.objects.detach(self.conn)
-                    except Exception:  # the client is gone either way; say why in the log
-                        log.exception("%s: on_disconnect failed", self.topic)
-                self.close(1000, "")
+        try:
+            async with self.objects.subscribe(
+                self.topic, max_queue=self.objects.max_outbox
+            ) as sub:
+                forwarder = asyncio.create_task(self._forward(sub))
                 try:
-                    await asyncio.wait_for(writer, timeout=5)
-                except (TimeoutError, asyncio.CancelledError):
-                    writer.cancel()
+                    await self._attach_and_read(params)
+                finally:
+                    forwarder.cancel()
+                    for task in list(self.calls):
+                        task.cancel()
+                    if self.conn is not None:
+                        try:
+                            await self.objects.detach(self.conn)
+                        except Exception:  # the client is gone either way; say why in the log
+                            log.exception("%s: on_disconnect failed", self.topic)
+        finally:
+            self.close(CloseCode.NORMAL, "")
+            try:
+                await asyncio.wait_for(writer, timeout=5)
+            except (TimeoutError, asyncio.CancelledError):
+                writer.cancel()
 
     async def _attach_and_read(self, params: dict[str, Any]) -> None:
         try:
-            self.conn = await self.objects.attach(self.cls, self.key, self, params)
+            conn = await self.objects.attach(self.cls, self.key, self, params)
         except ConnectionRejected as exc:
             self.close(exc.code, exc.message)
             return
         except (ObjectsError, TimeoutError) as exc:
-            self.close(1011, f"attach failed: {exc}")
+            self.close(CloseCode.ATTACH_FAILED, f"attach failed: {exc}")
             return
         except Exception as exc:
-            # A bug in on_connect: the client must not see a normal close (1000).
-            log.exception("%s: on_connect failed", self.topic)
-            self.close(1011, f"on_connect raised {type(exc).__name__}: {exc}")
+            # A bug in on_connect: the client must not see a normal close (1000), nor its text.
+            error = internal_error(exc, f"{self.topic}: on_connect")
+            self.close(CloseCode.ATTACH_FAILED, f"attach failed: {error['message']}")
             return
+        self._attached(conn)
         try:
             while self.close_with is None:
                 message = await self.websocket.receive()
@@ -174,12 +204,21 @@ class _Session:
                 text = message.get("text")
                 if text is None:
                     # Frames are JSON text (what browsers send); a binary frame is a client bug.
-                    self._error(None, "invalid_frame", "binary frames are not accepted: "
+                    self._error(None, INVALID_FRAME, "binary frames are not accepted: "
                                 "send each frame as JSON in a text frame")
                     continue
                 self._handle(text)
         except WebSocketDisconnect:
             return
+
+    def _attached(self, conn: Connection) -> None:
+        """Say so first, then release what waited for the attach (on_connect's sends first)."""
+        self.conn = conn
+        held, self.held = self.held or [], None
+        payload = {"connection": conn.id}
+        self._push(encode_frame({"topic": self.topic, "event": ATTACHED, "payload": payload}))
+        for item in held:
+            self._push(item)
 
     async def _write(self) -> None:
         ws = self.websocket
@@ -189,7 +228,7 @@ class _Session:
                 if text is None:
                     break
                 await ws.send_text(text)
-            code, reason = self.close_with or (1000, "")
+            code, reason = self.close_with or (CloseCode.NORMAL, "")
             await ws.close(code, reason)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client is already gone
@@ -197,11 +236,9 @@ class _Session:
     async def _forward(self, sub: Subscription) -> None:
         try:
             async for message in sub:
-                if message.exclude is not None and self.conn and message.exclude == self.conn.id:
-                    continue
-                self._push(_encode_broadcast(message))
+                self._push(message)
         except SubscriptionOverflow:
-            self.close(4408, "client too slow: broadcasts backed up")
+            self.close(CloseCode.TOO_SLOW, "client too slow: broadcasts backed up")
 
     # -- incoming frames ---------------------------------------------------------------------
 
@@ -211,39 +248,47 @@ class _Session:
         if 4 * size > limit:  # a character is 1 to 4 bytes: encode only near the limit
             size = len(data.encode("utf-8", "surrogatepass"))
         if size > limit:
-            self._error(None, "frame_too_large", f"frame is {size} bytes; the limit is {limit}")
+            self._error(None, FRAME_TOO_LARGE, f"frame is {size} bytes; the limit is {limit}")
             return
         try:
-            frame = from_json(data)
+            frame = decode_frame(data)
         except ValueError as exc:
-            self._error(None, "invalid_frame", f"frame is not valid JSON: {exc}")
+            self._error(None, INVALID_FRAME, f"frame is not strict JSON: {exc}")
             return
         if not isinstance(frame, dict):
-            self._error(None, "invalid_frame", "a frame must be a JSON object")
+            self._error(None, INVALID_FRAME, "a frame must be a JSON object")
             return
         ref = frame.get("ref")
-        if isinstance(ref, dict | list):
-            self._error(None, "invalid_frame", "ref must be a string or a number")
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
+            self._error(None, INVALID_FRAME, "ref must be a string or a number")
             return
         if "call" in frame:
             method, args = frame["call"], frame.get("args", {})
             if not isinstance(method, str) or not isinstance(args, dict):
-                self._error(ref, "invalid_frame", 'a call is {"ref", "call": "method", "args": {}}')
-                return
-            self._spawn(ref, self._call(ref, method, args))
+                self._error(ref, INVALID_FRAME, 'a call is {"ref", "call": "method", "args": {}}')
+            elif ref is None:
+                # Its reply could not be matched to it: refuse it rather than run it blind.
+                self._error(None, INVALID_FRAME, 'a call needs a "ref" (a string or a number) '
+                            "to match its reply")
+            else:
+                self._spawn(ref, self._call(ref, method, args))
         elif "event" in frame:
-            if not isinstance(frame["event"], str):
-                self._error(ref, "invalid_frame", "event must be a string")
-                return
-            self._spawn(ref, self._event(ref, frame))
+            event = frame["event"]
+            if not isinstance(event, str):
+                self._error(ref, INVALID_FRAME, "event must be a string")
+            elif event.startswith(RESERVED_EVENT_PREFIX):
+                self._error(ref, INVALID_FRAME, f"events starting with {RESERVED_EVENT_PREFIX!r} "
+                            "are reserved for the protocol")
+            else:
+                self._spawn(ref, self._event(ref, frame))
         else:
-            self._error(ref, "invalid_frame", 'a frame needs "call" (with "args") or "event"')
+            self._error(ref, INVALID_FRAME, 'a frame needs "call" (with "args") or "event"')
 
-    def _spawn(self, ref: Any, coro: Any) -> None:
+    def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> None:
         if len(self.calls) >= self.objects.max_calls_in_flight:
             coro.close()
             error = Overloaded(f"{len(self.calls)} calls already in flight on this connection")
-            self._error(ref, error.type, error.message)
+            self._reply_error(ref, error_body(error))
             return
         task = asyncio.create_task(coro)
         self.calls.add(task)
@@ -253,27 +298,33 @@ class _Session:
         try:
             result = await self.objects.call(self.cls, self.key, method, args)
             encoded = self.cls.__objects_methods__[method].encode_result(result)
+            text = encode_frame({"ref": ref, "ok": True, "result": encoded})
         except ObjectsError as exc:
-            self._reply_error(ref, exc)
+            self._reply_error(ref, error_body(exc))
         except Exception as exc:
-            self._error(ref, "method_error", f"{method}() raised {type(exc).__name__}: {exc}")
+            self._reply_error(ref, internal_error(exc, f"{self.topic}.{method}()"))
         else:
-            self.send({"ref": ref, "ok": True, "result": encoded})
+            self._push(text)
 
     async def _event(self, ref: Any, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         try:
             await self.objects.message(self.conn, frame)
         except ObjectsError as exc:
-            self._reply_error(ref, exc)
+            self._reply_error(ref, error_body(exc))
         except Exception as exc:
-            self._error(ref, "method_error", f"on_message raised {type(exc).__name__}: {exc}")
+            self._reply_error(ref, internal_error(exc, f"{self.topic}: on_message"))
         else:
             if ref is not None:
-                self.send({"ref": ref, "ok": True, "result": None})
+                self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
 
-    def _reply_error(self, ref: Any, exc: ObjectsError) -> None:
-        self.send({"ref": ref, "ok": False, "error": error_body(exc)})
+    def _reply_error(self, ref: Any, error: dict[str, Any]) -> None:
+        try:
+            text = encode_frame({"ref": ref, "ok": False, "error": error})
+        except ValueError as exc:  # an app's error message that is not JSON text
+            error = internal_error(exc, f"{self.topic}: error reply")
+            text = encode_frame({"ref": ref, "ok": False, "error": error})
+        self._push(text)
 
     def _error(self, ref: Any, type: str, message: str) -> None:
-        self.send({"ref": ref, "ok": False, "error": {"type": type, "message": message}})
+        self._reply_error(ref, {"type": type, "message": message})

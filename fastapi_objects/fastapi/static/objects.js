@@ -2,15 +2,24 @@
 //
 //   const counter = ObjectsClient.connect("/objects/counter/abc/ws");
 //   counter.on("changed", (payload) => render(payload.value));
+//   await counter.ready;                          // attached: every later broadcast arrives
 //   const value = await counter.call("increment", { by: 1 });
 //   counter.send("typing", { on: true });        // a custom event for on_message
 //   counter.onStatus((status) => ...);            // "connecting" | "open" | "closed"
+//   counter.on("error", (error) => ...);          // error frames that answer no call
 //
-// Reconnects with exponential backoff and jitter. Calls made while disconnected wait for the
-// connection (up to callTimeout); calls in flight when it drops are rejected, never re-sent,
-// so a call is applied at most once.
+// "open" means attached: the server's first frame, objects:attached, has arrived, so every
+// broadcast committed from then on reaches this client. `ready` resolves (with the connection
+// id) at that moment; after a drop it is a new promise for the next attach, and it rejects
+// only when the client gives up (a refusal such as 4403, or close()).
+//
+// Reconnects with exponential backoff and jitter. Calls made before the client is attached
+// wait for it (up to callTimeout) and are sent once it is; calls in flight when the
+// connection drops are rejected, never re-sent, so a call is applied at most once.
 (function (global) {
   "use strict";
+
+  const ATTACHED = "objects:attached";
 
   class ObjectsError extends Error {
     constructor(type, message) {
@@ -34,8 +43,10 @@
       this.nextRef = 1;
       this.attempt = 0;
       this.status = "connecting";
+      this.connection = null;
       this.closedByUser = false;
       this.lastClose = null;
+      this.newReady();
       this.open();
     }
 
@@ -45,32 +56,39 @@
       return scheme + "//" + global.location.host + url;
     }
 
+    newReady() {
+      this.ready = new Promise((resolve, reject) => {
+        this.readyResolve = resolve;
+        this.readyReject = reject;
+      });
+      // Nobody has to await it: a rejection nobody waits for is not an error in the page.
+      this.ready.catch(() => {});
+    }
+
     open() {
       this.setStatus("connecting");
       const ws = new WebSocket(this.url);
       this.ws = ws;
-      ws.onopen = () => {
-        this.attempt = 0;
-        this.setStatus("open");
-        const waiting = this.waiting;
-        this.waiting = [];
-        waiting.forEach((flush) => flush());
-      };
       ws.onmessage = (event) => this.receive(event.data);
       let closed = false;
       const onClosed = (event) => {
         if (closed) return;
         closed = true;
         this.lastClose = { code: event.code, reason: event.reason };
+        const wasAttached = this.connection !== null;
+        this.connection = null;
         this.pending.forEach(({ reject, timer }) => {
           clearTimeout(timer);
           reject(new ObjectsError("disconnected", "connection closed before the reply"));
         });
         this.pending.clear();
-        this.setStatus("closed");
+        if (wasAttached) this.newReady();
         // 44xx codes are refusals (bad key, unauthorized, forbidden): retrying cannot help.
         const refused = event.code >= 4400 && event.code < 4500 && event.code !== 4408;
-        if (!this.closedByUser && this.options.reconnect && !refused) this.scheduleReconnect();
+        const again = !this.closedByUser && this.options.reconnect && !refused;
+        if (!again) this.giveUp(event);
+        this.setStatus("closed");
+        if (again) this.scheduleReconnect();
       };
       ws.onclose = onClosed;
       // Node.js 20's WebSocket fires only "error" (and stays CONNECTING) when it cannot
@@ -81,10 +99,30 @@
       };
     }
 
+    giveUp(event) {
+      const error = this.closedByUser
+        ? new ObjectsError("closed", "the client was closed")
+        : new ObjectsError("refused", event.reason || "connection refused (" + event.code + ")");
+      this.readyReject(error);
+      const waiting = this.waiting;
+      this.waiting = [];
+      waiting.forEach((held) => held.fail(error));
+    }
+
     scheduleReconnect() {
       const base = Math.min(this.options.maxBackoff, this.options.minBackoff * 2 ** this.attempt);
       this.attempt += 1;
       setTimeout(() => this.open(), base / 2 + Math.random() * (base / 2));
+    }
+
+    attached(frame) {
+      this.attempt = 0; // only an attach resets the backoff: an accept-then-close does not
+      this.connection = (frame.payload && frame.payload.connection) || null;
+      this.setStatus("open");
+      this.readyResolve(this.connection);
+      const waiting = this.waiting;
+      this.waiting = [];
+      waiting.forEach((held) => held.transmit());
     }
 
     receive(data) {
@@ -94,7 +132,9 @@
       } catch (err) {
         return;
       }
-      if (frame.ref !== undefined && frame.ref !== null && this.pending.has(frame.ref)) {
+      if (frame.event === ATTACHED) {
+        this.attached(frame);
+      } else if (frame.ref !== undefined && frame.ref !== null && this.pending.has(frame.ref)) {
         const { resolve, reject, timer } = this.pending.get(frame.ref);
         clearTimeout(timer);
         this.pending.delete(frame.ref);
@@ -112,16 +152,29 @@
       return new Promise((resolve, reject) => {
         const ref = String(this.nextRef++);
         frame.ref = ref;
-        const timer = setTimeout(() => {
+        let done = false;
+        const fail = (error) => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
           this.pending.delete(ref);
-          reject(new ObjectsError("timeout", "no reply within " + this.options.callTimeout + " ms"));
-        }, this.options.callTimeout);
+          reject(error);
+        };
+        const timer = setTimeout(
+          () => fail(new ObjectsError("timeout", "no reply within " + this.options.callTimeout + " ms")),
+          this.options.callTimeout
+        );
         const transmit = () => {
-          this.pending.set(ref, { resolve, reject, timer });
+          if (done) return; // timed out while waiting: never send it late
+          this.pending.set(ref, {
+            resolve: (value) => { done = true; resolve(value); },
+            reject: (error) => { done = true; reject(error); },
+            timer,
+          });
           this.ws.send(JSON.stringify(frame));
         };
         if (this.status === "open") transmit();
-        else this.waiting.push(transmit);
+        else this.waiting.push({ transmit, fail });
       });
     }
 
@@ -141,7 +194,7 @@
 
     onStatus(fn) {
       this.statusHandlers.push(fn);
-      fn(this.status);
+      fn(this.status, this.lastClose);
     }
 
     setStatus(status) {
