@@ -328,6 +328,18 @@ def test_carts_are_per_session_and_sleep_between_visits(
         assert info.value.code == 4401
 
 
+def test_healthz_does_not_depend_on_any_object(db_url: str, tmp_path: Path) -> None:
+    with TestClient(create_app(db_url)) as client:
+        assert client.post("/counters/home/increment").json() == {"value": 1}
+    with sqlite3.connect(tmp_path / "objects.db") as conn:  # the counter's row goes bad
+        conn.execute("UPDATE objects_checkpoints SET state = '{not json' WHERE key = 'home'")
+    with TestClient(create_app(db_url), raise_server_exceptions=False) as client:
+        # It used to read a counter (and answer 500 with this one broken).
+        assert client.get("/healthz").json() == {"ok": True}
+        assert client.get("/counters/home").status_code >= 500  # the broken one alone fails
+        assert client.post("/counters/other/increment").json() == {"value": 1}
+
+
 def test_healthz_fails_when_the_database_has_no_tables(
     pg_schema: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,15 +18,25 @@
     valueEl.classList.add("bump");
     setTimeout(() => valueEl.classList.remove("bump"), 250);
   }
-  counter.on("changed", (payload) => show(payload.value));
-  counter.onStatus((status) => {
+  function showStatus(status, text) {
     const s = $("#counter-status");
     s.className = "status " + status;
-    s.textContent = status === "open" ? "live" : status;
-    if (status === "open") counter.call("get").then(show);
+    s.textContent = text;
+  }
+  counter.on("changed", (payload) => show(payload.value));
+  counter.onStatus((status) => {
+    showStatus(status, status === "open" ? "live" : status);
+    // "open" means attached: read the value now and every later change arrives as "changed".
+    // A read cut off by a dropped connection is no error: the next "open" reads again.
+    if (status === "open") counter.call("get").then(show, () => {});
   });
   document.querySelectorAll("#counter-card button[data-by]").forEach((button) => {
-    button.addEventListener("click", () => counter.call("increment", { by: Number(button.dataset.by) }));
+    button.addEventListener("click", () => {
+      counter.call("increment", { by: Number(button.dataset.by) }).catch((err) => {
+        // Not applied, or (connection lost mid-call) not known to be: say so, don't retry.
+        showStatus("closed", err.type === "disconnected" ? "not sent: reconnecting" : err.message);
+      });
+    });
   });
 
   // -- rooms: read from the database without waking them -----------------------------------
@@ -78,12 +88,14 @@
       `loaded into memory ${cart.wakeups} time${cart.wakeups === 1 ? "" : "s"} so far`;
   }
   async function cartRequest(method, url, body) {
-    const response = await fetch(url, {
-      method,
-      headers: body ? { "content-type": "application/json" } : {},
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    if (response.ok) renderCart(await response.json());
+    try {
+      const response = await fetch(url, {
+        method,
+        headers: body ? { "content-type": "application/json" } : {},
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      if (response.ok) renderCart(await response.json());
+    } catch (err) { /* offline or leaving the page: the next click or visit shows the cart */ }
   }
   document.querySelectorAll(".product").forEach((button) => {
     button.addEventListener("click", () => cartRequest("POST", "/api/cart/items", { sku: button.dataset.sku, quantity: 1 }));
