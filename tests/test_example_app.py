@@ -162,11 +162,10 @@ def _until_reply(ws: Any, ref: str) -> list[dict[str, Any]]:
 
 @contextmanager
 def _attach(client: TestClient, url: str) -> Iterator[Any]:
-    """Connect; the first frame says the client is attached (``ws.connection`` is its id)."""
+    """Connect; the first frame must say the client is attached."""
     with client.websocket_connect(url) as ws:
         frame = ws.receive_json()
         assert frame["event"] == "objects:attached", frame
-        ws.connection = frame["payload"]["connection"]
         yield ws
 
 
@@ -219,11 +218,13 @@ def test_chat_room_history_presence_typing_and_exclude(client: TestClient) -> No
     posted = client.post("/api/rooms/lounge/messages", json={"name": "curl", "text": "first"})
     assert posted.status_code == 201 and posted.json()["text"] == "first"
 
-    with _attach(client, url + "?name=Alice") as alice:
+    with client.websocket_connect(url + "?name=Alice") as alice:
+        attached = alice.receive_json()
+        assert attached["event"] == "objects:attached"
         welcome = alice.receive_json()  # on_connect's conn.send, right after the attached frame
         assert welcome["event"] == "welcome"
         me = welcome["payload"]["you"]
-        assert me == alice.connection
+        assert me == attached["payload"]["connection"]
         assert [m["text"] for m in welcome["payload"]["history"]] == ["first"]
         assert welcome["payload"]["present"] == [{"id": me, "name": "Alice"}]
         with _attach(client, url + "?name=Bob") as bob:
