@@ -19,11 +19,12 @@ from typing import Any
 
 import httpx2
 import pytest
+from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from fastapi_objects import Objects
-from tests._apps import Room, make_app
+from tests._apps import Counter, Room, make_app
 from tests._server import LiveServer
 
 WAIT = 15.0  # generous: only reached when a frame is really missing
@@ -150,6 +151,26 @@ async def _attached_means_attached(server: LiveServer, key: str) -> None:
         assert received == [[{"value": 1}]] * ATTACHING
     finally:
         await _close_all(clients)
+
+
+async def _authorize_after_a_lookup(websocket: WebSocket, type_name: str, key: str) -> bool:
+    """An app's ``authorize`` that reads the database first, as a session lookup would."""
+    objects: Objects = websocket.scope["app"].state.objects
+    await objects.query(Counter, limit=1)
+    return True
+
+
+async def test_a_broadcast_sent_as_soon_as_the_client_is_attached_reaches_it(
+    db_url: str,
+) -> None:
+    # Before the attached frame a client took connect() for attached: with an authorize that
+    # awaits the database, 80 broadcasts in 200 sent right after connect() were missed.
+    app, _ = make_app(db_url, authorize=_authorize_after_a_lookup)
+    async with LiveServer(app) as server, httpx2.AsyncClient(base_url=server.url) as http:
+        for _ in range(50):
+            async with _attached(server.ws_url("/objects/counter/soon/ws")) as ws:
+                value = (await http.post("/counters/soon/increment")).json()["value"]
+                assert await _events(ws, "changed", 1) == [{"value": value}]
 
 
 async def test_a_broadcast_right_after_the_attached_frame_reaches_every_client(
