@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from .._exceptions import (
 from ..pubsub import Message, Subscription
 from ..runtime.connection import Connection
 from ..runtime.keys import validate_key
-from .errors import error_body, internal_error, log
+from .errors import error_body, internal_error
 from .protocol import (
     ATTACHED,
     FRAME_TOO_LARGE,
@@ -44,6 +45,8 @@ from .protocol import (
 if TYPE_CHECKING:
     from ..runtime.object import DurableObject
     from .objects import Objects
+
+log = logging.getLogger("fastapi_objects")
 
 _last_broadcast: tuple[Message | None, str] = (None, "")
 
