@@ -51,7 +51,11 @@ class ObjectsSettings(BaseSettings):
     region: str | None = Field(
         default=None, validation_alias=AliasChoices("region", "OBJECTS_REGION", "FLY_REGION")
     )
-    """This node's region (default ``FLY_REGION``), for ``placement = "region"``."""
+    """This node's region (default ``FLY_REGION``), shown by ``objects nodes``."""
+    machine: str | None = Field(
+        default=None, validation_alias=AliasChoices("machine", "OBJECTS_MACHINE", "FLY_MACHINE_ID")
+    )
+    """This node's machine (default ``FLY_MACHINE_ID``), for ``fly-replay: instance=``."""
     internal_host: str = "127.0.0.1"
     """Address of the node's internal listener (forwarded calls); on Fly the 6PN address."""
     internal_port: int = Field(default=0, ge=0, le=65535)
@@ -107,6 +111,7 @@ class Options(TypedDict, total=False):
     node_ttl: float | None
     node_id: str | None
     region: str | None
+    machine: str | None
     internal_host: str | None
     internal_port: int | None
     cluster_secret: str | None

@@ -16,3 +16,17 @@ async def wait_until(check: Callable[[], bool], within: float = 5.0, what: str =
         if loop.time() > deadline:
             pytest.fail(f"timed out after {within}s waiting for {what or check}")
         await asyncio.sleep(0.005)
+
+
+async def steal(storage: object, type: str, key: str, node_id: str) -> None:
+    """Give ``(type, key)`` to ``node_id`` behind its owner's back, bumping the epoch.
+
+    What the database does when the owner's heartbeat is older than ``node_ttl`` (a paused
+    process, a partition) while the owner itself has not noticed yet: a TTL of 0 makes every
+    other node count as dead for this one claim.
+    """
+    from fastapi_objects.storage import Storage
+
+    assert isinstance(storage, Storage)
+    claim = await storage.claim(type, key, node_id, 0.0)
+    assert claim.granted, claim

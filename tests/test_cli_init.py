@@ -142,8 +142,8 @@ def durable_call(key: str, by: int) -> int:
     return int(response.json()["value"])
 
 
-def storage_revision(root: Path) -> Path:
-    (path,) = (root / "migrations" / "versions").glob("*_objects_storage_v1.py")
+def storage_revision(root: Path, version: int = 1) -> Path:
+    (path,) = (root / "migrations" / "versions").glob(f"*_objects_storage_v{version}.py")
     return path
 
 
@@ -163,7 +163,7 @@ def test_fresh_project_on_sqlite_end_to_end(project: Path) -> None:
 
     done = run_real("objects", "migrate", cwd=project)
     assert done.returncode == 0, done.stderr
-    assert revision.name.split("_")[0] in done.stdout
+    assert storage_revision(project, 2).name.split("_")[0] in done.stdout  # the head
     check = run_real("alembic", "check", cwd=project)
     assert check.returncode == 0, check.stderr
     assert "No new upgrade operations detected" in check.stdout
@@ -328,17 +328,21 @@ def test_init_chains_onto_an_existing_alembic_history(project: Path) -> None:
 
     out = run("init")
     assert "created: migrations/versions/" in out
-    assert "follows the current head 0001users" in out
+    assert "(storage tables version 1) follows 0001users" in out
     assert "storage_metadata" in out  # tells them to add the tables to target_metadata
     assert snapshot(project)["migrations/env.py"] == env_py  # their env.py is theirs
     script = ScriptDirectory.from_config(Config(str(ini)))
     (head,) = script.get_heads()
-    assert head != "0001users"
-    assert script.get_revision(head).down_revision == "0001users"
-    assert storage_revision(project).name.startswith(head)
+    v1, v2 = storage_revision(project, 1), storage_revision(project, 2)
+    assert v2.name.startswith(head)
+    first = v1.name.split("_")[0]
+    assert script.get_revision(first).down_revision == "0001users"
+    assert script.get_revision(head).down_revision == first
 
     again = snapshot(project)
-    assert f"up to date: migrations/versions/{storage_revision(project).name}" in run("init")
+    out = run("init")
+    assert f"up to date: migrations/versions/{v1.name}" in out
+    assert f"up to date: migrations/versions/{v2.name}" in out
     assert snapshot(project) == again
 
     run("migrate")
@@ -385,12 +389,30 @@ def test_migrate_through_alembic_reports_an_unreachable_database(
     assert "Traceback" not in result.output
 
 
+def test_a_project_at_version_1_gets_one_new_revision(project: Path) -> None:
+    # What a project initialised by an older release has: the version-1 revision only.
+    run("init")
+    storage_revision(project, 2).unlink()
+    v1 = storage_revision(project, 1)
+    frozen = v1.read_bytes()
+    out = run("init")
+    v2 = storage_revision(project, 2)
+    assert f"created: migrations/versions/{v2.name}" in out
+    assert f"(storage tables version 2) follows {v1.name.split('_')[0]}" in out
+    assert v1.read_bytes() == frozen  # version 1 stays frozen
+    assert "create_storage_tables(version=2, schema=None)" in v2.read_text()
+    done = run_real("objects", "migrate", cwd=project)
+    assert done.returncode == 0, done.stderr
+    check = run_real("alembic", "check", cwd=project)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_the_templates_are_the_top_level_folder() -> None:
     # The design card's top level: templates/ beside the package (the wheel ships it inside;
     # tests/test_wheel.py proves that part).
     assert not (ROOT / "fastapi_objects" / "templates").exists()
     for name in ("alembic_async/README", "alembic_async/env.py", "alembic_async/script.py.mako",
-                 "alembic_async/alembic.ini.mako", "objects_storage_v1.py.jinja",
+                 "alembic_async/alembic.ini.mako", "objects_storage.py.jinja",
                  "fly.toml.jinja", "Dockerfile.jinja", "dockerignore.jinja"):
         assert (ROOT / "templates" / name).is_file(), name
     assert templates_dir() == ROOT / "templates"

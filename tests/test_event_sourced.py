@@ -150,7 +150,9 @@ async def test_second_runtime_rebuilds_from_snapshot_and_journal(sql_backend: Ba
         cp = await _stored(first.storage, "x")
         assert (cp.snapshot_rev, cp.journal_rev) == (4, 5)
         Account.applied.clear()
-        # A second node reading the same database rebuilds the state without any hibernation.
+        # As if the first node had died without hibernating: its objects are free to take, and
+        # a second node rebuilds the state from the snapshot and the journal.
+        await first.storage.deregister_node(first.node_id)
         async with Runtime(objects=[Account], **kw) as second:
             assert await second.get(Account, "x").balance() == {
                 "total": 15, "history": [1, 2, 3, 4, 5]

@@ -22,7 +22,9 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from fastapi_objects import DurableObject, Handle, Objects, get_object
+from fastapi_objects.storage import open_storage
 from tests._apps import SLOW_RUNNING, Counter, make_app, release_slow
+from tests._support import steal
 
 CLOSED_PORT_URL = "postgresql+asyncpg://root@127.0.0.1:1/test"
 
@@ -258,19 +260,37 @@ def test_unknown_method_and_invalid_arguments_are_422(client: TestClient) -> Non
     assert client.post("/counters/a/call/increment", json={"by": 4}).json() == {"result": 4}
 
 
+def _steal(db_url: str, key: str, node_id: str) -> None:
+    async def run() -> None:
+        storage = open_storage(db_url)
+        try:
+            await steal(storage, "counter", key, node_id)
+        finally:
+            await storage.close()
+
+    asyncio.run(run())
+
+
 def test_conflict_is_409_when_a_second_runtime_advanced_the_object(db_url: str) -> None:
-    app_a, _ = make_app(db_url)
-    app_b, _ = make_app(db_url)
+    app_a, objects_a = make_app(db_url)
+    app_b, objects_b = make_app(db_url)
     with TestClient(app_a) as a, TestClient(app_b) as b:
         assert a.post("/counters/shared/increment").json() == {"value": 1}
-        assert b.post("/counters/shared/increment").json() == {"value": 2}
-        # A's live instance is at rev 1; its commit is fenced out.
-        assert "fenced out" in _error(a.post("/counters/shared/increment"), 409, "conflict")
-        # A dropped its stale instance: the next call reloads and nothing was lost or doubled.
+        assert b.post("/counters/shared/increment").json() == {"value": 2}  # forwarded to A
+        # The database gives the object to B behind A's back (as when A's heartbeat is old).
+        _steal(db_url, "shared", objects_b.node_id)
+        # A's live instance is at rev 2 under the old epoch: its commit is fenced out.
+        response = a.post("/counters/shared/increment")
+        assert "fenced out" in _error(response, 409, "conflict")
+        assert response.headers["retry-after"] == "1"
+        # A dropped its stale instance: the next call goes to B; nothing lost or doubled.
         assert a.post("/counters/shared/increment").json() == {"value": 3}
-        # And the same holds the other way round.
-        _error(b.post("/counters/shared/increment"), 409, "conflict")
         assert b.post("/counters/shared/increment").json() == {"value": 4}
+        # And the same holds the other way round.
+        _steal(db_url, "shared", objects_a.node_id)
+        _error(b.post("/counters/shared/increment"), 409, "conflict")
+        assert b.post("/counters/shared/increment").json() == {"value": 5}
+        assert a.post("/counters/shared/increment").json() == {"value": 6}
 
 
 def test_call_timeout_is_504_and_the_turn_is_rolled_back(client: TestClient) -> None:

@@ -1,4 +1,11 @@
-"""Two runtimes on one database: the expected_rev fence rejects the stale writer, loses nothing."""
+"""Two nodes on one database: a stale owner's writes are fenced out, nothing is lost.
+
+Ownership keeps one live instance per object; these tests take an object away from its owner
+behind its back (``steal``: what the database does when an owner's heartbeat is too old, as
+after a pause or a partition) and check that the owner's stale instance can no longer write:
+its commits fail on the epoch and revision fence, its callers get ``ConflictError``, and no
+acknowledged write is lost or applied twice.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _support import wait_until
+from _support import steal, wait_until
 from pydantic import BaseModel
 
 from fastapi_objects._exceptions import ConflictError
@@ -71,12 +78,13 @@ async def _value(store: Storage, key: str) -> int:
 async def test_the_stale_writer_is_fenced_out(two: tuple[Runtime, Runtime, Storage]) -> None:
     rt1, rt2, store = two
     assert await rt1.get(Shared, "k").add(1) == 1
+    await steal(store, "shared", "k", rt2.node_id)
     assert await rt2.get(Shared, "k").add(10) == 11  # rt2 thaws rev 1; rt1's copy is now stale
     with pytest.raises(ConflictError, match="shared:k"):
         await rt1.get(Shared, "k").add(100)
     assert rt1.stats().conflicts == 1
     assert await _value(store, "k") == 11
-    assert await rt1.get(Shared, "k").add(1000) == 1011  # a fresh instance, reloaded
+    assert await rt1.get(Shared, "k").add(1000) == 1011  # forwarded to the owner now
     journal = await store.read_journal("shared", "k")
     assert [e.payload["by"] for e in journal] == [1, 10, 1000]
 
@@ -87,6 +95,7 @@ async def test_two_creates_of_one_object(two: tuple[Runtime, Runtime, Storage]) 
     GATES["g"] = asyncio.Event()
     slow = asyncio.create_task(rt1.get(Shared, "new").add_slowly(5, "g"))
     await wait_until(lambda: "g" in STARTED, what="rt1 to thaw the object at rev 0")
+    await steal(store, "shared", "new", rt2.node_id)
     assert await rt2.get(Shared, "new").add(7) == 7
     GATES["g"].set()
     with pytest.raises(ConflictError):
@@ -99,6 +108,7 @@ async def test_a_conflict_fails_only_that_objects_turn(
 ) -> None:
     rt1, rt2, store = two
     await asyncio.gather(rt1.get(Shared, "a").add(1), rt1.get(Shared, "b").add(1))
+    await steal(store, "shared", "a", rt2.node_id)  # only a: b stays rt1's
     await rt2.get(Shared, "a").add(1)
     batches = rt1.stats().batches
     results = await asyncio.gather(
@@ -115,6 +125,7 @@ async def test_a_turn_running_when_its_instance_is_fenced_out_is_not_applied(
 ) -> None:
     rt1, rt2, store = two
     await rt1.get(Shared, "k").add(1)
+    await steal(store, "shared", "k", rt2.node_id)
     await rt2.get(Shared, "k").add(10)  # stored: value 11, rev 2; rt1 holds rev 1
     GATES["g"] = asyncio.Event()
     first = asyncio.create_task(rt1.get(Shared, "k").add(100))  # will be fenced out
@@ -133,13 +144,16 @@ async def test_a_turn_running_when_its_instance_is_fenced_out_is_not_applied(
     assert acked is None or acked == stored
 
 
+@pytest.mark.parametrize("takeovers", [False, True], ids=["owned", "contested"])
 async def test_concurrent_writers_lose_nothing_and_apply_nothing_twice(
-    two: tuple[Runtime, Runtime, Storage],
+    two: tuple[Runtime, Runtime, Storage], takeovers: bool
 ) -> None:
+    """Both nodes call the same keys; "contested" also moves keys between them meanwhile."""
     keys = [f"k{i}" for i in range(5)]
     acks: dict[str, list[int]] = {k: [] for k in keys}
     by_runtime: Tally[str] = Tally()
     conflicts = 0
+    rt1, rt2, store = two
 
     async def caller(rt: Runtime, name: str, seed: int, calls: int) -> None:
         nonlocal conflicts
@@ -156,15 +170,30 @@ async def test_concurrent_writers_lose_nothing_and_apply_nothing_twice(
                 by_runtime[name] += 1
                 break
 
-    rt1, rt2, store = two
+    moved = 0
+
+    async def thief() -> None:
+        nonlocal moved
+        rng = random.Random(7)
+        while True:
+            await asyncio.sleep(0.005)
+            await steal(store, "shared", rng.choice(keys), rng.choice([rt1, rt2]).node_id)
+            moved += 1
+
+    stealing = asyncio.create_task(thief()) if takeovers else None
     # 2 runtimes x 200 acknowledged increments, 10 concurrent callers each.
     await asyncio.gather(
         *(caller(rt1, "rt1", seed, 20) for seed in range(10)),
         *(caller(rt2, "rt2", 100 + seed, 20) for seed in range(10)),
     )
+    if stealing is not None:
+        stealing.cancel()
     assert by_runtime == {"rt1": 200, "rt2": 200}
-    assert conflicts > 0, "the two runtimes never contended; the fence was not exercised"
-    assert conflicts >= rt1.stats().conflicts + rt2.stats().conflicts > 0
+    if takeovers:
+        assert moved > 0 and conflicts > 0, "no takeover hit a live instance: not exercised"
+    else:
+        assert conflicts == 0, "one owner per object: nothing should have been fenced out"
+    assert conflicts >= rt1.stats().conflicts + rt2.stats().conflicts
     for key in keys:
         stored = await _value(store, key)
         assert stored == len(acks[key]), f"{key}: {len(acks[key])} acknowledged, {stored} stored"

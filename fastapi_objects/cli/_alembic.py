@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ ENV_TEMPLATE = "alembic_async"
 MIGRATIONS_DIR = "migrations"
 _MARKER = "Written by `objects init`"
 _QUIET = argparse.Namespace(quiet=True)
+# The storage DDL a revision runs; a hand-written one without version= is version 1.
+_CREATES = re.compile(r"create_storage_tables\((?:version=(\d+))?")
 
 
 class TemplateConfig(Config):
@@ -74,31 +77,31 @@ def project_config(project: Project) -> Config:
 
 def existing_history(
     project: Project,
-) -> tuple[ScriptDirectory, str | None, StorageRevision | None]:
-    """The project's script directory, its single head, and its storage revision if any.
+) -> tuple[ScriptDirectory, str | None, dict[int, StorageRevision]]:
+    """The project's script directory, its single head, and its storage revisions by version.
 
     Several heads raise Alembic's ``CommandError`` ("multiple heads"): merge them first.
     """
     script = ScriptDirectory.from_config(project_config(project))
     head = script.get_current_head()
-    found = None
+    found: dict[int, StorageRevision] = {}
     for sc in script.walk_revisions():
         text = Path(sc.path).read_text()
-        if "create_storage_tables(" in text:
+        match = _CREATES.search(text)
+        if match is not None:
             down = sc.down_revision
-            found = StorageRevision(
+            found.setdefault(int(match.group(1) or 1), StorageRevision(
                 path=Path(sc.path).resolve().relative_to(project.root.resolve()),
                 revision=sc.revision,
                 down_revision=down if isinstance(down, str) or down is None else None,
                 written_by_init=_MARKER in text,
-            )
-            break
+            ))
     return script, head, found
 
 
-def revision_file(versions_dir: Path, revision: str) -> Path:
+def revision_file(versions_dir: Path, revision: str, version: int) -> Path:
     """Where a new storage revision goes (Alembic finds any ``.py`` in ``versions/``)."""
-    return versions_dir / f"{revision}_objects_storage_v1.py"
+    return versions_dir / f"{revision}_objects_storage_v{version}.py"
 
 
 def new_revision_id() -> str:
@@ -106,11 +109,14 @@ def new_revision_id() -> str:
     return rev_id()
 
 
-def render_revision(revision: str, down_revision: str | None, schema: str | None) -> str:
-    """The revision that calls ``create_storage_tables(version=1, schema=...)``."""
+def render_revision(
+    revision: str, down_revision: str | None, schema: str | None, version: int
+) -> str:
+    """The revision that calls ``create_storage_tables(version=version, schema=...)``."""
     return render(
-        "objects_storage_v1.py.jinja",
+        "objects_storage.py.jinja",
         revision=revision,
         down_revision=down_revision,
         schema=schema,
+        version=version,
     )

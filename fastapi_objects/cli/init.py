@@ -149,29 +149,48 @@ def _database_line(used: Used) -> str:
 def _migration(
     project: Project, schema: str | None, force: bool, notes: list[str]
 ) -> list[PlannedFile]:
+    """Plan one storage revision per DDL version, chained; existing ones stay as they are."""
+    from ..storage.tables import LATEST_VERSION
     from . import _alembic
 
+    versions = range(1, LATEST_VERSION + 1)
     if not project.has_alembic:
         files = _alembic.render_environment()
-        versions = Path(_alembic.MIGRATIONS_DIR) / "versions"
-        revision = _alembic.new_revision_id()
-        files[_alembic.revision_file(versions, revision)] = _alembic.render_revision(
-            revision, None, schema
-        )
+        folder, head = Path(_alembic.MIGRATIONS_DIR) / "versions", None
+        for version in versions:
+            revision = _alembic.new_revision_id()
+            files[_alembic.revision_file(folder, revision, version)] = _alembic.render_revision(
+                revision, head, schema, version
+            )
+            head = revision
         return [plan(project.root, path, text, force=force) for path, text in files.items()]
     script, head, found = _alembic.existing_history(project)
     _check_env_py(project, Path(script.dir), notes)
-    if found is not None:
-        if not found.written_by_init:
-            notes.append(f"revision {found.revision} ({found.path}) creates the storage tables")
-            return []
-        text = _alembic.render_revision(found.revision, found.down_revision, schema)
-        return [plan(project.root, found.path, text, force=force)]
-    revision = _alembic.new_revision_id()
-    versions = Path(script.versions).resolve().relative_to(project.root.resolve())
-    path = _alembic.revision_file(versions, revision)
-    notes.append(f"the new revision {revision} follows the current head {head or '(none)'}")
-    return [plan(project.root, path, _alembic.render_revision(revision, head, schema), force=force)]
+    folder = Path(script.versions).resolve().relative_to(project.root.resolve())
+    planned = []
+    for version in versions:
+        existing = found.get(version)
+        if existing is not None and not existing.written_by_init:
+            notes.append(
+                f"revision {existing.revision} ({existing.path}) creates the storage tables "
+                f"(version {version})"
+            )
+        elif existing is not None:
+            text = _alembic.render_revision(
+                existing.revision, existing.down_revision, schema, version
+            )
+            planned.append(plan(project.root, existing.path, text, force=force))
+        else:
+            revision = _alembic.new_revision_id()
+            path = _alembic.revision_file(folder, revision, version)
+            notes.append(
+                f"the new revision {revision} (storage tables version {version}) follows "
+                f"{head or '(none)'}"
+            )
+            text = _alembic.render_revision(revision, head, schema, version)
+            planned.append(plan(project.root, path, text, force=force))
+            head = revision
+    return planned
 
 
 def _check_env_py(project: Project, script_dir: Path, notes: list[str]) -> None:

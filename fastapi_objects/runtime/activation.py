@@ -65,6 +65,7 @@ class Activation:
         "closed",
         "cls",
         "connections",
+        "epoch",
         "event_sourced",
         "gate",
         "in_flight",
@@ -90,6 +91,7 @@ class Activation:
         self.topic = f"{cls.type_name}:{key}"
         self.event_sourced = issubclass(cls, EventSourced)
         self.rev = self.journal_rev = self.snapshot_rev = self.since_snapshot = 0
+        self.epoch: int | None = None  # the ownership epoch this instance commits under
         self.state_json: Any = None
         self.queued: PendingCommit | None = None  # merged turns not yet taken by the writer
         self.last: PendingCommit | None = None  # latest commit not yet durable (output gate)
@@ -293,6 +295,7 @@ class Activation:
             type=self.cls.type_name, key=self.key, expected_rev=self.rev, new_rev=new_rev,
             state=state, state_version=self.cls.state_version if state is not None else None,
             snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=turn.entries,
+            epoch=self.epoch,
         )
         self.rev, self.journal_rev = new_rev, journal_rev
         pending = self.runtime.committer.submit(self, commit)
@@ -448,9 +451,11 @@ class Activation:
                     await pending.wait()
                 except ObjectsError:
                     return  # the failed commit already dropped this instance
-            if self.rev:
-                # Once it has left memory, listings say so (tests and operators rely on it).
-                await self.runtime.committer.set_status(self.cls.type_name, self.key, "hibernated")
+            # Once it has left memory, listings say so (tests and operators rely on it), and
+            # any node may activate it next: the same write releases ownership.
+            await self.runtime.committer.set_status(
+                self.cls.type_name, self.key, "hibernated", release_epoch=self.epoch
+            )
             self.runtime.counters.hibernations += 1
             self.close()
         finally:

@@ -108,6 +108,12 @@ class MethodSpec:
             return self._result.dump_python(result, mode="json")
         return to_jsonable_python(result)
 
+    def decode_result(self, data: Any) -> Any:
+        """The inverse of ``encode_result``: what a forwarded call returns, as a local one would."""
+        if self._result is not None:
+            return self._result.validate_python(data)
+        return data
+
 
 def discover(owner: type, base: type) -> dict[str, MethodSpec]:
     """Find the public ``async def`` methods of ``owner`` that ``base`` does not define."""

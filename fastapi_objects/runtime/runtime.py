@@ -17,6 +17,7 @@ from .._exceptions import (
     UnknownMethod,
     UnknownObjectType,
 )
+from ..cluster import Moved
 from ..pubsub import PubSub, Subscription, open_pubsub
 from ..settings import ObjectsSettings, Options, redact
 from ..storage import (
@@ -29,6 +30,7 @@ from ..storage import (
     decode_cursor,
     open_storage,
 )
+from ._deadline import _Deadline
 from ._log import announce
 from .activation import Activation, Stale
 from .committer import GroupCommitter
@@ -37,37 +39,10 @@ from .handle import Handle, _Handle
 from .keys import validate_key
 from .methods import MethodSpec
 from .object import DurableObject
+from .routing import Elsewhere, Router, backoff
 
 T = TypeVar("T", bound=DurableObject[Any])
 R = TypeVar("R")
-
-
-class _Deadline:
-    """Cancel the calling task after ``delay`` seconds: ``asyncio.timeout``'s core.
-
-    ``asyncio.timeout`` cost about 40% of a durable call's CPU in this runtime (a context
-    manager, a rescheduling state machine); this is one timer and a flag.
-    """
-
-    __slots__ = ("_fired", "_handle", "_task")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        self._task = asyncio.current_task(loop)
-        self._fired = False
-        self._handle = loop.call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        if self._task is not None:
-            self._fired = True
-            self._task.cancel()
-
-    def expired(self) -> bool:
-        """Whether this deadline caused the cancellation (and no one else asked for one)."""
-        return self._fired and self._task is not None and self._task.uncancel() == 0
-
-    def cancel(self) -> None:
-        """The call is over: disarm."""
-        self._handle.cancel()
 
 
 @dataclass
@@ -136,13 +111,14 @@ class Runtime:
         for cls in objects:
             self.register(cls)
         self.storage: Storage = open_storage(self.database_url, schema=schema)
-        self.committer = GroupCommitter(self.storage, settings.max_batch)
+        self.committer = GroupCommitter(self.storage, settings.max_batch, self.node_id)
         self.create_tables_on_start = (
             settings.create_tables
             if settings.create_tables is not None
             else not self.database_url.startswith("postgresql")
         )
         self.counters = Counters()
+        self.routing = Router(self.storage, settings, self.node_id, self._lease_lost)
         self._activations: dict[tuple[str, str], Activation] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,22 +148,29 @@ class Runtime:
         return self._loop
 
     async def start(self) -> None:
-        """Connect to storage and start the group committer."""
+        """Connect to storage, start the group committer, and join the cluster as a node."""
         self._loop = asyncio.get_running_loop()
         await self.storage.start()
         if self.create_tables_on_start:
             await self.storage.create_tables()
         await self.pubsub.start()
         self.committer.start()
+        await self.routing.start(self.serve_forwarded)
         announce(
-            "fastapi_objects: node %s, storage %s, pubsub %s",
-            self.node_id, redact(self.database_url), redact(self.pubsub_url),
+            "fastapi_objects: node %s (internal %s), storage %s, pubsub %s",
+            self.node_id, self.routing.node.address or "none", redact(self.database_url),
+            redact(self.pubsub_url),
         )
 
     async def close(self) -> None:
-        """Hibernate every live object (running ``on_hibernate``), commit, disconnect."""
+        """Leave gracefully: hibernate every live object (releasing it), commit, deregister.
+
+        From the start of the stop, other nodes' forwarded calls are answered "moved": they
+        look the owner up again and claim each object once it is released here.
+        """
         if self._loop is None:
             return
+        self.routing.leave()
         await asyncio.gather(
             *(act.hibernate(force=True) for act in list(self._activations.values())),
             return_exceptions=True,
@@ -196,9 +179,19 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.committer.close()
+        await self.routing.stop()
         await self.pubsub.close()
         await self.storage.close()
         self._loop = None
+
+    def _lease_lost(self) -> None:
+        """This node may no longer serve: drop every activation (its state may be stale)."""
+        error = StorageUnavailable(
+            f"node {self.node_id} lost its lease (it could not reach the database in time): "
+            "the call was not acknowledged; retry"
+        )
+        for act in list(self._activations.values()):
+            act.invalidate(error)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -246,10 +239,30 @@ class Runtime:
     async def invoke(
         self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any]
     ) -> Any:
-        """Run a validated call on the object's live instance, thawing it if needed."""
+        """Run a validated call on the object's one live instance, here or on its owner.
+
+        While the owner is unknown or unreachable (it is dying, or moving), the call waits and
+        looks again, bounded by ``call_timeout``; a forward is repeated only when it cannot
+        have run.
+        """
         deadline = _Deadline(self.loop, cls.call_timeout)
         try:
-            return await self._on_live(cls, key, lambda act, held: act.call(spec, args, held))
+            attempt = 0
+            while True:
+                try:
+                    return await self._on_live(
+                        cls, key, lambda act, held: act.call(spec, args, held)
+                    )
+                except Elsewhere as owner:
+                    try:
+                        result = await self.routing.forward(
+                            owner, cls.type_name, key, spec.name, args
+                        )
+                    except Moved:
+                        await backoff(attempt)
+                        attempt += 1
+                        continue
+                    return spec.decode_result(result)
         except asyncio.CancelledError:
             if not deadline.expired():
                 raise
@@ -261,32 +274,82 @@ class Runtime:
         finally:
             deadline.cancel()
 
+    async def serve_forwarded(
+        self, type_name: str, key: str, method: str, args: dict[str, Any]
+    ) -> Any:
+        """Run a call another node forwarded here; its result as JSON.
+
+        ``Moved`` (the caller looks again; nothing ran) when this node does not own the object.
+        """
+        cls = self.object_type(type_name)
+        spec = cls.__objects_methods__.get(method)
+        if spec is None:
+            raise UnknownMethod(f"{cls.__name__} has no callable method {method!r}")
+        key, args = validate_key(key), spec.validate(args)
+        if not self.routing.node.serving():  # whoever owns it now, it is not this node
+            raise Moved(f"node {self.node_id} has no valid lease")
+        deadline = _Deadline(self.loop, cls.call_timeout)
+        try:
+            result = await self._on_live(
+                cls, key, lambda act, held: act.call(spec, args, held), forwarded=True
+            )
+        except Elsewhere as exc:
+            raise Moved(f"{type_name}:{key} is owned by {exc.node_id}") from None
+        except asyncio.CancelledError:
+            if not deadline.expired():
+                raise
+            raise CallTimeout(
+                f"{type_name}:{key}.{method}() overran call_timeout={cls.call_timeout}s"
+            ) from None
+        finally:
+            deadline.cancel()
+        return spec.encode_result(result)
+
     async def _on_live(
         self,
         cls: type[DurableObject[Any]],
         key: str,
         fn: Callable[[Activation, bool], Awaitable[R]],
+        forwarded: bool = False,
     ) -> R:
-        """Run ``fn(activation, held)`` on the live instance, thawing it (``held``) if needed.
+        """Run ``fn(activation, held)`` on this node's instance, thawing it (``held``) if needed.
 
         An instance that closed meanwhile (hibernated, fenced out) raises ``Stale``: go again
-        with a fresh one.
+        with a fresh one. ``Elsewhere`` when another live node owns the object. A call
+        ``forwarded`` here asks the database, not the owners this node remembers: the sender
+        found this node named as the owner there.
         """
         ident = (cls.type_name, key)
+        node = self.routing.node
+        checked = False
         while True:
+            node.check()
             act = self._activations.get(ident)
             try:
                 if act is None:
+                    owner = self.routing.known_owner(ident)
+                    if owner is not None and not (forwarded and not checked):
+                        raise owner
+                    checked = True
                     return await fn(await self._activate(cls, key), True)
                 return await fn(act, False)
             except Stale:
                 continue
 
     async def _activate(self, cls: type[DurableObject[Any]], key: str) -> Activation:
-        """Thaw ``(cls, key)``; the caller gets it with the gate held (``held=True`` calls)."""
+        """Claim and thaw ``(cls, key)``; the caller gets it with the gate held.
+
+        Raises ``Stale`` (look again) when the claim was refused: the calls that queued on
+        this attempt meanwhile then find the owner the claim named.
+        """
+        ident = (cls.type_name, key)
         act = Activation(self, cls, key)  # created holding its own gate
-        self._activations[(cls.type_name, key)] = act
+        self._activations[ident] = act
         try:
+            claim = await self.routing.claim(cls.type_name, key)
+            if not claim.granted:
+                raise Stale
+            act.epoch = claim.epoch
             await act.load()
         except BaseException:
             act.close()

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._exceptions import StorageUnavailable
+from ._owners import SQLOwners
 from .base import Commit, StatusUpdate
 
 Ident = tuple[str, str]
@@ -53,6 +54,7 @@ class PostgresWrites:
         self,
         checkpoints: sa.Table,
         journal: sa.Table,
+        owners: sa.Table,
         connect: Callable[[], Awaitable[Any]],
     ) -> None:
         from asyncpg import exceptions  # type: ignore[import-untyped]  # PostgreSQL only
@@ -62,13 +64,20 @@ class PostgresWrites:
         self._retry = (exceptions.DeadlockDetectedError, exceptions.SerializationError)
         cp = _qualified(checkpoints)
         j = _qualified(journal)
+        o = _qualified(owners)
+        # The ownership fence: a commit carrying an epoch applies only while its node still
+        # owns the object at that epoch (a node that lost its lease cannot write).
+        fence = (
+            f"(v.epoch IS NULL OR EXISTS (SELECT 1 FROM {o} o WHERE o.type = v.type "
+            "AND o.key = v.key AND o.node_id = :node AND o.epoch = v.epoch))"
+        )
         text = postgresql.ARRAY(sa.Text())
         big = postgresql.ARRAY(sa.BigInteger())
         now = sa.bindparam("now", type_=sa.DateTime(timezone=True))
         self._commit = sa.text(
             "WITH v AS MATERIALIZED (SELECT * FROM unnest(:types, :keys, :expected, :new, "
-            ":journal, :snapshot, :states, :versions) AS v(type, key, expected_rev, new_rev, "
-            "journal_rev, snapshot_rev, state, version)), "
+            ":journal, :snapshot, :states, :versions, :epochs) AS v(type, key, expected_rev, "
+            "new_rev, journal_rev, snapshot_rev, state, version, epoch)), "
             f"locked AS MATERIALIZED (SELECT c.type, c.key FROM {cp} c JOIN v "
             "ON c.type = v.type AND c.key = v.key WHERE v.expected_rev <> 0 "
             'ORDER BY c.type COLLATE "C", c.key COLLATE "C" FOR UPDATE OF c), '
@@ -77,11 +86,12 @@ class PostgresWrites:
             "state_version = COALESCE(v.version, c.state_version), status = 'active', "
             "updated_at = :now FROM v JOIN locked l ON l.type = v.type AND l.key = v.key "
             "WHERE c.type = v.type AND c.key = v.key AND c.rev = v.expected_rev "
-            "RETURNING c.type, c.key), "
+            f"AND {fence} RETURNING c.type, c.key), "
             f"ins AS (INSERT INTO {cp} (type, key, rev, journal_rev, snapshot_rev, state, "
             "state_version, status, metadata, created_at, updated_at) "
             "SELECT v.type, v.key, v.new_rev, v.journal_rev, v.snapshot_rev, v.state::jsonb, "
             "v.version, 'active', '{}'::jsonb, :now, :now FROM v WHERE v.expected_rev = 0 "
+            f"AND {fence} "
             'ORDER BY v.type COLLATE "C", v.key COLLATE "C" '
             "ON CONFLICT DO NOTHING RETURNING type, key), "
             "ok AS (SELECT type, key FROM upd UNION ALL SELECT type, key FROM ins), "
@@ -99,7 +109,8 @@ class PostgresWrites:
             sa.bindparam("versions", type_=postgresql.ARRAY(sa.Integer())),
             sa.bindparam("jtypes", type_=text), sa.bindparam("jkeys", type_=text),
             sa.bindparam("jrevs", type_=big), sa.bindparam("jkinds", type_=text),
-            sa.bindparam("jpayloads", type_=text), now,
+            sa.bindparam("jpayloads", type_=text),
+            sa.bindparam("epochs", type_=big), sa.bindparam("node", type_=sa.Text()), now,
         )
         self._status = sa.text(
             "WITH v AS MATERIALIZED (SELECT * FROM unnest(:types, :keys, :statuses) "
@@ -113,10 +124,21 @@ class PostgresWrites:
             sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
             sa.bindparam("statuses", type_=text),
         )
+        self._release = sa.text(
+            f"UPDATE {o} o SET node_id = NULL FROM unnest(:types, :keys, :epochs) "
+            "AS v(type, key, epoch) WHERE o.type = v.type AND o.key = v.key "
+            "AND o.node_id = :node AND o.epoch = v.epoch"
+        ).bindparams(
+            sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
+            sa.bindparam("epochs", type_=big), sa.bindparam("node", type_=sa.Text()),
+        )
+        self._release_sql, self._release_order = _positional(self._release)
         self._commit_sql, self._commit_order = _positional(self._commit)
         self._status_sql, self._status_order = _positional(self._status)
 
-    async def commit(self, commits: Sequence[Commit], now: datetime) -> set[Ident]:
+    async def commit(
+        self, commits: Sequence[Commit], now: datetime, node_id: str | None
+    ) -> set[Ident]:
         """Apply a batch; return the objects that succeeded."""
         entries = [
             (c.type, c.key, rev, kind, _json(payload))
@@ -132,6 +154,7 @@ class PostgresWrites:
             "jtypes": [e[0] for e in entries], "jkeys": [e[1] for e in entries],
             "jrevs": [e[2] for e in entries], "jkinds": [e[3] for e in entries],
             "jpayloads": [e[4] for e in entries], "now": now,
+            "epochs": [c.epoch for c in commits], "node": node_id,
         })
         return {(r[0], r[1]) for r in rows}
 
@@ -140,6 +163,13 @@ class PostgresWrites:
         await self._run(self._status_sql, self._status_order, {
             "types": [s.type for s in updates], "keys": [s.key for s in updates],
             "statuses": [s.status for s in updates],
+        })
+
+    async def release(self, node_id: str, items: Sequence[tuple[str, str, int]]) -> None:
+        """Give up objects the node still owns at the given epochs (one statement)."""
+        await self._run(self._release_sql, self._release_order, {
+            "types": [i[0] for i in items], "keys": [i[1] for i in items],
+            "epochs": [i[2] for i in items], "node": node_id,
         })
 
     async def _run(self, sql: str, order: Sequence[str], params: dict[str, Any]) -> list[Any]:
@@ -192,19 +222,26 @@ def _positional(stmt: sa.TextClause) -> tuple[str, tuple[str, ...]]:
 
 
 class SQLiteWrites:
-    """Per-object statements for SQLite (a single writer: no lock ordering needed)."""
+    """Per-object statements for SQLite (a single writer: no lock ordering needed).
 
-    def __init__(self, checkpoints: sa.Table, journal: sa.Table) -> None:
+    The ownership fence is part of each statement, never a read before it: SQLite then takes
+    its write lock at the batch's first statement and every check sees the latest rows.
+    """
+
+    def __init__(self, checkpoints: sa.Table, journal: sa.Table, owners: SQLOwners) -> None:
         self.cp = checkpoints
         self.journal_table = journal
+        self.owners = owners
 
     async def commit(
-        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
+        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime,
+        node_id: str | None,
     ) -> set[Ident]:
         """Apply a batch (``conn`` inside a transaction); return the objects that succeeded."""
         creates = [c for c in commits if c.expected_rev == 0]
         updates = [c for c in commits if c.expected_rev != 0]
-        done = await self.insert(conn, creates, now) | await self.update(conn, updates, now)
+        done = await self.insert(conn, creates, now, node_id)
+        done |= await self.update(conn, updates, now, node_id)
         rows = [
             {"type": c.type, "key": c.key, "rev": rev, "kind": kind, "payload": payload, "at": now}
             for c, rev, kind, payload in _entries(commits)
@@ -215,27 +252,35 @@ class SQLiteWrites:
         return done
 
     async def insert(
-        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
+        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime,
+        node_id: str | None,
     ) -> set[Ident]:
-        """Create objects one statement each; skip the ones that exist."""
+        """Create objects one statement each; skip the ones that exist or are not ours."""
         cp = self.cp
         created = set()
         for c in commits:
-            stmt = (
-                sqlite.insert(cp)
-                .values(
-                    type=c.type, key=c.key, rev=c.new_rev, journal_rev=c.journal_rev,
-                    snapshot_rev=c.snapshot_rev, state=c.state, state_version=c.state_version,
-                    status="active", metadata={}, created_at=now, updated_at=now,
+            values: dict[str, Any] = {
+                "type": c.type, "key": c.key, "rev": c.new_rev, "journal_rev": c.journal_rev,
+                "snapshot_rev": c.snapshot_rev, "state": c.state,
+                "state_version": c.state_version, "status": "active", "metadata": {},
+                "created_at": now, "updated_at": now,
+            }
+            if c.epoch is None or node_id is None:
+                stmt = sqlite.insert(cp).values(values).on_conflict_do_nothing()
+            else:
+                row = sa.select(
+                    *(sa.literal(v, cp.c[name].type).label(name) for name, v in values.items())
+                ).where(self.owners.fence(c.type, c.key, c.epoch, node_id))
+                stmt = (
+                    sqlite.insert(cp).from_select(list(values), row).on_conflict_do_nothing()
                 )
-                .on_conflict_do_nothing()
-            )
             if (await conn.execute(stmt)).rowcount == 1:
                 created.add((c.type, c.key))
         return created
 
     async def update(
-        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime
+        self, conn: AsyncConnection, commits: Sequence[Commit], now: datetime,
+        node_id: str | None,
     ) -> set[Ident]:
         """Apply fenced updates one statement each."""
         cp = self.cp
@@ -253,6 +298,8 @@ class SQLiteWrites:
                 .where(cp.c.type == c.type, cp.c.key == c.key, cp.c.rev == c.expected_rev)
                 .values(values)
             )
+            if c.epoch is not None and node_id is not None:
+                stmt = stmt.where(self.owners.fence(c.type, c.key, c.epoch, node_id))
             if (await conn.execute(stmt)).rowcount == 1:
                 updated.add((c.type, c.key))
         return updated

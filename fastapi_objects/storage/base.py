@@ -71,15 +71,51 @@ class Commit:
     snapshot_rev: int
     journal_rev: int
     entries: list[tuple[str, JSON]] = field(default_factory=list)
+    epoch: int | None = None
+    """The ownership epoch the writer holds; ``None`` commits without the ownership fence."""
 
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
-    """An unfenced status change (``active`` on thaw, ``hibernated`` on hibernation)."""
+    """An unfenced status change (``active`` on thaw, ``hibernated`` on hibernation).
+
+    ``release_epoch``: also give up ownership, if the writer's node still holds it at that
+    epoch (hibernation releases the object so that any node may activate it next).
+    """
 
     type: str
     key: str
     status: str
+    release_epoch: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node of the cluster as the database knows it."""
+
+    node_id: str
+    address: str | None
+    region: str | None
+    machine: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool
+    owned: int
+    """How many objects it owns now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of asking to own an object.
+
+    ``granted``: this node owns it now, at ``epoch``. Otherwise ``owner`` (a live node) does,
+    reachable at ``address`` (``None`` when it advertises none).
+    """
+
+    granted: bool
+    epoch: int
+    owner: str | None = None
+    address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +177,50 @@ class Storage(ABC):
 
     @abstractmethod
     async def commit(
-        self, commits: Sequence[Commit], statuses: Sequence[StatusUpdate] = ()
+        self,
+        commits: Sequence[Commit],
+        statuses: Sequence[StatusUpdate] = (),
+        node_id: str | None = None,
     ) -> list[bool]:
         """Apply many objects' commits in ONE transaction.
 
-        Returns one flag per commit: ``False`` when its ``expected_rev`` did not match (that
-        commit wrote nothing; the others still apply). Commits must name distinct objects.
-        Raises ``StorageUnavailable`` when the transaction itself failed.
+        Returns one flag per commit: ``False`` when its ``expected_rev`` did not match, or
+        when it carries an ``epoch`` and ``node_id`` does not own the object at that epoch
+        (that commit wrote nothing; the others still apply). Commits must name distinct
+        objects. Raises ``StorageUnavailable`` when the transaction itself failed.
         """
+
+    # -- nodes and ownership (DESIGN §3 "Ownership across nodes") ---------------------------
+
+    @abstractmethod
+    async def register_node(
+        self, node_id: str, address: str | None, region: str | None, machine: str | None
+    ) -> None:
+        """Insert or refresh this node's row, heartbeat included."""
+
+    @abstractmethod
+    async def heartbeat(self, node_id: str) -> bool:
+        """Stamp this node's heartbeat with the database's clock; ``False`` if its row is gone."""
+
+    @abstractmethod
+    async def deregister_node(self, node_id: str) -> None:
+        """Release every object the node owns and delete its row (a graceful stop)."""
+
+    @abstractmethod
+    async def nodes(self, ttl: float) -> list[NodeInfo]:
+        """Every registered node; ``alive`` when its heartbeat is younger than ``ttl``."""
+
+    @abstractmethod
+    async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
+        """Take ownership of an object and bump its epoch, if it is free.
+
+        Free means: never owned, released, owned by this node already (it lost its instance),
+        or owned by a node whose heartbeat is older than ``ttl`` (by the database's clock).
+        """
+
+    @abstractmethod
+    async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The node owning each object of ``idents`` (released or unowned ones are absent)."""
 
     @abstractmethod
     async def query(self, query: ObjectQuery) -> ObjectPage:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from .base import (
     Checkpoint,
+    Claim,
     Commit,
     JournalEntry,
+    NodeInfo,
     ObjectPage,
     ObjectQuery,
     StatusUpdate,
@@ -28,6 +30,8 @@ class MemoryStorage(Storage):
         self.url = url
         self._checkpoints: dict[tuple[str, str], Checkpoint] = {}
         self._journal: dict[tuple[str, str], list[JournalEntry]] = {}
+        self._nodes: dict[str, NodeInfo] = {}
+        self._owners: dict[tuple[str, str], tuple[str | None, int]] = {}
 
     async def create_tables(self) -> None:
         """Nothing to create."""
@@ -44,15 +48,20 @@ class MemoryStorage(Storage):
         return copy.deepcopy(entries[:limit] if limit is not None else entries)
 
     async def commit(
-        self, commits: Sequence[Commit], statuses: Sequence[StatusUpdate] = ()
+        self,
+        commits: Sequence[Commit],
+        statuses: Sequence[StatusUpdate] = (),
+        node_id: str | None = None,
     ) -> list[bool]:
-        """Apply the commits whose ``expected_rev`` matches."""
+        """Apply the commits whose ``expected_rev`` (and ownership epoch) match."""
         now = datetime.now(UTC)
         result = []
         for c in commits:
             ident = (c.type, c.key)
             old = self._checkpoints.get(ident)
-            if (old.rev if old else 0) != c.expected_rev:
+            owner = self._owners.get(ident)
+            fenced_out = c.epoch is not None and owner != (node_id, c.epoch)
+            if (old.rev if old else 0) != c.expected_rev or fenced_out:
                 result.append(False)
                 continue
             state = copy.deepcopy(c.state) if c.state is not None else old.state if old else None
@@ -75,7 +84,68 @@ class MemoryStorage(Storage):
             old = self._checkpoints.get((s.type, s.key))
             if old is not None:
                 self._checkpoints[(s.type, s.key)] = replace(old, status=s.status)
+            owner = self._owners.get((s.type, s.key))
+            if s.release_epoch is not None and owner == (node_id, s.release_epoch):
+                self._owners[(s.type, s.key)] = (None, s.release_epoch)
         return result
+
+    # -- nodes and ownership (one process: the clock is this one's) --------------------------
+
+    async def register_node(
+        self, node_id: str, address: str | None, region: str | None, machine: str | None
+    ) -> None:
+        """Insert or refresh the node's row."""
+        now = datetime.now(UTC)
+        self._nodes[node_id] = NodeInfo(node_id, address, region, machine, now, now, True, 0)
+
+    async def heartbeat(self, node_id: str) -> bool:
+        """Stamp the heartbeat; ``False`` if the node is not registered."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return False
+        self._nodes[node_id] = replace(node, heartbeat_at=datetime.now(UTC))
+        return True
+
+    async def deregister_node(self, node_id: str) -> None:
+        """Release the node's objects and forget it."""
+        for ident, (owner, epoch) in list(self._owners.items()):
+            if owner == node_id:
+                self._owners[ident] = (None, epoch)
+        self._nodes.pop(node_id, None)
+
+    async def nodes(self, ttl: float) -> list[NodeInfo]:
+        """Every registered node, with liveness and the count of objects it owns."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=ttl)
+        owned: dict[str, int] = {}
+        for owner, _ in self._owners.values():
+            if owner is not None:
+                owned[owner] = owned.get(owner, 0) + 1
+        return [
+            replace(n, alive=n.heartbeat_at >= cutoff, owned=owned.get(n.node_id, 0))
+            for _, n in sorted(self._nodes.items())
+        ]
+
+    async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
+        """Own ``(type, key)`` if it is free."""
+        owner, epoch = self._owners.get((type, key), (None, 0))
+        node = self._nodes.get(owner) if owner is not None else None
+        alive = node is not None and node.heartbeat_at >= datetime.now(UTC) - timedelta(
+            seconds=ttl
+        )
+        if owner is None or owner == node_id or not alive:
+            self._owners[(type, key)] = (node_id, epoch + 1)
+            return Claim(True, epoch + 1, node_id)
+        return Claim(False, epoch, owner, node.address if node is not None else None)
+
+    async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The owning node of each object."""
+        found = {}
+        for ident in idents:
+            pair = (ident[0], ident[1])
+            owner = self._owners.get(pair, (None, 0))[0]
+            if owner is not None:
+                found[pair] = owner
+        return found
 
     async def query(self, query: ObjectQuery) -> ObjectPage:
         """Filter and page through the stored checkpoints."""

@@ -13,11 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from .._exceptions import StorageUnavailable
+from ._owners import SQLOwners
 from ._writes import PostgresWrites, SQLiteWrites
 from .base import (
     Checkpoint,
+    Claim,
     Commit,
     JournalEntry,
+    NodeInfo,
     ObjectPage,
     ObjectQuery,
     StatusUpdate,
@@ -93,10 +96,14 @@ class SQLStorage(Storage):
         prefix = f"{schema}." if schema else ""
         self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
         self.journal = self.metadata.tables[prefix + "objects_journal"]
+        owners = self.metadata.tables[prefix + "objects_owners"]
+        self._owners = SQLOwners(
+            self.metadata.tables[prefix + "objects_nodes"], owners, postgres=not self._sqlite
+        )
         self._writes: PostgresWrites | SQLiteWrites = (
-            SQLiteWrites(self.checkpoints, self.journal)
+            SQLiteWrites(self.checkpoints, self.journal, self._owners)
             if self._sqlite
-            else PostgresWrites(self.checkpoints, self.journal, self._connect_driver)
+            else PostgresWrites(self.checkpoints, self.journal, owners, self._connect_driver)
         )
 
     async def close(self) -> None:
@@ -134,11 +141,21 @@ class SQLStorage(Storage):
             raise StorageUnavailable(f"storage refused the transaction: {exc.orig}") from exc
 
     async def create_tables(self) -> None:
-        """Create the version-1 tables (and the schema) when missing."""
-        async with self._connect(write=True) as conn:
-            if self.schema and not self._sqlite:
-                await conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
-            await conn.run_sync(self.metadata.create_all, checkfirst=True)
+        """Create the tables of every version (and the schema) when missing.
+
+        Several processes starting at once (``uvicorn --workers N`` on one SQLite file) race
+        between "is it there?" and "create it": the loser finds the tables made and looks again.
+        """
+        for attempt in range(3):
+            try:
+                async with self._connect(write=True) as conn:
+                    if self.schema and not self._sqlite:
+                        await conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+                    await conn.run_sync(self.metadata.create_all, checkfirst=True)
+                return
+            except StorageUnavailable as exc:
+                if "already exists" not in exc.message or attempt == 2:
+                    raise
 
     async def load(self, type: str, key: str) -> Checkpoint | None:
         """Return the checkpoint of ``(type, key)`` or ``None``."""
@@ -165,25 +182,69 @@ class SQLStorage(Storage):
         return [JournalEntry(r.rev, r.kind, r.payload, _utc(r.at)) for r in rows]
 
     async def commit(
-        self, commits: Sequence[Commit], statuses: Sequence[StatusUpdate] = ()
+        self,
+        commits: Sequence[Commit],
+        statuses: Sequence[StatusUpdate] = (),
+        node_id: str | None = None,
     ) -> list[bool]:
         """Apply every commit in one transaction; ``False`` marks a fenced-out commit."""
         now = datetime.now(UTC)
         done: set[tuple[str, str]] = set()
         statuses = sorted(statuses, key=_ident)
+        releases = [
+            (s.type, s.key, s.release_epoch) for s in statuses if s.release_epoch is not None
+        ]
         writes = self._writes
         if isinstance(writes, PostgresWrites):  # one statement: atomic on its own
             if commits:
-                done = await writes.commit(commits, now)
+                done = await writes.commit(commits, now, node_id)
             if statuses:
                 await writes.statuses(statuses)
+            if releases and node_id is not None:
+                await writes.release(node_id, releases)
         else:
             async with self._connect(write=True) as conn:
                 if commits:
-                    done = await writes.commit(conn, commits, now)
+                    done = await writes.commit(conn, commits, now, node_id)
                 if statuses:
                     await writes.statuses(conn, statuses)
+                if releases and node_id is not None:
+                    await self._owners.release(conn, node_id, releases)
         return [(c.type, c.key) in done for c in commits]
+
+    # -- nodes and ownership -----------------------------------------------------------------
+
+    async def register_node(
+        self, node_id: str, address: str | None, region: str | None, machine: str | None
+    ) -> None:
+        """Insert or refresh the node's row."""
+        async with self._connect(write=True) as conn:
+            await self._owners.register(conn, node_id, address, region, machine)
+
+    async def heartbeat(self, node_id: str) -> bool:
+        """Stamp the node's heartbeat (one autocommitted statement)."""
+        async with self._connect(write=True) as conn:
+            return await self._owners.heartbeat(conn, node_id)
+
+    async def deregister_node(self, node_id: str) -> None:
+        """Release the node's objects and delete its row."""
+        async with self._connect(write=True) as conn:
+            await self._owners.deregister(conn, node_id)
+
+    async def nodes(self, ttl: float) -> list[NodeInfo]:
+        """Every registered node."""
+        async with self._connect() as conn:
+            return await self._owners.list(conn, ttl)
+
+    async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
+        """Own ``(type, key)`` if it is free."""
+        async with self._connect(write=True) as conn:
+            return await self._owners.claim(conn, type, key, node_id, ttl)
+
+    async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The owning node of each object."""
+        async with self._connect() as conn:
+            return await self._owners.owners_of(conn, idents)
 
     async def query(self, query: ObjectQuery) -> ObjectPage:
         """List checkpoints matching the filters, ``limit`` at a time."""

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-LATEST_VERSION = 1
+LATEST_VERSION = 2
 PREFIX = "objects_"
 
 
@@ -85,7 +85,33 @@ def _v1(metadata: sa.MetaData) -> list[sa.Table]:
     return [checkpoints, journal, pubsub]
 
 
-_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1}
+def _v2(metadata: sa.MetaData) -> list[sa.Table]:
+    # Liveness is one row per node (heartbeats are O(nodes) writes); ownership is one row per
+    # object ever activated, written on claim and release only, never per call.
+    nodes = sa.Table(
+        PREFIX + "nodes",
+        metadata,
+        sa.Column("node_id", sa.String(64), primary_key=True),
+        sa.Column("address", sa.String(512), nullable=True),
+        sa.Column("region", sa.String(64), nullable=True),
+        sa.Column("machine", sa.String(64), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    owners = sa.Table(
+        PREFIX + "owners",
+        metadata,
+        sa.Column("type", sa.String(64), primary_key=True),
+        sa.Column("key", _key_type(), primary_key=True),
+        sa.Column("node_id", sa.String(64), nullable=True),  # NULL: released
+        sa.Column("epoch", sa.BigInteger(), nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_objects_owners_node", "node_id"),
+    )
+    return [nodes, owners]
+
+
+_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1, 2: _v2}
 
 
 def storage_metadata(schema: str | None = None, version: int = LATEST_VERSION) -> sa.MetaData:

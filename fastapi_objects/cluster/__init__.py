@@ -1,0 +1,31 @@
+"""Nodes, ownership and forwarding: one live instance per object across processes and machines.
+
+- ``node.py``: registration, heartbeats, and the lease that lets a node serve;
+- ``signing.py``: HMAC signatures of internal requests;
+- ``forward.py``: the client that sends a call to the object's owner;
+- ``listener.py``: the internal listener that receives them.
+
+The database is the only source of truth: ownership is a row with a fencing epoch, and every
+commit is fenced by that epoch (storage/_owners.py, storage/_writes.py).
+"""
+
+from __future__ import annotations
+
+from .forward import Forwarder, ForwardFailed, Moved, OutcomeUnknown, RemoteError
+from .listener import Listener, is_loopback
+from .node import ClusterNode
+from .signing import Signer, Unauthorized, derived_secret
+
+__all__ = [
+    "ClusterNode",
+    "ForwardFailed",
+    "Forwarder",
+    "Listener",
+    "Moved",
+    "OutcomeUnknown",
+    "RemoteError",
+    "Signer",
+    "Unauthorized",
+    "derived_secret",
+    "is_loopback",
+]

@@ -1,0 +1,118 @@
+"""The forwarding client: a call on a node that does not own the object goes to its owner.
+
+One rule keeps forwarding from ever applying a call twice: a forward is retried only when it
+cannot have run — the connection was refused, or the owner answered 421 (it no longer owns the
+object, or is leaving) before running anything. Any other failure after the request was sent
+is ``OutcomeUnknown``: the caller is told, never silently retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+from .._exceptions import ObjectsError
+from .signing import Signer
+
+CALL_PATH = "/objects-internal/call"
+
+
+class ForwardFailed(ObjectsError):
+    """A forwarded call could not be delivered to the object's owner (it did not run)."""
+
+    type = "forward_failed"
+
+
+class OutcomeUnknown(ForwardFailed):
+    """The owner got the call, then the connection failed: it may or may not have run."""
+
+    type = "outcome_unknown"
+
+
+class RemoteError(ObjectsError):
+    """The owner's code failed on a forwarded call (``internal_error`` with the owner's id)."""
+
+    type = "internal_error"
+
+
+class Moved(Exception):
+    """The node asked is not the owner (or is leaving): nothing ran; look the owner up again."""
+
+
+def _error_classes() -> dict[str, type[ObjectsError]]:
+    found: dict[str, type[ObjectsError]] = {}
+    stack: list[type[ObjectsError]] = [ObjectsError]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.type, cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def rebuild_error(body: dict[str, Any]) -> ObjectsError:
+    """The ``ObjectsError`` a remote error body describes, of the same class as on the owner."""
+    kind, message = str(body.get("type")), str(body.get("message"))
+    cls = _error_classes().get(kind)
+    if cls is None:
+        remote = RemoteError(message)
+        remote.type = kind
+        return remote
+    error = cls(message)
+    if "retry_after" in body and hasattr(error, "retry_after"):
+        error.retry_after = float(body["retry_after"])
+    return error
+
+
+class Forwarder:
+    """Sends signed calls to other nodes' internal listeners over HTTP (httpx2)."""
+
+    def __init__(self, signer: Signer, timeout: float) -> None:
+        import httpx2
+
+        self._httpx = httpx2
+        self.signer = signer
+        # Short keep-alive: a connection the server has already closed would turn a request
+        # that never ran into an unknown outcome.
+        self._client = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(timeout, connect=min(timeout, 2.0)),
+            limits=httpx2.Limits(max_keepalive_connections=32, keepalive_expiry=2.0),
+        )
+        self.forwarded = 0
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self._client.aclose()
+
+    async def call(
+        self, address: str, receiver: str, type: str, key: str, method: str, args: dict[str, Any]
+    ) -> Any:
+        """Run ``method`` on the owner; return its JSON result or raise what it raised."""
+        body = to_json({"type": type, "key": key, "method": method, "args": args})
+        headers = self.signer.headers("POST", CALL_PATH, body, receiver)
+        headers["content-type"] = "application/json"
+        httpx2 = self._httpx
+        try:
+            response = await self._client.post(address + CALL_PATH, content=body, headers=headers)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
+            raise Moved(f"{address} refused the connection: {exc!r}") from exc
+        except httpx2.HTTPError as exc:
+            raise OutcomeUnknown(
+                f"{type}:{key}.{method}() was sent to its owner {receiver} at {address} and the "
+                f"connection failed before the answer ({exc!r}): it may or may not have run"
+            ) from exc
+        self.forwarded += 1
+        if response.status_code == 421:
+            raise Moved(f"{receiver} does not own {type}:{key} any more")
+        try:
+            reply = from_json(response.content)
+        except ValueError:
+            reply = None
+        if response.status_code != 200 or not isinstance(reply, dict):
+            raise ForwardFailed(
+                f"{receiver} at {address} answered {response.status_code} to a forwarded call: "
+                f"{response.text[:200]}"
+            )
+        if reply.get("ok"):
+            return reply.get("result")
+        raise rebuild_error(reply.get("error") or {})

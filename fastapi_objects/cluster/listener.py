@@ -1,0 +1,199 @@
+"""Each node's internal listener: forwarded calls (and relayed websockets) from other nodes.
+
+A small ASGI app served by uvicorn inside the node's process, on ``internal_host`` and
+``internal_port`` (port 0: a free one, so every worker of ``uvicorn --workers N`` has its
+own). Every request must be signed (``signing.py``); an unsigned, wrongly signed, stale or
+replayed one is answered 401 and runs nothing. Websocket upgrades are verified the same way
+and then handed to ``websocket_app`` (the web integration's relay endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+from .._exceptions import ObjectsError
+from .forward import CALL_PATH, Moved
+from .signing import Signer, Unauthorized
+
+log = logging.getLogger("fastapi_objects")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+CallHandler = Callable[[str, str, str, dict[str, Any]], Awaitable[Any]]
+
+MAX_BODY = 16 << 20
+WEBSOCKET_PREFIX = "/objects-internal/ws/"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Listener:
+    """The internal ASGI app and the uvicorn server that serves it."""
+
+    def __init__(
+        self, host: str, port: int, signer: Signer, handle_call: CallHandler,
+        websocket_app: ASGIApp | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.signer = signer
+        self.handle_call = handle_call
+        self.websocket_app = websocket_app
+        self.leaving = False  # a node shutting down answers 421: callers look again
+        self._server: Any = None
+        self._sock: socket.socket | None = None
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Bind, serve, and return the address other nodes use (``http://host:port``)."""
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.set_inheritable(False)
+        self._sock = sock
+        port = sock.getsockname()[1]
+        # No log or lifespan config of its own: those would reconfigure the app's uvicorn.
+        config = uvicorn.Config(
+            self, lifespan="off", log_config=None, log_level=None, access_log=False,
+            timeout_keep_alive=5,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        # Only startup(): serve() would take over the process's signals, and its main loop
+        # and shutdown() poll and log as if this were the app's own server.
+        await server.startup(sockets=[sock])
+        self._server = server
+        host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
+        return f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop serving (after the requests in progress)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for listening in server.servers:
+            listening.close()
+        for connection in list(server.server_state.connections):
+            connection.shutdown()  # idle keep-alive ones close now, busy ones after replying
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while server.server_state.connections and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # uvicorn has no event for "last connection closed"
+        for task in server.server_state.tasks:
+            task.cancel()
+        for listening in server.servers:
+            await listening.wait_closed()
+        if self._sock is not None:
+            self._sock.close()
+
+    # -- the ASGI app ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one internal request."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["type"] == "websocket":
+            try:
+                self.signer.verify("GET", scope["path"], b"", headers)
+            except Unauthorized as exc:
+                await send({"type": "websocket.http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"text/plain")]})
+                await send({"type": "websocket.http.response.body", "body": str(exc).encode()})
+                return
+            if self.websocket_app is None or not scope["path"].startswith(WEBSOCKET_PREFIX):
+                await send({"type": "websocket.close", "code": 4404})
+                return
+            await self.websocket_app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        if body is None:
+            await _reply(send, 413, {"error": {"type": "too_large", "message": "body too large"}})
+            return
+        if scope["path"] != CALL_PATH or scope["method"] != "POST":
+            await _reply(send, 404, {"error": {"type": "not_found", "message": scope["path"]}})
+            return
+        try:
+            self.signer.verify("POST", scope["path"], body, headers)
+        except Unauthorized as exc:
+            await _reply(send, 401, {"error": {"type": "unauthorized", "message": str(exc)}})
+            return
+        status, reply = await self._call(body)
+        await _reply(send, status, reply)
+
+    async def _call(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            request = from_json(body)
+            type, key = str(request["type"]), str(request["key"])
+            method, args = str(request["method"]), request["args"]
+            if not isinstance(args, dict):
+                raise TypeError("args must be an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            return 400, {"error": {"type": "invalid_frame", "message": f"bad call: {exc}"}}
+        if self.leaving:
+            return 421, {"error": {"type": "moved", "message": "this node is leaving"}}
+        try:
+            result = await self.handle_call(type, key, method, args)
+        except Moved as exc:
+            return 421, {"error": {"type": "moved", "message": str(exc)}}
+        except ObjectsError as exc:
+            error: dict[str, Any] = {"type": exc.type, "message": exc.message}
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                error["retry_after"] = retry_after
+            return 200, {"ok": False, "error": error}
+        except Exception as exc:
+            error_id = uuid.uuid4().hex[:16]
+            log.error("internal error %s in forwarded %s:%s.%s()", error_id, type, key, method,
+                      exc_info=exc)
+            return 200, {"ok": False, "error": {"type": "internal_error",
+                                                "message": f"internal error {error_id}"}}
+        return 200, {"ok": True, "result": result}
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _reply(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = to_json(body)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})

@@ -1,0 +1,176 @@
+"""This process as a node: registration, heartbeats, and the lease that lets it serve.
+
+A node heartbeats every ``node_ttl / 3`` (one UPDATE of its own row: liveness costs O(nodes)
+writes, never O(objects)). Other nodes may take its objects once its heartbeat is ``node_ttl``
+old by the database's clock. So the node itself stops serving before that can happen, by its
+own monotonic clock: its lease runs until ``LEASE_SHARE * node_ttl`` after the moment it
+*sent* its last successful heartbeat (a moment no later than the one the database stamped).
+When the lease lapses (the database is unreachable, the process was paused by a GC, SIGSTOP
+or a frozen VM) every activation is dropped before any other call runs; the next successful
+heartbeat restores the lease and objects are claimed again, with new epochs, on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .._exceptions import StorageUnavailable
+from ..storage import Claim, Storage
+
+log = logging.getLogger("fastapi_objects")
+
+LEASE_SHARE = 0.8  # of node_ttl: the margin covers clock-rate drift and scheduling delays
+
+
+class ClusterNode:
+    """Registers the node, keeps its heartbeat and lease, and claims objects for it."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        node_id: str,
+        ttl: float,
+        *,
+        region: str | None = None,
+        machine: str | None = None,
+        on_lease_lost: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.storage = storage
+        self.node_id = node_id
+        self.ttl = ttl
+        self.region = region
+        self.machine = machine
+        self.address: str | None = None
+        self.on_lease_lost = on_lease_lost
+        self.lease_until = 0.0
+        self.takeovers = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._lost = True
+        self._failure = ""  # why the last registration or heartbeat failed
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the node was started on."""
+        assert self._loop is not None, "the node is not started"
+        return self._loop
+
+    async def start(self, address: str | None) -> None:
+        """Register (heartbeat included) and start heartbeating.
+
+        A database that is down or not migrated yet does not stop the start: the node serves
+        nothing (calls get ``StorageUnavailable``, a health check says so) and keeps trying.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.address = address
+        await self._register()
+        self._task = self.loop.create_task(self._beat(), name="objects-heartbeat")
+
+    async def _register(self) -> bool:
+        sent = self.loop.time()
+        try:
+            await self.storage.register_node(self.node_id, self.address, self.region, self.machine)
+        except StorageUnavailable as exc:
+            self._failure = f": {exc.message}"
+            log.warning(
+                "node %s cannot register (%s); if objects_nodes is missing, run `objects init` "
+                "and `objects migrate` (storage tables version 2). Retrying.",
+                self.node_id, exc.message,
+            )
+            return False
+        self._renewed(sent)
+        return True
+
+    async def stop(self) -> None:
+        """Stop heartbeating, release every object and leave the registry."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            await self.storage.deregister_node(self.node_id)
+        except StorageUnavailable as exc:  # others take over once our heartbeat is old
+            log.warning("could not deregister node %s: %s", self.node_id, exc.message)
+        self.lease_until = 0.0
+
+    # -- the lease ---------------------------------------------------------------------------
+
+    def serving(self) -> bool:
+        """Whether this node may serve its objects now (its lease has not lapsed)."""
+        return self._loop is not None and self.loop.time() < self.lease_until
+
+    def check(self) -> None:
+        """Raise ``StorageUnavailable`` unless the node may serve."""
+        if not self.serving():
+            self._lapse()
+            if self.lease_until == 0.0:
+                raise StorageUnavailable(
+                    f"node {self.node_id} could not register in the database yet (is it up and "
+                    "migrated to storage tables version 2?); it serves no object until it can"
+                    + self._failure
+                )
+            raise StorageUnavailable(
+                f"node {self.node_id} could not renew its lease in the database within "
+                f"{LEASE_SHARE * self.ttl:.1f}s, so it serves no object until it can (another "
+                "node may have taken them over)" + self._failure
+            )
+
+    def _renewed(self, sent: float) -> None:
+        self.lease_until = sent + LEASE_SHARE * self.ttl
+        self._lost = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(self.lease_until, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.loop.time() >= self.lease_until:
+            self._lapse()
+
+    def _lapse(self) -> None:
+        if not self._lost:
+            self._lost = True
+            log.warning("node %s lost its lease: dropping its activations", self.node_id)
+            self.on_lease_lost()
+
+    async def _beat(self) -> None:
+        interval = self.ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._lost and self.lease_until == 0.0:  # never registered yet
+                await self._register()
+                continue
+            sent = self.loop.time()
+            try:
+                async with asyncio.timeout(interval):
+                    alive = await self.storage.heartbeat(self.node_id)
+                    if not alive:  # our row was removed: register again
+                        await self.storage.register_node(
+                            self.node_id, self.address, self.region, self.machine
+                        )
+            except (StorageUnavailable, TimeoutError) as exc:
+                self._failure = f": {exc}"
+                log.warning("node %s: heartbeat failed: %s", self.node_id, exc)
+                continue
+            if self.loop.time() < self.lease_until or self._lost:
+                self._renewed(sent)
+            else:  # the lease ran out while the heartbeat was in flight: drop, then renew
+                self._lapse()
+                self._renewed(sent)
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    async def claim(self, type: str, key: str) -> Claim:
+        """Ask the database for ownership of ``(type, key)``."""
+        claim = await self.storage.claim(type, key, self.node_id, self.ttl)
+        if claim.granted and claim.epoch > 1:
+            self.takeovers += 1
+        return claim

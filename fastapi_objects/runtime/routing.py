@@ -1,0 +1,142 @@
+"""Where a call runs: on this node's instance, or forwarded to the object's owner.
+
+The one seam between the runtime and the cluster (as a transport is in httpx): the runtime
+asks ``Router.owner_of`` who owns an object it does not hold, and sends the call there with
+``Router.forward``; everything else in the runtime is the same for local and forwarded calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..cluster import ClusterNode, Forwarder, Listener, Moved, Signer, derived_secret, is_loopback
+from ..cluster.listener import ASGIApp
+from ..settings import ObjectsSettings
+from ..storage import Claim, Storage
+
+log = logging.getLogger("fastapi_objects")
+
+Ident = tuple[str, str]
+MAX_CACHED_OWNERS = 100_000
+
+
+class Elsewhere(Exception):
+    """Another live node owns the object: ``node_id`` at ``address`` (``None``: unknown)."""
+
+    def __init__(self, node_id: str, address: str | None) -> None:
+        super().__init__(f"owned by node {node_id} at {address}")
+        self.node_id = node_id
+        self.address = address
+
+
+class Router:
+    """This node in the cluster: its lease, its listener, the owners it knows, forwarding."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: ObjectsSettings,
+        node_id: str,
+        on_lease_lost: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.node = ClusterNode(
+            storage, node_id, settings.node_ttl, region=settings.region,
+            machine=settings.machine, on_lease_lost=on_lease_lost,
+        )
+        self.networked = not storage.url.startswith("memory")
+        self.websocket_app: ASGIApp | None = None  # the web integration's relay endpoint
+        self.listener: Listener | None = None
+        self.forwarder: Forwarder | None = None
+        self._owners: dict[Ident, Elsewhere] = {}
+
+    def signer(self) -> Signer:
+        """A signer with the cluster secret (or, on loopback only, one derived from the DB)."""
+        settings = self.settings
+        if settings.cluster_secret is not None:
+            secret = settings.cluster_secret.get_secret_value().encode()
+        elif is_loopback(settings.internal_host):
+            secret = derived_secret(settings.database_url, settings.db_schema)
+        else:
+            raise ValueError(
+                f"the internal listener would listen on {settings.internal_host}, which other "
+                "machines can reach: set OBJECTS_CLUSTER_SECRET (the same on every node; on "
+                "Fly.io `fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)`)"
+            )
+        return Signer(secret, self.node.node_id)
+
+    async def start(
+        self, handle_call: Callable[[str, str, str, dict[str, Any]], Awaitable[Any]]
+    ) -> None:
+        """Serve the internal listener (durable storage only), then register and heartbeat."""
+        address = None
+        if self.networked:
+            signer = self.signer()
+            self.forwarder = Forwarder(signer, timeout=60.0)
+            self.listener = Listener(
+                self.settings.internal_host, self.settings.internal_port, signer, handle_call,
+                self.websocket_app,
+            )
+            address = await self.listener.start()
+        await self.node.start(address)
+
+    def leave(self) -> None:
+        """Start a graceful stop: forwarded calls are answered "moved" from now on."""
+        if self.listener is not None:
+            self.listener.leaving = True
+
+    async def stop(self) -> None:
+        """Deregister (releasing every object), then stop serving and forwarding."""
+        await self.node.stop()
+        await self.stop_serving()
+
+    async def stop_serving(self) -> None:
+        """Stop the listener and the forwarding client."""
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+        if self.forwarder is not None:
+            await self.forwarder.close()
+            self.forwarder = None
+
+    # -- owners ------------------------------------------------------------------------------
+
+    def known_owner(self, ident: Ident) -> Elsewhere | None:
+        """The remote owner last seen for ``ident``, if any."""
+        return self._owners.get(ident)
+
+    async def claim(self, type: str, key: str) -> Claim:
+        """Claim ownership; on refusal remember who owns it (``Elsewhere`` to raise)."""
+        claim = await self.node.claim(type, key)
+        if claim.granted:
+            self._owners.pop((type, key), None)
+        elif claim.owner is not None:
+            if len(self._owners) >= MAX_CACHED_OWNERS:
+                self._owners.clear()
+            self._owners[(type, key)] = Elsewhere(claim.owner, claim.address)
+        return claim
+
+    def forget_owner(self, ident: Ident) -> None:
+        """The cached owner was wrong (it moved or died): look it up again next time."""
+        self._owners.pop(ident, None)
+
+    async def forward(
+        self, owner: Elsewhere, type: str, key: str, method: str, args: dict[str, Any]
+    ) -> Any:
+        """Run the call on ``owner``; ``Moved`` (nothing ran) when it is not the owner."""
+        if owner.address is None or self.forwarder is None:
+            self.forget_owner((type, key))
+            raise Moved(f"node {owner.node_id} takes no forwarded calls")
+        try:
+            return await self.forwarder.call(owner.address, owner.node_id, type, key, method, args)
+        except Moved:
+            self.forget_owner((type, key))
+            raise
+
+
+async def backoff(attempt: int) -> None:
+    """Wait before looking an owner up again: 20 ms doubling to 500 ms."""
+    await asyncio.sleep(min(0.02 * 2**attempt, 0.5))

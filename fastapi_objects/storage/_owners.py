@@ -1,0 +1,184 @@
+"""Nodes and ownership in SQL: registration, heartbeats, claims and releases.
+
+Time is the database's: PostgreSQL's ``clock_timestamp()`` stamps heartbeats and decides who
+is dead, so clocks of different machines never have to agree. SQLite serves the processes of
+one machine, whose clock it is. Every statement here starts with a write (or is a plain
+read), so SQLite takes its write lock first and a claim never decides on a stale read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .base import Claim, NodeInfo
+
+Ident = tuple[str, str]
+
+
+class SQLOwners:
+    """The statements over ``objects_nodes`` and ``objects_owners``, for one dialect."""
+
+    def __init__(self, nodes: sa.Table, owners: sa.Table, *, postgres: bool) -> None:
+        self.nodes = nodes
+        self.owners = owners
+        self.postgres = postgres
+        self._insert = postgresql.insert if postgres else sqlite.insert
+        dialect = postgresql.dialect() if postgres else sqlite.dialect()  # type: ignore[no-untyped-call]
+        self._preparer = dialect.identifier_preparer
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        """The database's clock (SQLite: this machine's, as a parameter)."""
+        if self.postgres:
+            return sa.func.clock_timestamp().cast(sa.DateTime(timezone=True))
+        return sa.literal(datetime.now(UTC), sa.DateTime(timezone=True))
+
+    def cutoff(self, ttl: float) -> sa.ColumnElement[datetime]:
+        """Heartbeats older than this are dead nodes'."""
+        if self.postgres:
+            return self.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.cast(ttl, sa.Float()))
+        return sa.literal(datetime.now(UTC) - timedelta(seconds=ttl), sa.DateTime(timezone=True))
+
+    async def register(
+        self, conn: AsyncConnection, node_id: str, address: str | None, region: str | None,
+        machine: str | None,
+    ) -> None:
+        """Insert or refresh a node's row."""
+        now = self.now()
+        stmt = self._insert(self.nodes).values(
+            node_id=node_id, address=address, region=region, machine=machine,
+            started_at=now, heartbeat_at=now,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[self.nodes.c.node_id],
+            set_={"address": address, "region": region, "machine": machine,
+                  "started_at": now, "heartbeat_at": now},
+        )
+        await conn.execute(stmt)
+
+    async def heartbeat(self, conn: AsyncConnection, node_id: str) -> bool:
+        """Stamp the heartbeat; ``False`` when the node's row is gone."""
+        n = self.nodes
+        result = await conn.execute(
+            sa.update(n).where(n.c.node_id == node_id).values(heartbeat_at=self.now())
+        )
+        return result.rowcount == 1
+
+    async def deregister(self, conn: AsyncConnection, node_id: str) -> None:
+        """Release what the node owns and remove it."""
+        o, n = self.owners, self.nodes
+        await conn.execute(sa.update(o).where(o.c.node_id == node_id).values(node_id=None))
+        await conn.execute(sa.delete(n).where(n.c.node_id == node_id))
+
+    async def list(self, conn: AsyncConnection, ttl: float) -> list[NodeInfo]:
+        """Every node, alive or not, with how many objects each owns."""
+        n, o = self.nodes, self.owners
+        owned = (
+            sa.select(sa.func.count()).where(o.c.node_id == n.c.node_id).scalar_subquery()
+        )
+        alive = sa.case((n.c.heartbeat_at >= self.cutoff(ttl), True), else_=False)
+        rows = (
+            await conn.execute(
+                sa.select(n, alive.label("alive"), owned.label("owned")).order_by(n.c.node_id)
+            )
+        ).all()
+        return [
+            NodeInfo(
+                node_id=r.node_id, address=r.address, region=r.region, machine=r.machine,
+                started_at=_utc(r.started_at), heartbeat_at=_utc(r.heartbeat_at),
+                alive=bool(r.alive), owned=int(r.owned),
+            )
+            for r in rows
+        ]
+
+    async def claim(
+        self, conn: AsyncConnection, type: str, key: str, node_id: str, ttl: float
+    ) -> Claim:
+        """Own the object if it is free (see ``Storage.claim``); one upsert, then a read."""
+        o, n = self.owners, self.nodes
+        now = self.now()
+        stmt = self._insert(o).values(
+            type=type, key=key, node_id=node_id, epoch=1, claimed_at=now
+        )
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[o.c.type, o.c.key],
+            set_={"node_id": node_id, "epoch": o.c.epoch + 1, "claimed_at": now},
+            where=sa.or_(o.c.node_id.is_(None), o.c.node_id == node_id, self._owner_dead(ttl)),
+        ).returning(o.c.epoch)
+        epoch = (await conn.execute(upsert)).scalar()
+        if epoch is not None:
+            return Claim(True, int(epoch), node_id)
+        row = (
+            await conn.execute(
+                sa.select(o.c.epoch, o.c.node_id, n.c.address)
+                .select_from(o.outerjoin(n, n.c.node_id == o.c.node_id))
+                .where(o.c.type == type, o.c.key == key)
+            )
+        ).first()
+        if row is None:  # deleted meanwhile: the caller asks again
+            return Claim(False, 0)
+        return Claim(False, int(row.epoch), row.node_id, row.address)
+
+    def _owner_dead(self, ttl: float) -> sa.TextClause:
+        # Text, not sa.exists(): SQLAlchemy renders a subquery inside ON CONFLICT's WHERE
+        # without the tables' schema (and uncorrelated), which breaks --schema deployments.
+        prep = self._preparer
+        nodes, owners = prep.format_table(self.nodes), prep.format_table(self.owners)
+        params: list[sa.BindParameter[Any]]
+        if self.postgres:
+            cutoff = "clock_timestamp() - make_interval(secs => :ttl)"
+            params = [sa.bindparam("ttl", ttl, type_=sa.Float())]
+        else:
+            cutoff = ":cutoff"
+            moment = datetime.now(UTC) - timedelta(seconds=ttl)
+            params = [sa.bindparam("cutoff", moment, type_=sa.DateTime(timezone=True))]
+        return sa.text(
+            f"NOT EXISTS (SELECT 1 FROM {nodes} n WHERE n.node_id = {owners}.node_id "
+            f"AND n.heartbeat_at >= {cutoff})"
+        ).bindparams(*params)
+
+    async def owners_of(self, conn: AsyncConnection, idents: Sequence[Ident]) -> dict[Ident, str]:
+        """The owning node of each object (released or unknown ones left out)."""
+        if not idents:
+            return {}
+        o = self.owners
+        rows = (
+            await conn.execute(
+                sa.select(o.c.type, o.c.key, o.c.node_id).where(
+                    sa.tuple_(o.c.type, o.c.key).in_([tuple(i) for i in idents]),
+                    o.c.node_id.is_not(None),
+                )
+            )
+        ).all()
+        return {(r.type, r.key): r.node_id for r in rows}
+
+    def fence(self, type: Any, key: Any, epoch: Any, node_id: str) -> sa.ColumnElement[bool]:
+        """``node_id`` owns ``(type, key)`` at ``epoch`` (for a commit's WHERE)."""
+        o = self.owners
+        return sa.exists().where(
+            o.c.type == type, o.c.key == key, o.c.node_id == node_id, o.c.epoch == epoch
+        )
+
+    async def release(
+        self, conn: AsyncConnection, node_id: str, items: Sequence[tuple[str, str, int]]
+    ) -> None:
+        """Give up objects this node still owns at the given epochs (executemany)."""
+        o = self.owners
+        stmt = (
+            sa.update(o)
+            .where(
+                o.c.type == sa.bindparam("t"), o.c.key == sa.bindparam("k"),
+                o.c.node_id == node_id, o.c.epoch == sa.bindparam("e"),
+            )
+            .values(node_id=None)
+        )
+        await conn.execute(stmt, [{"t": t, "k": k, "e": e} for t, k, e in items])
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

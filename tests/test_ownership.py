@@ -1,0 +1,119 @@
+"""The ownership contract (nodes, claims, epochs, the commit fence) on memory, SQLite, PostgreSQL.
+
+One suite for every backend, on ``Storage`` directly: what the cluster layer builds on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from fastapi_objects.storage import Commit, StatusUpdate, Storage, open_storage
+
+if TYPE_CHECKING:
+    from conftest import Backend
+
+TTL = 10.0
+
+
+@pytest.fixture
+async def storage(backend: Backend) -> AsyncIterator[Storage]:
+    store = open_storage(backend.url, schema=backend.schema)
+    await store.start()
+    await store.create_tables()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _commit(key: str, expected_rev: int, epoch: int | None, value: int) -> Commit:
+    return Commit(
+        type="counter", key=key, expected_rev=expected_rev, new_rev=expected_rev + 1,
+        state={"value": value}, state_version=1, snapshot_rev=0, journal_rev=0, epoch=epoch,
+    )
+
+
+async def test_a_live_owner_keeps_its_objects(storage: Storage) -> None:
+    await storage.register_node("a", "http://127.0.0.1:1", "ams", "m-a")
+    await storage.register_node("b", "http://127.0.0.1:2", None, None)
+    first = await storage.claim("counter", "k", "a", TTL)
+    assert (first.granted, first.epoch, first.owner) == (True, 1, "a")
+    other = await storage.claim("counter", "k", "b", TTL)
+    assert not other.granted
+    assert (other.owner, other.address, other.epoch) == ("a", "http://127.0.0.1:1", 1)
+    again = await storage.claim("counter", "k", "a", TTL)  # its instance was dropped: re-claim
+    assert (again.granted, again.epoch) == (True, 2)
+    assert await storage.owners([("counter", "k"), ("counter", "nobody")]) == {
+        ("counter", "k"): "a"
+    }
+    nodes = {n.node_id: n for n in await storage.nodes(TTL)}
+    assert nodes["a"].alive and nodes["a"].owned == 1 and nodes["a"].region == "ams"
+    assert nodes["b"].alive and nodes["b"].owned == 0 and nodes["b"].address.endswith(":2")
+
+
+async def test_commits_are_fenced_by_epoch_and_node(storage: Storage) -> None:
+    await storage.register_node("a", None, None, None)
+    await storage.register_node("b", None, None, None)
+    a = await storage.claim("counter", "k", "a", TTL)
+    assert await storage.commit([_commit("k", 0, a.epoch, 1)], node_id="a") == [True]
+    # b does not own it: its commit writes nothing, even with the right revision
+    assert await storage.commit([_commit("k", 1, a.epoch, 99)], node_id="b") == [False]
+    await storage.deregister_node("a")  # a graceful stop releases everything it owned
+    assert not await storage.heartbeat("a")
+    b = await storage.claim("counter", "k", "b", TTL)
+    assert (b.granted, b.epoch) == (True, a.epoch + 1)
+    # a's instance is stale: same revision, old epoch -> fenced out
+    assert await storage.commit([_commit("k", 1, a.epoch, 2)], node_id="a") == [False]
+    assert await storage.commit([_commit("k", 1, b.epoch, 3)], node_id="b") == [True]
+    cp = await storage.load("counter", "k")
+    assert cp is not None and cp.state == {"value": 3} and cp.rev == 2
+    # creating an object is fenced too
+    assert await storage.commit([_commit("new", 0, 7, 1)], node_id="b") == [False]
+    assert await storage.load("counter", "new") is None
+
+
+async def test_a_dead_owners_objects_can_be_taken(storage: Storage) -> None:
+    await storage.register_node("a", None, None, None)
+    await storage.register_node("b", None, None, None)
+    a = await storage.claim("counter", "k", "a", TTL)
+    await asyncio.sleep(0.3)
+    assert await storage.heartbeat("b")
+    # with a 0.2 s TTL, a (no heartbeat for 0.3 s) is dead and b is alive
+    nodes = {n.node_id: n.alive for n in await storage.nodes(0.2)}
+    assert nodes == {"a": False, "b": True}
+    b = await storage.claim("counter", "k", "b", 0.2)
+    assert (b.granted, b.epoch) == (True, a.epoch + 1)
+    assert not (await storage.claim("counter", "k", "a", 0.2)).granted  # b is alive
+
+
+async def test_hibernation_releases_at_the_owners_epoch_only(storage: Storage) -> None:
+    await storage.register_node("a", None, None, None)
+    await storage.register_node("b", None, None, None)
+    a = await storage.claim("counter", "k", "a", TTL)
+    await storage.commit([_commit("k", 0, a.epoch, 1)], node_id="a")
+    # a stale release (old epoch) and another node's release change nothing
+    stale = StatusUpdate("counter", "k", "hibernated", release_epoch=a.epoch - 1)
+    await storage.commit([], [stale], node_id="a")
+    await storage.commit([], [StatusUpdate("counter", "k", "hibernated", a.epoch)], node_id="b")
+    assert not (await storage.claim("counter", "k", "b", TTL)).granted
+    await storage.commit([], [StatusUpdate("counter", "k", "hibernated", a.epoch)], node_id="a")
+    assert await storage.owners([("counter", "k")]) == {}
+    cp = await storage.load("counter", "k")
+    assert cp is not None and cp.status == "hibernated"
+    b = await storage.claim("counter", "k", "b", TTL)
+    assert (b.granted, b.epoch) == (True, a.epoch + 1)
+
+
+async def test_concurrent_claims_grant_one_owner(storage: Storage) -> None:
+    names = [f"n{i}" for i in range(6)]
+    for name in names:
+        await storage.register_node(name, None, None, None)
+    claims = await asyncio.gather(*(storage.claim("counter", "hot", n, TTL) for n in names))
+    granted = [c for c in claims if c.granted]
+    assert len(granted) == 1
+    winner = granted[0].owner
+    assert all(c.owner == winner for c in claims)
