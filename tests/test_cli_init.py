@@ -370,7 +370,7 @@ def test_fly_files(project: Path) -> None:
 def test_migrate_without_alembic_uses_the_versioned_ddl(project: Path) -> None:
     db = project / "plain.db"
     out = run("migrate", "--database-url", f"sqlite:///{db}")
-    assert "storage tables (version 1) ready" in out
+    assert "storage tables (versions 1 to 2) ready" in out
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"objects_checkpoints", "objects_journal", "objects_pubsub"} <= tables

@@ -26,9 +26,11 @@ def migrate(
     config = _alembic_config(Path.cwd())
     if config is None:
         target = resolve(app, database_url, schema)
+        from ..storage.tables import LATEST_VERSION
+
         typer.echo(target.describe())
         asyncio.run(_create_tables(target))
-        typer.echo("storage tables (version 1) ready")
+        typer.echo(f"storage tables (versions 1 to {LATEST_VERSION}) ready")
         return
     from alembic import command
     from alembic.script import ScriptDirectory
