@@ -19,18 +19,23 @@ from ._exceptions import (
     ConflictError,
     ConnectionRejected,
     CorruptState,
+    ForwardFailed,
     InvalidArguments,
     InvalidCall,
     InvalidKey,
+    InvalidQuery,
     MissingDependency,
     ObjectNotFound,
     ObjectsError,
+    OutcomeUnknown,
     Overloaded,
     PubSubClosed,
+    RemoteError,
     StorageUnavailable,
     SubscriptionOverflow,
     UnknownMethod,
     UnknownObjectType,
+    UnstorableValue,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from .pubsub import Message
     from .runtime import DurableObject, EventSourced, Handle, Runtime, RuntimeStats, readonly
     from .runtime.connection import Connection
+    from .settings import ObjectsSettings
 
 # Public name -> the module that defines it, imported when the name is first asked for.
 _LAZY = {
@@ -47,6 +53,7 @@ _LAZY = {
     "Handle": ".runtime",
     "Message": ".pubsub",
     "Objects": ".fastapi",
+    "ObjectsSettings": ".settings",
     "Runtime": ".runtime",
     "RuntimeStats": ".runtime",
     "get_object": ".fastapi",
@@ -63,23 +70,29 @@ __all__ = [
     "CorruptState",
     "DurableObject",
     "EventSourced",
+    "ForwardFailed",
     "Handle",
     "InvalidArguments",
     "InvalidCall",
     "InvalidKey",
+    "InvalidQuery",
     "Message",
     "MissingDependency",
     "ObjectNotFound",
     "Objects",
     "ObjectsError",
+    "ObjectsSettings",
+    "OutcomeUnknown",
     "Overloaded",
     "PubSubClosed",
+    "RemoteError",
     "Runtime",
     "RuntimeStats",
     "StorageUnavailable",
     "SubscriptionOverflow",
     "UnknownMethod",
     "UnknownObjectType",
+    "UnstorableValue",
     "get_object",
     "readonly",
 ]

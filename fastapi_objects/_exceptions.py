@@ -20,6 +20,9 @@ Every error the library raises on purpose is an ``ObjectsError``::
     ├── ConnectionRejected        ``on_connect`` or ``authorize`` refused a websocket attach
     ├── PubSubClosed              the pub/sub (or a subscription) is closed or not started
     ├── SubscriptionOverflow      a subscriber fell ``max_queue`` messages behind; it was closed
+    ├── ForwardFailed             a call for another node's object could not reach it (not run)
+    │   └── OutcomeUnknown        it reached the owner, then the owner failed: may have run
+    ├── RemoteError               the owner's code failed on a forwarded call (internal_error)
     └── MissingDependency         an optional driver is not installed (names the pip command)
 
 Each class carries a stable ``type`` string (used in websocket error frames and HTTP error
@@ -151,6 +154,27 @@ class SubscriptionOverflow(ObjectsError):
     """A subscriber fell ``max_queue`` messages behind; its subscription was closed."""
 
     type = "overflow"
+
+
+class ForwardFailed(ObjectsError):
+    """A call could not be delivered to the node owning the object; it did not run."""
+
+    type = "forward_failed"
+
+
+class OutcomeUnknown(ForwardFailed):
+    """The owner got the call, then died or was cut off: it may or may not have run.
+
+    Never retried silently: retry only if running the call twice is acceptable.
+    """
+
+    type = "outcome_unknown"
+
+
+class RemoteError(ObjectsError):
+    """The owner's code failed on a forwarded call: ``internal error <id>``, logged there."""
+
+    type = "internal_error"
 
 
 class MissingDependency(ObjectsError):

@@ -11,19 +11,16 @@ commit is fenced by that epoch (storage/_owners.py, storage/_writes.py).
 
 from __future__ import annotations
 
-from .forward import Forwarder, ForwardFailed, Moved, OutcomeUnknown, RemoteError
+from .forward import Forwarder, Moved
 from .listener import Listener, is_loopback
 from .node import ClusterNode
 from .signing import Signer, Unauthorized, derived_secret
 
 __all__ = [
     "ClusterNode",
-    "ForwardFailed",
     "Forwarder",
     "Listener",
     "Moved",
-    "OutcomeUnknown",
-    "RemoteError",
     "Signer",
     "Unauthorized",
     "derived_secret",

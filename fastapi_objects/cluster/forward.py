@@ -12,28 +12,14 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from .._exceptions import ObjectsError
+from .._exceptions import ForwardFailed, ObjectsError, OutcomeUnknown, RemoteError
 from .signing import Signer
 
 CALL_PATH = "/objects-internal/call"
-
-
-class ForwardFailed(ObjectsError):
-    """A forwarded call could not be delivered to the object's owner (it did not run)."""
-
-    type = "forward_failed"
-
-
-class OutcomeUnknown(ForwardFailed):
-    """The owner got the call, then the connection failed: it may or may not have run."""
-
-    type = "outcome_unknown"
-
-
-class RemoteError(ObjectsError):
-    """The owner's code failed on a forwarded call (``internal_error`` with the owner's id)."""
-
-    type = "internal_error"
+KEEPALIVE_EXPIRY = 2.0
+"""Seconds an idle forwarding connection is kept. A listener that stops waits this long after
+its last request, so that no peer sends a call on a connection it is closing (a call that
+could not be told from one that ran)."""
 
 
 class Moved(Exception):
@@ -76,7 +62,7 @@ class Forwarder:
         # that never ran into an unknown outcome.
         self._client = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout, connect=min(timeout, 2.0)),
-            limits=httpx2.Limits(max_keepalive_connections=32, keepalive_expiry=2.0),
+            limits=httpx2.Limits(max_keepalive_connections=32, keepalive_expiry=KEEPALIVE_EXPIRY),
         )
         self.forwarded = 0
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from .._exceptions import ObjectsError
-from .forward import CALL_PATH, Moved
+from .forward import CALL_PATH, KEEPALIVE_EXPIRY, Moved
 from .signing import Signer, Unauthorized
 
 log = logging.getLogger("fastapi_objects")
@@ -59,6 +59,7 @@ class Listener:
         self.handle_call = handle_call
         self.websocket_app = websocket_app
         self.leaving = False  # a node shutting down answers 421: callers look again
+        self.last_request = float("-inf")
         self._server: Any = None
         self._sock: socket.socket | None = None
 
@@ -91,10 +92,18 @@ class Listener:
         return f"http://{host}:{port}"
 
     async def stop(self) -> None:
-        """Stop serving (after the requests in progress)."""
+        """Stop serving (after the requests in progress).
+
+        First it outwaits the peers' idle connections: one closed under a peer that is just
+        sending a call would leave that call's outcome unknown.
+        """
         server, self._server = self._server, None
         if server is None:
             return
+        loop = asyncio.get_running_loop()
+        idle_until = self.last_request + KEEPALIVE_EXPIRY + 0.5
+        if idle_until > loop.time():
+            await asyncio.sleep(idle_until - loop.time())
         for listening in server.servers:
             listening.close()
         for connection in list(server.server_state.connections):
@@ -116,8 +125,9 @@ class Listener:
         """Serve one internal request."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if scope["type"] == "websocket":
+            target = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
             try:
-                self.signer.verify("GET", scope["path"], b"", headers)
+                self.signer.verify("GET", target, b"", headers)
             except Unauthorized as exc:
                 await send({"type": "websocket.http.response.start", "status": 401,
                             "headers": [(b"content-type", b"text/plain")]})
@@ -130,6 +140,7 @@ class Listener:
             return
         if scope["type"] != "http":
             return
+        self.last_request = asyncio.get_running_loop().time()
         body = await _read_body(receive)
         if body is None:
             await _reply(send, 413, {"error": {"type": "too_large", "message": "body too large"}})
@@ -143,7 +154,8 @@ class Listener:
             await _reply(send, 401, {"error": {"type": "unauthorized", "message": str(exc)}})
             return
         status, reply = await self._call(body)
-        await _reply(send, status, reply)
+        # Leaving: close each connection after its answer, so peers stop reusing them.
+        await _reply(send, status, reply, close=self.leaving)
 
     async def _call(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -191,9 +203,10 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _reply(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _reply(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:
     data = to_json(body)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 
 from .._exceptions import StorageUnavailable
-from ..storage import Claim, Storage
+from ..storage import Claim, NodeInfo, Storage
 
 log = logging.getLogger("fastapi_objects")
 
@@ -51,6 +51,9 @@ class ClusterNode:
         self._timer: asyncio.TimerHandle | None = None
         self._lost = True
         self._failure = ""  # why the last registration or heartbeat failed
+        self._renewal: asyncio.Event | None = None
+        self.live: dict[str, NodeInfo] = {}  # the live nodes, as of the last heartbeat
+        self._deaths: dict[str, set[asyncio.Future[None]]] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -107,6 +110,31 @@ class ClusterNode:
         """Whether this node may serve its objects now (its lease has not lapsed)."""
         return self._loop is not None and self.loop.time() < self.lease_until
 
+    async def ready(self) -> None:
+        """Return once the node may serve; wait up to ``node_ttl`` for a lapsed lease.
+
+        A node that lost its lease (the database was slow, the process was paused) usually
+        renews it within a heartbeat: its callers wait for that rather than fail at once. A
+        node that never registered, or does not renew in time, raises ``StorageUnavailable``.
+        """
+        if self.serving():
+            return
+        if self.lease_until != 0.0:
+            self._lapse()
+            try:
+                async with asyncio.timeout(self.ttl):
+                    await self._renewed_event().wait()
+            except TimeoutError:
+                pass
+            if self.serving():
+                return
+        self.check()
+
+    def _renewed_event(self) -> asyncio.Event:
+        if self._renewal is None or self._renewal.is_set():
+            self._renewal = asyncio.Event()
+        return self._renewal
+
     def check(self) -> None:
         """Raise ``StorageUnavailable`` unless the node may serve."""
         if not self.serving():
@@ -126,6 +154,8 @@ class ClusterNode:
     def _renewed(self, sent: float) -> None:
         self.lease_until = sent + LEASE_SHARE * self.ttl
         self._lost = False
+        if self._renewal is not None:
+            self._renewal.set()
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_at(self.lease_until, self._expire)
@@ -165,6 +195,36 @@ class ClusterNode:
             else:  # the lease ran out while the heartbeat was in flight: drop, then renew
                 self._lapse()
                 self._renewed(sent)
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Read which nodes are alive (one query per heartbeat); wake who waits for a death."""
+        try:
+            nodes = await self.storage.nodes(self.ttl)
+        except StorageUnavailable:
+            return
+        self.live = {n.node_id: n for n in nodes if n.alive}
+        for node_id in [n for n in self._deaths if n not in self.live]:
+            for waiter in self._deaths.pop(node_id):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def death_of(self, node_id: str) -> asyncio.Future[None]:
+        """A future that resolves once ``node_id`` is seen dead (its heartbeat too old).
+
+        ``forget_death`` it when done waiting.
+        """
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._deaths.setdefault(node_id, set()).add(waiter)
+        return waiter
+
+    def forget_death(self, node_id: str, waiter: asyncio.Future[None]) -> None:
+        """Stop waiting for ``node_id``'s death."""
+        waiters = self._deaths.get(node_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._deaths[node_id]
 
     # -- ownership ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from .._exceptions import (
     CallTimeout,
     ConflictError,
     ConnectionRejected,
+    ForwardFailed,
     InvalidCall,
     InvalidKey,
     InvalidQuery,
@@ -45,10 +46,12 @@ _STATUS: list[tuple[type[ObjectsError], int]] = [
     (PubSubClosed, 503),
     (SubscriptionOverflow, 503),
     (ConnectionRejected, 403),
+    (ForwardFailed, 502),
 ]
 
 # Errors worth retrying: a conflict reloads the object, the others pass with time.
 _RETRY = (ConflictError, StorageUnavailable, PubSubClosed, SubscriptionOverflow)
+# ForwardFailed did not run: retrying is safe. OutcomeUnknown may have run: no Retry-After.
 
 
 def status_for(exc: ObjectsError) -> int:
@@ -78,7 +81,7 @@ def retry_after(exc: ObjectsError) -> str | None:
     """The ``Retry-After`` seconds for ``exc``, or ``None`` when retrying cannot help."""
     if isinstance(exc, Overloaded):
         return str(max(1, round(exc.retry_after)))
-    if isinstance(exc, _RETRY):
+    if isinstance(exc, _RETRY) or type(exc) is ForwardFailed:
         return "1"
     return None
 

@@ -16,6 +16,7 @@ from .._exceptions import ObjectsError
 from ..runtime import DurableObject, Runtime
 from ..settings import ObjectsSettings, Options
 from .errors import objects_error_handler
+from .relay import internal_websocket_app
 from .websocket import serve_websocket
 
 Verdict = bool | dict[str, Any]
@@ -63,6 +64,8 @@ class Objects(Runtime):
         self.max_calls_in_flight = web.max_calls_in_flight
         self.max_outbox = web.max_outbox
         self._router: APIRouter | None = None
+        # Clients that attach on another node are relayed here (the owner) through this.
+        self.routing.websocket_app = internal_websocket_app(self)
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:

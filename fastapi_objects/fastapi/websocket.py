@@ -31,6 +31,7 @@ from .._exceptions import (
 from ..pubsub import Message, Subscription
 from ..runtime.connection import Connection
 from ..runtime.keys import validate_key
+from ..runtime.routing import Elsewhere, backoff
 from .errors import error_body, internal_error
 from .protocol import (
     ATTACHED,
@@ -41,6 +42,7 @@ from .protocol import (
     decode_frame,
     encode_frame,
 )
+from .relay import MOVED, relay
 
 if TYPE_CHECKING:
     from ..runtime.object import DurableObject
@@ -103,16 +105,52 @@ async def serve_websocket(
             return
         if isinstance(verdict, dict):
             params.update(verdict)
-    await _Session(objects, websocket, cls, key).run(params)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cls.call_timeout
+    attempt = 0
+    while True:
+        owner = await _Session(objects, websocket, cls, key).run(params)
+        if owner is None or await relay(objects, websocket, cls, key, params, owner):
+            return
+        if loop.time() > deadline:  # the owner stayed unreachable (dying, not yet taken over)
+            await websocket.close(CloseCode.ATTACH_FAILED, "attach failed: owner unreachable")
+            return
+        await backoff(attempt)
+        attempt += 1
+
+
+async def serve_relayed(
+    objects: Objects, websocket: WebSocket, type_name: str, key: str, params: dict[str, Any]
+) -> None:
+    """The owner's end of a relayed client (checked on the node it connected to)."""
+    await websocket.accept()
+    try:
+        cls = objects.object_type(type_name)
+        key = validate_key(key)
+    except UnknownObjectType as exc:
+        await websocket.close(CloseCode.UNKNOWN_TYPE, exc.message[:120])
+        return
+    except InvalidKey as exc:
+        await websocket.close(CloseCode.INVALID_KEY, exc.message[:120])
+        return
+    if await _Session(objects, websocket, cls, key, relayed=True).run(params) is not None:
+        await websocket.close(MOVED, "not the owner")
 
 
 class _Session:
     """One attached client: a reader (this task), a writer task and a broadcast forwarder."""
 
     def __init__(
-        self, objects: Objects, websocket: WebSocket, cls: type[DurableObject[Any]], key: str
+        self,
+        objects: Objects,
+        websocket: WebSocket,
+        cls: type[DurableObject[Any]],
+        key: str,
+        *,
+        relayed: bool = False,
     ) -> None:
         self.objects = objects
+        self.relayed = relayed
         self.websocket = websocket
         self.cls = cls
         self.key = key
@@ -159,8 +197,10 @@ class _Session:
 
     # -- the session -------------------------------------------------------------------------
 
-    async def run(self, params: dict[str, Any]) -> None:
+    async def run(self, params: dict[str, Any]) -> Elsewhere | None:
+        """Serve the client until it leaves; ``Elsewhere`` (nothing sent) if not the owner."""
         writer = asyncio.create_task(self._write())
+        moved: Elsewhere | None = None
         try:
             async with self.objects.subscribe(
                 self.topic, max_queue=self.objects.max_outbox
@@ -168,6 +208,8 @@ class _Session:
                 forwarder = asyncio.create_task(self._forward(sub))
                 try:
                     await self._attach_and_read(params)
+                except Elsewhere as owner:
+                    moved = owner
                 finally:
                     forwarder.cancel()
                     for task in list(self.calls):
@@ -178,15 +220,23 @@ class _Session:
                         except Exception:  # the client is gone either way; say why in the log
                             log.exception("%s: on_disconnect failed", self.topic)
         finally:
-            self.close(CloseCode.NORMAL, "")
-            try:
-                await asyncio.wait_for(writer, timeout=5)
-            except (TimeoutError, asyncio.CancelledError):
+            if moved is not None:  # the websocket stays open for the relay
                 writer.cancel()
+            else:
+                self.close(CloseCode.NORMAL, "")
+                try:
+                    await asyncio.wait_for(writer, timeout=5)
+                except (TimeoutError, asyncio.CancelledError):
+                    writer.cancel()
+        return moved
 
     async def _attach_and_read(self, params: dict[str, Any]) -> None:
         try:
-            conn = await self.objects.attach(self.cls, self.key, self, params)
+            conn = await self.objects.attach(
+                self.cls, self.key, self, params, relayed=self.relayed
+            )
+        except Elsewhere:
+            raise  # another node owns it: serve_websocket relays the client there
         except ConnectionRejected as exc:
             self.close(exc.code, exc.message)
             return

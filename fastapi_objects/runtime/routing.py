@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._exceptions import OutcomeUnknown
 from ..cluster import ClusterNode, Forwarder, Listener, Moved, Signer, derived_secret, is_loopback
 from ..cluster.listener import ASGIApp
 from ..settings import ObjectsSettings
@@ -130,11 +131,29 @@ class Router:
         if owner.address is None or self.forwarder is None:
             self.forget_owner((type, key))
             raise Moved(f"node {owner.node_id} takes no forwarded calls")
+        call = asyncio.ensure_future(
+            self.forwarder.call(owner.address, owner.node_id, type, key, method, args)
+        )
+        death = self.node.death_of(owner.node_id)
         try:
-            return await self.forwarder.call(owner.address, owner.node_id, type, key, method, args)
+            # A paused owner keeps the connection open and answers nothing: once the database
+            # says it is dead, stop waiting (it may have run the call before it froze).
+            await asyncio.wait({call, death}, return_when=asyncio.FIRST_COMPLETED)
+            if not call.done():
+                call.cancel()
+                self.forget_owner((type, key))
+                raise OutcomeUnknown(
+                    f"{type}:{key}.{method}() was sent to its owner {owner.node_id}, which "
+                    "stopped heartbeating before it answered: it may or may not have run"
+                )
+            return call.result()
         except Moved:
             self.forget_owner((type, key))
             raise
+        finally:
+            self.node.forget_death(owner.node_id, death)
+            if not call.done():
+                call.cancel()
 
 
 async def backoff(attempt: int) -> None:

@@ -53,6 +53,7 @@ class Counters:
     hibernations: int = 0
     turns: int = 0
     conflicts: int = 0
+    relayed: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class RuntimeStats:
     commits: int
     batches: int
     conflicts: int
+    forwarded: int = 0
+    """Calls this node sent to the owner on another node."""
+    takeovers: int = 0
+    """Objects this node claimed after another node had owned them."""
+    relayed: int = 0
+    """Websocket clients attached here through another node's relay."""
 
 
 class Runtime:
@@ -156,10 +163,11 @@ class Runtime:
         await self.pubsub.start()
         self.committer.start()
         await self.routing.start(self.serve_forwarded)
+        schema = self.settings.db_schema
         announce(
-            "fastapi_objects: node %s (internal %s), storage %s, pubsub %s",
+            "fastapi_objects: node %s (internal %s), storage %s%s, pubsub %s",
             self.node_id, self.routing.node.address or "none", redact(self.database_url),
-            redact(self.pubsub_url),
+            f" (schema {schema})" if schema else "", redact(self.pubsub_url),
         )
 
     async def close(self) -> None:
@@ -323,7 +331,8 @@ class Runtime:
         node = self.routing.node
         checked = False
         while True:
-            node.check()
+            if not node.serving():
+                await node.ready()
             act = self._activations.get(ident)
             try:
                 if act is None:
@@ -398,12 +407,23 @@ class Runtime:
         key: str,
         transport: Transport,
         params: dict[str, Any] | None = None,
+        *,
+        relayed: bool = False,
     ) -> Connection:
-        """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject)."""
+        """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject).
+
+        Raises ``Elsewhere`` when another node owns the object: the web integration then
+        relays the client to it. ``relayed``: the client comes from another node that found
+        this one named as the owner (so the database decides, not this node's memory).
+        """
         key = validate_key(key)
         conn = Connection(f"{cls.type_name}:{key}", transport, params)
+        if relayed:
+            self.counters.relayed += 1
         async with asyncio.timeout(cls.call_timeout):
-            await self._on_live(cls, key, lambda act, held: act.attach(conn, held))
+            await self._on_live(
+                cls, key, lambda act, held: act.attach(conn, held), forwarded=relayed
+            )
         return conn
 
     async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
@@ -484,8 +504,10 @@ class Runtime:
     def stats(self) -> RuntimeStats:
         """What this node holds now and has done since start."""
         c = self.counters
+        forwarder = self.routing.forwarder
         return RuntimeStats(
             active=len(self._activations), thaws=c.thaws, hibernations=c.hibernations,
             turns=c.turns, commits=self.committer.commits, batches=self.committer.batches,
-            conflicts=c.conflicts,
+            conflicts=c.conflicts, forwarded=forwarder.forwarded if forwarder else 0,
+            takeovers=self.routing.node.takeovers, relayed=c.relayed,
         )

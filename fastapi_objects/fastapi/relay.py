@@ -1,0 +1,146 @@
+"""Websockets across nodes: a client attached on a node that does not own the object.
+
+The edge node (where the client connected) checks the client as always (key, type, Origin,
+``authorize``), then opens a signed websocket to the owner's internal listener and relays
+frames both ways, unchanged. On the owner the client is an ordinary session: ``on_connect``,
+``on_message``, ``on_disconnect``, ``conn.state``, ``conn.send``, calls and the
+``objects:attached`` frame behave exactly as for a local client. When the owner closes the
+session the client gets the same close code; when the owner dies mid-session the client gets
+1012 (reconnect) and, reconnecting, lands on the new owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from pydantic_core import from_json, to_json
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..cluster.listener import WEBSOCKET_PREFIX, Receive, Scope, Send
+from ..runtime.routing import Elsewhere
+from .protocol import CloseCode
+
+if TYPE_CHECKING:
+    from ..runtime.object import DurableObject
+    from .objects import Objects
+
+log = logging.getLogger("fastapi_objects")
+
+MOVED = 4421
+"""Close code between nodes only: the node asked does not own the object; look again."""
+
+
+async def relay(
+    objects: Objects,
+    websocket: WebSocket,
+    cls: type[DurableObject[Any]],
+    key: str,
+    params: dict[str, Any],
+    owner: Elsewhere,
+) -> bool:
+    """Relay ``websocket`` to the owner's session until either side closes.
+
+    Returns ``False`` when the owner could not be reached or no longer owns the object (the
+    client saw nothing yet): the caller looks the owner up again.
+    """
+    import websockets
+    from websockets.asyncio.client import connect
+
+    forwarder = objects.routing.forwarder
+    if owner.address is None or forwarder is None:
+        objects.routing.forget_owner((cls.type_name, key))
+        return False
+    query = urlencode({"params": to_json(params).decode()}, quote_via=quote)
+    target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?{query}"
+    headers = forwarder.signer.headers("GET", target, b"", owner.node_id)
+    url = "ws" + owner.address.removeprefix("http") + target
+    try:
+        upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=5)
+    except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+        log.info("relay of %s:%s to %s failed: %r", cls.type_name, key, owner.node_id, exc)
+        objects.routing.forget_owner((cls.type_name, key))
+        return False
+    async with upstream:
+        try:
+            first = await upstream.recv()
+        except websockets.ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd is not None else CloseCode.RELOADED
+            if code == MOVED:
+                objects.routing.forget_owner((cls.type_name, key))
+                return False
+            await _close(websocket, code, closed.rcvd.reason if closed.rcvd else "")
+            return True
+        await websocket.send_text(str(first))
+        await _pump(websocket, upstream)
+    return True
+
+
+async def _pump(websocket: WebSocket, upstream: Any) -> None:
+    import websockets
+
+    async def client_to_owner() -> None:
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                await upstream.send(text if text is not None else message.get("bytes", b""))
+        except (WebSocketDisconnect, websockets.ConnectionClosed):
+            return
+
+    async def owner_to_client() -> tuple[int, str]:
+        try:
+            async for frame in upstream:
+                if isinstance(frame, bytes):
+                    await websocket.send_bytes(frame)
+                else:
+                    await websocket.send_text(frame)
+        except websockets.ConnectionClosedError:
+            pass  # the owner went away without a close: it died or was cut off
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return (CloseCode.NORMAL, "")
+        received = upstream.close_code
+        if received is None or received == 1006:
+            return (CloseCode.RELOADED, "the object's node went away; reconnect")
+        return (received, upstream.close_reason or "")
+
+    up = asyncio.create_task(client_to_owner())
+    down = asyncio.create_task(owner_to_client())
+    done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+    if down in done:
+        up.cancel()
+        code, reason = down.result()
+        await _close(websocket, code, reason)
+    else:
+        await upstream.close()
+        down.cancel()
+    await asyncio.gather(up, down, return_exceptions=True)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    try:
+        await websocket.close(code, reason[:120])
+    except (RuntimeError, OSError):
+        pass  # already closed
+
+
+def internal_websocket_app(objects: Objects) -> Any:
+    """The owner's end of a relay: the internal listener hands it signed upgrades."""
+    from .websocket import serve_relayed
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        type_name, _, key = scope["path"][len(WEBSOCKET_PREFIX):].partition("/")
+        raw = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("params", ["{}"])
+        try:
+            params = from_json(raw[0])
+        except ValueError:
+            params = {}
+        await serve_relayed(objects, websocket, type_name, key,
+                            params if isinstance(params, dict) else {})
+
+    return app
