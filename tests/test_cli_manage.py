@@ -129,7 +129,7 @@ def cells(output: str, first: str) -> list[str]:
 
 def test_ls_filters_and_limits(stored: list[str]) -> None:
     out = run("ls", "counter", *stored)
-    assert cells(out, "a")[:4] == ["a", "hibernated", "3", "1"]
+    assert cells(out, "a")[:5] == ["a", "hibernated", "-", "3", "1"]  # "-": no owner now
     assert cells(out, "a")[-1] == '{"value":6}'
     assert cells(out, "user:1")[-1] == '{"value":7}'
     only = run("ls", "counter", "--prefix", "user:", *stored)
@@ -144,6 +144,7 @@ def test_show_state_and_journal_tail(stored: list[str]) -> None:
     out = run("show", "counter", "a", *stored)
     fields = {line.split("  ")[0]: line.split()[-1] for line in out.splitlines() if "  " in line}
     assert fields["status"] == "hibernated" and fields["rev"] == "3"
+    assert fields["owner"] == "-"  # the runtime that wrote it stopped and released it
     assert fields["state version"] == "1" and fields["journal rev"] == "3"
     assert '"value": 6' in out
     assert [cells(out, r)[2] for r in ("1", "2", "3")] == ["incremented"] * 3
@@ -181,7 +182,8 @@ def test_stats_and_app_option(stored: list[str]) -> None:
 
 def test_unreachable_database(shop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dead = "postgresql+asyncpg://root@127.0.0.1:1/test"
-    for command in (["ls", "counter"], ["show", "counter", "a"], ["stats"], ["migrate"]):
+    commands = (["ls", "counter"], ["show", "counter", "a"], ["stats"], ["nodes"], ["migrate"])
+    for command in commands:
         line = fails(*command, "--database-url", dead)
         assert "unreachable" in line or "unavailable" in line
         assert "Connect call failed ('127.0.0.1', 1)" in line
@@ -245,6 +247,7 @@ def test_every_command_names_its_database_with_the_password_hidden(
     commands = [
         ["migrate"], ["stats"], ["ls", "counter", "--app", "shop:app"],
         ["show", "counter", "a", "--app", "shop:app"], ["rm", "counter", "a", "--yes"],
+        ["nodes"],
     ]
     for command in commands:
         result = CliRunner().invoke(cli, command)

@@ -78,7 +78,7 @@ class Counter(DurableObject[_State]):
         return self.state.value
 
 
-def test_ls_loads_no_web_framework(tmp_path: Path) -> None:
+def test_ls_and_nodes_load_no_web_framework(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"
 
     async def store() -> None:
@@ -86,10 +86,11 @@ def test_ls_loads_no_web_framework(tmp_path: Path) -> None:
             await runtime.get(Counter, "a").increment()
 
     asyncio.run(store())
-    done, lines = _importtime("ls", "counter", "--database-url", url, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert '{"value":1}' in done.stdout  # it really listed the object
-    loaded = _loaded(lines)
-    assert _top_package(loaded, "sqlalchemy")  # the figures do cover the whole command
-    for package in WEB:
-        assert not _top_package(loaded, package), f"objects ls imported {package}"
+    for command, shown in [(["ls", "counter"], '{"value":1}'), (["nodes"], "no nodes")]:
+        done, lines = _importtime(*command, "--database-url", url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert shown in done.stdout  # it really read the database
+        loaded = _loaded(lines)
+        assert _top_package(loaded, "sqlalchemy")  # the figures do cover the whole command
+        for package in WEB:
+            assert not _top_package(loaded, package), f"objects {command[0]} imported {package}"

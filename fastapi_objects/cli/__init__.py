@@ -1,4 +1,4 @@
-"""The ``objects`` command line: ``init`` a project, ``migrate`` it, and inspect stored objects.
+"""The ``objects`` command line: ``init`` a project, ``migrate`` it, inspect objects and nodes.
 
 Run ``objects --help``; each command is described in ``docs/cli.md``.
 """
@@ -10,10 +10,11 @@ import typer
 from .init import init
 from .manage import ls, rm, show, stats
 from .migrate import migrate
+from .nodes import nodes
 
 app = typer.Typer(
     name="objects",
-    help="Durable objects for FastAPI: set up storage and migrations, inspect stored objects.",
+    help="Durable objects for FastAPI: set up storage and migrations, inspect objects and nodes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals may hold database passwords
@@ -24,6 +25,7 @@ app.command()(ls)
 app.command()(show)
 app.command()(rm)
 app.command()(stats)
+app.command()(nodes)
 
 __all__ = ["app", "main"]
 

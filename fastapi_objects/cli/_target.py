@@ -53,6 +53,8 @@ class Target:
     types: dict[str, type[DurableObject[Any]]] | None
     source: str
     """Where the URL came from, for the ``database:`` line."""
+    node_ttl: float = 10.0
+    """Seconds after its last heartbeat that a node counts as dead, as the app reads it."""
 
     def describe(self) -> str:
         """One line naming the database (password hidden), its schema and where it came from."""
@@ -71,10 +73,11 @@ def resolve(app: str | None, database_url: str | None, schema: str | None) -> Ta
         settings = ObjectsSettings.from_options(database_url=database_url, schema=schema)
     except ValidationError as exc:
         raise CliError(_settings_error(exc)) from None
-    url, db_schema = settings.database_url, settings.db_schema
+    url, db_schema, node_ttl = settings.database_url, settings.db_schema, settings.node_ttl
     if runtime is not None:  # the app's runtime knows better than the settings
         url = url if database_url is not None else runtime.database_url
         db_schema = schema if schema is not None else runtime.settings.db_schema
+        node_ttl = runtime.settings.node_ttl
     _check_url(url)
     if database_url is not None:
         source = "--database-url"
@@ -83,7 +86,7 @@ def resolve(app: str | None, database_url: str | None, schema: str | None) -> Ta
     else:
         source = _settings_source("OBJECTS_DATABASE_URL")
     types = dict(runtime.types) if runtime is not None else None
-    return Target(url, db_schema, types, source)
+    return Target(url, db_schema, types, source, node_ttl)
 
 
 def _settings_source(name: str) -> str:
@@ -143,11 +146,18 @@ def load_runtime(spec: str) -> Runtime:
     return next(iter(found.values()))
 
 
-@asynccontextmanager
-async def open_target(target: Target, *, create: bool = False) -> AsyncIterator[SQLStorage]:
-    """Open the target's SQL storage; unless ``create``, its tables must already exist."""
-    import sqlalchemy as sa
+# The table each storage version adds first: its presence says that version was migrated.
+_VERSION_TABLES = {1: "objects_checkpoints", 2: "objects_nodes"}
 
+
+@asynccontextmanager
+async def open_target(
+    target: Target, *, create: bool = False, version: int = 1
+) -> AsyncIterator[SQLStorage]:
+    """Open the target's SQL storage; unless ``create``, the tables up to ``version`` must exist.
+
+    ``version`` 2 is what nodes and owners need (``objects nodes``, the owner of ``ls``/``show``).
+    """
     from ..storage import open_storage
     from ..storage.sql import SQLStorage
 
@@ -165,17 +175,30 @@ async def open_target(target: Target, *, create: bool = False) -> AsyncIterator[
     try:
         if not create:
             async with storage.engine.connect() as conn:
-                present = await conn.run_sync(
-                    lambda c: sa.inspect(c).has_table("objects_checkpoints", schema=target.schema)
-                )
-            if not present:
-                where = f" (schema {target.schema})" if target.schema else ""
+                present = await conn.run_sync(_migrated_versions, target.schema)
+            where = f" in {redact(target.url)}" + (
+                f" (schema {target.schema})" if target.schema else ""
+            )
+            if 1 not in present:
+                raise CliError(f"no storage tables{where}: run `objects migrate`")
+            missing = [v for v in range(2, version + 1) if v not in present]
+            if missing:
                 raise CliError(
-                    f"no storage tables in {redact(target.url)}{where}: run `objects migrate`"
+                    f"storage version {missing[0]} is not migrated{where} (nodes and owners "
+                    "live there): run `objects migrate` (with Alembic, `objects init` first "
+                    "adds the revision)"
                 )
         yield storage
     finally:
         await storage.close()
+
+
+def _migrated_versions(conn: Any, schema: str | None) -> set[int]:
+    """The storage versions whose tables are in the database (a sync SQLAlchemy connection)."""
+    import sqlalchemy as sa
+
+    inspector = sa.inspect(conn)
+    return {v for v, table in _VERSION_TABLES.items() if inspector.has_table(table, schema=schema)}
 
 
 def _require_sqlite_file(url: str) -> None:

@@ -1,4 +1,8 @@
-"""``objects ls``, ``show``, ``rm`` and ``stats``: look at stored objects without thawing them."""
+"""``objects ls``, ``show``, ``rm`` and ``stats``: look at stored objects without thawing them.
+
+``ls`` and ``show`` name each object's owner: the node holding it live, or ``-`` when no node
+does (released on hibernation or a graceful stop, or never claimed).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ._console import console
 from ._errors import CliError, reported
 from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_target, resolve
 
@@ -18,6 +23,7 @@ if TYPE_CHECKING:
 # storage.base.STATUSES, spelled out so that `objects --help` need not import the storage layer
 # (tests/test_cli_manage.py keeps the two equal).
 STATUSES = ("active", "hibernated")
+NO_OWNER = "-"  # no node holds the object: released (hibernated, node stopped) or never claimed
 TypeArgument = Annotated[str, typer.Argument(metavar="TYPE", help="Object type, e.g. counter.")]
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="Object key.")]
 
@@ -47,30 +53,33 @@ def ls(
 async def _ls(
     target: Target, type_name: str, status: str | None, prefix: str | None, limit: int
 ) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from ..storage import ObjectQuery
 
-    async with open_target(target) as storage:
+    async with open_target(target, version=2) as storage:
         await _check_type(storage, target, type_name)
         page = await storage.query(
             ObjectQuery(type=type_name, status=status, key_prefix=prefix, limit=limit)
         )
-    console = Console()
+        owners = await storage.owners([(cp.type, cp.key) for cp in page.items])  # one query
+    out = console()
     if not page.items:
-        console.print(f"no {type_name} objects match", markup=False)
+        out.print(f"no {type_name} objects match", markup=False)
         return
-    table = Table("key", "status", "rev", "version", "updated (UTC)", "state", title=type_name)
+    table = Table(
+        "key", "status", "owner", "rev", "version", "updated (UTC)", "state", title=type_name
+    )
     for cp in page.items:
         state = json.dumps(cp.state, separators=(",", ":"))
         table.add_row(
-            cp.key, cp.status, str(cp.rev), str(cp.state_version), _time(cp.updated_at),
+            cp.key, cp.status, owners.get((cp.type, cp.key), NO_OWNER), str(cp.rev),
+            str(cp.state_version), _time(cp.updated_at),
             state if len(state) <= 60 else state[:59] + "…",
         )
-    console.print(table)
+    out.print(table)
     if page.next_cursor is not None:
-        console.print(f"(first {limit} shown; raise --limit for more)", markup=False)
+        out.print(f"(first {limit} shown; raise --limit for more)", markup=False)
 
 
 @reported
@@ -90,37 +99,38 @@ def show(
 
 
 async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
-    from rich.console import Console
     from rich.json import JSON
     from rich.table import Table
 
-    async with open_target(target) as storage:
+    async with open_target(target, version=2) as storage:
         await _check_type(storage, target, type_name)
         cp = await storage.load(type_name, key)
         if cp is None:
             raise CliError(f"no object {type_name}:{key}")
         entries = await storage.read_journal(type_name, key, max(0, cp.journal_rev - tail))
-    console = Console()
+        owner = (await storage.owners([(type_name, key)])).get((type_name, key), NO_OWNER)
+    out = console()
     fields = Table.grid(padding=(0, 2))
     for name, value in [
-        ("object", f"{type_name}:{key}"), ("status", cp.status), ("rev", cp.rev),
+        ("object", f"{type_name}:{key}"), ("status", cp.status), ("owner", owner),
+        ("rev", cp.rev),
         ("state version", cp.state_version), ("journal rev", cp.journal_rev),
         ("snapshot rev", cp.snapshot_rev), ("created (UTC)", _time(cp.created_at)),
         ("updated (UTC)", _time(cp.updated_at)),
     ]:
         fields.add_row(name, str(value))
-    console.print(fields)
-    console.print("state:", markup=False)
-    console.print(JSON.from_data(cp.state))
+    out.print(fields)
+    out.print("state:", markup=False)
+    out.print(JSON.from_data(cp.state))
     if tail == 0:
         return
     if not entries:
-        console.print("journal: empty", markup=False)
+        out.print("journal: empty", markup=False)
         return
     journal = Table("rev", "at (UTC)", "kind", "payload", title=f"journal (last {len(entries)})")
     for entry in entries:
         journal.add_row(str(entry.rev), _time(entry.at), entry.kind, _json(entry.payload))
-    console.print(journal)
+    out.print(journal)
 
 
 @reported
@@ -165,7 +175,6 @@ def stats(
 
 
 async def _stats(target: Target) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     async with open_target(target) as storage:
@@ -179,7 +188,7 @@ async def _stats(target: Target) -> None:
         table.add_row(
             name, *(str(by_status.get(s, 0)) for s in STATUSES), str(sum(by_status.values()))
         )
-    Console().print(table)
+    console().print(table)
 
 
 def _target(app: str | None, database_url: str | None, schema: str | None) -> Target:

@@ -1,0 +1,90 @@
+"""``objects nodes``: the nodes of the cluster as the database knows them.
+
+Every running ``Objects`` runtime (each uvicorn worker, each Fly machine) is a node with a row
+in ``objects_nodes``. This reads those rows only: no app is imported (unless ``--app`` is
+given) and no object is woken. A node is dead once its heartbeat is older than ``--ttl``;
+what it still owns is taken over by the next node that touches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ._console import console
+from ._errors import reported
+from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_target, resolve
+
+if TYPE_CHECKING:
+    from ..storage import NodeInfo
+    from ..storage.sql import SQLStorage
+
+
+@reported
+def nodes(
+    ttl: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Seconds after its last heartbeat that a node counts as dead "
+            "(default: the app's node_ttl, OBJECTS_NODE_TTL, else 10).",
+        ),
+    ] = None,
+    app: AppOption = None,
+    database_url: DatabaseUrlOption = None,
+    schema: SchemaOption = None,
+) -> None:
+    """List the nodes: address, region, machine, heartbeat age, alive or dead, objects owned."""
+    target = resolve(app, database_url, schema)
+    typer.echo(target.describe())
+    asyncio.run(_nodes(target, target.node_ttl if ttl is None else ttl))
+
+
+async def _nodes(target: Target, ttl: float) -> None:
+    from rich.table import Table
+
+    async with open_target(target, version=2) as storage:
+        found = await storage.nodes(ttl)
+        now = await _database_now(storage)
+    out = console()
+    if not found:
+        out.print("no nodes registered: no app is running on this database", markup=False)
+        return
+    table = Table(
+        "node", "address", "region", "machine", "heartbeat (s ago)", "state", "owned",
+        title="nodes",
+    )
+    for node in found:
+        table.add_row(
+            node.node_id, node.address or "-", node.region or "-", node.machine or "-",
+            f"{_age(node, now):.1f}", "alive" if node.alive else "dead", str(node.owned),
+        )
+    out.print(table)
+    alive = sum(node.alive for node in found)
+    out.print(
+        f"{alive} alive, {len(found) - alive} dead (dead: no heartbeat for {ttl:g} s)",
+        markup=False,
+    )
+
+
+async def _database_now(storage: SQLStorage) -> datetime:
+    """The clock heartbeats are stamped with: PostgreSQL's, else (SQLite) this machine's.
+
+    Ages are then right even when this machine's clock and the database's disagree.
+    """
+    if storage.engine.dialect.name != "postgresql":
+        return datetime.now(UTC)
+    import sqlalchemy as sa
+
+    async with storage.engine.connect() as conn:
+        now = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
+    assert isinstance(now, datetime)
+    return now
+
+
+def _age(node: NodeInfo, now: datetime) -> float:
+    """Seconds since the node's last heartbeat (never below 0: the clocks are read apart)."""
+    return max(0.0, (now - node.heartbeat_at).total_seconds())
