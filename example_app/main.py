@@ -217,12 +217,13 @@ async def remove_from_cart(cart: CartHandle, sku: str) -> CartView:
 
 @router.get("/api/stats")
 async def stats(objects: Runtime) -> dict[str, Any]:
-    """Objects in memory on this node, and thaws/hibernations since start."""
+    """This node: objects in memory, and thaws, hibernations, forwarded calls since start."""
     s = objects.stats()
     stored = await objects.type_stats()
     return {
-        "active": s.active, "thaws": s.thaws, "hibernations": s.hibernations,
-        "turns": s.turns, "commits": s.commits,
+        "node": objects.node_id, "active": s.active, "thaws": s.thaws,
+        "hibernations": s.hibernations, "turns": s.turns, "commits": s.commits,
+        "forwarded": s.forwarded, "relayed": s.relayed, "takeovers": s.takeovers,
         "stored": [{"type": t.type, "status": t.status, "count": t.count} for t in stored],
     }
 

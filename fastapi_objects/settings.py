@@ -34,7 +34,7 @@ class ObjectsSettings(BaseSettings):
     pubsub_url: str | None = None
     """Broadcasts between nodes; default: the database on PostgreSQL, else in-process."""
     db_schema: str | None = Field(
-        default=None, validation_alias=AliasChoices("schema", "db_schema", "OBJECTS_SCHEMA")
+        default=None, validation_alias=AliasChoices("OBJECTS_SCHEMA")
     )
     """PostgreSQL schema holding the tables (``OBJECTS_SCHEMA``)."""
     create_tables: bool | None = None
@@ -45,15 +45,15 @@ class ObjectsSettings(BaseSettings):
     node_ttl: float = Field(default=10.0, gt=0.3, le=3600)
     """Seconds after its last heartbeat that a node counts as dead (heartbeat every ttl/3)."""
     node_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("node_id", "OBJECTS_NODE_ID", "FLY_MACHINE_ID")
+        default=None, validation_alias=AliasChoices("OBJECTS_NODE_ID", "FLY_MACHINE_ID")
     )
     """This node's id; default ``FLY_MACHINE_ID``, else a random one per process."""
     region: str | None = Field(
-        default=None, validation_alias=AliasChoices("region", "OBJECTS_REGION", "FLY_REGION")
+        default=None, validation_alias=AliasChoices("OBJECTS_REGION", "FLY_REGION")
     )
     """This node's region (default ``FLY_REGION``), shown by ``objects nodes``."""
     machine: str | None = Field(
-        default=None, validation_alias=AliasChoices("machine", "OBJECTS_MACHINE", "FLY_MACHINE_ID")
+        default=None, validation_alias=AliasChoices("OBJECTS_MACHINE", "FLY_MACHINE_ID")
     )
     """This node's machine (default ``FLY_MACHINE_ID``), for ``fly-replay: instance=``."""
     internal_host: str = "127.0.0.1"
@@ -62,6 +62,11 @@ class ObjectsSettings(BaseSettings):
     """Port of the internal listener; 0 picks a free one (each worker gets its own)."""
     cluster_secret: SecretStr | None = None
     """HMAC key of internal requests; required when ``internal_host`` is not loopback."""
+
+    fly_replay: bool = False
+    """On Fly.io: answer a request or websocket upgrade for an object another machine owns
+    with ``fly-replay: instance=<machine>`` (Fly's proxy replays it there) instead of
+    forwarding it; ``region=`` for a ``placement = "region"`` object elsewhere."""
 
     prefix: str = "/objects"
     """Where ``objects.router`` mounts."""
@@ -81,7 +86,13 @@ class ObjectsSettings(BaseSettings):
 
     @classmethod
     def from_options(cls, **options: Any) -> ObjectsSettings:
-        """Settings from keyword options, leaving out the ones given as ``None``."""
+        """Settings from keyword options, leaving out the ones given as ``None``.
+
+        ``schema`` is the option's name for the field ``db_schema`` (``schema`` is taken on a
+        pydantic model).
+        """
+        if "schema" in options:
+            options["db_schema"] = options.pop("schema")
         return cls(**{name: value for name, value in options.items() if value is not None})
 
 
@@ -115,6 +126,7 @@ class Options(TypedDict, total=False):
     internal_host: str | None
     internal_port: int | None
     cluster_secret: str | None
+    fly_replay: bool | None
     prefix: str | None
     allowed_origins: list[str] | None
     max_frame_bytes: int | None

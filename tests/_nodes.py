@@ -96,7 +96,8 @@ class Cluster:
     def __init__(self, env: dict[str, str], names: list[str], ttl: float = 10.0) -> None:
         self.nodes: dict[str, Node] = {}
         for name in names:
-            node_env = dict(env, OBJECTS_NODE_ID=name, OBJECTS_NODE_TTL=str(ttl))
+            node_env = dict(env, OBJECTS_NODE_ID=name, OBJECTS_NODE_TTL=str(ttl),
+                            OBJECTS_MACHINE=f"m-{name}")
             self.nodes[name] = Node(name, free_port(), node_env)
         self.http = httpx2.AsyncClient(
             timeout=60, limits=httpx2.Limits(max_keepalive_connections=0)

@@ -178,3 +178,48 @@ async def test_a_non_loopback_listener_needs_a_secret(durable: Backend) -> None:
     with pytest.raises(ValueError, match="OBJECTS_CLUSTER_SECRET"):
         await node.start()
     await node.close()
+
+
+class Spread(Tally):
+    type_name = "spread"
+    placement = "hash"
+
+
+class Amsterdam(Tally):
+    type_name = "amsterdam"
+    placement = "region"
+    region = "ams"
+
+
+async def test_hash_placement_activates_each_key_on_its_rendezvous_node(
+    durable: Backend,
+) -> None:
+    from fastapi_objects.runtime.placement import rendezvous
+
+    def node(name: str) -> Runtime:
+        return Runtime(objects=[Spread], database_url=durable.url, schema=durable.schema,
+                       node_id=name, node_ttl=0.6)
+
+    async with node("a") as a, node("b") as b, node("c") as c:
+        for rt in (a, b, c):
+            await wait_until(lambda rt=rt: len(rt.routing.node.live) == 3, what="3 live nodes")
+        keys = [f"k{i}" for i in range(24)]
+        for i, key in enumerate(keys):  # calls land on every node
+            await (a, b, c)[i % 3].get(Spread, key).add()
+        owners = await a.storage.owners([("spread", k) for k in keys])
+        expected = {("spread", k): rendezvous(f"spread:{k}", ["a", "b", "c"]) for k in keys}
+        assert owners == expected
+        assert len(set(owners.values())) == 3  # 24 keys do spread over 3 nodes
+
+
+async def test_region_placement_activates_in_the_region(durable: Backend) -> None:
+    def node(name: str, region: str) -> Runtime:
+        return Runtime(objects=[Amsterdam], database_url=durable.url, schema=durable.schema,
+                       node_id=name, region=region, node_ttl=0.6)
+
+    async with node("iad1", "iad") as iad, node("ams1", "ams") as ams:
+        await wait_until(lambda: len(iad.routing.node.live) == 2, what="2 live nodes")
+        assert await iad.get(Amsterdam, "x").where() == "ams1"
+        assert await ams.get(Amsterdam, "y").where() == "ams1"
+    async with node("iad2", "iad") as alone:  # no node in the region: activated here
+        assert await alone.get(Amsterdam, "z").where() == "iad2"

@@ -265,3 +265,38 @@ async def test_rolling_restart_fails_no_call(env: dict[str, str], storage: Stora
         cp = await storage.load("counter", key)
         assert cp is not None
         assert sorted(answers[key]) == list(range(1, cp.state["value"] + 1)), key
+
+
+async def test_fly_replay_sends_requests_and_upgrades_to_the_owner(
+    env: dict[str, str], storage: Storage
+) -> None:
+    from tests._fly_proxy import FlyProxy
+    from tests._server import LiveServer
+
+    names = ["n1", "n2", "n3"]
+    env = dict(env, OBJECTS_FLY_REPLAY="1")
+    async with Cluster(env, names, ttl=1.5) as cluster:
+        await asyncio.sleep(1.0)  # every node has read the others' machines (one heartbeat)
+        proxy = FlyProxy({f"m-{n}": cluster[n].url for n in names})
+        async with LiveServer(proxy) as front, httpx2.AsyncClient(base_url=front.url) as http:
+            values = [(await http.post("/counters/fly/increment")).json()["value"]
+                      for _ in range(12)]
+            assert values == list(range(1, 13))
+            assert proxy.replays >= 6  # two of every three requests landed elsewhere
+            clients = [await connect(front.ws_url("/objects/counter/fly/ws")) for _ in range(3)]
+            for i, ws in enumerate(clients):
+                await _attached(ws)
+                await ws.send(f'{{"ref": {i}, "call": "increment", "args": {{}}}}')
+            for ws in clients:
+                frames = [str(await asyncio.wait_for(ws.recv(), 10)) for _ in range(4)]
+                assert sum('"event":"changed"' in f for f in frames) == 3, frames
+                await ws.close()
+            assert proxy.replays >= 8  # websocket upgrades were replayed too
+            stats = [(await cluster.get(n, "/api/stats")).json() for n in names]
+        await proxy.http.aclose()
+    # The proxy did the routing: a machine forwards only the first call for an object it has
+    # not seen (the claim tells it the owner); after that it answers fly-replay.
+    assert sum(s["forwarded"] for s in stats) <= len(names) - 1, stats
+    assert sum(s["relayed"] for s in stats) == 0, stats
+    cp = await storage.load("counter", "fly")
+    assert cp is not None and cp.state["value"] == 15

@@ -92,6 +92,21 @@ def test_arguments_then_environment_then_dotenv_then_default(
     assert Runtime(database_url="memory://").node_id == "e286de4f711e86"
 
 
+def test_only_prefixed_and_fly_variables_count(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SCHEMA", "DB_SCHEMA", "NODE_ID", "REGION", "MACHINE", "DATABASE_URL"):
+        monkeypatch.setenv(name, "oops")  # other tools' variables are not ours
+    settings = ObjectsSettings()
+    assert settings.db_schema is None and settings.node_id is None
+    assert settings.region is None and settings.machine is None
+    monkeypatch.setenv("FLY_REGION", "ams")
+    monkeypatch.setenv("FLY_MACHINE_ID", "m1")
+    settings = ObjectsSettings()
+    assert (settings.region, settings.machine, settings.node_id) == ("ams", "m1", "m1")
+    assert ObjectsSettings(node_id="n", region="iad").node_id == "n"
+
+
 def test_bad_values_are_clear_errors(clean_env: Path) -> None:
     with pytest.raises(ValueError, match="node_ttl"):
         ObjectsSettings(node_ttl=-1)

@@ -16,14 +16,22 @@ from .._exceptions import ForwardFailed, ObjectsError, OutcomeUnknown, RemoteErr
 from .signing import Signer
 
 CALL_PATH = "/objects-internal/call"
-KEEPALIVE_EXPIRY = 2.0
+KEEPALIVE_EXPIRY = 1.0
 """Seconds an idle forwarding connection is kept. A listener that stops waits this long after
 its last request, so that no peer sends a call on a connection it is closing (a call that
 could not be told from one that ran)."""
 
 
 class Moved(Exception):
-    """The node asked is not the owner (or is leaving): nothing ran; look the owner up again."""
+    """The node asked is not the owner (or is leaving): nothing ran; look the owner up again.
+
+    ``owner``/``address``: the owner that node found in the database, when it found one.
+    """
+
+    def __init__(self, message: str, owner: str | None = None, address: str | None = None):
+        super().__init__(message)
+        self.owner = owner
+        self.address = address
 
 
 def _error_classes() -> dict[str, type[ObjectsError]]:
@@ -89,7 +97,13 @@ class Forwarder:
             ) from exc
         self.forwarded += 1
         if response.status_code == 421:
-            raise Moved(f"{receiver} does not own {type}:{key} any more")
+            try:
+                found = from_json(response.content).get("error", {})
+            except (ValueError, AttributeError):
+                found = {}
+            raise Moved(
+                f"{receiver} does not own {type}:{key}", found.get("owner"), found.get("address")
+            )
         try:
             reply = from_json(response.content)
         except ValueError:

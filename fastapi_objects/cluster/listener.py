@@ -69,10 +69,11 @@ class Listener:
         """Bind, serve, and return the address other nodes use (``http://host:port``)."""
         import uvicorn
 
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        host = await _resolve(self.host)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock.bind((host, self.port))
         sock.set_inheritable(False)
         self._sock = sock
         port = sock.getsockname()[1]
@@ -88,8 +89,8 @@ class Listener:
         # and shutdown() poll and log as if this were the app's own server.
         await server.startup(sockets=[sock])
         self._server = server
-        host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
-        return f"http://{host}:{port}"
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        return f"http://{shown}:{port}"
 
     async def stop(self) -> None:
         """Stop serving (after the requests in progress).
@@ -101,7 +102,7 @@ class Listener:
         if server is None:
             return
         loop = asyncio.get_running_loop()
-        idle_until = self.last_request + KEEPALIVE_EXPIRY + 0.5
+        idle_until = self.last_request + KEEPALIVE_EXPIRY + 0.25
         if idle_until > loop.time():
             await asyncio.sleep(idle_until - loop.time())
         for listening in server.servers:
@@ -171,7 +172,9 @@ class Listener:
         try:
             result = await self.handle_call(type, key, method, args)
         except Moved as exc:
-            return 421, {"error": {"type": "moved", "message": str(exc)}}
+            moved = {"type": "moved", "message": str(exc), "owner": exc.owner,
+                     "address": exc.address}
+            return 421, {"error": moved}
         except ObjectsError as exc:
             error: dict[str, Any] = {"type": exc.type, "message": exc.message}
             retry_after = getattr(exc, "retry_after", None)
@@ -185,6 +188,23 @@ class Listener:
             return 200, {"ok": False, "error": {"type": "internal_error",
                                                 "message": f"internal error {error_id}"}}
         return 200, {"ok": True, "result": result}
+
+
+async def _resolve(host: str) -> str:
+    """An IP address for ``host``: other nodes are given an address, not a local name.
+
+    On Fly.io ``fly-local-6pn`` names the machine's private IPv6 address; ``localhost`` is
+    127.0.0.1.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve OBJECTS_INTERNAL_HOST={host!r}")
+    return str(infos[0][4][0])
 
 
 async def _read_body(receive: Receive) -> bytes | None:

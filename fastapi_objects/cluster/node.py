@@ -69,7 +69,8 @@ class ClusterNode:
         """
         self._loop = asyncio.get_running_loop()
         self.address = address
-        await self._register()
+        if await self._register():
+            await self._refresh()
         self._task = self.loop.create_task(self._beat(), name="objects-heartbeat")
 
     async def _register(self) -> bool:

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from fastapi import Path
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 
 from ..runtime import DurableObject, Handle
 from ..runtime.keys import KEY_REGEX, MAX_KEY_LENGTH
+from .fly import REPLAY_STATUS, replay_target
 
 if TYPE_CHECKING:
     from .objects import Objects
@@ -106,7 +108,15 @@ def _handle(connection: HTTPConnection, cls: type[T], key: str) -> Handle[T]:
             f"get_object({cls.__name__}): {cls.__name__} is not registered in "
             "Objects(objects=[...])"
         )
-    return objects.get(cls, key)  # validates the key: InvalidKey is a 400
+    handle = objects.get(cls, key)  # validates the key: InvalidKey is a 400
+    if objects.settings.fly_replay:
+        target = replay_target(objects, cls, key, connection.headers)
+        if target is not None:  # Fly's proxy replays the request on the owner's machine
+            raise HTTPException(
+                REPLAY_STATUS, f"replayed to the object's owner: {target}",
+                headers={"fly-replay": target},
+            )
+    return handle
 
 
 def check_routes(routes: Iterable[BaseRoute]) -> None:

@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 from .._exceptions import ObjectsError
 from ..runtime import DurableObject, Runtime
 from ..settings import ObjectsSettings, Options
+from .dependencies import check_routes
 from .errors import objects_error_handler
 from .relay import internal_websocket_app
 from .websocket import serve_websocket
@@ -83,7 +84,12 @@ class Objects(Runtime):
             yield
 
     def install(self, app: Starlette) -> None:
-        """Expose the runtime as ``app.state.objects`` and map ``ObjectsError`` to HTTP errors."""
+        """Expose the runtime as ``app.state.objects`` and map ``ObjectsError`` to HTTP errors.
+
+        Also checks every route that uses ``get_object``: one whose path lacks the key is the
+        app's mistake, said at start-up (``RuntimeError``) rather than as a 422 to clients.
+        """
+        check_routes(app.routes)
         app.state.objects = self
         if ObjectsError not in app.exception_handlers:
             app.add_exception_handler(ObjectsError, objects_error_handler)

@@ -33,6 +33,7 @@ from ..runtime.connection import Connection
 from ..runtime.keys import validate_key
 from ..runtime.routing import Elsewhere, backoff
 from .errors import error_body, internal_error
+from .fly import REPLAY_STATUS, replay_target
 from .protocol import (
     ATTACHED,
     FRAME_TOO_LARGE,
@@ -75,16 +76,30 @@ async def serve_websocket(
     objects: Objects, websocket: WebSocket, cls: type[DurableObject[Any]] | str, key: str
 ) -> None:
     """Accept ``websocket``, check it, attach it to ``(cls, key)`` and serve it until it leaves."""
-    await websocket.accept()
+    refused: tuple[int, str] | None = None
     try:
         if isinstance(cls, str):
             cls = objects.object_type(cls)
         key = validate_key(key)
     except UnknownObjectType as exc:
-        await websocket.close(CloseCode.UNKNOWN_TYPE, exc.message[:120])
-        return
+        refused = (CloseCode.UNKNOWN_TYPE, exc.message)
     except InvalidKey as exc:
-        await websocket.close(CloseCode.INVALID_KEY, exc.message[:120])
+        refused = (CloseCode.INVALID_KEY, exc.message)
+    if refused is None and not isinstance(cls, str):
+        replay = replay_target(objects, cls, key, websocket.headers)
+        if replay is not None and "websocket.http.response" in websocket.scope.get(
+            "extensions", {}
+        ):
+            # Fly's proxy replays the upgrade on the owner's machine: no relay through here.
+            await websocket.send({"type": "websocket.http.response.start",
+                                  "status": REPLAY_STATUS,
+                                  "headers": [(b"fly-replay", replay.encode())]})
+            await websocket.send({"type": "websocket.http.response.body", "body": b""})
+            return
+    await websocket.accept()
+    if refused is not None or isinstance(cls, str):
+        code, reason = refused or (CloseCode.UNKNOWN_TYPE, "unknown type")
+        await websocket.close(code, reason[:120])
         return
     origin = websocket.headers.get("origin")
     allowed = objects.allowed_origins

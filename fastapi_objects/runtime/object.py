@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import pydantic
 
@@ -57,7 +57,10 @@ class DurableObject(Generic[S]):
     Class options: ``type_name`` (default: the class name in snake_case), ``state_version``
     (with ``migrate_state``), ``idle_timeout`` (seconds without calls or clients before
     hibernating), ``call_timeout`` (seconds), ``max_queue`` (calls waiting before ``Overloaded``),
-    ``max_connections`` (websocket clients attached at once).
+    ``max_connections`` (websocket clients attached at once), ``placement`` (where an object
+    that no node holds is activated: ``"local"``, the node the first call lands on;
+    ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
+    ``"region"``, a node of ``region``).
     """
 
     type_name: ClassVar[str]
@@ -67,6 +70,8 @@ class DurableObject(Generic[S]):
     call_timeout: ClassVar[float] = 30.0
     max_queue: ClassVar[int] = 1024
     max_connections: ClassVar[int] = 32_768
+    placement: ClassVar[Literal["local", "hash", "region"]] = "local"
+    region: ClassVar[str | None] = None
     __objects_methods__: ClassVar[dict[str, MethodSpec]]
 
     key: str
@@ -82,6 +87,10 @@ class DurableObject(Generic[S]):
         cls.state_model = model
         cls.type_name = validate_type_name(cls.__dict__.get("type_name", snake_case(cls.__name__)))
         cls.__objects_methods__ = discover(cls, DurableObject)
+        if cls.placement not in ("local", "hash", "region"):
+            raise TypeError(f"{cls.__name__}.placement must be 'local', 'hash' or 'region'")
+        if cls.placement == "region" and not cls.region:
+            raise TypeError(f"{cls.__name__}: placement = 'region' needs region = '<name>'")
 
     # -- hooks -------------------------------------------------------------------------------
 

@@ -147,8 +147,10 @@ class Router:
                     "stopped heartbeating before it answered: it may or may not have run"
                 )
             return call.result()
-        except Moved:
+        except Moved as moved:
             self.forget_owner((type, key))
+            if moved.owner is not None and moved.owner != self.node.node_id:
+                self._owners[(type, key)] = Elsewhere(moved.owner, moved.address)
             raise
         finally:
             self.node.forget_death(owner.node_id, death)

@@ -36,9 +36,10 @@ from .activation import Activation, Stale
 from .committer import GroupCommitter
 from .connection import Connection, Transport
 from .handle import Handle, _Handle
-from .keys import validate_key
+from .keys import validate_key, validate_key_prefix
 from .methods import MethodSpec
 from .object import DurableObject
+from .placement import choose
 from .routing import Elsewhere, Router, backoff
 
 T = TypeVar("T", bound=DurableObject[Any])
@@ -266,8 +267,9 @@ class Runtime:
                         result = await self.routing.forward(
                             owner, cls.type_name, key, spec.name, args
                         )
-                    except Moved:
-                        await backoff(attempt)
+                    except Moved as moved:
+                        if moved.owner is None or attempt:  # no better idea: wait, look again
+                            await backoff(attempt)
                         attempt += 1
                         continue
                     return spec.decode_result(result)
@@ -281,6 +283,21 @@ class Runtime:
             ) from None
         finally:
             deadline.cancel()
+
+    def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
+        """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O).
+
+        ``None``: here (it is active here, or would be activated here); else the owner this
+        node last saw, or the node placement picks. A guess: the call itself checks again.
+        """
+        ident = (cls.type_name, key)
+        if ident in self._activations:
+            return None
+        owner = self.routing.known_owner(ident)
+        if owner is not None:
+            return owner
+        target = choose(cls, key, self.node_id, self.routing.node.live)
+        return None if target is None else Elsewhere(target.node_id, target.address)
 
     async def serve_forwarded(
         self, type_name: str, key: str, method: str, args: dict[str, Any]
@@ -302,7 +319,9 @@ class Runtime:
                 cls, key, lambda act, held: act.call(spec, args, held), forwarded=True
             )
         except Elsewhere as exc:
-            raise Moved(f"{type_name}:{key} is owned by {exc.node_id}") from None
+            raise Moved(
+                f"{type_name}:{key} is owned by {exc.node_id}", exc.node_id, exc.address
+            ) from None
         except asyncio.CancelledError:
             if not deadline.expired():
                 raise
@@ -339,6 +358,10 @@ class Runtime:
                     owner = self.routing.known_owner(ident)
                     if owner is not None and not (forwarded and not checked):
                         raise owner
+                    if not forwarded:  # (a forwarded call was placed by its sender)
+                        target = choose(cls, key, self.node_id, node.live)
+                        if target is not None:
+                            raise Elsewhere(target.node_id, target.address)
                     checked = True
                     return await fn(await self._activate(cls, key), True)
                 return await fn(act, False)
@@ -475,7 +498,7 @@ class Runtime:
         if type_name is not None:
             self.object_type(type_name)
         if key_prefix:
-            validate_key(key_prefix)
+            validate_key_prefix(key_prefix)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise InvalidQuery(f"limit must be a whole number from 1 to 10000, got {limit!r}")
         for value in (status, *(status_in or ())):
