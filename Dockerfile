@@ -18,10 +18,14 @@ COPY example_app ./example_app
 RUN useradd --create-home --uid 1000 app && chown app /app
 USER app
 
+# 8080: the app, behind Fly's proxy. The node's internal listener (OBJECTS_INTERNAL_PORT in
+# fly.toml, 8081) is reached over the private network only: it is not a published port.
 EXPOSE 8080
 # Passes Fly's DATABASE_URL on as OBJECTS_DATABASE_URL; wraps the CMD and fly.toml's
 # release_command (the migration) alike.
 ENTRYPOINT ["sh", "example_app/entrypoint.sh"]
-# ONE process: each uvicorn worker would be a separate node, and until clustering lands only
-# one node may serve an object (docs/deploy-fly.md). Fly's proxy sets X-Forwarded-Proto.
-CMD ["uvicorn", "example_app.main:app", "--host", "0.0.0.0", "--port", "8080", "--forwarded-allow-ips", "*"]
+# One process per machine, one node: on Fly.io the node id is the machine's (FLY_MACHINE_ID)
+# and the internal port is fixed, so scale out with machines (`fly scale count`), not workers.
+# The graceful-shutdown bound leaves the node time, within fly.toml's kill_timeout, to
+# hibernate, release its objects and deregister. Fly's proxy sets X-Forwarded-Proto.
+CMD ["uvicorn", "example_app.main:app", "--host", "0.0.0.0", "--port", "8080", "--forwarded-allow-ips", "*", "--timeout-graceful-shutdown", "20"]

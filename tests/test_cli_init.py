@@ -246,7 +246,7 @@ def test_a_value_init_refused_to_change_is_reported_with_how_to_apply_it(
     # Seen: re-running init with --database postgres on a SQLite project printed
     # "up to date: .env", and `objects migrate` then quietly upgraded SQLite again.
     run("init", "--fly")
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@db.internal/shop")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:hunter2@db.internal/shop")
     fly = project / "fly.toml"
     fly.write_text(fly.read_text() + "# mine\n")
     before = snapshot(project)
@@ -261,7 +261,7 @@ def test_a_value_init_refused_to_change_is_reported_with_how_to_apply_it(
     assert "differs, kept (--force overwrites it): fly.toml" in out
     # The database line names what the app and `objects migrate` will really use.
     assert "database: sqlite+aiosqlite:///./objects.db (OBJECTS_DATABASE_URL in .env)" in out
-    assert "secret" not in out
+    assert "hunter2" not in out  # the password
     assert "database: sqlite+aiosqlite:///./objects.db" in run("migrate")
 
     before = snapshot(project)
@@ -271,7 +271,7 @@ def test_a_value_init_refused_to_change_is_reported_with_how_to_apply_it(
 
     out = run("init", "--database", "postgres", "--fly", "--force")
     assert "updated: .env" in out and "updated: fly.toml" in out
-    assert "OBJECTS_DATABASE_URL=postgresql+asyncpg://u:secret@db.internal/shop\n" in (
+    assert "OBJECTS_DATABASE_URL=postgresql+asyncpg://u:hunter2@db.internal/shop\n" in (
         project / ".env"
     ).read_text()
     assert "# mine" not in fly.read_text()
@@ -361,8 +361,19 @@ def test_fly_files(project: Path) -> None:
     assert fly["deploy"]["release_command"] == "objects migrate"
     assert fly["http_service"]["internal_port"] == 8080
     assert fly["env"]["OBJECTS_SCHEMA"] == "objects"
+    # Two machines or more, one cluster: the same settings as the repository's own fly.toml.
+    assert fly["http_service"]["min_machines_running"] == 2
+    assert fly["deploy"]["strategy"] == "rolling"
+    example = tomllib.loads((ROOT / "fly.toml").read_text())
+    for name in ("OBJECTS_INTERNAL_HOST", "OBJECTS_INTERNAL_PORT"):
+        assert fly["env"][name] == example["env"][name]
+    assert fly["kill_timeout"] == example["kill_timeout"]
+    text = (project / "fly.toml").read_text()
+    assert "fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)" in text
+    assert "ONE machine" not in text
     dockerfile = (project / "Dockerfile").read_text()
     assert '"uvicorn", "app.main:app"' in dockerfile and '"--port", "8080"' in dockerfile
+    assert '"--workers"' not in dockerfile and '"--timeout-graceful-shutdown"' in dockerfile
     assert 'pip install . "fastapi-objects[postgres]"' in dockerfile
     assert ".env" in (project / ".dockerignore").read_text().splitlines()
 

@@ -1,18 +1,23 @@
 """The Fly.io deploy files, checked as far as they can be without Fly.
 
-fly.toml parses and names a port and a health route the app really serves; the Dockerfile's
-ENTRYPOINT + CMD, run here outside a container, start the app and pass that health check; the
-release command creates the tables, on SQLite and on PostgreSQL given as Fly writes it.
+fly.toml parses and names a port and a health route the app really serves, and runs two
+machines or more as one cluster (internal listener on the private network, signed); the
+Dockerfile's ENTRYPOINT + CMD, run here outside a container, start the app and pass that
+health check; the release command creates the tables, on SQLite and on PostgreSQL given as Fly
+writes it; two "machines" started from the same files share one owner per object, show up in
+``objects nodes`` and hand their objects over on a rolling restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
 import sqlite3
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,10 @@ from typing import Any
 import pytest
 
 from example_app.main import app
+from example_app.objects import Counter
+from fastapi_objects import Runtime
+from fastapi_objects.settings import ObjectsSettings
+from tests.test_cli_manage import cells
 from tests.test_example_app import ROOT, AppProcess, free_port, http, pg_database
 
 __all__ = ["pg_database"]  # a fixture, imported for pytest
@@ -102,7 +111,39 @@ def test_fly_toml_names_the_port_and_health_route_the_app_serves() -> None:
     assert release[:1] == ["alembic"] and release[-2:] == ["upgrade", "head"]
     assert (ROOT / release[release.index("-c") + 1]).is_file()
     text = FLY_TOML.read_text()
-    assert "DATABASE_URL" in text and "ONE machine" in text
+    assert "DATABASE_URL" in text and "ONE machine" not in text
+
+
+def test_fly_toml_runs_two_machines_as_one_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fly = _fly()
+    assert fly["http_service"]["min_machines_running"] == 2
+    assert fly["deploy"]["strategy"] == "rolling"
+    env = fly["env"]
+    assert env["OBJECTS_INTERNAL_HOST"] == "fly-local-6pn"  # the machine's private address
+    internal = int(env["OBJECTS_INTERNAL_PORT"])
+    assert internal != fly["http_service"]["internal_port"]  # not the public service
+    assert ("EXPOSE", str(internal)) not in _dockerfile()
+    assert "fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)" in FLY_TOML.read_text()
+    # The shutdown uvicorn is given ends before Fly kills the machine.
+    cmd = _exec_form("CMD")
+    graceful = int(cmd[cmd.index("--timeout-graceful-shutdown") + 1])
+    assert graceful + 5 <= int(fly["kill_timeout"].removesuffix("s"))
+    # The names are real settings, and the secret is required, as the comment says.
+    for name in [k for k in os.environ if k.startswith("OBJECTS_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = ObjectsSettings()
+    assert (settings.internal_host, settings.internal_port) == ("fly-local-6pn", internal)
+    with pytest.raises(ValueError, match=r"fly secrets set OBJECTS_CLUSTER_SECRET=\$\(openssl"):
+        asyncio.run(_start(Runtime(objects=[Counter], database_url=f"sqlite:///{tmp_path}/x.db")))
+
+
+async def _start(runtime: Runtime) -> None:
+    async with runtime:
+        pass
 
 
 def test_dockerfile_installs_the_postgres_extra_and_runs_one_uvicorn() -> None:
@@ -118,7 +159,7 @@ def test_dockerfile_installs_the_postgres_extra_and_runs_one_uvicorn() -> None:
     cmd = _exec_form("CMD")
     assert cmd[:2] == ["uvicorn", "example_app.main:app"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
-    assert "--workers" not in cmd  # several workers would be several nodes
+    assert "--workers" not in cmd  # one node per machine: its id is FLY_MACHINE_ID
     entrypoint = _exec_form("ENTRYPOINT")
     assert (ROOT / entrypoint[-1]).is_file()
 
@@ -177,3 +218,57 @@ def test_release_then_serve_on_postgres_given_as_fly_writes_it(
         assert http("GET", server.url + "/counters/pg") == (200, {"value": 2})
     finally:
         assert server.stop() == 0, server.output()
+
+
+@pytest.mark.postgres
+def test_two_machines_share_one_owner_list_as_nodes_and_hand_over_on_a_rolling_restart(
+    tmp_path: Path, pg_database: str
+) -> None:
+    fly = _fly()
+    fly_url = pg_database.replace("postgresql://", "postgres://", 1) + "?sslmode=disable"
+    secrets = {"OBJECTS_CLUSTER_SECRET": os.urandom(32).hex()}  # `fly secrets set` does this
+    env = _container_env(tmp_path, DATABASE_URL=fly_url, **secrets)
+    assert _release(env).returncode == 0
+    machines: dict[str, AppProcess] = {}
+    try:
+        for name in ("m1", "m2"):
+            port = free_port()
+            machine_env = {
+                **env, **fly["env"], "FLY_MACHINE_ID": name, "FLY_REGION": "iad",
+                # fly-local-6pn exists only on Fly: here a name the listener resolves too, and
+                # a port of its own (two "machines" share this host).
+                "OBJECTS_INTERNAL_HOST": "localhost", "OBJECTS_INTERNAL_PORT": str(free_port()),
+            }
+            argv = _exec_form("ENTRYPOINT") + _local(_exec_form("CMD"), port)
+            machines[name] = AppProcess(argv, machine_env, port, tmp_path / f"{name}.log")
+            machines[name].start()
+        m1, m2 = machines["m1"].url, machines["m2"].url
+        assert http("POST", m1 + "/counters/fly/increment?by=1") == (200, {"value": 1})
+        assert http("POST", m2 + "/counters/fly/increment?by=1") == (200, {"value": 2})
+
+        # `fly ssh console -C "sh /app/example_app/entrypoint.sh objects nodes"`
+        nodes = _objects_nodes(env)
+        for name, owned in [("m1", "1"), ("m2", "0")]:
+            row = cells(nodes, name)
+            internal = machines[name].env["OBJECTS_INTERNAL_PORT"]
+            assert row[1].endswith(f":{internal}") and row[2:4] == ["iad", name]
+            assert row[5:] == ["alive", owned], nodes
+
+        # A rolling deploy stops m1 as Fly does (SIGINT): it hands the counter over at once,
+        # not after node_ttl (10 s), and leaves the nodes' table.
+        assert machines["m1"].stop() == 0, machines["m1"].output()
+        started = time.monotonic()
+        assert http("POST", m2 + "/counters/fly/increment?by=1") == (200, {"value": 3})
+        assert time.monotonic() - started < 5
+        nodes = _objects_nodes(env)
+        assert "m1" not in nodes and cells(nodes, "m2")[5:] == ["alive", "1"]
+    finally:
+        for machine in machines.values():
+            assert machine.stop() == 0, machine.output()
+
+
+def _objects_nodes(env: dict[str, str]) -> str:
+    argv = _exec_form("ENTRYPOINT") + _local(["objects", "nodes"])
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -222,4 +222,5 @@ def _next_steps(project: Project, fly: bool) -> None:
     typer.echo("  objects migrate    # create the storage tables")
     typer.echo(f"  uvicorn {project.app_path}    # Objects(...) reads the database from .env")
     if fly:
-        typer.echo("  fly launch --no-deploy && fly postgres attach <db> && fly deploy --ha=false")
+        typer.echo("  fly launch --no-deploy && fly postgres attach <db>")
+        typer.echo("  fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32) && fly deploy")
