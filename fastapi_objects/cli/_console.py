@@ -12,14 +12,16 @@ PIPED_WIDTH = 1_000
 
 
 def console() -> Console:
-    """A console of the terminal's width; when piped, wide enough to print whole cells.
+    """A console that prints text as it is, as wide as the terminal or, when piped, wider.
 
-    Rich assumes 80 columns without a terminal, and cuts cells to fit: addresses and node ids
-    read through ``| grep`` or ``fly ssh console -C "objects nodes"`` would lose their ends.
+    Stored text is never markup: rich would eat ``[fdaa::2]`` of an IPv6 address and ``[true]``
+    of a state as style tags, and turn ``:smile:`` of a key into an emoji. And rich assumes 80
+    columns without a terminal, cutting cells to fit: addresses and node ids read through
+    ``| grep`` or ``fly ssh console -C "objects nodes"`` would lose their ends.
     """
     from rich.console import Console
 
-    out = Console()
+    out = Console(markup=False, emoji=False)
     if not out.is_terminal:
-        out = Console(width=PIPED_WIDTH)
+        out = Console(markup=False, emoji=False, width=PIPED_WIDTH)
     return out

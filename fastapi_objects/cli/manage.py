@@ -65,7 +65,7 @@ async def _ls(
         owners = await storage.owners([(cp.type, cp.key) for cp in page.items])  # one query
     out = console()
     if not page.items:
-        out.print(f"no {type_name} objects match", markup=False)
+        out.print(f"no {type_name} objects match")
         return
     table = Table(
         "key", "status", "owner", "rev", "version", "updated (UTC)", "state", title=type_name
@@ -79,7 +79,7 @@ async def _ls(
         )
     out.print(table)
     if page.next_cursor is not None:
-        out.print(f"(first {limit} shown; raise --limit for more)", markup=False)
+        out.print(f"(first {limit} shown; raise --limit for more)")
 
 
 @reported
@@ -120,12 +120,12 @@ async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
     ]:
         fields.add_row(name, str(value))
     out.print(fields)
-    out.print("state:", markup=False)
+    out.print("state:")
     out.print(JSON.from_data(cp.state))
     if tail == 0:
         return
     if not entries:
-        out.print("journal: empty", markup=False)
+        out.print("journal: empty")
         return
     journal = Table("rev", "at (UTC)", "kind", "payload", title=f"journal (last {len(entries)})")
     for entry in entries:

@@ -51,7 +51,7 @@ async def _nodes(target: Target, ttl: float) -> None:
         now = await _database_now(storage)
     out = console()
     if not found:
-        out.print("no nodes registered: no app is running on this database", markup=False)
+        out.print("no nodes registered: no app is running on this database")
         return
     table = Table(
         "node", "address", "region", "machine", "heartbeat (s ago)", "state", "owned",
@@ -64,10 +64,7 @@ async def _nodes(target: Target, ttl: float) -> None:
         )
     out.print(table)
     alive = sum(node.alive for node in found)
-    out.print(
-        f"{alive} alive, {len(found) - alive} dead (dead: no heartbeat for {ttl:g} s)",
-        markup=False,
-    )
+    out.print(f"{alive} alive, {len(found) - alive} dead (dead: no heartbeat for {ttl:g} s)")
 
 
 async def _database_now(storage: SQLStorage) -> datetime:
