@@ -117,3 +117,34 @@ async def test_concurrent_claims_grant_one_owner(storage: Storage) -> None:
     assert len(granted) == 1
     winner = granted[0].owner
     assert all(c.owner == winner for c in claims)
+
+
+async def test_claim_many_and_load_many(storage: Storage) -> None:
+    for name in ("a", "b"):
+        await storage.register_node(name, f"http://{name}", None, None)
+    await storage.claim("counter", "held", "b", TTL)
+    idents = [("counter", f"k{i}") for i in range(30)] + [("counter", "held")]
+    claims = await storage.claim_many(idents, "a", TTL)
+    assert set(claims) == set(idents)
+    assert all(claims[i].granted and claims[i].epoch == 1 for i in idents[:30])
+    held = claims[("counter", "held")]
+    assert (held.granted, held.owner, held.address) == (False, "b", "http://b")
+    again = await storage.claim_many(idents[:3], "a", TTL)  # ours already: new epochs
+    assert [c.epoch for c in again.values()] == [2, 2, 2]
+    assert all(c.taken_from is None for c in again.values())
+    await storage.commit([_commit("k1", 0, 2, 5)], node_id="a")
+    loaded = await storage.load_many([("counter", "k1"), ("counter", "k2")])
+    assert list(loaded) == [("counter", "k1")] and loaded[("counter", "k1")].state == {"value": 5}
+
+
+async def test_a_takeover_names_the_node_taken_from(storage: Storage) -> None:
+    await storage.register_node("a", None, None, None)
+    await storage.register_node("b", None, None, None)
+    await storage.claim("counter", "k", "a", TTL)
+    await asyncio.sleep(0.3)
+    await storage.heartbeat("b")
+    taken = (await storage.claim_many([("counter", "k")], "b", 0.2))[("counter", "k")]
+    assert (taken.granted, taken.taken_from) == (True, "a")
+    await storage.commit([], [StatusUpdate("counter", "k", "hibernated", taken.epoch)], node_id="b")
+    back = await storage.claim("counter", "k", "a", TTL)  # released: not a takeover
+    assert (back.granted, back.taken_from) == (True, None)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 
 from .._exceptions import StorageUnavailable
-from ..storage import Claim, NodeInfo, Storage
+from ..storage import NodeInfo, Storage
 
 log = logging.getLogger("fastapi_objects")
 
@@ -227,11 +227,3 @@ class ClusterNode:
             if not waiters:
                 del self._deaths[node_id]
 
-    # -- ownership ---------------------------------------------------------------------------
-
-    async def claim(self, type: str, key: str) -> Claim:
-        """Ask the database for ownership of ``(type, key)``."""
-        claim = await self.storage.claim(type, key, self.node_id, self.ttl)
-        if claim.granted and claim.epoch > 1:
-            self.takeovers += 1
-        return claim

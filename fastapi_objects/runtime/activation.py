@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import (
     ConflictError,
     ConnectionRejected,
-    CorruptState,
     ObjectsError,
     Overloaded,
     StorageUnavailable,
 )
-from ..storage import Commit
+from ..storage import Checkpoint, Commit
 from .gate import Gate
 from .object import DurableObject, EventSourced
 from .storable import check_result, check_storable
@@ -106,16 +105,10 @@ class Activation:
 
     # -- thaw --------------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Thaw from storage (checkpoint, migration, journal replay), then run ``on_activate``."""
+    async def load(self, cp: Checkpoint | None) -> None:
+        """Thaw from checkpoint ``cp`` (migration, journal replay), then run ``on_activate``."""
         cls = self.cls
         storage = self.runtime.storage
-        try:
-            cp = await storage.load(cls.type_name, self.key)
-        except ValueError as exc:
-            raise CorruptState(
-                f"{self.topic}: stored checkpoint is not valid JSON ({exc})"
-            ) from exc
         instance = cls()
         instance.key = self.key
         instance.objects = self.runtime

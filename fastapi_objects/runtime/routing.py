@@ -109,16 +109,16 @@ class Router:
         """The remote owner last seen for ``ident``, if any."""
         return self._owners.get(ident)
 
-    async def claim(self, type: str, key: str) -> Claim:
-        """Claim ownership; on refusal remember who owns it (``Elsewhere`` to raise)."""
-        claim = await self.node.claim(type, key)
+    def claimed(self, ident: Ident, claim: Claim) -> None:
+        """Learn from a claim: granted, forget any other owner; refused, remember who owns it."""
         if claim.granted:
-            self._owners.pop((type, key), None)
+            self._owners.pop(ident, None)
+            if claim.taken_from is not None:
+                self.node.takeovers += 1
         elif claim.owner is not None:
             if len(self._owners) >= MAX_CACHED_OWNERS:
                 self._owners.clear()
-            self._owners[(type, key)] = Elsewhere(claim.owner, claim.address)
-        return claim
+            self._owners[ident] = Elsewhere(claim.owner, claim.address)
 
     def forget_owner(self, ident: Ident) -> None:
         """The cached owner was wrong (it moved or died): look it up again next time."""

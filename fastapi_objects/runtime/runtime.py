@@ -41,6 +41,7 @@ from .methods import MethodSpec
 from .object import DurableObject
 from .placement import choose
 from .routing import Elsewhere, Router, backoff
+from .thawer import Thawer
 
 T = TypeVar("T", bound=DurableObject[Any])
 R = TypeVar("R")
@@ -127,6 +128,7 @@ class Runtime:
         )
         self.counters = Counters()
         self.routing = Router(self.storage, settings, self.node_id, self._lease_lost)
+        self.thawer = Thawer(self.storage, self.node_id, settings.node_ttl)
         self._activations: dict[tuple[str, str], Activation] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,6 +165,7 @@ class Runtime:
             await self.storage.create_tables()
         await self.pubsub.start()
         self.committer.start()
+        self.thawer.start()
         await self.routing.start(self.serve_forwarded)
         schema = self.settings.db_schema
         announce(
@@ -188,6 +191,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.committer.close()
+        await self.thawer.close()
         await self.routing.stop()
         await self.pubsub.close()
         await self.storage.close()
@@ -378,11 +382,12 @@ class Runtime:
         act = Activation(self, cls, key)  # created holding its own gate
         self._activations[ident] = act
         try:
-            claim = await self.routing.claim(cls.type_name, key)
+            claim, checkpoint = await self.thawer.thaw(cls.type_name, key)
+            self.routing.claimed(ident, claim)
             if not claim.granted:
                 raise Stale
             act.epoch = claim.epoch
-            await act.load()
+            await act.load(checkpoint)
         except BaseException:
             act.close()
             act.gate.leave(False)

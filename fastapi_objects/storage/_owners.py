@@ -107,12 +107,15 @@ class SQLOwners:
         )
         upsert = stmt.on_conflict_do_update(
             index_elements=[o.c.type, o.c.key],
-            set_={"node_id": node_id, "epoch": o.c.epoch + 1, "claimed_at": now},
+            # In SET, a column is its old value: who owned it until now.
+            set_={"node_id": node_id, "epoch": o.c.epoch + 1, "claimed_at": now,
+                  "previous_node_id": sa.case((o.c.node_id == node_id, None),
+                                              else_=o.c.node_id)},
             where=sa.or_(o.c.node_id.is_(None), o.c.node_id == node_id, self._owner_dead(ttl)),
-        ).returning(o.c.epoch)
-        epoch = (await conn.execute(upsert)).scalar()
-        if epoch is not None:
-            return Claim(True, int(epoch), node_id)
+        ).returning(o.c.epoch, o.c.previous_node_id)
+        granted = (await conn.execute(upsert)).first()
+        if granted is not None:
+            return Claim(True, int(granted.epoch), node_id, taken_from=granted.previous_node_id)
         row = (
             await conn.execute(
                 sa.select(o.c.epoch, o.c.node_id, n.c.address)
@@ -123,6 +126,54 @@ class SQLOwners:
         if row is None:  # deleted meanwhile: the caller asks again
             return Claim(False, 0)
         return Claim(False, int(row.epoch), row.node_id, row.address)
+
+    async def claim_many(
+        self, conn: AsyncConnection, idents: Sequence[Ident], node_id: str, ttl: float
+    ) -> dict[Ident, Claim]:
+        """Claim many objects: one upsert (PostgreSQL; SQLite: one per object), one read."""
+        idents = sorted(set(idents))  # one lock order for every claimer: no deadlock
+        if not self.postgres:
+            return {i: await self.claim(conn, i[0], i[1], node_id, ttl) for i in idents}
+        o, n = self.owners, self.nodes
+        prep = self._preparer
+        owners, nodes = prep.format_table(o), prep.format_table(n)
+        texts = postgresql.ARRAY(sa.Text())
+        stmt = sa.text(
+            f"INSERT INTO {owners} (type, key, node_id, epoch, claimed_at) "
+            "SELECT v.type, v.key, :node, 1, clock_timestamp() "
+            "FROM unnest(:types, :keys) AS v(type, key) "
+            'ORDER BY v.type COLLATE "C", v.key COLLATE "C" '
+            "ON CONFLICT (type, key) DO UPDATE SET node_id = :node, "
+            f"epoch = {owners}.epoch + 1, claimed_at = clock_timestamp(), "
+            f"previous_node_id = NULLIF({owners}.node_id, :node) "
+            f"WHERE {owners}.node_id IS NULL OR {owners}.node_id = :node OR NOT EXISTS "
+            f"(SELECT 1 FROM {nodes} n WHERE n.node_id = {owners}.node_id AND "
+            "n.heartbeat_at >= clock_timestamp() - make_interval(secs => :ttl)) "
+            "RETURNING type, key, epoch, previous_node_id"
+        ).bindparams(
+            sa.bindparam("types", [i[0] for i in idents], type_=texts),
+            sa.bindparam("keys", [i[1] for i in idents], type_=texts),
+            sa.bindparam("node", node_id, type_=sa.Text()),
+            sa.bindparam("ttl", ttl, type_=sa.Float()),
+        )
+        claims = {
+            (r.type, r.key): Claim(True, int(r.epoch), node_id, taken_from=r.previous_node_id)
+            for r in (await conn.execute(stmt)).all()
+        }
+        refused = [i for i in idents if i not in claims]
+        if refused:
+            rows = (
+                await conn.execute(
+                    sa.select(o.c.type, o.c.key, o.c.epoch, o.c.node_id, n.c.address)
+                    .select_from(o.outerjoin(n, n.c.node_id == o.c.node_id))
+                    .where(sa.tuple_(o.c.type, o.c.key).in_(refused))
+                )
+            ).all()
+            for r in rows:
+                claims[(r.type, r.key)] = Claim(False, int(r.epoch), r.node_id, r.address)
+            for ident in refused:
+                claims.setdefault(ident, Claim(False, 0))  # deleted meanwhile: ask again
+        return claims
 
     def _owner_dead(self, ttl: float) -> sa.TextClause:
         # Text, not sa.exists(): SQLAlchemy renders a subquery inside ON CONFLICT's WHERE

@@ -116,6 +116,8 @@ class Claim:
     epoch: int
     owner: str | None = None
     address: str | None = None
+    taken_from: str | None = None
+    """When granted: the node that still owned it (dead, by its heartbeat), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,23 @@ class Storage(ABC):
         Free means: never owned, released, owned by this node already (it lost its instance),
         or owned by a node whose heartbeat is older than ``ttl`` (by the database's clock).
         """
+
+    async def claim_many(
+        self, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
+    ) -> dict[tuple[str, str], Claim]:
+        """``claim`` for many objects at once (a thaw storm: one statement where it can)."""
+        return {ident: await self.claim(ident[0], ident[1], node_id, ttl) for ident in idents}
+
+    async def load_many(
+        self, idents: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Checkpoint]:
+        """The checkpoints of many objects (the ones never committed are absent)."""
+        found = {}
+        for type, key in idents:
+            cp = await self.load(type, key)
+            if cp is not None:
+                found[(type, key)] = cp
+        return found
 
     @abstractmethod
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:

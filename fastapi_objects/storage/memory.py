@@ -134,7 +134,8 @@ class MemoryStorage(Storage):
         )
         if owner is None or owner == node_id or not alive:
             self._owners[(type, key)] = (node_id, epoch + 1)
-            return Claim(True, epoch + 1, node_id)
+            taken_from = owner if owner is not None and owner != node_id else None
+            return Claim(True, epoch + 1, node_id, taken_from=taken_from)
         return Claim(False, epoch, owner, node.address if node is not None else None)
 
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:

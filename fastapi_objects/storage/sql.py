@@ -241,6 +241,25 @@ class SQLStorage(Storage):
         async with self._connect(write=True) as conn:
             return await self._owners.claim(conn, type, key, node_id, ttl)
 
+    async def claim_many(
+        self, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
+    ) -> dict[tuple[str, str], Claim]:
+        """Own many objects at once (one transaction)."""
+        async with self._connect(write=True) as conn:
+            return await self._owners.claim_many(conn, idents, node_id, ttl)
+
+    async def load_many(
+        self, idents: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Checkpoint]:
+        """Many checkpoints in one query."""
+        if not idents:
+            return {}
+        cp = self.checkpoints
+        stmt = sa.select(cp).where(sa.tuple_(cp.c.type, cp.c.key).in_([tuple(i) for i in idents]))
+        async with self._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {(r.type, r.key): _checkpoint(r) for r in rows}
+
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The owning node of each object."""
         async with self._connect() as conn:

@@ -105,6 +105,8 @@ def _v2(metadata: sa.MetaData) -> list[sa.Table]:
         sa.Column("key", _key_type(), primary_key=True),
         sa.Column("node_id", sa.String(64), nullable=True),  # NULL: released
         sa.Column("epoch", sa.BigInteger(), nullable=False),
+        # Who held it before the last claim while still owning it (a takeover), else NULL.
+        sa.Column("previous_node_id", sa.String(64), nullable=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Index("ix_objects_owners_node", "node_id"),
     )

@@ -1,0 +1,112 @@
+"""Batched activation: one claim statement and one read for every object waiting to thaw.
+
+A takeover, a restart or a deploy thaws thousands of objects at once. Thawed one by one, each
+costs two round trips (claim, load); batched like commits, a whole wave of them costs two:
+while one batch is in flight the next one fills up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .._exceptions import CorruptState
+from ..storage import Checkpoint, Claim, Storage
+
+log = logging.getLogger("fastapi_objects")
+
+Ident = tuple[str, str]
+MAX_BATCH = 1000
+
+
+class Thawer:
+    """Claims and loads the objects this node is about to activate, in batches."""
+
+    def __init__(self, storage: Storage, node_id: str, ttl: float) -> None:
+        self.storage = storage
+        self.node_id = node_id
+        self.ttl = ttl
+        self._waiting: dict[Ident, list[asyncio.Future[tuple[Claim, Checkpoint | None]]]] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        """Start the batching task."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="objects-thaw")
+
+    async def close(self) -> None:
+        """Stop; waiters still queued get ``CancelledError``."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for waiters in self._waiting.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._waiting.clear()
+
+    async def thaw(self, type: str, key: str) -> tuple[Claim, Checkpoint | None]:
+        """Claim ``(type, key)`` and, when granted, read its checkpoint."""
+        waiter: asyncio.Future[tuple[Claim, Checkpoint | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting.setdefault((type, key), []).append(waiter)
+        self._wakeup.set()
+        return await waiter
+
+    async def _run(self) -> None:
+        while True:
+            if not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            idents = list(self._waiting)[:MAX_BATCH]
+            batch = {ident: self._waiting.pop(ident) for ident in idents}
+            try:
+                claims = await self.storage.claim_many(idents, self.node_id, self.ttl)
+                granted = [ident for ident in idents if claims[ident].granted]
+                loaded: dict[Ident, Checkpoint | BaseException] = {}
+                if granted:
+                    loaded.update(await self._load(granted))
+            except Exception as exc:  # StorageUnavailable, or a bug: fail this batch only
+                log.debug("thaw batch failed: %r", exc)
+                for waiters in batch.values():
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                continue
+            self.batches += 1
+            for ident, waiters in batch.items():
+                found = loaded.get(ident)
+                for waiter in waiters:
+                    if waiter.done():
+                        continue
+                    if isinstance(found, BaseException):
+                        waiter.set_exception(found)
+                    else:
+                        waiter.set_result((claims[ident], found))
+
+    async def _load(self, idents: list[Ident]) -> dict[Ident, Checkpoint | BaseException]:
+        """Read the checkpoints: one query, or each on its own if one cannot be decoded.
+
+        A corrupt row then fails only its own object's activation, not the whole batch.
+        """
+        try:
+            return dict(await self.storage.load_many(idents))
+        except ValueError:
+            pass
+        found: dict[Ident, Checkpoint | BaseException] = {}
+        for type, key in idents:
+            try:
+                cp = await self.storage.load(type, key)
+            except ValueError as exc:
+                found[(type, key)] = CorruptState(
+                    f"{type}:{key}: stored checkpoint is not valid JSON ({exc})"
+                )
+            else:
+                if cp is not None:
+                    found[(type, key)] = cp
+        return found
