@@ -24,8 +24,8 @@ EXPOSE 8080
 # Passes Fly's DATABASE_URL on as OBJECTS_DATABASE_URL; wraps the CMD and fly.toml's
 # release_command (the migration) alike.
 ENTRYPOINT ["sh", "example_app/entrypoint.sh"]
-# One process per machine, one node: on Fly.io the node id is the machine's (FLY_MACHINE_ID)
-# and the internal port is fixed, so scale out with machines (`fly scale count`), not workers.
+# One process per machine, one node: the internal port is fixed (fly.toml), so scale out with
+# machines (`fly scale count`), not workers.
 # The graceful-shutdown bound leaves the node time, within fly.toml's kill_timeout, to
 # hibernate, release its objects and deregister. Fly's proxy sets X-Forwarded-Proto.
 CMD ["uvicorn", "example_app.main:app", "--host", "0.0.0.0", "--port", "8080", "--forwarded-allow-ips", "*", "--timeout-graceful-shutdown", "20"]

@@ -45,9 +45,10 @@ class ObjectsSettings(BaseSettings):
     node_ttl: float = Field(default=10.0, gt=0.3, le=3600)
     """Seconds after its last heartbeat that a node counts as dead (heartbeat every ttl/3)."""
     node_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("OBJECTS_NODE_ID", "FLY_MACHINE_ID")
+        default=None, validation_alias=AliasChoices("OBJECTS_NODE_ID")
     )
-    """This node's id; default ``FLY_MACHINE_ID``, else a random one per process."""
+    """This node's id; default: random per process, prefixed with ``machine`` when known
+    (several workers on one machine are several nodes)."""
     region: str | None = Field(
         default=None, validation_alias=AliasChoices("OBJECTS_REGION", "FLY_REGION")
     )

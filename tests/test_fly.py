@@ -28,7 +28,6 @@ from example_app.main import app
 from example_app.objects import Counter
 from fastapi_objects import Runtime
 from fastapi_objects.settings import ObjectsSettings
-from tests.test_cli_manage import cells
 from tests.test_example_app import ROOT, AppProcess, free_port, http, pg_database
 
 __all__ = ["pg_database"]  # a fixture, imported for pytest
@@ -159,7 +158,7 @@ def test_dockerfile_installs_the_postgres_extra_and_runs_one_uvicorn() -> None:
     cmd = _exec_form("CMD")
     assert cmd[:2] == ["uvicorn", "example_app.main:app"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
-    assert "--workers" not in cmd  # one node per machine: its id is FLY_MACHINE_ID
+    assert "--workers" not in cmd  # one process per machine: the internal port is fixed
     entrypoint = _exec_form("ENTRYPOINT")
     assert (ROOT / entrypoint[-1]).is_file()
 
@@ -249,7 +248,7 @@ def test_two_machines_share_one_owner_list_as_nodes_and_hand_over_on_a_rolling_r
         # `fly ssh console -C "sh /app/example_app/entrypoint.sh objects nodes"`
         nodes = _objects_nodes(env)
         for name, owned in [("m1", "1"), ("m2", "0")]:
-            row = cells(nodes, name)
+            row = _node_row(nodes, name)
             internal = machines[name].env["OBJECTS_INTERNAL_PORT"]
             assert row[1].endswith(f":{internal}") and row[2:4] == ["iad", name]
             assert row[5:] == ["alive", owned], nodes
@@ -261,10 +260,19 @@ def test_two_machines_share_one_owner_list_as_nodes_and_hand_over_on_a_rolling_r
         assert http("POST", m2 + "/counters/fly/increment?by=1") == (200, {"value": 3})
         assert time.monotonic() - started < 5
         nodes = _objects_nodes(env)
-        assert "m1" not in nodes and cells(nodes, "m2")[5:] == ["alive", "1"]
+        assert "m1-" not in nodes and _node_row(nodes, "m2")[5:] == ["alive", "1"]
     finally:
         for machine in machines.values():
             assert machine.stop() == 0, machine.output()
+
+
+def _node_row(nodes: str, machine: str) -> list[str]:
+    """The row of the node running on ``machine`` (its id is the machine's, plus a suffix)."""
+    for line in nodes.splitlines():
+        row = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if row[0].startswith(machine + "-"):
+            return row
+    raise AssertionError(f"no node on {machine!r} in:\n{nodes}")
 
 
 def _objects_nodes(env: dict[str, str]) -> str:

@@ -89,7 +89,9 @@ def test_arguments_then_environment_then_dotenv_then_default(
     assert runtime.settings.db_schema == "arg_schema"
     assert runtime.settings.node_ttl == 4.0  # the .env still fills what no one else set
     monkeypatch.setenv("FLY_MACHINE_ID", "e286de4f711e86")
-    assert Runtime(database_url="memory://").node_id == "e286de4f711e86"
+    first, second = Runtime(database_url="memory://"), Runtime(database_url="memory://")
+    assert first.settings.machine == "e286de4f711e86"
+    assert first.node_id != second.node_id  # two workers on one machine are two nodes
 
 
 def test_only_prefixed_and_fly_variables_count(
@@ -103,7 +105,7 @@ def test_only_prefixed_and_fly_variables_count(
     monkeypatch.setenv("FLY_REGION", "ams")
     monkeypatch.setenv("FLY_MACHINE_ID", "m1")
     settings = ObjectsSettings()
-    assert (settings.region, settings.machine, settings.node_id) == ("ams", "m1", "m1")
+    assert (settings.region, settings.machine, settings.node_id) == ("ams", "m1", None)
     assert ObjectsSettings(node_id="n", region="iad").node_id == "n"
 
 

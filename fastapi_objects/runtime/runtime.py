@@ -106,7 +106,11 @@ class Runtime:
             raise TypeError("pass either settings=ObjectsSettings(...) or options, not both")
         self.settings = settings
         self.database_url = settings.database_url
-        self.node_id = settings.node_id or uuid.uuid4().hex[:12]
+        # One process, one node: workers sharing a machine get ids of their own.
+        self.node_id = settings.node_id or (
+            f"{settings.machine}-{uuid.uuid4().hex[:6]}" if settings.machine
+            else uuid.uuid4().hex[:12]
+        )
         # Broadcasts cross nodes through PostgreSQL when the data lives there; an embedded
         # database means one node, so an in-process hub of this runtime's own is enough.
         self.pubsub_url = settings.pubsub_url or (
