@@ -84,7 +84,7 @@ async def test_one_owner_and_calls_forwarded_to_it(durable: Backend) -> None:
         with pytest.raises(UnknownMethod):
             await c.call(Tally, "k", "nope", {})
         assert b.routing.forwarder is not None and b.routing.forwarder.forwarded >= 30
-        assert len(a._activations) == 1 and not b._activations and not c._activations
+        assert len(a._host.activations) == 1 and not b._host.activations and not c._host.activations
 
 
 async def test_a_graceful_stop_hands_objects_over(durable: Backend) -> None:
@@ -111,7 +111,7 @@ async def test_a_hibernated_object_moves_to_the_next_caller(durable: Backend) ->
 
     async with node("a") as a, node("b") as b:
         assert await a.get(Brief, "k").add() == 1
-        await wait_until(lambda: not a._activations, what="a to hibernate (and release) it")
+        await wait_until(lambda: not a._host.activations, what="a to hibernate (and release) it")
         assert await b.get(Brief, "k").add() == 2
         assert await a.get(Brief, "k").where() == "b"
 

@@ -27,7 +27,7 @@ async def test_a_thaw_storm_is_claimed_and_loaded_in_batches(sql_backend: Backen
     async with _rt(sql_backend) as rt:  # a restart: every object thaws at once
         values = await asyncio.gather(*(rt.get(Counter, k).increment(1) for k in keys))
         assert values == [2] * len(keys)
-        assert rt.thawer.batches < len(keys) / 5, rt.thawer.batches
+        assert rt._host.thawer.batches < len(keys) / 5, rt._host.thawer.batches
         assert rt.stats().thaws == len(keys)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .handle import Handle
 from .methods import readonly
 from .object import DurableObject, EventSourced
-from .runtime import Runtime, RuntimeStats
+from .runtime import Runtime
+from .stats import RuntimeStats
 
 __all__ = ["DurableObject", "EventSourced", "Handle", "Runtime", "RuntimeStats", "readonly"]

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import (
     ConflictError,
@@ -29,10 +29,13 @@ from .storable import check_result, check_storable
 from .thaw import decode_state, new_state, replay
 
 if TYPE_CHECKING:
-    from .committer import PendingCommit
+    from collections.abc import Coroutine
+
+    from ..storage import Storage
+    from .committer import GroupCommitter, PendingCommit
     from .connection import Connection
     from .methods import MethodSpec
-    from .runtime import Runtime
+    from .stats import Counters
 
 log = logging.getLogger("fastapi_objects")
 
@@ -55,6 +58,30 @@ class Turn:
         self.after: list[Any] = []
 
 
+class ActivationHost(Protocol):
+    """What an activation needs from its node (``Host`` provides it): nothing more."""
+
+    storage: Storage
+    committer: GroupCommitter
+    counters: Counters
+    public: Any  # what objects see as ``self.objects`` (the Runtime)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The node's event loop."""
+
+    def forget(self, act: Activation) -> None:
+        """Remove a closed activation from the registry."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task owned by the node."""
+
+    def publish_nowait(
+        self, topic: str, event: str, payload: Any, *, exclude: str | None = None
+    ) -> None:
+        """Publish a broadcast (after the turn committed)."""
+
+
 class Activation:
     """The live instance of ``(type, key)`` on this node."""
 
@@ -67,6 +94,7 @@ class Activation:
         "epoch",
         "event_sourced",
         "gate",
+        "host",
         "in_flight",
         "instance",
         "journal_rev",
@@ -76,15 +104,14 @@ class Activation:
         "loop",
         "queued",
         "rev",
-        "runtime",
         "since_snapshot",
         "snapshot_rev",
         "state_json",
         "topic",
     )
 
-    def __init__(self, runtime: Runtime, cls: type[DurableObject[Any]], key: str) -> None:
-        self.runtime = runtime
+    def __init__(self, host: ActivationHost, cls: type[DurableObject[Any]], key: str) -> None:
+        self.host = host
         self.cls = cls
         self.key = key
         self.topic = f"{cls.type_name}:{key}"
@@ -100,7 +127,7 @@ class Activation:
         self.gate = Gate(held=True)  # the loader holds the gate until thawed
         self._turn: Turn | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.loop = runtime.loop
+        self.loop = host.loop
         self.last_used = self.loop.time()
 
     # -- thaw --------------------------------------------------------------------------------
@@ -108,10 +135,10 @@ class Activation:
     async def load(self, cp: Checkpoint | None) -> None:
         """Thaw from checkpoint ``cp`` (migration, journal replay), then run ``on_activate``."""
         cls = self.cls
-        storage = self.runtime.storage
+        storage = self.host.storage
         instance = cls()
         instance.key = self.key
-        instance.objects = self.runtime
+        instance.objects = self.host.public
         instance._activation = self
         if cp is None:
             instance.state = new_state(cls, self.topic)
@@ -124,12 +151,12 @@ class Activation:
                     storage, cls, self.key, instance.state, after_rev=self.snapshot_rev
                 )
             if cp.status != "active":
-                self.runtime.committer.set_status(cls.type_name, self.key, "active")
+                self.host.committer.set_status(cls.type_name, self.key, "active")
         self.instance = instance
         if not self.event_sourced:
             self.state_json = instance.state.model_dump(mode="json")
         await self._run_hook(instance.on_activate)
-        self.runtime.counters.thaws += 1
+        self.host.counters.thaws += 1
         self._arm(cls.idle_timeout)
 
     # -- the gate ----------------------------------------------------------------------------
@@ -233,7 +260,7 @@ class Activation:
             raise
         finally:
             self._turn = None
-        self.runtime.counters.turns += 1
+        self.host.counters.turns += 1
         return result, pending
 
     async def _run_hook(self, hook: Any, snapshot: bool = False) -> PendingCommit | None:
@@ -291,7 +318,7 @@ class Activation:
             epoch=self.epoch,
         )
         self.rev, self.journal_rev = new_rev, journal_rev
-        pending = self.runtime.committer.submit(self, commit)
+        pending = self.host.committer.submit(self, commit)
         pending.after.extend(turn.after)
         self.last = pending
         return pending
@@ -307,7 +334,7 @@ class Activation:
         """A commit was fenced out (``failure is None``) or the transaction failed: drop out."""
         error: ObjectsError
         if failure is None:
-            self.runtime.counters.conflicts += 1
+            self.host.counters.conflicts += 1
             error = ConflictError(
                 f"{self.topic}: commit on rev {pending.commit.expected_rev} was fenced out: "
                 "another writer changed this object (a second process or machine serving it?). "
@@ -324,7 +351,7 @@ class Activation:
     def invalidate(self, error: ObjectsError) -> None:
         """Drop this instance: fail turns that built on unconfirmed state, forget it."""
         if self.queued is not None:
-            self.runtime.committer.discard(self.queued, error)
+            self.host.committer.discard(self.queued, error)
             self.queued = None
         self.close()
 
@@ -336,7 +363,7 @@ class Activation:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.runtime.forget(self)
+        self.host.forget(self)
         for conn in list(self.connections.values()) if self.connections else ():
             # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls
             # failing with this close (a fenced-out commit) first get to send their errors.
@@ -352,7 +379,7 @@ class Activation:
         topic = self.topic
         exclude_id = exclude.id if exclude is not None else None
         self.turn().after.append(
-            lambda: self.runtime.publish_nowait(topic, event, payload, exclude=exclude_id)
+            lambda: self.host.publish_nowait(topic, event, payload, exclude=exclude_id)
         )
 
     def connections_tagged(self, tag: str | None) -> list[Connection]:
@@ -414,7 +441,7 @@ class Activation:
         if self.busy() or idle_for < timeout:
             self._arm(timeout if self.busy() else timeout - idle_for)
             return
-        self.runtime.spawn(self.hibernate())
+        self.host.spawn(self.hibernate())
 
     async def hibernate(self, force: bool = False) -> None:
         """Run ``on_hibernate``, make everything durable and leave memory.
@@ -446,10 +473,10 @@ class Activation:
                     return  # the failed commit already dropped this instance
             # Once it has left memory, listings say so (tests and operators rely on it), and
             # any node may activate it next: the same write releases ownership.
-            await self.runtime.committer.set_status(
+            await self.host.committer.set_status(
                 self.cls.type_name, self.key, "hibernated", release_epoch=self.epoch
             )
-            self.runtime.counters.hibernations += 1
+            self.host.counters.hibernations += 1
             self.close()
         finally:
             self.gate.leave(False)

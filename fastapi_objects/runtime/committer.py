@@ -11,13 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .._exceptions import ConflictError, ObjectsError, StorageUnavailable
 from ..storage import Commit, StatusUpdate, Storage
 
-if TYPE_CHECKING:
-    from .activation import Activation
+
+class CommitOwner(Protocol):
+    """What the committer needs from the instance whose commits it writes (an CommitOwner)."""
+
+    closed: bool
+    topic: str
+    queued: PendingCommit | None
+
+    def committed(self, pending: PendingCommit) -> None:
+        """A commit of this object is durable."""
+
+    def commit_failed(self, pending: PendingCommit, failure: ObjectsError | None) -> None:
+        """A commit was fenced out (``failure is None``) or its transaction failed."""
 
 log = logging.getLogger("fastapi_objects")
 
@@ -27,7 +38,7 @@ class PendingCommit:
 
     __slots__ = ("activation", "after", "commit", "done", "error", "waiters")
 
-    def __init__(self, activation: Activation, commit: Commit) -> None:
+    def __init__(self, activation: CommitOwner, commit: Commit) -> None:
         self.activation = activation
         self.commit = commit
         self.waiters: list[asyncio.Future[None]] = []
@@ -121,7 +132,7 @@ class GroupCommitter:
             await self._idle.wait()
             await asyncio.sleep(0)
 
-    def submit(self, activation: Activation, commit: Commit) -> PendingCommit:
+    def submit(self, activation: CommitOwner, commit: Commit) -> PendingCommit:
         """Queue a turn's commit, merging it into the object's queued entry if there is one.
 
         A turn that finishes after its instance was dropped (fenced out, or its storage

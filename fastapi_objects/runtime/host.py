@@ -1,0 +1,341 @@
+"""``Host``: the engine of one node — its live objects, and how calls reach them.
+
+It owns what the public ``Runtime`` leaves out of its surface: the registry of activations,
+the group committer, the thawer, the routing seam to the cluster, background tasks and
+counters. Activations see it only through their narrow ``ActivationHost`` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._exceptions import CallTimeout, StorageUnavailable, UnknownMethod, UnknownObjectType
+from ..cluster import Moved
+from ..pubsub import PubSub
+from ..settings import ObjectsSettings
+from ..storage import Storage
+from ._deadline import _Deadline
+from .activation import Activation, Stale
+from .committer import GroupCommitter
+from .connection import Connection, Transport
+from .keys import validate_key
+from .methods import MethodSpec
+from .object import DurableObject
+from .placement import choose
+from .routing import Elsewhere, Router, backoff
+from .stats import Counters, RuntimeStats
+from .thawer import Thawer
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+R = TypeVar("R")
+
+
+class Host:
+    """The node's live objects and the way calls reach them (here, or forwarded)."""
+
+    def __init__(
+        self,
+        public: Runtime,
+        settings: ObjectsSettings,
+        node_id: str,
+        storage: Storage,
+        pubsub: PubSub,
+        types: dict[str, type[DurableObject[Any]]],
+    ) -> None:
+        self.public = public  # what objects see as ``self.objects``
+        self.settings = settings
+        self.node_id = node_id
+        self.storage = storage
+        self.pubsub = pubsub
+        self.types = types
+        self.committer = GroupCommitter(storage, settings.max_batch, node_id)
+        self.thawer = Thawer(storage, node_id, settings.node_ttl)
+        self.routing = Router(storage, settings, node_id, self.lease_lost)
+        self.counters = Counters()
+        self.activations: dict[tuple[str, str], Activation] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the runtime was started on."""
+        if self._loop is None:
+            raise RuntimeError(
+                "the objects runtime is not started: use `async with Objects(...)` or the "
+                "FastAPI lifespan (`FastAPI(lifespan=objects.lifespan)`)"
+            )
+        return self._loop
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start`` ran and ``stop`` did not yet."""
+        return self._loop is not None
+
+    async def start(self) -> None:
+        """Start the writers and join the cluster (storage and pub/sub are started)."""
+        self._loop = asyncio.get_running_loop()
+        self.committer.start()
+        self.thawer.start()
+        await self.routing.start(self.serve_forwarded)
+
+    async def stop(self) -> None:
+        """Leave gracefully: hibernate every live object (releasing it), commit, deregister.
+
+        From the start of the stop, other nodes' forwarded calls are answered "moved": they
+        look the owner up again and claim each object once it is released here.
+        """
+        self.routing.leave()
+        await asyncio.gather(
+            *(act.hibernate(force=True) for act in list(self.activations.values())),
+            return_exceptions=True,
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.committer.close()
+        await self.thawer.close()
+        await self.routing.stop()
+        self._loop = None
+
+    def lease_lost(self) -> None:
+        """This node may no longer serve: drop every activation (its state may be stale)."""
+        error = StorageUnavailable(
+            f"node {self.node_id} lost its lease (it could not reach the database in time): "
+            "the call was not acknowledged; retry"
+        )
+        for act in list(self.activations.values()):
+            act.invalidate(error)
+
+    def object_type(self, type_name: str) -> type[DurableObject[Any]]:
+        """The registered class for ``type_name``, or ``UnknownObjectType``."""
+        cls = self.types.get(type_name)
+        if cls is None:
+            known = ", ".join(sorted(self.types)) or "none"
+            raise UnknownObjectType(f"unknown object type {type_name!r} (registered: {known})")
+        return cls
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def invoke(
+        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any]
+    ) -> Any:
+        """Run a validated call on the object's one live instance, here or on its owner.
+
+        While the owner is unknown or unreachable (it is dying, or moving), the call waits and
+        looks again, bounded by ``call_timeout``; a forward is repeated only when it cannot
+        have run.
+        """
+        deadline = _Deadline(self.loop, cls.call_timeout)
+        try:
+            attempt = 0
+            while True:
+                try:
+                    return await self.on_live(
+                        cls, key, lambda act, held: act.call(spec, args, held)
+                    )
+                except Elsewhere as owner:
+                    try:
+                        result = await self.routing.forward(
+                            owner, cls.type_name, key, spec.name, args
+                        )
+                    except Moved as moved:
+                        if moved.owner is None or attempt:  # no better idea: wait, look again
+                            await backoff(attempt)
+                        attempt += 1
+                        continue
+                    return spec.decode_result(result)
+        except asyncio.CancelledError:
+            if not deadline.expired():
+                raise
+            raise CallTimeout(
+                f"{cls.type_name}:{key}.{spec.name}() overran call_timeout={cls.call_timeout}s: "
+                "a turn still running was cancelled and rolled back (one already committing "
+                "may have been applied)"
+            ) from None
+        finally:
+            deadline.cancel()
+
+    def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
+        """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O).
+
+        ``None``: here (it is active here, or would be activated here); else the owner this
+        node last saw, or the node placement picks. A guess: the call itself checks again.
+        """
+        ident = (cls.type_name, key)
+        if ident in self.activations:
+            return None
+        owner = self.routing.known_owner(ident)
+        if owner is not None:
+            return owner
+        target = choose(cls, key, self.node_id, self.routing.node.live)
+        return None if target is None else Elsewhere(target.node_id, target.address)
+
+    async def serve_forwarded(
+        self, type_name: str, key: str, method: str, args: dict[str, Any]
+    ) -> Any:
+        """Run a call another node forwarded here; its result as JSON.
+
+        ``Moved`` (the caller looks again; nothing ran) when this node does not own the object.
+        """
+        cls = self.object_type(type_name)
+        spec = cls.__objects_methods__.get(method)
+        if spec is None:
+            raise UnknownMethod(f"{cls.__name__} has no callable method {method!r}")
+        key, args = validate_key(key), spec.validate(args)
+        if not self.routing.node.serving():  # whoever owns it now, it is not this node
+            raise Moved(f"node {self.node_id} has no valid lease")
+        deadline = _Deadline(self.loop, cls.call_timeout)
+        try:
+            result = await self.on_live(
+                cls, key, lambda act, held: act.call(spec, args, held), forwarded=True
+            )
+        except Elsewhere as exc:
+            raise Moved(
+                f"{type_name}:{key} is owned by {exc.node_id}", exc.node_id, exc.address
+            ) from None
+        except asyncio.CancelledError:
+            if not deadline.expired():
+                raise
+            raise CallTimeout(
+                f"{type_name}:{key}.{method}() overran call_timeout={cls.call_timeout}s"
+            ) from None
+        finally:
+            deadline.cancel()
+        return spec.encode_result(result)
+
+    async def on_live(
+        self,
+        cls: type[DurableObject[Any]],
+        key: str,
+        fn: Callable[[Activation, bool], Awaitable[R]],
+        forwarded: bool = False,
+    ) -> R:
+        """Run ``fn(activation, held)`` on this node's instance, thawing it (``held``) if needed.
+
+        An instance that closed meanwhile (hibernated, fenced out) raises ``Stale``: go again
+        with a fresh one. ``Elsewhere`` when another live node owns the object. A call
+        ``forwarded`` here asks the database, not the owners this node remembers: the sender
+        found this node named as the owner there.
+        """
+        ident = (cls.type_name, key)
+        node = self.routing.node
+        checked = False
+        while True:
+            if not node.serving():
+                await node.ready()
+            act = self.activations.get(ident)
+            try:
+                if act is None:
+                    owner = self.routing.known_owner(ident)
+                    if owner is not None and not (forwarded and not checked):
+                        raise owner
+                    if not forwarded:  # (a forwarded call was placed by its sender)
+                        target = choose(cls, key, self.node_id, node.live)
+                        if target is not None:
+                            raise Elsewhere(target.node_id, target.address)
+                    checked = True
+                    return await fn(await self.activate(cls, key), True)
+                return await fn(act, False)
+            except Stale:
+                continue
+
+    async def activate(self, cls: type[DurableObject[Any]], key: str) -> Activation:
+        """Claim and thaw ``(cls, key)``; the caller gets it with the gate held.
+
+        Raises ``Stale`` (look again) when the claim was refused: the calls that queued on
+        this attempt meanwhile then find the owner the claim named.
+        """
+        ident = (cls.type_name, key)
+        act = Activation(self, cls, key)  # created holding its own gate
+        self.activations[ident] = act
+        try:
+            claim, checkpoint = await self.thawer.thaw(cls.type_name, key)
+            self.routing.claimed(ident, claim)
+            if not claim.granted:
+                raise Stale
+            act.epoch = claim.epoch
+            await act.load(checkpoint)
+        except BaseException:
+            act.close()
+            act.gate.leave(False)
+            raise
+        return act
+
+    def forget(self, act: Activation) -> None:
+        """Remove a closed activation from the registry (if it is still the registered one)."""
+        ident = (act.cls.type_name, act.key)
+        if self.activations.get(ident) is act:
+            del self.activations[ident]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task owned by the runtime (cancelled on close)."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def publish_nowait(
+        self, topic: str, event: str, payload: Any, *, exclude: str | None = None
+    ) -> None:
+        """Publish without waiting: local subscribers now, other nodes in order, soon."""
+        self.pubsub.publish_nowait(topic, event, payload, exclude=exclude)
+
+    # -- attached clients --------------------------------------------------------------------
+
+    async def attach(
+        self,
+        cls: type[DurableObject[Any]],
+        key: str,
+        transport: Transport,
+        params: dict[str, Any] | None = None,
+        *,
+        relayed: bool = False,
+    ) -> Connection:
+        """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject).
+
+        Raises ``Elsewhere`` when another node owns the object: the web integration then
+        relays the client to it. ``relayed``: the client comes from another node that found
+        this one named as the owner (so the database decides, not this node's memory).
+        """
+        key = validate_key(key)
+        conn = Connection(f"{cls.type_name}:{key}", transport, params)
+        if relayed:
+            self.counters.relayed += 1
+        async with asyncio.timeout(cls.call_timeout):
+            await self.on_live(
+                cls, key, lambda act, held: act.attach(conn, held), forwarded=relayed
+            )
+        return conn
+
+    async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
+        """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""
+        act = conn.activation
+        if act is None or act.closed:
+            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue")
+        try:
+            await act.run(lambda obj: obj.on_message(conn, frame), {})
+        except Stale:
+            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue") from None
+
+    async def detach(self, conn: Connection) -> None:
+        """Detach a client; runs ``on_disconnect``. Idempotent."""
+        act = conn.activation
+        if act is not None and not act.closed:
+            try:
+                await act.detach(conn)
+            except Stale:
+                pass
+
+    def stats(self) -> RuntimeStats:
+        """What this node holds now and has done since start."""
+        c = self.counters
+        forwarder = self.routing.forwarder
+        return RuntimeStats(
+            active=len(self.activations), thaws=c.thaws, hibernations=c.hibernations,
+            turns=c.turns, commits=self.committer.commits, batches=self.committer.batches,
+            conflicts=c.conflicts, forwarded=forwarder.forwarded if forwarder else 0,
+            takeovers=self.routing.node.takeovers, relayed=c.relayed,
+        )
