@@ -141,7 +141,7 @@ def test_lifespan_composes_with_the_apps_own(db_url: str) -> None:
     assert events == ["app up", "objects up", "objects going down", "app down"]
     # The runtime stopped with the app: it hibernated the object, and the value is durable.
     with pytest.raises(RuntimeError, match="not started"):
-        _ = objects.loop
+        _ = objects.runtime.loop
     con = sqlite3.connect(db_url.split("///", 1)[1])
     try:
         row = con.execute(

@@ -452,7 +452,7 @@ def test_client_js_route(client: TestClient) -> None:
 
 def test_room_is_registered(client: TestClient) -> None:
     objects = client.app.state.objects  # type: ignore[attr-defined]
-    assert objects.object_type("room") is Room
+    assert objects.runtime.object_type("room") is Room
 
 
 class GrumpyState(BaseModel):

@@ -133,13 +133,20 @@ def load_runtime(spec: str) -> Runtime:
         raise CliError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
     if not hasattr(module, attr):
         raise CliError(f"{module_name} has no attribute {attr!r}")
+    def runtime_of(value: object) -> Runtime | None:
+        # A Runtime, or an Objects holding one (checked without importing the web framework).
+        if isinstance(value, Runtime):
+            return value
+        inner = getattr(value, "runtime", None)
+        return inner if isinstance(inner, Runtime) else None
+
     obj = getattr(module, attr)
-    if isinstance(obj, Runtime):
-        return obj
-    state_runtime = getattr(getattr(obj, "state", None), "objects", None)
-    if isinstance(state_runtime, Runtime):
-        return state_runtime
-    found = {id(v): v for v in vars(module).values() if isinstance(v, Runtime)}
+    direct = runtime_of(obj) or runtime_of(getattr(getattr(obj, "state", None), "objects", None))
+    if direct is not None:
+        return direct
+    found = {
+        id(r): r for r in (runtime_of(v) for v in vars(module).values()) if r is not None
+    }
     if len(found) != 1:
         what = "no" if not found else "several"
         raise CliError(f"{spec} is not an Objects runtime and {module_name} holds {what} runtime")

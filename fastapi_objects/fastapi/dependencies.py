@@ -103,7 +103,7 @@ def _from_source(
 
 def _handle(connection: HTTPConnection, cls: type[T], key: str) -> Handle[T]:
     objects = objects_of(connection)
-    if objects.types.get(cls.type_name) is not cls:
+    if objects.runtime.types.get(cls.type_name) is not cls:
         raise RuntimeError(
             f"get_object({cls.__name__}): {cls.__name__} is not registered in "
             "Objects(objects=[...])"

@@ -33,10 +33,10 @@ def replay_target(
         return None
     if cls.placement == "region" and settings.region != cls.region:
         return f"region={cls.region}"
-    owner = objects.locate(cls, key)
+    owner = objects.runtime.locate(cls, key)
     if owner is None:
         return None
-    node = objects.routing.node.live.get(owner.node_id)
+    node = objects.runtime.routing.node.live.get(owner.node_id)
     if node is None or node.machine is None or node.machine == settings.machine:
         return None  # unknown machine: forward instead
     return f"instance={node.machine}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Self, Unpack
 
 from fastapi import APIRouter
 from starlette.applications import Starlette
@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 from .._exceptions import ObjectsError
 from ..runtime import DurableObject, Runtime
 from ..settings import ObjectsSettings, Options
+from ..storage import Storage
 from .dependencies import check_routes
 from .errors import objects_error_handler
 from .relay import internal_websocket_app
@@ -27,8 +28,8 @@ Authorize = Callable[[WebSocket, str, str], Verdict | Awaitable[Verdict]]
 _CLIENT_JS = Path(__file__).parent / "static" / "objects.js"
 
 
-class Objects(Runtime):
-    """Durable objects in a FastAPI or Starlette app.
+class Objects:
+    """Durable objects in a FastAPI or Starlette app: a ``Runtime`` plus its web parts.
 
     Example::
 
@@ -45,6 +46,10 @@ class Objects(Runtime):
     as too slow (default 1024). ``authorize(websocket, type_name, key)`` runs before every
     attach (sync or async; falsy rejects with close code 4401, a dict is merged into
     ``conn.params``).
+
+    It holds its ``runtime`` (as a Starlette app holds its router) and offers the runtime's
+    public methods: ``get``, ``call``, ``journal``, ``query``, ``type_stats``, ``stats``,
+    ``publish``, ``subscribe``, ``create_tables``, and ``async with objects:``.
     """
 
     def __init__(
@@ -56,8 +61,8 @@ class Objects(Runtime):
         settings: ObjectsSettings | None = None,
         **options: Unpack[Options],
     ) -> None:
-        super().__init__(objects, database_url, settings=settings, **options)
-        web = self.settings
+        self.runtime = Runtime(objects, database_url, settings=settings, **options)
+        web = self.settings = self.runtime.settings
         self.prefix = web.prefix
         self.authorize = authorize
         self.allowed_origins = web.allowed_origins
@@ -66,7 +71,37 @@ class Objects(Runtime):
         self.max_outbox = web.max_outbox
         self._router: APIRouter | None = None
         # Clients that attach on another node are relayed here (the owner) through this.
-        self.routing.websocket_app = internal_websocket_app(self)
+        self.runtime.routing.websocket_app = internal_websocket_app(self)
+        # The runtime's public methods, as this app's own (one object, one set of names).
+        runtime = self.runtime
+        self.get = runtime.get
+        self.call = runtime.call
+        self.journal = runtime.journal
+        self.query = runtime.query
+        self.type_stats = runtime.type_stats
+        self.stats = runtime.stats
+        self.publish = runtime.publish
+        self.subscribe = runtime.subscribe
+        self.create_tables = runtime.create_tables
+        self.start = runtime.start
+        self.close = runtime.close
+
+    @property
+    def node_id(self) -> str:
+        """This node's id."""
+        return self.runtime.node_id
+
+    @property
+    def storage(self) -> Storage:
+        """The storage backend (for listings and tools; calls go through ``get``)."""
+        return self.runtime.storage
+
+    async def __aenter__(self) -> Self:
+        await self.runtime.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.runtime.close()
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -80,7 +115,7 @@ class Objects(Runtime):
                     yield
         """
         self.install(app)
-        async with self:
+        async with self.runtime:
             yield
 
     def install(self, app: Starlette) -> None:

@@ -49,9 +49,9 @@ async def relay(
     import websockets
     from websockets.asyncio.client import connect
 
-    forwarder = objects.routing.forwarder
+    forwarder = objects.runtime.routing.forwarder
     if owner.address is None or forwarder is None:
-        objects.routing.forget_owner((cls.type_name, key))
+        objects.runtime.routing.forget_owner((cls.type_name, key))
         return False
     query = urlencode({"params": to_json(params).decode()}, quote_via=quote)
     target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?{query}"
@@ -61,7 +61,7 @@ async def relay(
         upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=5)
     except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
         log.info("relay of %s:%s to %s failed: %r", cls.type_name, key, owner.node_id, exc)
-        objects.routing.forget_owner((cls.type_name, key))
+        objects.runtime.routing.forget_owner((cls.type_name, key))
         return False
     async with upstream:
         try:
@@ -69,7 +69,7 @@ async def relay(
         except websockets.ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else CloseCode.RELOADED
             if code == MOVED:
-                objects.routing.forget_owner((cls.type_name, key))
+                objects.runtime.routing.forget_owner((cls.type_name, key))
                 return False
             await _close(websocket, code, closed.rcvd.reason if closed.rcvd else "")
             return True

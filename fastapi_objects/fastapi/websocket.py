@@ -79,7 +79,7 @@ async def serve_websocket(
     refused: tuple[int, str] | None = None
     try:
         if isinstance(cls, str):
-            cls = objects.object_type(cls)
+            cls = objects.runtime.object_type(cls)
         key = validate_key(key)
     except UnknownObjectType as exc:
         refused = (CloseCode.UNKNOWN_TYPE, exc.message)
@@ -140,7 +140,7 @@ async def serve_relayed(
     """The owner's end of a relayed client (checked on the node it connected to)."""
     await websocket.accept()
     try:
-        cls = objects.object_type(type_name)
+        cls = objects.runtime.object_type(type_name)
         key = validate_key(key)
     except UnknownObjectType as exc:
         await websocket.close(CloseCode.UNKNOWN_TYPE, exc.message[:120])
@@ -231,7 +231,7 @@ class _Session:
                         task.cancel()
                     if self.conn is not None:
                         try:
-                            await self.objects.detach(self.conn)
+                            await self.objects.runtime.detach(self.conn)
                         except Exception:  # the client is gone either way; say why in the log
                             log.exception("%s: on_disconnect failed", self.topic)
         finally:
@@ -247,7 +247,7 @@ class _Session:
 
     async def _attach_and_read(self, params: dict[str, Any]) -> None:
         try:
-            conn = await self.objects.attach(
+            conn = await self.objects.runtime.attach(
                 self.cls, self.key, self, params, relayed=self.relayed
             )
         except Elsewhere:
@@ -377,7 +377,7 @@ class _Session:
     async def _event(self, ref: Any, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         try:
-            await self.objects.message(self.conn, frame)
+            await self.objects.runtime.message(self.conn, frame)
         except ObjectsError as exc:
             self._reply_error(ref, error_body(exc))
         except Exception as exc:
