@@ -13,29 +13,27 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
     ConflictError,
-    ConnectionRejected,
     ObjectsError,
     Overloaded,
     StorageUnavailable,
 )
 from ..storage import Checkpoint, Commit
+from .clients import Clients
 from .gate import Gate
 from .object import DurableObject, EventSourced
 from .storable import check_result, check_storable
 from .thaw import decode_state, new_state, replay
+from .turn import ActivationHost, Stale, Turn
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
 
-    from ..storage import Storage
-    from .committer import GroupCommitter, PendingCommit
+    from .committer import PendingCommit
     from .connection import Connection
     from .methods import MethodSpec
-    from .stats import Counters
 
 log = logging.getLogger("fastapi_objects")
 
@@ -44,53 +42,13 @@ log = logging.getLogger("fastapi_objects")
 _chain: ContextVar[tuple[Activation, ...]] = ContextVar("objects_call_chain", default=())
 
 
-class Stale(Exception):
-    """This activation was closed (hibernated, fenced out); retry on a fresh one."""
-
-
-class Turn:
-    """What a running turn produced besides state: journal entries and post-commit actions."""
-
-    __slots__ = ("after", "entries")
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, Any]] = []
-        self.after: list[Any] = []
-
-
-class ActivationHost(Protocol):
-    """What an activation needs from its node (``Host`` provides it): nothing more."""
-
-    storage: Storage
-    committer: GroupCommitter
-    counters: Counters
-    public: Any  # what objects see as ``self.objects`` (the Runtime)
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The node's event loop."""
-
-    def forget(self, act: Activation) -> None:
-        """Remove a closed activation from the registry."""
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run a background task owned by the node."""
-
-    def publish_nowait(
-        self, topic: str, event: str, payload: Any, *, exclude: str | None = None
-    ) -> None:
-        """Publish a broadcast (after the turn committed)."""
-
-
-class Activation:
+class Activation(Clients):
     """The live instance of ``(type, key)`` on this node."""
 
     __slots__ = (
-        "_timer",
         "_turn",
         "closed",
         "cls",
-        "connections",
         "epoch",
         "event_sourced",
         "gate",
@@ -100,7 +58,6 @@ class Activation:
         "journal_rev",
         "key",
         "last",
-        "last_used",
         "loop",
         "queued",
         "rev",
@@ -371,112 +328,3 @@ class Activation:
             self.loop.call_soon(conn.close, 1012, f"{self.topic} was reloaded; reconnect")
         self.connections = None
         self.gate.fail_waiters(Stale)
-
-    # -- broadcasts and connections ----------------------------------------------------------
-
-    def broadcast(self, event: str, payload: Any, exclude: Connection | None) -> None:
-        """Publish after the running turn commits."""
-        topic = self.topic
-        exclude_id = exclude.id if exclude is not None else None
-        self.turn().after.append(
-            lambda: self.host.publish_nowait(topic, event, payload, exclude=exclude_id)
-        )
-
-    def connections_tagged(self, tag: str | None) -> list[Connection]:
-        """Attached connections on this node, optionally filtered by tag."""
-        conns = list(self.connections.values()) if self.connections else []
-        return conns if tag is None else [c for c in conns if tag in c.tags]
-
-    async def attach(self, conn: Connection, held: bool = False) -> None:
-        """Attach a client: run ``on_connect`` as a turn; it may raise ``ConnectionRejected``."""
-        limit = self.cls.max_connections
-        if self.connections is not None and len(self.connections) >= limit:
-            if held:
-                self.gate.leave(False)
-            raise ConnectionRejected(
-                f"{self.topic} already has {limit} clients attached (max_connections)", code=1013
-            )
-        if self.connections is None:
-            self.connections = {}
-        self.connections[conn.id] = conn
-        conn.activation = self
-        try:
-            await self.run(lambda obj: obj.on_connect(conn), {}, held=held)
-        except BaseException:
-            self._drop(conn)
-            raise
-
-    async def detach(self, conn: Connection) -> None:
-        """Detach a client and run ``on_disconnect``; the idle timer restarts when none are left."""
-        self._drop(conn)
-        await self.run(lambda obj: obj.on_disconnect(conn), {})
-
-    def _drop(self, conn: Connection) -> None:
-        if self.connections is not None and self.connections.pop(conn.id, None) is not None:
-            conn.activation = None
-            if not self.connections:
-                self.connections = None
-                self.last_used = self.loop.time()
-                if self._timer is not None and not self.closed:
-                    self._timer.cancel()
-                    self._arm(self.cls.idle_timeout)
-
-    # -- hibernation -------------------------------------------------------------------------
-
-    def busy(self) -> bool:
-        """Whether a call, a waiter or an attached client keeps this object awake."""
-        return bool(
-            self.in_flight or self.connections or self.gate.busy
-        )
-
-    def _arm(self, delay: float) -> None:
-        self._timer = self.loop.call_later(delay, self._check_idle)
-
-    def _check_idle(self) -> None:
-        self._timer = None
-        if self.closed:
-            return
-        timeout = self.cls.idle_timeout
-        idle_for = self.loop.time() - self.last_used
-        if self.busy() or idle_for < timeout:
-            self._arm(timeout if self.busy() else timeout - idle_for)
-            return
-        self.host.spawn(self.hibernate())
-
-    async def hibernate(self, force: bool = False) -> None:
-        """Run ``on_hibernate``, make everything durable and leave memory.
-
-        Unless ``force`` (shutdown), it gives up if a call or a client arrived meanwhile.
-        """
-        try:
-            await self._enter(False)
-        except Stale:
-            return
-        try:
-            idle_for = self.loop.time() - self.last_used
-            if not force and (
-                self.in_flight or self.connections or self.gate.queued
-                or idle_for < self.cls.idle_timeout  # a call slipped in before us
-            ):
-                self._arm(max(self.cls.idle_timeout - idle_for, 0.01))
-                return
-            try:
-                pending = await self._run_hook(self.instance.on_hibernate, snapshot=True)
-            except Exception:
-                log.exception("%s: on_hibernate failed; its changes were rolled back", self.topic)
-                pending = None
-            pending = pending or self.last
-            if pending is not None:
-                try:
-                    await pending.wait()
-                except ObjectsError:
-                    return  # the failed commit already dropped this instance
-            # Once it has left memory, listings say so (tests and operators rely on it), and
-            # any node may activate it next: the same write releases ownership.
-            await self.host.committer.set_status(
-                self.cls.type_name, self.key, "hibernated", release_epoch=self.epoch
-            )
-            self.host.counters.hibernations += 1
-            self.close()
-        finally:
-            self.gate.leave(False)

@@ -17,7 +17,7 @@ from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
 from ._deadline import _Deadline
-from .activation import Activation, Stale
+from .activation import Activation
 from .committer import GroupCommitter
 from .connection import Connection, Transport
 from .keys import validate_key
@@ -27,6 +27,7 @@ from .placement import choose
 from .routing import Elsewhere, Router, backoff
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer
+from .turn import Stale
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -1,0 +1,52 @@
+"""What every part of an activation shares: its turn record, its host, and ``Stale``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from ..storage import Storage
+    from .activation import Activation
+    from .committer import GroupCommitter
+    from .stats import Counters
+
+
+class Stale(Exception):
+    """This activation was closed (hibernated, fenced out); retry on a fresh one."""
+
+
+class Turn:
+    """What a running turn produced besides state: journal entries and post-commit actions."""
+
+    __slots__ = ("after", "entries")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Any]] = []
+        self.after: list[Any] = []
+
+
+class ActivationHost(Protocol):
+    """What an activation needs from its node (``Host`` provides it): nothing more."""
+
+    storage: Storage
+    committer: GroupCommitter
+    counters: Counters
+    public: Any  # what objects see as ``self.objects`` (the Runtime)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The node's event loop."""
+
+    def forget(self, act: Activation) -> None:
+        """Remove a closed activation from the registry."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task owned by the node."""
+
+    def publish_nowait(
+        self, topic: str, event: str, payload: Any, *, exclude: str | None = None
+    ) -> None:
+        """Publish a broadcast (after the turn committed)."""
