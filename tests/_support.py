@@ -30,3 +30,25 @@ async def steal(storage: object, type: str, key: str, node_id: str) -> None:
     assert isinstance(storage, Storage)
     claim = await storage.claim(type, key, node_id, 0.0)
     assert claim.granted, claim
+
+
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_json(text: str) -> object:
+    """Parse as a browser's ``JSON.parse`` does: no NaN/Infinity, numbers must fit a double."""
+    import json
+    import math
+
+    value = json.loads(text, parse_constant=_not_json)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            assert math.isfinite(item), text
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from fastapi_objects.storage import Storage
+
 PG_URL = os.environ.get(
     "OBJECTS_TEST_DATABASE_URL", "postgresql+asyncpg://root@127.0.0.1:5432/test"
 )
@@ -95,6 +97,20 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             yield Backend("postgres", url, name)
         finally:
             await _exec(url, f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture
+async def storage(backend: Backend) -> AsyncIterator[Storage]:
+    """An open storage with its tables, on each backend family in turn."""
+    from fastapi_objects.storage import open_storage
+
+    store = open_storage(backend.url, schema=backend.schema)
+    await store.start()
+    await store.create_tables()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture

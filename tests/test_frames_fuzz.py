@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from fastapi_objects import Connection, DurableObject, Objects
+from tests._support import strict_json
 
 EXAMPLES = 300
 
@@ -49,23 +50,7 @@ class Target(DurableObject[_State]):
         conn.send("heard", frame.get("payload"))
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def strict(text: str) -> Any:
-    """Parse as a browser's ``JSON.parse`` would, and refuse numbers that overflow a double."""
-    value = json.loads(text, parse_constant=_not_json)
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            assert math.isfinite(item), text
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return value
+strict = strict_json
 
 
 # -- strategies ------------------------------------------------------------------------------

@@ -6,28 +6,14 @@ One suite for every backend, on ``Storage`` directly: what the cluster layer bui
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import pytest
-
-from fastapi_objects.storage import Commit, StatusUpdate, Storage, open_storage
+from fastapi_objects.storage import Commit, StatusUpdate, Storage
 
 if TYPE_CHECKING:
-    from conftest import Backend
+    pass
 
 TTL = 10.0
-
-
-@pytest.fixture
-async def storage(backend: Backend) -> AsyncIterator[Storage]:
-    store = open_storage(backend.url, schema=backend.schema)
-    await store.start()
-    await store.create_tables()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _commit(key: str, expected_rev: int, epoch: int | None, value: int) -> Commit:

@@ -21,25 +21,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from fastapi_objects import Connection, DurableObject, Objects
 from fastapi_objects.fastapi.protocol import decode_frame, encode_frame
+from tests._support import strict_json
 
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def strict(text: str) -> Any:
-    """Parse as ``JSON.parse`` does: no NaN/Infinity, and numbers must fit a double."""
-    value = json.loads(text, parse_constant=_not_json)
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            assert math.isfinite(item), text
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return value
+strict = strict_json
 
 
 class _State(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -20,17 +19,6 @@ from fastapi_objects.storage import (
 
 if TYPE_CHECKING:
     from conftest import Backend
-
-
-@pytest.fixture
-async def storage(backend: Backend) -> AsyncIterator[Storage]:
-    store = open_storage(backend.url, schema=backend.schema)
-    await store.start()
-    await store.create_tables()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _create(

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from .._exceptions import StorageUnavailable
+from .._tasks import cancel_and_wait
 from ..storage import NodeInfo, Storage
 
 log = logging.getLogger("fastapi_objects")
@@ -90,13 +91,8 @@ class ClusterNode:
 
     async def stop(self) -> None:
         """Stop heartbeating, release every object and leave the registry."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._timer is not None:
             self._timer.cancel()
         try:

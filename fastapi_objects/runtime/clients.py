@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConnectionRejected
 from .hibernation import Hibernation
 
 if TYPE_CHECKING:
-    from .committer import PendingCommit
     from .connection import Connection
-    from .gate import Gate
-    from .object import DurableObject
-    from .turn import ActivationHost, Turn
 
 
 class Clients(Hibernation):
@@ -22,35 +16,6 @@ class Clients(Hibernation):
 
     __slots__ = ("connections",)
     connections: dict[str, Connection] | None
-
-    if TYPE_CHECKING:  # provided by Activation
-        cls: type[DurableObject[Any]]
-        key: str
-        topic: str
-        host: ActivationHost
-        loop: asyncio.AbstractEventLoop
-        gate: Gate
-        closed: bool
-        in_flight: int
-        last: PendingCommit | None
-        epoch: int | None
-        instance: DurableObject[Any]
-
-        def turn(self) -> Turn:  # noqa: D102
-            ...
-        def close(self) -> None:  # noqa: D102
-            ...
-        async def _enter(self, readonly: bool) -> None:
-            ...
-        async def _run_hook(
-            self, hook: Any, snapshot: bool = False
-        ) -> PendingCommit | None:
-            ...
-        async def run(  # noqa: D102
-            self, fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any],
-            readonly: bool = False, held: bool = False, spec: Any = None,
-        ) -> Any:
-            ...
 
     def broadcast(self, event: str, payload: Any, exclude: Connection | None) -> None:
         """Publish after the running turn commits."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .._exceptions import ConflictError, ObjectsError, StorageUnavailable
+from .._tasks import cancel_and_wait
 from ..storage import Commit, StatusUpdate, Storage
 
 
@@ -117,13 +118,8 @@ class GroupCommitter:
     async def close(self) -> None:
         """Commit what is queued, then stop the writer."""
         await self.drain()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def drain(self) -> None:
         """Wait until nothing is queued or in flight."""

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from .._exceptions import CorruptState
+from .._tasks import cancel_and_wait
 from ..storage import Checkpoint, Claim, Storage
 
 log = logging.getLogger("fastapi_objects")
@@ -37,13 +38,8 @@ class Thawer:
 
     async def close(self) -> None:
         """Stop; waiters still queued get ``CancelledError``."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for waiters in self._waiting.values():
             for waiter in waiters:
                 waiter.cancel()
