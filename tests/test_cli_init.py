@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from fastapi_objects.cli import app as cli
 from fastapi_objects.cli._alembic import render_environment
 from fastapi_objects.cli._templates import templates_dir
+from fastapi_objects.storage.tables import LATEST_VERSION
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,7 +164,7 @@ def test_fresh_project_on_sqlite_end_to_end(project: Path) -> None:
 
     done = run_real("objects", "migrate", cwd=project)
     assert done.returncode == 0, done.stderr
-    assert storage_revision(project, 2).name.split("_")[0] in done.stdout  # the head
+    assert storage_revision(project, LATEST_VERSION).name.split("_")[0] in done.stdout  # head
     check = run_real("alembic", "check", cwd=project)
     assert check.returncode == 0, check.stderr
     assert "No new upgrade operations detected" in check.stdout
@@ -333,16 +334,18 @@ def test_init_chains_onto_an_existing_alembic_history(project: Path) -> None:
     assert snapshot(project)["migrations/env.py"] == env_py  # their env.py is theirs
     script = ScriptDirectory.from_config(Config(str(ini)))
     (head,) = script.get_heads()
-    v1, v2 = storage_revision(project, 1), storage_revision(project, 2)
-    assert v2.name.startswith(head)
-    first = v1.name.split("_")[0]
-    assert script.get_revision(first).down_revision == "0001users"
-    assert script.get_revision(head).down_revision == first
+    revisions = [storage_revision(project, v) for v in range(1, LATEST_VERSION + 1)]
+    assert revisions[-1].name.startswith(head)
+    down = "0001users"  # one revision per storage version, chained after the user's head
+    for path in revisions:
+        revision = path.name.split("_")[0]
+        assert script.get_revision(revision).down_revision == down
+        down = revision
 
     again = snapshot(project)
     out = run("init")
-    assert f"up to date: migrations/versions/{v1.name}" in out
-    assert f"up to date: migrations/versions/{v2.name}" in out
+    for path in revisions:
+        assert f"up to date: migrations/versions/{path.name}" in out
     assert snapshot(project) == again
 
     run("migrate")
@@ -381,7 +384,7 @@ def test_fly_files(project: Path) -> None:
 def test_migrate_without_alembic_uses_the_versioned_ddl(project: Path) -> None:
     db = project / "plain.db"
     out = run("migrate", "--database-url", f"sqlite:///{db}")
-    assert "storage tables (versions 1 to 2) ready" in out
+    assert f"storage tables (versions 1 to {LATEST_VERSION}) ready" in out
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"objects_checkpoints", "objects_journal", "objects_pubsub"} <= tables
@@ -400,10 +403,11 @@ def test_migrate_through_alembic_reports_an_unreachable_database(
     assert "Traceback" not in result.output
 
 
-def test_a_project_at_version_1_gets_one_new_revision(project: Path) -> None:
+def test_a_project_at_version_1_gets_one_new_revision_per_version(project: Path) -> None:
     # What a project initialised by an older release has: the version-1 revision only.
     run("init")
-    storage_revision(project, 2).unlink()
+    for version in range(2, LATEST_VERSION + 1):
+        storage_revision(project, version).unlink()
     v1 = storage_revision(project, 1)
     frozen = v1.read_bytes()
     out = run("init")
@@ -412,6 +416,7 @@ def test_a_project_at_version_1_gets_one_new_revision(project: Path) -> None:
     assert f"(storage tables version 2) follows {v1.name.split('_')[0]}" in out
     assert v1.read_bytes() == frozen  # version 1 stays frozen
     assert "create_storage_tables(version=2, schema=None)" in v2.read_text()
+    assert out.count("created: migrations/versions/") == LATEST_VERSION - 1
     done = run_real("objects", "migrate", cwd=project)
     assert done.returncode == 0, done.stderr
     check = run_real("alembic", "check", cwd=project)

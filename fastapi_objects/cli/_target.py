@@ -154,7 +154,7 @@ def load_runtime(spec: str) -> Runtime:
 
 
 # The table each storage version adds first: its presence says that version was migrated.
-_VERSION_TABLES = {1: "objects_checkpoints", 2: "objects_nodes"}
+_VERSION_TABLES = {1: "objects_checkpoints", 2: "objects_nodes", 3: "objects_alarms"}
 
 
 @asynccontextmanager

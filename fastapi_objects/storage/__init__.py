@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import MissingDependency
 from .base import (
     STATUSES,
+    Alarm,
+    AlarmWrite,
     Checkpoint,
     Claim,
     Commit,
@@ -38,6 +40,8 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./objects.db"
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "STATUSES",
+    "Alarm",
+    "AlarmWrite",
     "Checkpoint",
     "Claim",
     "Commit",

@@ -25,6 +25,7 @@ from ._owners import SQLOwners
 from .base import Commit, StatusUpdate
 
 Ident = tuple[str, str]
+Then = Callable[[Any, set[tuple[str, str]]], Awaitable[None]]
 _ATTEMPTS = 3  # runs of a statement PostgreSQL aborted to break a deadlock
 
 
@@ -137,9 +138,14 @@ class PostgresWrites:
         self._status_sql, self._status_order = _positional(self._status)
 
     async def commit(
-        self, commits: Sequence[Commit], now: datetime, node_id: str | None
+        self, commits: Sequence[Commit], now: datetime, node_id: str | None,
+        then: Then | None = None,
     ) -> set[Ident]:
-        """Apply a batch; return the objects that succeeded."""
+        """Apply a batch; return the objects that succeeded.
+
+        ``then(connection, succeeded)`` runs more statements (alarm writes) in the same
+        transaction; without it the batch is one statement and one round trip.
+        """
         entries = [
             (c.type, c.key, rev, kind, _json(payload))
             for c, rev, kind, payload in _entries(commits)
@@ -155,7 +161,7 @@ class PostgresWrites:
             "jrevs": [e[2] for e in entries], "jkinds": [e[3] for e in entries],
             "jpayloads": [e[4] for e in entries], "now": now,
             "epochs": [c.epoch for c in commits], "node": node_id,
-        })
+        }, then)
         return {(r[0], r[1]) for r in rows}
 
     async def statuses(self, updates: Sequence[StatusUpdate]) -> None:
@@ -172,7 +178,9 @@ class PostgresWrites:
             "epochs": [i[2] for i in items], "node": node_id,
         })
 
-    async def _run(self, sql: str, order: Sequence[str], params: dict[str, Any]) -> list[Any]:
+    async def _run(
+        self, sql: str, order: Sequence[str], params: dict[str, Any], then: Then | None = None
+    ) -> list[Any]:
         """Run a fixed statement on one of the writer's own asyncpg connections.
 
         Not through SQLAlchemy's pool: its checkout, characteristics and return cost ~100 us
@@ -186,7 +194,12 @@ class PostgresWrites:
         args = [params[n] for n in order]
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                result: list[Any] = await conn.fetch(sql, *args)
+                if then is None:
+                    result: list[Any] = await conn.fetch(sql, *args)
+                else:
+                    async with conn.transaction():
+                        result = await conn.fetch(sql, *args)
+                        await then(conn, {(r[0], r[1]) for r in result})
             except self._retry as exc:
                 # Two writers sharing objects (a stale node beside the owner) can still meet
                 # in opposite orders between the statement's parts; PostgreSQL picks one to

@@ -53,6 +53,36 @@ class JournalEntry:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """A durable wake-up of one object, by name.
+
+    ``due_at`` is when it fires next (a retry moves it); ``scheduled_at`` is the occurrence
+    being delivered, which a handler's completion names so that a second delivery of the same
+    occurrence changes nothing. ``every`` (seconds) or ``cron`` make it recurring.
+    """
+
+    type: str
+    key: str
+    name: str
+    due_at: datetime
+    scheduled_at: datetime
+    payload: JSON = None
+    every: float | None = None
+    cron: str | None = None
+    retry_count: int = 0
+    status: str = "pending"
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmWrite:
+    """Part of a commit: store ``alarm`` under ``name``, or delete that alarm (``None``)."""
+
+    name: str
+    alarm: Alarm | None
+
+
 @dataclass(slots=True)
 class Commit:
     """What one or more turns of one object write, fenced by ``expected_rev``.
@@ -73,6 +103,8 @@ class Commit:
     entries: list[tuple[str, JSON]] = field(default_factory=list)
     epoch: int | None = None
     """The ownership epoch the writer holds; ``None`` commits without the ownership fence."""
+    alarms: list[AlarmWrite] = field(default_factory=list)
+    """Alarms set, moved or deleted by the turns, written only if the commit applies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +268,28 @@ class Storage(ABC):
             if cp is not None:
                 found[(type, key)] = cp
         return found
+
+    # -- alarms --------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def load_alarms(self, type: str, key: str) -> list[Alarm]:
+        """The object's alarms (pending and failed), by name."""
+
+    @abstractmethod
+    async def claim_due_alarms(self, limit: int, lease: float) -> list[Alarm]:
+        """Take up to ``limit`` pending alarms that are due and not taken by a node.
+
+        Each is marked taken for ``lease`` seconds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL),
+        so that exactly one node delivers it while it is being delivered.
+        """
+
+    @abstractmethod
+    async def record_alarm_failure(self, alarm: Alarm) -> bool:
+        """Store a failed delivery's retry state if that occurrence is still the stored one.
+
+        Writes ``due_at``, ``retry_count``, ``status`` and ``last_error`` and frees the alarm
+        for the next delivery; returns whether the occurrence was still there.
+        """
 
     @abstractmethod
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from .base import (
+    Alarm,
     Checkpoint,
     Claim,
     Commit,
@@ -32,6 +34,7 @@ class MemoryStorage(Storage):
         self._journal: dict[tuple[str, str], list[JournalEntry]] = {}
         self._nodes: dict[str, NodeInfo] = {}
         self._owners: dict[tuple[str, str], tuple[str | None, int]] = {}
+        self._alarms: dict[tuple[str, str, str], tuple[Alarm, float]] = {}  # alarm, taken until
 
     async def create_tables(self) -> None:
         """Nothing to create."""
@@ -74,6 +77,11 @@ class MemoryStorage(Storage):
                 status="active", metadata=old.metadata if old else {},
                 created_at=old.created_at if old else now, updated_at=now,
             )
+            for write in c.alarms:
+                if write.alarm is None:
+                    self._alarms.pop((c.type, c.key, write.name), None)
+                else:
+                    self._alarms[(c.type, c.key, write.name)] = (write.alarm, 0.0)
             first = c.journal_rev - len(c.entries) + 1
             self._journal.setdefault(ident, []).extend(
                 JournalEntry(first + i, kind, copy.deepcopy(payload), now)
@@ -88,6 +96,36 @@ class MemoryStorage(Storage):
             if s.release_epoch is not None and owner == (node_id, s.release_epoch):
                 self._owners[(s.type, s.key)] = (None, s.release_epoch)
         return result
+
+    # -- alarms --------------------------------------------------------------------------------
+
+    async def load_alarms(self, type: str, key: str) -> list[Alarm]:
+        """The object's alarms by name."""
+        return [a for (t, k, _), (a, _) in sorted(self._alarms.items()) if (t, k) == (type, key)]
+
+    async def claim_due_alarms(self, limit: int, lease: float) -> list[Alarm]:
+        """Take due, untaken alarms for ``lease`` seconds."""
+        now = datetime.now(UTC)
+        clock = time.monotonic()
+        due = sorted(
+            (alarm.due_at, ident) for ident, (alarm, taken) in self._alarms.items()
+            if alarm.status == "pending" and alarm.due_at <= now and taken <= clock
+        )[:limit]
+        taken = []
+        for _, ident in due:
+            alarm = self._alarms[ident][0]
+            self._alarms[ident] = (alarm, clock + lease)
+            taken.append(alarm)
+        return taken
+
+    async def record_alarm_failure(self, alarm: Alarm) -> bool:
+        """Store a failed delivery's retry state, if that occurrence is still stored."""
+        ident = (alarm.type, alarm.key, alarm.name)
+        stored = self._alarms.get(ident)
+        if stored is None or stored[0].scheduled_at != alarm.scheduled_at:
+            return False
+        self._alarms[ident] = (alarm, 0.0)
+        return True
 
     # -- nodes and ownership (one process: the clock is this one's) --------------------------
 

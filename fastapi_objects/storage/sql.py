@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from .._exceptions import StorageUnavailable
+from ._alarms import SQLAlarms, alarm_writes
 from ._owners import SQLOwners
 from ._writes import PostgresWrites, SQLiteWrites
 from .base import (
+    Alarm,
     Checkpoint,
     Claim,
     Commit,
@@ -97,6 +99,9 @@ class SQLStorage(Storage):
         self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
         self.journal = self.metadata.tables[prefix + "objects_journal"]
         owners = self.metadata.tables[prefix + "objects_owners"]
+        self._alarms = SQLAlarms(
+            self.metadata.tables[prefix + "objects_alarms"], postgres=not self._sqlite
+        )
         self._owners = SQLOwners(
             self.metadata.tables[prefix + "objects_nodes"], owners, postgres=not self._sqlite
         )
@@ -195,9 +200,14 @@ class SQLStorage(Storage):
             (s.type, s.key, s.release_epoch) for s in statuses if s.release_epoch is not None
         ]
         writes = self._writes
+        alarms = self._alarms
         if isinstance(writes, PostgresWrites):  # one statement: atomic on its own
             if commits:
-                done = await writes.commit(commits, now, node_id)
+                then = None
+                if any(c.alarms for c in commits):
+                    async def then(conn: Any, applied: set[tuple[str, str]]) -> None:
+                        await alarms.write_asyncpg(conn, *alarm_writes(commits, applied))
+                done = await writes.commit(commits, now, node_id, then)
             if statuses:
                 await writes.statuses(statuses)
             if releases and node_id is not None:
@@ -206,6 +216,9 @@ class SQLStorage(Storage):
             async with self._connect(write=True) as conn:
                 if commits:
                     done = await writes.commit(conn, commits, now, node_id)
+                    stores, deletes = alarm_writes(commits, done)
+                    if stores or deletes:
+                        await alarms.write(conn, stores, deletes)
                 if statuses:
                     await writes.statuses(conn, statuses)
                 if releases and node_id is not None:
@@ -259,6 +272,23 @@ class SQLStorage(Storage):
         async with self._connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return {(r.type, r.key): _checkpoint(r) for r in rows}
+
+    # -- alarms --------------------------------------------------------------------------------
+
+    async def load_alarms(self, type: str, key: str) -> list[Alarm]:
+        """The object's alarms."""
+        async with self._connect() as conn:
+            return await self._alarms.load(conn, type, key)
+
+    async def claim_due_alarms(self, limit: int, lease: float) -> list[Alarm]:
+        """Take due alarms for delivery (one statement)."""
+        async with self._connect(write=True) as conn:
+            return await self._alarms.claim_due(conn, limit, lease)
+
+    async def record_alarm_failure(self, alarm: Alarm) -> bool:
+        """Store a failed delivery's retry state."""
+        async with self._connect(write=True) as conn:
+            return await self._alarms.record_failure(conn, alarm)
 
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The owning node of each object."""

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-LATEST_VERSION = 2
+LATEST_VERSION = 3
 PREFIX = "objects_"
 
 
@@ -113,7 +113,30 @@ def _v2(metadata: sa.MetaData) -> list[sa.Table]:
     return [nodes, owners]
 
 
-_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1, 2: _v2}
+def _v3(metadata: sa.MetaData) -> list[sa.Table]:
+    # Durable per-object wake-ups, several per object (by name). Written with the turn that
+    # sets, cancels or completes them; polled by due time for objects nobody holds.
+    alarms = sa.Table(
+        PREFIX + "alarms",
+        metadata,
+        sa.Column("type", sa.String(64), primary_key=True),
+        sa.Column("key", _key_type(), primary_key=True),
+        sa.Column("name", sa.String(128), primary_key=True),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("scheduled_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("payload", json_type(), nullable=True),
+        sa.Column("every", sa.Float(), nullable=True),
+        sa.Column("cron", sa.String(128), nullable=True),
+        sa.Column("retry_count", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Index("ix_objects_alarms_due", "status", "due_at"),
+    )
+    return [alarms]
+
+
+_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def storage_metadata(schema: str | None = None, version: int = LATEST_VERSION) -> sa.MetaData:

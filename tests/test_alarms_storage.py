@@ -1,0 +1,75 @@
+"""The alarm storage contract (issue 10, first step) on memory, SQLite and PostgreSQL.
+
+Alarm writes ride a commit and apply only if the commit does; due alarms are taken by one
+claimer at a time; a failed delivery's retry state is kept only for the occurrence it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from fastapi_objects.storage import Alarm, AlarmWrite, Commit, Storage
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _alarm(key: str, name: str, due: datetime, **kw: object) -> Alarm:
+    return Alarm(type="counter", key=key, name=name, due_at=due, scheduled_at=due, **kw)  # type: ignore[arg-type]
+
+
+def _commit(key: str, rev: int, *writes: AlarmWrite) -> Commit:
+    return Commit(
+        type="counter", key=key, expected_rev=rev, new_rev=rev + 1, state={"value": rev},
+        state_version=1, snapshot_rev=0, journal_rev=0, alarms=list(writes),
+    )
+
+
+async def test_alarm_writes_ride_the_commit(storage: Storage) -> None:
+    past = NOW - timedelta(seconds=5)
+    set_a = AlarmWrite("a", _alarm("k", "a", past, payload={"n": 1}, every=60.0))
+    set_b = AlarmWrite("b", _alarm("k", "b", NOW + timedelta(hours=1)))
+    assert await storage.commit([_commit("k", 0, set_a, set_b)]) == [True]
+    alarms = await storage.load_alarms("counter", "k")
+    assert [a.name for a in alarms] == ["a", "b"]
+    assert alarms[0].payload == {"n": 1} and alarms[0].every == 60.0
+    assert alarms[0].due_at == past and alarms[0].status == "pending"
+    # A fenced-out commit writes none of its alarms.
+    lost = AlarmWrite("c", _alarm("k", "c", past))
+    assert await storage.commit([_commit("k", 0, lost, AlarmWrite("a", None))]) == [False]
+    assert [a.name for a in await storage.load_alarms("counter", "k")] == ["a", "b"]
+    # Replace one, delete the other, in one commit with the state.
+    moved = AlarmWrite("a", _alarm("k", "a", NOW + timedelta(minutes=1)))
+    assert await storage.commit([_commit("k", 1, moved, AlarmWrite("b", None))]) == [True]
+    (only,) = await storage.load_alarms("counter", "k")
+    assert only.name == "a" and only.due_at == NOW + timedelta(minutes=1)
+
+
+async def test_due_alarms_are_taken_once_until_their_lease_ends(storage: Storage) -> None:
+    past = NOW - timedelta(seconds=1)
+    writes = [AlarmWrite(f"n{i}", _alarm("k", f"n{i}", past)) for i in range(5)]
+    later = AlarmWrite("later", _alarm("k", "later", NOW + timedelta(hours=1)))
+    await storage.commit([_commit("k", 0, *writes, later)])
+    taken = await asyncio.gather(*(storage.claim_due_alarms(10, 30.0) for _ in range(4)))
+    names = sorted(a.name for batch in taken for a in batch)
+    assert names == [f"n{i}" for i in range(5)]  # each due alarm once, the later one not yet
+    assert await storage.claim_due_alarms(10, 30.0) == []
+
+
+
+async def test_a_failure_is_recorded_for_its_occurrence_only(storage: Storage) -> None:
+    past = NOW - timedelta(seconds=1)
+    await storage.commit([_commit("k", 0, AlarmWrite("a", _alarm("k", "a", past)))])
+    (taken,) = await storage.claim_due_alarms(10, 0.2)
+    retry = Alarm(**{**{f: getattr(taken, f) for f in taken.__slots__},  # type: ignore[arg-type]
+                     "due_at": NOW - timedelta(seconds=1), "retry_count": 1,
+                     "last_error": "boom"})
+    assert await storage.record_alarm_failure(retry)
+    (again,) = await storage.claim_due_alarms(10, 30.0)  # freed for the next delivery at once
+    assert (again.retry_count, again.last_error) == (1, "boom")
+    # A delivery of an occurrence that is no longer stored records nothing.
+    newer = AlarmWrite("a", _alarm("k", "a", NOW + timedelta(hours=1)))
+    await storage.commit([_commit("k", 1, newer)])
+    assert not await storage.record_alarm_failure(retry)
+    (stored,) = await storage.load_alarms("counter", "k")
+    assert stored.retry_count == 0 and stored.due_at == NOW + timedelta(hours=1)
