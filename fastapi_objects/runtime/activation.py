@@ -23,6 +23,7 @@ from .._exceptions import (
 )
 from ..storage import Checkpoint, Commit
 from .clients import Clients
+from .committer import merge_alarms
 from .gate import Gate
 from .object import DurableObject, EventSourced
 from .storable import check_result, check_storable
@@ -83,6 +84,8 @@ class Activation(Clients):
         self.connections: dict[str, Connection] | None = None
         self.gate = Gate(held=True)  # the loader holds the gate until thawed
         self._turn: Turn | None = None
+        self._alarm_timer = None
+        self.alarm_state = None
         self._timer: asyncio.TimerHandle | None = None
         self.loop = host.loop
         self.last_used = self.loop.time()
@@ -110,6 +113,7 @@ class Activation(Clients):
             if cp.status != "active":
                 self.host.committer.set_status(cls.type_name, self.key, "active")
         self.instance = instance
+        await self.load_alarms()  # before on_activate, which may set or cancel alarms
         if not self.event_sourced:
             self.state_json = instance.state.model_dump(mode="json")
         await self._run_hook(instance.on_activate)
@@ -237,7 +241,7 @@ class Activation(Clients):
         for kind, payload in turn.entries:
             check_storable(payload, f"{self.topic}: journal entry {kind!r}")
         if self.event_sourced:
-            if not turn.entries:
+            if not turn.entries and not turn.alarms:
                 return None
             self.since_snapshot += sum(1 for kind, _ in turn.entries if kind == "event")
             snapshot = self.rev == 0 or self.since_snapshot >= self.cls.snapshot_every  # type: ignore[attr-defined]
@@ -247,7 +251,7 @@ class Activation(Clients):
             return self._commit(turn, state, snapshot)
         state = instance.state.model_dump(mode="json")
         if state == self.state_json:
-            if not turn.entries:
+            if not turn.entries and not turn.alarms:
                 if turn.after:  # broadcasts of a turn that wrote nothing: after earlier commits
                     if self.last is not None:
                         self.last.after.extend(turn.after)
@@ -272,10 +276,12 @@ class Activation(Clients):
             type=self.cls.type_name, key=self.key, expected_rev=self.rev, new_rev=new_rev,
             state=state, state_version=self.cls.state_version if state is not None else None,
             snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=turn.entries,
-            epoch=self.epoch,
+            epoch=self.epoch, alarms=merge_alarms([], turn.alarms),
         )
         self.rev, self.journal_rev = new_rev, journal_rev
         pending = self.host.committer.submit(self, commit)
+        if commit.alarms:
+            self.alarms_committing(commit.alarms)
         pending.after.extend(turn.after)
         self.last = pending
         return pending
@@ -320,6 +326,9 @@ class Activation(Clients):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._alarm_timer is not None:
+            self._alarm_timer.cancel()
+            self._alarm_timer = None
         self.host.forget(self)
         for conn in list(self.connections.values()) if self.connections else ():
             # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls

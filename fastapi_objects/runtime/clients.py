@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConnectionRejected
-from .hibernation import Hibernation
+from .alarm_clock import AlarmClock
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 
-class Clients(Hibernation):
+class Clients(AlarmClock):
     """The clients part of ``Activation`` (a mixin: the state lives in Activation's slots)."""
 
     __slots__ = ("connections",)

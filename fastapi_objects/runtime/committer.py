@@ -15,7 +15,7 @@ from typing import Protocol
 
 from .._exceptions import ConflictError, ObjectsError, StorageUnavailable
 from .._tasks import cancel_and_wait
-from ..storage import Commit, StatusUpdate, Storage
+from ..storage import AlarmWrite, Commit, StatusUpdate, Storage
 
 
 class CommitOwner(Protocol):
@@ -32,6 +32,12 @@ class CommitOwner(Protocol):
         """A commit was fenced out (``failure is None``) or its transaction failed."""
 
 log = logging.getLogger("fastapi_objects")
+
+
+def merge_alarms(earlier: list[AlarmWrite], later: list[AlarmWrite]) -> list[AlarmWrite]:
+    """One write per alarm name, the latest winning (a commit applies them in any order)."""
+    merged = {write.name: write for write in (*earlier, *later)}
+    return list(merged.values())
 
 
 class PendingCommit:
@@ -54,6 +60,8 @@ class PendingCommit:
         mine.journal_rev = commit.journal_rev
         mine.snapshot_rev = commit.snapshot_rev
         mine.entries.extend(commit.entries)
+        if commit.alarms:
+            mine.alarms = merge_alarms(mine.alarms, commit.alarms)
         if commit.state is not None:
             mine.state = commit.state
             mine.state_version = commit.state_version

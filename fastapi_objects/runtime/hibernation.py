@@ -44,6 +44,7 @@ class Hibernation:
         last: PendingCommit | None
         epoch: int | None
         instance: DurableObject[Any]
+        _turn: Turn | None
 
         def turn(self) -> Turn:  # noqa: D102
             ...

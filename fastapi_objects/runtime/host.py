@@ -18,6 +18,7 @@ from ..settings import ObjectsSettings
 from ..storage import Storage
 from ._deadline import _Deadline
 from .activation import Activation
+from .alarm_delivery import ALARM_CALL, AlarmDelivery
 from .committer import GroupCommitter
 from .connection import Connection, Transport
 from .keys import validate_key
@@ -57,6 +58,7 @@ class Host:
         self.thawer = Thawer(storage, node_id, settings.node_ttl)
         self.routing = Router(storage, settings, node_id, self.lease_lost)
         self.counters = Counters()
+        self.alarms = AlarmDelivery(self)
         self.activations: dict[tuple[str, str], Activation] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,6 +84,7 @@ class Host:
         self.committer.start()
         self.thawer.start()
         await self.routing.start(self.serve_forwarded)
+        self.alarms.start()
 
     async def stop(self) -> None:
         """Leave gracefully: hibernate every live object (releasing it), commit, deregister.
@@ -90,6 +93,7 @@ class Host:
         look the owner up again and claim each object once it is released here.
         """
         self.routing.leave()
+        await self.alarms.stop()
         await asyncio.gather(
             *(act.hibernate(force=True) for act in list(self.activations.values())),
             return_exceptions=True,
@@ -182,6 +186,10 @@ class Host:
 
         ``Moved`` (the caller looks again; nothing ran) when this node does not own the object.
         """
+        if not self.routing.node.serving():  # whoever owns it now, it is not this node
+            raise Moved(f"node {self.node_id} has no valid lease")
+        if method == ALARM_CALL:
+            return await self.alarms.serve(type_name, validate_key(key), args)
         cls = self.object_type(type_name)
         spec = cls.__objects_methods__.get(method)
         if spec is None:

@@ -16,7 +16,8 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 # Names on DurableObject that are hooks or helpers, never remote-callable methods.
 RESERVED = frozenset({
     "on_activate", "on_hibernate", "on_connect", "on_message", "on_disconnect",
-    "migrate_state", "apply", "record", "emit", "broadcast", "connections",
+    "migrate_state", "apply", "record", "emit", "broadcast", "connections", "on_alarm",
+    "set_alarm", "cancel_alarm", "alarms",
 })
 
 

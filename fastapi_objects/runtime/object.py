@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import typing
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import pydantic
 
+from ..storage import Alarm, AlarmWrite
+from .alarms import make_alarm
 from .connection import check_event
 from .keys import snake_case, validate_type_name
 from .methods import MethodSpec, discover
@@ -60,7 +63,9 @@ class DurableObject(Generic[S]):
     ``max_connections`` (websocket clients attached at once), ``placement`` (where an object
     that no node holds is activated: ``"local"``, the node the first call lands on;
     ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
-    ``"region"``, a node of ``region``).
+    ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
+    ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
+    then marked failed).
     """
 
     type_name: ClassVar[str]
@@ -72,6 +77,8 @@ class DurableObject(Generic[S]):
     max_connections: ClassVar[int] = 32_768
     placement: ClassVar[Literal["local", "hash", "region"]] = "local"
     region: ClassVar[str | None] = None
+    alarm_retries: ClassVar[int] = 6
+    alarm_backoff: ClassVar[float] = 2.0
     __objects_methods__: ClassVar[dict[str, MethodSpec]]
 
     key: str
@@ -109,6 +116,14 @@ class DurableObject(Generic[S]):
     async def on_disconnect(self, conn: Connection) -> None:
         """Run when a websocket client detaches."""
 
+    async def on_alarm(self, alarm: Alarm) -> None:
+        """Run (as a turn) when an alarm set with ``set_alarm`` is due; define it to use alarms.
+
+        ``alarm.name``, ``.payload``, ``.scheduled_at`` and ``.retry_count`` say which one.
+        Its completion commits with the turn's state; if it raises, the turn rolls back and
+        the alarm is retried with backoff.
+        """
+
     @classmethod
     def migrate_state(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:
         """Upgrade a checkpoint written at ``from_version`` to ``state_version``.
@@ -143,6 +158,37 @@ class DurableObject(Generic[S]):
     def connections(self, tag: str | None = None) -> list[Connection]:
         """Clients attached to this object on this node, optionally only those tagged ``tag``."""
         return self._activation.connections_tagged(tag)
+
+    def set_alarm(
+        self,
+        name: str = "default",
+        *,
+        at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        payload: Any = None,
+    ) -> Alarm:
+        """Wake this object at ``at``, after ``delay``, ``every`` N seconds or on ``cron``.
+
+        Recorded with the running turn (gone if it raises). Setting a name again replaces
+        that alarm, so setting it in ``on_activate`` makes no duplicates. Example::
+
+            self.set_alarm("reminder", delay=60, payload={"to": "ann"})
+        """
+        alarm = make_alarm(
+            self, name, at=at, delay=delay, every=every, cron=cron, payload=payload
+        )
+        self._activation.write_alarm(AlarmWrite(name, alarm))
+        return alarm
+
+    def cancel_alarm(self, name: str = "default") -> None:
+        """Delete the alarm ``name`` with this turn (nothing if there is none)."""
+        self._activation.write_alarm(AlarmWrite(name, None))
+
+    def alarms(self) -> list[Alarm]:
+        """This object's alarms, pending and failed, including this turn's changes."""
+        return self._activation.alarm_list()
 
 
 class EventSourced(DurableObject[S], Generic[S, E]):

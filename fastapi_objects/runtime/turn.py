@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
-    from ..storage import Storage
+    from ..storage import AlarmWrite, Storage
     from .activation import Activation
     from .committer import GroupCommitter
     from .stats import Counters
@@ -21,11 +21,12 @@ class Stale(Exception):
 class Turn:
     """What a running turn produced besides state: journal entries and post-commit actions."""
 
-    __slots__ = ("after", "entries")
+    __slots__ = ("after", "alarms", "entries")
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, Any]] = []
         self.after: list[Any] = []
+        self.alarms: list[AlarmWrite] = []
 
 
 class ActivationHost(Protocol):

@@ -1,0 +1,113 @@
+"""Delivering due alarms of objects this node does not hold: poll, claim, route to the owner.
+
+Every ``POLL`` seconds the node takes due alarms no node is delivering (the database marks
+them taken for a lease, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and delivers each like a
+call: on the object's live instance here, or forwarded to its owner, activating it according
+to its placement when no node holds it. The owner's turn decides whether the occurrence still
+needs to run, so a second delivery changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import ObjectsError
+from ..cluster import Moved
+from ..storage import Alarm
+from .routing import Elsewhere, backoff
+
+if TYPE_CHECKING:
+    from .host import Host
+
+log = logging.getLogger("fastapi_objects")
+
+ALARM_CALL = "objects:alarm"
+"""The internal method name a forwarded alarm delivery travels under (peers only)."""
+POLL = 0.5
+BATCH = 100
+
+
+class AlarmDelivery:
+    """The node's alarm poller and the delivery of one alarm to its object's owner."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+
+    def start(self) -> None:
+        """Poll, if any registered class uses alarms."""
+        from .object import DurableObject
+
+        if any(cls.on_alarm is not DurableObject.on_alarm for cls in self.host.types.values()):
+            self._task = asyncio.get_running_loop().create_task(self._poll(), name="objects-alarms")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        from .._tasks import cancel_and_wait
+
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _poll(self) -> None:
+        host = self.host
+        lease = max(cls.call_timeout for cls in host.types.values()) + 5.0
+        while True:
+            await asyncio.sleep(POLL)
+            if not host.routing.node.serving():
+                continue
+            try:
+                due = await host.storage.claim_due_alarms(BATCH, lease)
+            except ObjectsError as exc:
+                log.debug("alarm poll failed: %s", exc.message)
+                continue
+            for alarm in due:
+                host.spawn(self.deliver(alarm))
+
+    async def deliver(self, alarm: Alarm) -> bool:
+        """Run ``alarm`` on its object's one live instance; whether it ran and committed."""
+        host = self.host
+        cls = host.types.get(alarm.type)
+        if cls is None:  # another app's type in the same database: its nodes deliver it
+            return False
+        attempt = 0
+        try:
+            async with asyncio.timeout(cls.call_timeout):
+                while True:
+                    try:
+                        ran: bool = await host.on_live(
+                            cls, alarm.key,
+                            lambda act, held: act.fire_alarm(alarm.name, alarm.scheduled_at, held),
+                        )
+                    except Elsewhere as owner:
+                        args = {"name": alarm.name, "scheduled_at": alarm.scheduled_at.isoformat()}
+                        try:
+                            ran = bool(await host.routing.forward(
+                                owner, alarm.type, alarm.key, ALARM_CALL, args
+                            ))
+                        except Moved:
+                            await backoff(attempt)
+                            attempt += 1
+                            continue
+                    self.delivered += ran
+                    return ran
+        except (ObjectsError, TimeoutError) as exc:  # the lease runs out; another poll retries
+            log.info("alarm %s:%s/%s not delivered: %s", alarm.type, alarm.key, alarm.name, exc)
+            return False
+
+    async def serve(self, type_name: str, key: str, args: dict[str, Any]) -> bool:
+        """A delivery another node forwarded here (``Moved`` when this node is not the owner)."""
+        cls = self.host.object_type(type_name)
+        name, scheduled_at = str(args["name"]), datetime.fromisoformat(str(args["scheduled_at"]))
+        try:
+            ran: bool = await self.host.on_live(
+                cls, key, lambda act, held: act.fire_alarm(name, scheduled_at, held),
+                forwarded=True,
+            )
+        except Elsewhere as exc:
+            raise Moved(f"{type_name}:{key} is owned by {exc.node_id}", exc.node_id,
+                        exc.address) from None
+        return ran
