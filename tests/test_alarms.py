@@ -180,3 +180,31 @@ async def test_alarms_survive_a_sigkill_and_run_once(sql_backend: Backend) -> No
         for key in keys:
             assert await rt.get(Reminder, key).fired() == ["x"], key  # exactly once
             assert await rt.storage.load_alarms("reminder", key) == []
+
+
+async def test_cron_alarms_take_the_next_matching_minute(backend: Backend) -> None:
+    from datetime import UTC, timedelta
+
+    from fastapi_objects.runtime.alarms import completion, next_cron
+
+    now = datetime.now(UTC)
+    due = next_cron("*/5 * * * *", now)
+    assert due > now and due.minute % 5 == 0 and due - now <= timedelta(minutes=5)
+    with pytest.raises(ValueError, match="5 fields"):
+        next_cron("* * * *", now)
+
+    class Cronned(Reminder):
+        type_name = "cronned"
+
+        async def daily(self) -> str:
+            return self.set_alarm("daily", cron="0 3 * * *").due_at.isoformat()
+
+    async with Runtime(objects=[Cronned], database_url=backend.url, schema=backend.schema,
+                       create_tables=True) as rt:
+        first = datetime.fromisoformat(await rt.get(Cronned, "c").daily())
+        assert (first.hour, first.minute) == (3, 0) and first > now
+        (stored,) = await rt.get(Cronned, "c").pending()
+        assert stored["name"] == "daily"
+    again = completion(Alarm(type="cronned", key="c", name="daily", due_at=first,
+                             scheduled_at=first, cron="0 3 * * *"))
+    assert again.alarm is not None and again.alarm.due_at == first + timedelta(days=1)
