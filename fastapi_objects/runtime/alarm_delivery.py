@@ -55,14 +55,18 @@ class AlarmDelivery:
     async def _poll(self) -> None:
         host = self.host
         lease = max(cls.call_timeout for cls in host.types.values()) + 5.0
+        due: list[Alarm] = []
         while True:
-            await asyncio.sleep(POLL)
+            if len(due) < BATCH:  # a full batch: more are due, take them at once
+                await asyncio.sleep(POLL)
             if not host.routing.node.serving():
+                due = []
                 continue
             try:
                 due = await host.storage.claim_due_alarms(BATCH, lease)
             except ObjectsError as exc:
                 log.debug("alarm poll failed: %s", exc.message)
+                due = []
                 continue
             for alarm in due:
                 host.spawn(self.deliver(alarm))
