@@ -209,6 +209,21 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
+def revision() -> str:
+    """The git commit of the measured fastapi_objects, and whether it has local changes."""
+    import fastapi_objects
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastapi_objects.__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
+                                "fastapi_objects"], capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return f"unknown revision ({root})"
+    return f"commit {head}" + (" + uncommitted changes" if dirty.strip() else "")
+
+
 def rss_bytes() -> int:
     """This process's resident set size (Linux)."""
     with open("/proc/self/statm") as f:

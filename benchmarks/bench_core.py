@@ -32,6 +32,7 @@ from _common import (  # the script's folder is on sys.path
     pg_execute,
     pg_settings,
     pgbench,
+    revision,
     rss_bytes,
     table,
 )
@@ -237,6 +238,84 @@ def _add_baseline(rep: Report, label: str, run: Run, pool: int) -> None:
             None)
 
 
+# -- the probe: a bare asyncpg group-commit loop ---------------------------------------------
+
+
+async def bench_probe(o: Opts, *, fresh: bool) -> Run:
+    """The most a Python process commits here: group commit with nothing else around it.
+
+    64 callers over 1,000 keys, each call a turn on a dict (``value += 1``) that waits until a
+    batch carrying its key is durable. One writer on one asyncpg connection forms each batch
+    from whatever callers are waiting (one row per key, later turns merged into it) and runs
+    ONE ``UPDATE ... FROM unnest(...)``, autocommitted, one batch in flight at a time, as the
+    runtime's committer does. The row is shaped like a checkpoint's (rev and a jsonb state).
+    ``fresh``: measured right after the table is created and filled (no ANALYZE, no warm-up
+    of the plan), like a freshly created database.
+    """
+    schema = fresh_schema_name("probe")
+    table = f'"{schema}".probe'
+    await pg_execute(
+        o.url, f'CREATE SCHEMA "{schema}"',
+        f"CREATE TABLE {table} (key text PRIMARY KEY, rev bigint NOT NULL, "
+        "state jsonb NOT NULL) WITH (fillfactor = 70)",
+        f"INSERT INTO {table} SELECT 'k' || g, 1, '{{\"value\": 1}}' "
+        f"FROM generate_series(0, {OBJECTS - 1}) g",
+    )
+    if not fresh:
+        await _analyze(o, table)
+    keys = [f"k{i}" for i in range(OBJECTS)]
+    values = dict.fromkeys(keys, 1)
+    revs = dict.fromkeys(keys, 1)
+    waiting: dict[str, list[asyncio.Future[None]]] = {}
+    wakeup = asyncio.Event()
+    rnd = random.Random(2).randrange
+    acked = 0
+    stmt = (f"UPDATE {table} t SET rev = v.rev, state = v.state::jsonb "
+            "FROM unnest($1::text[], $2::bigint[], $3::text[]) AS v(key, rev, state) "
+            "WHERE t.key = v.key")
+    conn = await asyncpg.connect(asyncpg_dsn(o.url))
+
+    async def writer() -> None:
+        nonlocal waiting
+        while True:
+            if not waiting:
+                wakeup.clear()
+                await wakeup.wait()
+            batch, waiting = waiting, {}
+            ks = list(batch)
+            await conn.execute(stmt, ks, [revs[k] for k in ks],
+                               [json.dumps({"value": values[k]}) for k in ks])
+            for futures in batch.values():
+                for fut in futures:
+                    fut.set_result(None)
+
+    async def call(_: int) -> None:
+        nonlocal acked
+        key = keys[rnd(OBJECTS)]
+        values[key] += 1  # the turn
+        revs[key] += 1
+        fut = asyncio.get_running_loop().create_future()
+        queued = waiting.get(key)
+        if queued is None:
+            waiting[key] = [fut]
+            wakeup.set()
+        else:
+            queued.append(fut)
+        await fut
+        acked += 1
+
+    task = asyncio.create_task(writer())
+    try:
+        run = await closed_loop(CALLERS, o.duration, call, warmup=o.warmup)
+        stored = await conn.fetchval(f"SELECT sum((state->>'value')::bigint) FROM {table}")
+    finally:
+        task.cancel()
+        await conn.close()
+        await drop_schema(o.url, schema)
+    _check(stored == OBJECTS + acked, f"probe: stored sum {stored} != {OBJECTS + acked}")
+    return run
+
+
 # -- 2, 3, 4. durable calls ------------------------------------------------------------------
 
 
@@ -257,7 +336,8 @@ def _writer_note(label: str, seconds: list[float], wall: float, rt: Runtime) -> 
     )
 
 
-async def bench_durable(o: Opts, rep: Report) -> Run:
+async def bench_durable(o: Opts, *, fresh: bool = False) -> tuple[Run, str]:
+    """64 callers over 1,000 objects; ``fresh``: right after the rows are created (no ANALYZE)."""
     schema = fresh_schema_name("durable")
     keys = [f"c{i}" for i in range(OBJECTS)]
     rnd = random.Random(2).randrange
@@ -265,7 +345,8 @@ async def bench_durable(o: Opts, rep: Report) -> Run:
     try:
         async with _runtime(o.url, schema, Counter) as rt:
             await _gather_limited([rt.get(Counter, k).increment(1) for k in keys])  # create rows
-            await _analyze(o, f'"{schema}".objects_checkpoints')
+            if not fresh:
+                await _analyze(o, f'"{schema}".objects_checkpoints')
 
             async def call(_: int) -> None:
                 nonlocal acked
@@ -274,29 +355,38 @@ async def bench_durable(o: Opts, rep: Report) -> Run:
 
             seconds = _time_commits(rt)
             run = await closed_loop(CALLERS, o.duration, call, warmup=o.warmup)
-            note = _writer_note("2", seconds, o.duration + o.warmup, rt)
+            note = _writer_note("2f" if fresh else "2", seconds, o.duration + o.warmup, rt)
         stored = await _sum_values(o.url, schema)
     finally:
         await drop_schema(o.url, schema)
     _check(stored == OBJECTS + acked,
            f"durable: stored sum {stored} != acknowledged {OBJECTS + acked}")
-    rep.notes.append(f"{note}; {_cpu_note(run)}. The stored sum equals every acknowledged "
-                     f"call ({stored:,}).")
-    return run
+    return run, (f"{note}; {_cpu_note(run)}. The stored sum equals every acknowledged call "
+                 f"({stored:,}).")
 
 
-def _add_durable(rep: Report, run: Run, baselines: list[Run]) -> None:
+def _add_durable(rep: Report, run: Run, baselines: list[Run]) -> float:
     base = sum(b.rate for b in baselines) / len(baselines)
     ratio = run.rate / base
     rep.add("2. durable increment, 64 callers over 1,000 objects",
             f"{run.rate:,.0f} calls/s = {ratio:.1f}x baseline", _ms(run.pct_ms(50)),
             _ms(run.pct_ms(99)), ">= 10x baseline", ratio >= 10)
-    rep.notes.insert(
-        len(rep.notes) - 1,  # before figure 2's own note
-        f"1-2: the baseline ran right before and right after figure 2; the ratio is to their "
-        f"mean ({base:,.0f} calls/s), so that load drifting during the run shows instead of "
-        "skewing it. Baseline: " + "; ".join(_cpu_note(b) for b in baselines) + "."
+    rep.notes.append(
+        f"1-2: the baseline ran before the probe and figure 2 and again after them; the ratio is "
+        f"to their mean ({base:,.0f} calls/s), so that load drifting during the run shows "
+        "instead of skewing it. Baseline: " + "; ".join(_cpu_note(b) for b in baselines) + "."
     )
+    return base
+
+
+def _add_probe(rep: Report, label: str, probe: Run, durable: Run) -> None:
+    share = durable.rate / probe.rate
+    rep.add(f"probe: bare asyncpg group commit, 64 callers over 1,000 keys ({label})",
+            f"{probe.rate:,.0f} calls/s", _ms(probe.pct_ms(50)), _ms(probe.pct_ms(99)),
+            "(reference)", None)
+    rep.add(f"2{'f' if label == 'fresh' else ''}. durable increment as a share of the probe "
+            f"({label})", f"{durable.rate:,.0f} calls/s = {share:.0%} of probe",
+            _ms(durable.pct_ms(50)), _ms(durable.pct_ms(99)), ">= 60% of probe", share >= 0.6)
 
 
 async def bench_hot(o: Opts, rep: Report) -> Run:
@@ -326,7 +416,7 @@ async def bench_hot(o: Opts, rep: Report) -> Run:
     return run
 
 
-async def bench_readonly(o: Opts, rep: Report) -> None:
+async def bench_readonly(o: Opts, rep: Report) -> tuple[Run, Run]:
     url, duration, warmup = o.url, o.duration, o.warmup
     schema = fresh_schema_name("readonly")
     try:
@@ -349,6 +439,7 @@ async def bench_readonly(o: Opts, rep: Report) -> None:
         "4: the interleaved callers yield to the event loop after each call (asyncio.sleep(0)), "
         "so that their cost is in the figure; the sequential caller reuses one handle."
     )
+    return many, one
 
 
 # -- 5. thaw ---------------------------------------------------------------------------------
@@ -396,7 +487,7 @@ async def _bulk_load_docs(url: str, schema: str, n: int) -> tuple[int, int]:
     return size, int(table_bytes)
 
 
-async def bench_thaw(url: str, stored: int, samples: int, rep: Report) -> None:
+async def bench_thaw(url: str, stored: int, samples: int, rep: Report) -> float:
     schema = fresh_schema_name("thaw")
     try:
         async with _runtime(url, schema, Doc) as rt:
@@ -428,6 +519,7 @@ async def bench_thaw(url: str, stored: int, samples: int, rep: Report) -> None:
         "reads the checkpoint, validates the state into its pydantic model and runs "
         "on_activate; the 'active' status write goes to the group committer in the background."
     )
+    return p99
 
 
 # -- 6. memory -------------------------------------------------------------------------------
@@ -478,7 +570,7 @@ async def memory_part(url: str, n: int) -> dict[str, float]:
     return {"rss": rss, "traced": traced, "state": _state_bytes(n)}
 
 
-async def bench_memory(url: str, n: int, loop: str, rep: Report) -> None:
+async def bench_memory(url: str, n: int, loop: str, rep: Report) -> float:
     # A fresh interpreter, so that memory freed by the other parts does not hide the RSS growth.
     proc = await asyncio.create_subprocess_exec(
         sys.executable, SCRIPT, "--database-url", url, "--loop", loop,
@@ -500,6 +592,47 @@ async def bench_memory(url: str, n: int, loop: str, rep: Report) -> None:
         f"tracemalloc grew the RSS by {m['rss']:,.0f} B per object. Keys are made beforehand by "
         "the benchmark and not counted."
     )
+    return per_object
+
+
+# -- against what benchmarks/README.md recorded ------------------------------------------------
+
+# The full run at cf1e8e7 ("After the cheaper call deadline"): throughput figures as ratios to
+# that run's mean baseline (5,320 calls/s), so that they compare across days; thaw and memory
+# as measured. --quick recorded 7.0x for figure 2; its sizes for 5 and 6 are smaller.
+RECORDED = {
+    "2. durable / baseline": 34_270 / 5_320,
+    "3. hot object / baseline": 64_708 / 5_320,
+    "4. read-only, 64 callers / baseline": 277_923 / 5_320,
+    "4. read-only, 1 caller / baseline": 159_330 / 5_320,
+    "5. thaw p99 (ms, lower is better)": 0.81,
+    "6. bytes per idle object (lower is better)": 1_850,
+}
+RECORDED_QUICK = {"2. durable / baseline": 7.0}
+
+
+def _against_recorded(quick: bool, now: dict[str, float]) -> str:
+    """Each figure against the README's, flagged when more than 10% worse."""
+    rows = []
+    for name, value in now.items():
+        then = (RECORDED_QUICK if quick else {}).get(name, RECORDED[name])
+        change = value / then
+        worse = change > 1.1 if "lower is better" in name else change < 0.9
+        rows.append([name, f"{value:,.2f}", f"{then:,.2f}", f"{change:.2f}",
+                     "REGRESSED (>10%)" if worse else "ok"])
+    return ("Against benchmarks/README.md (cf1e8e7; throughput as ratios to each run's own "
+            "baseline, thaw and memory absolute):\n"
+            + table(rows, ["figure", "now", "recorded", "now/recorded", ""]))
+
+
+def _probe_note(warm: Run, fresh: Run) -> str:
+    return (
+        "probe: 64 callers over 1,000 keys, each call a turn on a dict that waits for its "
+        "batch; one writer on one asyncpg connection runs ONE UPDATE ... FROM unnest(keys, "
+        "revs, states) per batch, formed from whatever callers are waiting (one batch in "
+        "flight). Warm: table ANALYZEd; fresh: measured right after CREATE TABLE and INSERT. "
+        f"Warm {_cpu_note(warm)}; fresh {_cpu_note(fresh)}."
+    )
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -513,23 +646,6 @@ async def _gather_limited(coros: list[Any], limit: int = CALLERS) -> None:
             await coro
 
     await asyncio.gather(*(worker() for _ in range(limit)))
-
-
-def _revision() -> str:
-    """The git commit of the measured fastapi_objects, and whether it has local changes."""
-    import subprocess
-
-    import fastapi_objects
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastapi_objects.__file__)))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
-                                "fastapi_objects"], capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown revision"
-    return f"commit {head}" + (" + uncommitted changes" if dirty.strip() else "")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -553,7 +669,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"bench_core: {url}  PostgreSQL {settings['server_version']}  fsync={settings['fsync']}  "
           f"synchronous_commit={settings['synchronous_commit']}  "
           f"shared_buffers={settings['shared_buffers']}")
-    print(f"fastapi_objects at {_revision()}")
+    print(f"fastapi_objects at {revision()}")
     print(f"Python {sys.version.split()[0]}, event loop {loop_name}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}; {duration:g} s per throughput figure "
           f"(+{warmup:g} s warm-up), {CALLERS} callers; tables "
@@ -570,21 +686,38 @@ async def main(args: argparse.Namespace) -> None:
     ceiling = await bench_pgbench(url, duration, rep)
     _log("1a. baseline")
     base = [await bench_baseline(o)]
+    _log("probe: bare asyncpg group commit (warm: ANALYZEd)")
+    probe = await bench_probe(o, fresh=False)
     _log("2. durable calls over 1,000 objects")
-    durable = await bench_durable(o, rep)
+    durable, durable_note = await bench_durable(o)
+    _log("probe on freshly created tables")
+    probe_fresh = await bench_probe(o, fresh=True)
+    _log("2f. durable calls on freshly created tables")
+    fresh, fresh_note = await bench_durable(o, fresh=True)
     _log("1b. baseline again")
     base.append(await bench_baseline(o))
     for label, run in zip("ab", base, strict=True):
         _add_baseline(rep, label, run, o.pool)
-    _add_durable(rep, durable, base)
+    base_rate = _add_durable(rep, durable, base)
+    _add_probe(rep, "warm", probe, durable)
+    _add_probe(rep, "fresh", probe_fresh, fresh)
+    rep.notes += [durable_note, fresh_note, _probe_note(probe, probe_fresh)]
     _log("3. durable calls on one hot object")
-    await bench_hot(o, rep)
+    hot = await bench_hot(o, rep)
     _log("4. read-only calls")
-    await bench_readonly(o, rep)
+    ro_many, ro_one = await bench_readonly(o, rep)
     _log(f"5. thaw ({thaw_stored:,} stored objects)")
-    await bench_thaw(url, thaw_stored, thaw_samples, rep)
+    thaw_p99 = await bench_thaw(url, thaw_stored, thaw_samples, rep)
     _log(f"6. memory ({mem_n:,} objects, in a fresh process)")
-    await bench_memory(url, mem_n, args.loop, rep)
+    memory = await bench_memory(url, mem_n, args.loop, rep)
+    regressions = _against_recorded(quick, {
+        "2. durable / baseline": durable.rate / base_rate,
+        "3. hot object / baseline": hot.rate / base_rate,
+        "4. read-only, 64 callers / baseline": ro_many.rate / base_rate,
+        "4. read-only, 1 caller / baseline": ro_one.rate / base_rate,
+        "5. thaw p99 (ms, lower is better)": thaw_p99,
+        "6. bytes per idle object (lower is better)": memory,
+    })
     if ceiling.single_tps:
         rep.notes.append(
             f"ratios to pgbench 1-row tx/s: baseline {base[0].rate / ceiling.single_tps:.2f}, "
@@ -598,6 +731,8 @@ async def main(args: argparse.Namespace) -> None:
     print()
     for note in rep.notes:
         print("- " + note)
+    print()
+    print(regressions)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; "
           f"load average now {os.getloadavg()[0]:.2f}")
 
