@@ -11,6 +11,7 @@ from .init import init
 from .manage import ls, rm, show, stats
 from .migrate import migrate
 from .nodes import nodes
+from .queue import queue
 
 app = typer.Typer(
     name="objects",
@@ -26,6 +27,7 @@ app.command()(show)
 app.command()(rm)
 app.command()(stats)
 app.command()(nodes)
+app.add_typer(queue, name="queue")
 
 __all__ = ["app", "main"]
 

@@ -85,7 +85,8 @@ def resolve(app: str | None, database_url: str | None, schema: str | None) -> Ta
         source = f"the runtime of --app {app}"
     else:
         source = _settings_source("OBJECTS_DATABASE_URL")
-    types = dict(runtime.types) if runtime is not None else None
+    # The app's own types (built-in ones, such as queues, have commands of their own).
+    types = {n: c for n, c in runtime.types.items() if c.public} if runtime is not None else None
     return Target(url, db_schema, types, source, node_ttl)
 
 

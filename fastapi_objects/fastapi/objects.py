@@ -83,6 +83,8 @@ class Objects:
         self.publish = runtime.publish
         self.subscribe = runtime.subscribe
         self.create_tables = runtime.create_tables
+        self.queue = runtime.queue
+        self.worker = runtime.worker
         self.start = runtime.start
         self.close = runtime.close
 

@@ -80,6 +80,8 @@ async def serve_websocket(
     try:
         if isinstance(cls, str):
             cls = objects.runtime.object_type(cls)
+            if not cls.public:  # built-in types (queues) are not for browsers
+                raise UnknownObjectType(f"unknown object type {cls.type_name!r}")
         key = validate_key(key)
     except UnknownObjectType as exc:
         refused = (CloseCode.UNKNOWN_TYPE, exc.message)

@@ -119,7 +119,7 @@ class Host:
         """The registered class for ``type_name``, or ``UnknownObjectType``."""
         cls = self.types.get(type_name)
         if cls is None:
-            known = ", ".join(sorted(self.types)) or "none"
+            known = ", ".join(sorted(n for n, c in self.types.items() if c.public)) or "none"
             raise UnknownObjectType(f"unknown object type {type_name!r} (registered: {known})")
         return cls
 

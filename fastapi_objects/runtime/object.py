@@ -77,6 +77,7 @@ class DurableObject(Generic[S]):
     max_connections: ClassVar[int] = 32_768
     placement: ClassVar[Literal["local", "hash", "region"]] = "local"
     region: ClassVar[str | None] = None
+    public: ClassVar[bool] = True  # reachable from the web router's websocket endpoint
     alarm_retries: ClassVar[int] = 6
     alarm_backoff: ClassVar[float] = 2.0
     __objects_methods__: ClassVar[dict[str, MethodSpec]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
@@ -32,8 +32,10 @@ from .host import Host
 from .keys import validate_key, validate_key_prefix
 from .methods import MethodSpec
 from .object import DurableObject
+from .queue import ObjectsQueue
 from .routing import Elsewhere, Router
 from .stats import RuntimeStats
+from .workers import Handler, Worker, Workers
 
 T = TypeVar("T", bound=DurableObject[Any])
 
@@ -90,7 +92,9 @@ class Runtime:
             if settings.create_tables is not None
             else not self.database_url.startswith("postgresql")
         )
+        self.register(ObjectsQueue)  # the built-in queue type (objects.queue(name))
         self._host = Host(self, settings, self.node_id, self.storage, self.pubsub, self.types)
+        self._workers = Workers(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -126,6 +130,7 @@ class Runtime:
             await self.storage.create_tables()
         await self.pubsub.start()
         await self._host.start()
+        self._workers.start()
         schema = self.settings.db_schema
         announce(
             "fastapi_objects: node %s (internal %s), storage %s%s, pubsub %s",
@@ -137,6 +142,7 @@ class Runtime:
         """Leave gracefully: hibernate every live object (releasing it), commit, deregister."""
         if not self._host.started:
             return
+        await self._workers.stop()
         await self._host.stop()
         await self.pubsub.close()
         await self.storage.close()
@@ -185,6 +191,34 @@ class Runtime:
     ) -> Any:
         """Run a validated call on the object's one live instance, here or on its owner."""
         return await self._host.invoke(cls, key, spec, args)
+
+    def queue(self, name: str) -> Handle[ObjectsQueue]:
+        """A handle to the durable queue ``name``: ``await objects.queue("emails").enqueue(p)``.
+
+        Methods: ``enqueue(payload, key=None, delay=0, max_attempts=5)``, ``claim``,
+        ``heartbeat``, ``complete``, ``fail``, ``retry(job_id)``, ``stats()``,
+        ``jobs(dead=False)``.
+        """
+        return self.get(ObjectsQueue, name)
+
+    def worker(
+        self, queue: str, *, concurrency: int = 4, lease: float = 30.0
+    ) -> Callable[[Handler], Handler]:
+        """Run the decorated ``async def fn(job)`` on jobs of ``queue``, on every node.
+
+        Example::
+
+            @objects.worker("emails", concurrency=4, lease=30.0)
+            async def send(job):
+                await deliver(job.payload)
+        """
+        validate_key(queue)
+
+        def register(fn: Handler) -> Handler:
+            self._workers.add(Worker(queue, fn, concurrency, lease))
+            return fn
+
+        return register
 
     def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
         """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O)."""
