@@ -144,3 +144,43 @@ def test_the_cli_lists_dead_jobs_and_revives_them(db_url: str) -> None:
     assert job_id in run("queue", "ls", "mail")
     missing = runner.invoke(cli, ["queue", "retry", "mail", "nope", "--database-url", db_url])
     assert missing.exit_code == 1 and "no dead job 'nope'" in missing.output
+
+
+async def test_kill_9_of_a_worker_node_completes_every_job_once(sql_backend: Backend) -> None:
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    handled: Counter[str] = Counter()
+    rt = _rt(sql_backend, node_ttl=1.0)
+
+    @rt.worker("bulk", concurrency=4, lease=1.0)
+    async def handle(job: Claimed) -> None:
+        handled[job.id] += 1
+        await asyncio.sleep(0.02)  # slow enough that the other node gets its share
+
+    async with rt:
+        q = rt.queue("bulk")
+        ids = [await q.enqueue(i) for i in range(1000)]  # this node owns the queue
+        worker = Path(__file__).with_name("_queue_worker.py")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(worker), sql_backend.url, sql_backend.schema or "-",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line == b"ready\n", await proc.stderr.read()
+        taken = 0
+        while taken < 100:  # the other node is working: kill it midway
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line, await proc.stderr.read()
+            taken += 1
+        os.kill(proc.pid, signal.SIGKILL)
+        assert await proc.wait() == -signal.SIGKILL
+        async with asyncio.timeout(90):
+            while (stats := await q.stats())["completed"] < 1000:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert stats == {"ready": 0, "claimed": 0, "dead": 0, "completed": 1000}
+        assert await _completions(rt, "bulk") == {job_id: 1 for job_id in ids}
+        assert len(handled) < 1000  # the killed node did part of the work
