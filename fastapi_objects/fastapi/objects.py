@@ -84,6 +84,7 @@ class Objects:
         self.subscribe = runtime.subscribe
         self.create_tables = runtime.create_tables
         self.queue = runtime.queue
+        self.delete = runtime.delete
         self.worker = runtime.worker
         self.start = runtime.start
         self.close = runtime.close

@@ -50,6 +50,7 @@ class Activation(Clients):
         "_turn",
         "closed",
         "cls",
+        "deleting",
         "epoch",
         "event_sourced",
         "gate",
@@ -86,6 +87,7 @@ class Activation(Clients):
         self._turn: Turn | None = None
         self._alarm_timer = None
         self.alarm_state = None
+        self.deleting = False
         self._timer: asyncio.TimerHandle | None = None
         self.loop = host.loop
         self.last_used = self.loop.time()
@@ -190,6 +192,9 @@ class Activation(Clients):
                 else:
                     try:
                         result, pending = await self._turn_of(fn(self.instance, **kwargs), spec)
+                        if self.deleting:  # self.delete() in the turn: gone before it answers
+                            await self.destroy()
+                            pending = None
                     finally:
                         self.gate.leave(False)
             finally:
@@ -285,6 +290,33 @@ class Activation(Clients):
         pending.after.extend(turn.after)
         self.last = pending
         return pending
+
+    # -- deletion ----------------------------------------------------------------------------
+
+    async def destroy(self) -> None:
+        """Delete this object for good (the caller holds the gate): state, journal, alarms.
+
+        Waits for the commits in flight, then deletes fenced by this instance's ownership
+        epoch and leaves memory; the next call starts the object fresh.
+        """
+        if self.last is not None:
+            await self.last.wait()
+        assert self.epoch is not None
+        if not await self.host.storage.destroy(
+            self.cls.type_name, self.key, self.host.node_id, self.epoch
+        ):
+            self.invalidate(ConflictError(f"{self.topic}: lost ownership before the delete"))
+            raise ConflictError(f"{self.topic} was not deleted: another node owns it now")
+        self.close()
+
+    async def destroy_held(self, held: bool) -> None:
+        """``objects.delete``: take the gate (unless ``held``) and destroy."""
+        if not held:
+            await self._enter(False)
+        try:
+            await self.destroy()
+        finally:
+            self.gate.leave(False)
 
     # -- commit outcomes (called by the committer) --------------------------------------------
 

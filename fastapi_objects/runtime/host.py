@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+DELETE_CALL = "objects:delete"
+"""The internal method name a forwarded delete travels under (peers only)."""
+
 
 class Host:
     """The node's live objects and the way calls reach them (here, or forwarded)."""
@@ -164,6 +167,22 @@ class Host:
         finally:
             deadline.cancel()
 
+    async def delete(self, cls: type[DurableObject[Any]], key: str) -> None:
+        """Delete ``(cls, key)`` on its owner (activating it if no node holds it)."""
+        attempt = 0
+        async with asyncio.timeout(cls.call_timeout):
+            while True:
+                try:
+                    await self.on_live(cls, key, lambda act, held: act.destroy_held(held))
+                    return
+                except Elsewhere as owner:
+                    try:
+                        await self.routing.forward(owner, cls.type_name, key, DELETE_CALL, {})
+                        return
+                    except Moved:
+                        await backoff(attempt)
+                        attempt += 1
+
     def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
         """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O).
 
@@ -190,6 +209,14 @@ class Host:
             raise Moved(f"node {self.node_id} has no valid lease")
         if method == ALARM_CALL:
             return await self.alarms.serve(type_name, validate_key(key), args)
+        if method == DELETE_CALL:
+            try:
+                await self.on_live(self.object_type(type_name), validate_key(key),
+                                   lambda act, held: act.destroy_held(held), forwarded=True)
+            except Elsewhere as exc:
+                raise Moved(f"{type_name}:{key} is owned by {exc.node_id}", exc.node_id,
+                            exc.address) from None
+            return True
         cls = self.object_type(type_name)
         spec = cls.__objects_methods__.get(method)
         if spec is None:

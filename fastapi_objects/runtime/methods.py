@@ -17,7 +17,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 RESERVED = frozenset({
     "on_activate", "on_hibernate", "on_connect", "on_message", "on_disconnect",
     "migrate_state", "apply", "record", "emit", "broadcast", "connections", "on_alarm",
-    "set_alarm", "cancel_alarm", "alarms",
+    "set_alarm", "cancel_alarm", "alarms", "delete",
 })
 
 

@@ -187,6 +187,15 @@ class DurableObject(Generic[S]):
         """Delete the alarm ``name`` with this turn (nothing if there is none)."""
         self._activation.write_alarm(AlarmWrite(name, None))
 
+    def delete(self) -> None:
+        """Delete this object when the running turn ends: state, journal and alarms.
+
+        The turn's caller gets its answer once the object is gone; the next call starts it
+        fresh (``new state``).
+        """
+        self._activation.turn()  # only inside a turn
+        self._activation.deleting = True
+
     def alarms(self) -> list[Alarm]:
         """This object's alarms, pending and failed, including this turn's changes."""
         return self._activation.alarm_list()

@@ -192,6 +192,14 @@ class Runtime:
         """Run a validated call on the object's one live instance, here or on its owner."""
         return await self._host.invoke(cls, key, spec, args)
 
+    async def delete(self, cls: type[DurableObject[Any]], key: str) -> None:
+        """Delete the object ``(cls, key)`` for good: state, journal and alarms.
+
+        It runs on the object's owner, after the turns in flight, fenced by its ownership; the
+        next call starts the object fresh. Inside a turn, use ``self.delete()``.
+        """
+        await self._host.delete(cls, validate_key(key))
+
     def queue(self, name: str) -> Handle[ObjectsQueue]:
         """A handle to the durable queue ``name``: ``await objects.queue("emails").enqueue(p)``.
 

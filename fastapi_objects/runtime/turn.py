@@ -33,6 +33,7 @@ class ActivationHost(Protocol):
     """What an activation needs from its node (``Host`` provides it): nothing more."""
 
     storage: Storage
+    node_id: str
     committer: GroupCommitter
     counters: Counters
     public: Any  # what objects see as ``self.objects`` (the Runtime)

@@ -305,7 +305,15 @@ class Storage(ABC):
 
     @abstractmethod
     async def delete(self, type: str, key: str) -> bool:
-        """Purge an object and its journal; return whether it existed."""
+        """Purge an object, its journal and its alarms; return whether it existed."""
+
+    @abstractmethod
+    async def destroy(self, type: str, key: str, node_id: str, epoch: int) -> bool:
+        """Delete an object for good as its owner: state, journal, alarms and ownership.
+
+        Fenced: only while ``node_id`` owns it at ``epoch`` (else nothing changes and the
+        answer is ``False``). The next call finds no object and starts it fresh.
+        """
 
 
 def encode_cursor(type: str, key: str) -> str:

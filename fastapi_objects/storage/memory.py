@@ -217,7 +217,17 @@ class MemoryStorage(Storage):
         return [TypeStats(t, s, n) for (t, s), n in sorted(counts.items())]
 
     async def delete(self, type: str, key: str) -> bool:
-        """Forget the object and its journal."""
+        """Forget the object, its journal and its alarms."""
         self._journal.pop((type, key), None)
+        for ident in [i for i in self._alarms if i[:2] == (type, key)]:
+            del self._alarms[ident]
         return self._checkpoints.pop((type, key), None) is not None
+
+    async def destroy(self, type: str, key: str, node_id: str, epoch: int) -> bool:
+        """Forget everything of the object if ``node_id`` owns it at ``epoch``."""
+        if self._owners.get((type, key)) != (node_id, epoch):
+            return False
+        del self._owners[(type, key)]
+        await self.delete(type, key)
+        return True
 

@@ -337,12 +337,30 @@ class SQLStorage(Storage):
         return [TypeStats(r[0], r[1], r[2]) for r in rows]
 
     async def delete(self, type: str, key: str) -> bool:
-        """Delete the checkpoint and journal of ``(type, key)``."""
-        cp, j = self.checkpoints, self.journal
+        """Delete the checkpoint, journal and alarms of ``(type, key)``."""
         async with self._connect(write=True) as conn:
-            await conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
-            result = await conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
-        return result.rowcount == 1
+            return await self._purge(conn, type, key)
+
+    async def destroy(self, type: str, key: str, node_id: str, epoch: int) -> bool:
+        """Delete everything of ``(type, key)`` if ``node_id`` owns it at ``epoch``."""
+        o = self._owners.owners
+        async with self._connect(write=True) as conn:
+            # The owner row goes first: a write that takes SQLite's lock and fences the rest.
+            gone = await conn.execute(
+                sa.delete(o).where(o.c.type == type, o.c.key == key, o.c.node_id == node_id,
+                                   o.c.epoch == epoch)
+            )
+            if gone.rowcount != 1:
+                return False
+            await self._purge(conn, type, key)
+        return True
+
+    async def _purge(self, conn: AsyncConnection, type: str, key: str) -> bool:
+        cp, j, a = self.checkpoints, self.journal, self._alarms.table
+        await conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
+        await conn.execute(sa.delete(a).where(a.c.type == type, a.c.key == key))
+        result = await conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
+        return bool(result.rowcount == 1)
 
 
 def _checkpoint(row: sa.Row[Any]) -> Checkpoint:
