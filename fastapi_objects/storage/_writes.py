@@ -45,10 +45,11 @@ class PostgresWrites:
     """A whole group commit as ONE statement, run outside an explicit transaction.
 
     A single statement is atomic by itself, so a batch costs one round trip instead of five
-    (BEGIN, lock, update, journal, COMMIT). Data-modifying CTEs: ``locked`` takes the row locks
-    in one global order (two writers sharing objects cannot deadlock), ``upd`` applies the
-    fenced updates (re-checking ``rev`` on the latest row version), ``ins`` creates objects,
-    and the journal rows are inserted only for the objects that succeeded.
+    (BEGIN, update, insert, journal, COMMIT). Its CTEs: ``f`` keeps the rows whose node still
+    owns the object at their epoch (one primary-key probe of the owners each), ``upd`` applies
+    them where ``rev`` is still the expected one (re-checked on the latest row version),
+    ``ins`` creates objects, and the journal rows are inserted only for the objects that
+    succeeded. Rows are sent in ``(type, key)`` order, so writers lock them in one order.
     """
 
     def __init__(
@@ -67,10 +68,13 @@ class PostgresWrites:
         j = _qualified(journal)
         o = _qualified(owners)
         # The ownership fence: a commit carrying an epoch applies only while its node still
-        # owns the object at that epoch (a node that lost its lease cannot write).
+        # owns the object at that epoch (a node that lost its lease cannot write). The owner
+        # row is found by its primary key alone and node and epoch compared on it: with
+        # node_id in the WHERE, cold statistics made PostgreSQL scan ix_objects_owners_node
+        # (every object the node owns) once per row; with EXISTS, it hashed all of them.
         fence = (
-            f"(v.epoch IS NULL OR EXISTS (SELECT 1 FROM {o} o WHERE o.type = v.type "
-            "AND o.key = v.key AND o.node_id = :node AND o.epoch = v.epoch))"
+            f"(v.epoch IS NULL OR (SELECT o.node_id = :node AND o.epoch = v.epoch FROM {o} o "
+            "WHERE o.type = v.type AND o.key = v.key))"
         )
         text = postgresql.ARRAY(sa.Text())
         big = postgresql.ARRAY(sa.BigInteger())
@@ -79,21 +83,17 @@ class PostgresWrites:
             "WITH v AS MATERIALIZED (SELECT * FROM unnest(:types, :keys, :expected, :new, "
             ":journal, :snapshot, :states, :versions, :epochs) AS v(type, key, expected_rev, "
             "new_rev, journal_rev, snapshot_rev, state, version, epoch)), "
-            f"locked AS MATERIALIZED (SELECT c.type, c.key FROM {cp} c JOIN v "
-            "ON c.type = v.type AND c.key = v.key WHERE v.expected_rev <> 0 "
-            'ORDER BY c.type COLLATE "C", c.key COLLATE "C" FOR UPDATE OF c), '
-            f"upd AS (UPDATE {cp} c SET rev = v.new_rev, journal_rev = v.journal_rev, "
-            "snapshot_rev = v.snapshot_rev, state = COALESCE(v.state::jsonb, c.state), "
-            "state_version = COALESCE(v.version, c.state_version), status = 'active', "
-            "updated_at = :now FROM v JOIN locked l ON l.type = v.type AND l.key = v.key "
-            "WHERE c.type = v.type AND c.key = v.key AND c.rev = v.expected_rev "
-            f"AND {fence} RETURNING c.type, c.key), "
+            f"f AS MATERIALIZED (SELECT * FROM v WHERE {fence}), "
+            f"upd AS (UPDATE {cp} c SET rev = f.new_rev, journal_rev = f.journal_rev, "
+            "snapshot_rev = f.snapshot_rev, state = COALESCE(f.state::jsonb, c.state), "
+            "state_version = COALESCE(f.version, c.state_version), status = 'active', "
+            "updated_at = :now FROM f WHERE f.expected_rev <> 0 AND c.type = f.type "
+            "AND c.key = f.key AND c.rev = f.expected_rev RETURNING c.type, c.key), "
             f"ins AS (INSERT INTO {cp} (type, key, rev, journal_rev, snapshot_rev, state, "
             "state_version, status, metadata, created_at, updated_at) "
-            "SELECT v.type, v.key, v.new_rev, v.journal_rev, v.snapshot_rev, v.state::jsonb, "
-            "v.version, 'active', '{}'::jsonb, :now, :now FROM v WHERE v.expected_rev = 0 "
-            f"AND {fence} "
-            'ORDER BY v.type COLLATE "C", v.key COLLATE "C" '
+            "SELECT f.type, f.key, f.new_rev, f.journal_rev, f.snapshot_rev, f.state::jsonb, "
+            "f.version, 'active', '{}'::jsonb, :now, :now FROM f WHERE f.expected_rev = 0 "
+            'ORDER BY f.type COLLATE "C", f.key COLLATE "C" '
             "ON CONFLICT DO NOTHING RETURNING type, key), "
             "ok AS (SELECT type, key FROM upd UNION ALL SELECT type, key FROM ins), "
             f"jr AS (INSERT INTO {j} (type, key, rev, kind, payload, at) "
@@ -146,6 +146,7 @@ class PostgresWrites:
         ``then(connection, succeeded)`` runs more statements (alarm writes) in the same
         transaction; without it the batch is one statement and one round trip.
         """
+        commits = sorted(commits, key=_ident)  # one lock order for every writer
         entries = [
             (c.type, c.key, rev, kind, _json(payload))
             for c, rev, kind, payload in _entries(commits)
@@ -330,6 +331,10 @@ class SQLiteWrites:
             .values(status=sa.bindparam("s"))
         )
         await conn.execute(stmt, [{"t": s.type, "k": s.key, "s": s.status} for s in updates])
+
+
+def _ident(commit: Commit) -> Ident:
+    return (commit.type, commit.key)
 
 
 def _qualified(table: sa.Table) -> str:
