@@ -164,9 +164,11 @@ async def test_alarms_survive_a_sigkill_and_run_once(sql_backend: Backend) -> No
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 60)
-    assert line == b"ready\n", await proc.stderr.read()
-    os.kill(proc.pid, signal.SIGKILL)  # the alarms are set and committed, not yet due
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line == b"ready\n", await proc.stderr.read()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the alarms are set and committed, not yet due
     assert await proc.wait() == -signal.SIGKILL
     keys = [f"k{i}" for i in range(5)]
     async with _rt(sql_backend, node_ttl=1.0) as rt:

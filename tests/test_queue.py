@@ -169,14 +169,17 @@ async def test_kill_9_of_a_worker_node_completes_every_job_once(sql_backend: Bac
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stdout is not None and proc.stderr is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        assert line == b"ready\n", await proc.stderr.read()
-        taken = 0
-        while taken < 100:  # the other node is working: kill it midway
+        try:
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert line, await proc.stderr.read()
-            taken += 1
-        os.kill(proc.pid, signal.SIGKILL)
+            assert line == b"ready\n", await proc.stderr.read()
+            taken = 0
+            while taken < 100:  # the other node is working: kill it midway
+                line = await asyncio.wait_for(proc.stdout.readline(), 60)
+                assert line, await proc.stderr.read()
+                taken += 1
+        finally:
+            if proc.returncode is None:
+                os.kill(proc.pid, signal.SIGKILL)
         assert await proc.wait() == -signal.SIGKILL
         async with asyncio.timeout(90):
             while (stats := await q.stats())["completed"] < 1000:  # noqa: ASYNC110
