@@ -186,7 +186,14 @@ async def bench_failover(url: str, ttl: float, callers: int, rep: Report) -> Non
                 await asyncio.sleep(0.005)
             stop.set()
             await asyncio.gather(*tasks)
+        log = cluster["n2"].stderr()
     floor = max(ttl - age, 0.0)
+    for failure in failed:  # an internal error names an id that is in the node's log
+        found = re.search(r"internal error ([0-9a-f]+)", failure)
+        if found and found.group(1) in log:
+            at = log.index(found.group(1))
+            rep.notes.append(f"1: n2's log for internal error {found.group(1)}: "
+                             + log[max(0, at - 200):at + 2500])
     if first is None:
         rep.add(f"1. failover after kill -9 (node_ttl {ttl:g} s)", "no answer within "
                 f"{ttl + 20:g} s", f"{floor:.2f} s", "", f"<= {ttl + 1:g} s", False)
