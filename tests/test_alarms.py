@@ -210,3 +210,20 @@ async def test_cron_alarms_take_the_next_matching_minute(backend: Backend) -> No
     again = completion(Alarm(type="cronned", key="c", name="daily", due_at=first,
                              scheduled_at=first, cron="0 3 * * *"))
     assert again.alarm is not None and again.alarm.due_at == first + timedelta(days=1)
+
+
+def test_objects_show_lists_alarms(db_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from fastapi_objects.cli import app as cli
+
+    async def setup() -> None:
+        async with Runtime(objects=[Reminder], database_url=db_url) as rt:
+            await rt.get(Reminder, "r").remind("later", 3600.0)
+            await rt.get(Reminder, "r").repeat(60.0)
+
+    asyncio.run(setup())
+    result = CliRunner().invoke(cli, ["show", "reminder", "r", "--database-url", db_url])
+    assert result.exit_code == 0, result.output
+    assert "alarms" in result.output and "later" in result.output
+    assert "tick" in result.output and "60 s" in result.output

@@ -109,6 +109,7 @@ async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
             raise CliError(f"no object {type_name}:{key}")
         entries = await storage.read_journal(type_name, key, max(0, cp.journal_rev - tail))
         owner = (await storage.owners([(type_name, key)])).get((type_name, key), NO_OWNER)
+        alarms = await _alarms(storage, type_name, key)
     out = console()
     fields = Table.grid(padding=(0, 2))
     for name, value in [
@@ -122,6 +123,14 @@ async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
     out.print(fields)
     out.print("state:")
     out.print(JSON.from_data(cp.state))
+    if alarms:
+        table = Table("alarm", "status", "due (UTC)", "retries", "every / cron", "last error",
+                      title="alarms")
+        for alarm in alarms:
+            table.add_row(alarm.name, alarm.status, _time(alarm.due_at), str(alarm.retry_count),
+                          alarm.cron or (f"{alarm.every:g} s" if alarm.every else ""),
+                          alarm.last_error or "")
+        out.print(table)
     if tail == 0:
         return
     if not entries:
@@ -212,6 +221,16 @@ async def _check_type(storage: SQLStorage, target: Target, type_name: str) -> No
             f"unknown object type {type_name!r}: none stored (stored types: {known}; "
             "--app names the registered ones)"
         )
+
+
+async def _alarms(storage: SQLStorage, type_name: str, key: str) -> list[Any]:
+    """The object's alarms, or none on a database without the version-3 tables."""
+    from .._exceptions import StorageUnavailable
+
+    try:
+        return await storage.load_alarms(type_name, key)
+    except StorageUnavailable:
+        return []
 
 
 def _time(value: datetime) -> str:
