@@ -223,3 +223,14 @@ async def test_region_placement_activates_in_the_region(durable: Backend) -> Non
         assert await ams.get(Amsterdam, "y").where() == "ams1"
     async with node("iad2", "iad") as alone:  # no node in the region: activated here
         assert await alone.get(Amsterdam, "z").where() == "iad2"
+
+
+def test_the_replay_guard_forgets_expired_nonces() -> None:
+    receiver = Signer(b"s", "a", max_age=0.05)
+    sender = Signer(b"s", "b")
+    for _ in range(2000):
+        receiver.verify("POST", "/p", b"x", sender.headers("POST", "/p", b"x", "a"))
+    assert len(receiver._seen) == 2000
+    time.sleep(0.1)
+    receiver.verify("POST", "/p", b"x", sender.headers("POST", "/p", b"x", "a"))
+    assert len(receiver._seen) == 1  # the expired ones dropped from the front

@@ -90,7 +90,7 @@ class Forwarder:
             response = await self._client.post(address + CALL_PATH, content=body, headers=headers)
         except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
             raise Moved(f"{address} refused the connection: {exc!r}") from exc
-        except httpx2.HTTPError as exc:
+        except Exception as exc:  # httpx2.HTTPError, or a transport's own error mid-request
             raise OutcomeUnknown(
                 f"{type}:{key}.{method}() was sent to its owner {receiver} at {address} and the "
                 f"connection failed before the answer ({exc!r}): it may or may not have run"

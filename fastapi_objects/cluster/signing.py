@@ -42,7 +42,9 @@ class Signer:
         self._secret = secret
         self.node_id = node_id
         self.max_age = max_age
-        self._seen: dict[str, float] = {}  # nonce -> when it stops mattering
+        # nonce -> when it stops mattering; insertion order is (nearly) expiry order, so the
+        # expired ones are dropped from the front in O(expired), not by rebuilding the dict.
+        self._seen: dict[str, float] = {}
 
     def _mac(self, method: str, path: str, body: bytes, sender: str, receiver: str,
              stamp: str, nonce: str) -> str:
@@ -89,5 +91,9 @@ class Signer:
         return sender
 
     def _forget_old(self, now: float) -> None:
-        if len(self._seen) > 1024:
-            self._seen = {n: until for n, until in self._seen.items() if until > now}
+        seen = self._seen
+        while seen:
+            nonce = next(iter(seen))
+            if seen[nonce] > now:
+                break
+            del seen[nonce]
