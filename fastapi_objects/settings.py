@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-import sqlalchemy as sa
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -95,19 +94,6 @@ class ObjectsSettings(BaseSettings):
         if "schema" in options:
             options["db_schema"] = options.pop("schema")
         return cls(**{name: value for name, value in options.items() if value is not None})
-
-
-def redact(url: str) -> str:
-    """``url`` with its password hidden, for logs and CLI output."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL (memory://name, redis://...)
-        head, sep, tail = url.rpartition("@")
-        if not sep or "://" not in head:
-            return url
-        scheme, _, userinfo = head.partition("://")
-        user = userinfo.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{tail}"
 
 
 class Options(TypedDict, total=False):

@@ -20,7 +20,8 @@ import httpx2
 import pytest
 
 from fastapi_objects import Runtime
-from fastapi_objects.settings import ObjectsSettings, Options, redact
+from fastapi_objects.settings import ObjectsSettings, Options
+from fastapi_objects.storage.urls import redact
 
 BIN = Path(sys.executable).parent
 

@@ -31,7 +31,7 @@ def one_line(text: object) -> str:
 
 def redact(url: str) -> str:
     """``url`` with its password hidden, for messages."""
-    from ..settings import redact as redact_url
+    from ..storage.urls import redact as redact_url
 
     return redact_url(url)
 

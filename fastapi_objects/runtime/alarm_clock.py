@@ -8,7 +8,7 @@ import logging
 from datetime import UTC, datetime
 
 from ..storage import Alarm, AlarmWrite
-from .alarms import completion, failure
+from .alarms import completion, failure, uses_alarms
 from .hibernation import Hibernation
 
 log = logging.getLogger("fastapi_objects")
@@ -25,17 +25,11 @@ class AlarmClock(Hibernation):
     alarm_state: dict[str, Alarm] | None
     _alarm_timer: asyncio.TimerHandle | None
 
-    def uses_alarms(self) -> bool:
-        """Whether the class defines ``on_alarm``."""
-        from .object import DurableObject
-
-        return self.cls.on_alarm is not DurableObject.on_alarm
-
     async def load_alarms(self) -> None:
         """Read the object's alarms at thaw and arm the timer (classes with ``on_alarm``)."""
         self._alarm_timer = None
         self.alarm_state = None
-        if self.uses_alarms():
+        if uses_alarms(self.cls):
             stored = await self.host.storage.load_alarms(self.cls.type_name, self.key)
             self.alarm_state = {alarm.name: alarm for alarm in stored}
             self.arm_alarm()

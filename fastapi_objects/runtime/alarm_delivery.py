@@ -15,9 +15,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ObjectsError
-from ..cluster import Moved
 from ..storage import Alarm
-from .routing import Elsewhere, backoff
+from .alarms import uses_alarms
 
 if TYPE_CHECKING:
     from .host import Host
@@ -40,9 +39,7 @@ class AlarmDelivery:
 
     def start(self) -> None:
         """Poll, if any registered class uses alarms."""
-        from .object import DurableObject
-
-        if any(cls.on_alarm is not DurableObject.on_alarm for cls in self.host.types.values()):
+        if any(uses_alarms(cls) for cls in self.host.types.values()):
             self._task = asyncio.get_running_loop().create_task(self._poll(), name="objects-alarms")
 
     async def stop(self) -> None:
@@ -77,41 +74,24 @@ class AlarmDelivery:
         cls = host.types.get(alarm.type)
         if cls is None:  # another app's type in the same database: its nodes deliver it
             return False
-        attempt = 0
+        args = {"name": alarm.name, "scheduled_at": alarm.scheduled_at.isoformat()}
         try:
             async with asyncio.timeout(cls.call_timeout):
-                while True:
-                    try:
-                        ran: bool = await host.on_live(
-                            cls, alarm.key,
-                            lambda act, held: act.fire_alarm(alarm.name, alarm.scheduled_at, held),
-                        )
-                    except Elsewhere as owner:
-                        args = {"name": alarm.name, "scheduled_at": alarm.scheduled_at.isoformat()}
-                        try:
-                            ran = bool(await host.routing.forward(
-                                owner, alarm.type, alarm.key, ALARM_CALL, args
-                            ))
-                        except Moved:
-                            await backoff(attempt)
-                            attempt += 1
-                            continue
-                    self.delivered += ran
-                    return ran
+                ran = await host.route(
+                    cls, alarm.key,
+                    lambda act, held: act.fire_alarm(alarm.name, alarm.scheduled_at, held),
+                    ALARM_CALL, args, bool,
+                )
         except (ObjectsError, TimeoutError) as exc:  # the lease runs out; another poll retries
             log.info("alarm %s:%s/%s not delivered: %s", alarm.type, alarm.key, alarm.name, exc)
             return False
+        self.delivered += ran
+        return ran
 
     async def serve(self, type_name: str, key: str, args: dict[str, Any]) -> bool:
         """A delivery another node forwarded here (``Moved`` when this node is not the owner)."""
-        cls = self.host.object_type(type_name)
         name, scheduled_at = str(args["name"]), datetime.fromisoformat(str(args["scheduled_at"]))
-        try:
-            ran: bool = await self.host.on_live(
-                cls, key, lambda act, held: act.fire_alarm(name, scheduled_at, held),
-                forwarded=True,
-            )
-        except Elsewhere as exc:
-            raise Moved(f"{type_name}:{key} is owned by {exc.node_id}", exc.node_id,
-                        exc.address) from None
-        return ran
+        return await self.host.serve_here(
+            self.host.object_type(type_name), key,
+            lambda act, held: act.fire_alarm(name, scheduled_at, held),
+        )

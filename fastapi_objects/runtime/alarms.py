@@ -58,7 +58,7 @@ def make_alarm(
     payload: Any,
 ) -> Alarm:
     """Validate ``set_alarm``'s arguments into the alarm to store."""
-    if type(owner).on_alarm is _default_on_alarm():
+    if not uses_alarms(type(owner)):
         raise TypeError(f"{type(owner).__name__} sets an alarm but defines no on_alarm()")
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
         raise ValueError(f"alarm name must be a string of 1 to {MAX_NAME} characters")
@@ -115,7 +115,8 @@ def failure(alarm: Alarm, error: str, retries: int, backoff: float) -> Alarm:
     )
 
 
-def _default_on_alarm() -> Any:
+def uses_alarms(cls: type[DurableObject[Any]]) -> bool:
+    """Whether ``cls`` defines ``on_alarm`` (only those load, keep and poll for alarms)."""
     from .object import DurableObject
 
-    return DurableObject.on_alarm
+    return cls.on_alarm is not DurableObject.on_alarm

@@ -139,23 +139,10 @@ class Host:
         """
         deadline = _Deadline(self.loop, cls.call_timeout)
         try:
-            attempt = 0
-            while True:
-                try:
-                    return await self.on_live(
-                        cls, key, lambda act, held: act.call(spec, args, held)
-                    )
-                except Elsewhere as owner:
-                    try:
-                        result = await self.routing.forward(
-                            owner, cls.type_name, key, spec.name, args
-                        )
-                    except Moved as moved:
-                        if moved.owner is None or attempt:  # no better idea: wait, look again
-                            await backoff(attempt)
-                        attempt += 1
-                        continue
-                    return spec.decode_result(result)
+            return await self.route(
+                cls, key, lambda act, held: act.call(spec, args, held), spec.name, args,
+                spec.decode_result,
+            )
         except asyncio.CancelledError:
             if not deadline.expired():
                 raise
@@ -167,21 +154,56 @@ class Host:
         finally:
             deadline.cancel()
 
+    async def route(
+        self,
+        cls: type[DurableObject[Any]],
+        key: str,
+        here: Callable[[Activation, bool], Awaitable[R]],
+        method: str,
+        args: dict[str, Any],
+        decode: Callable[[Any], R],
+    ) -> R:
+        """Run ``here(activation, held)`` on this node's instance, or ``method`` on the owner.
+
+        The one routing loop of calls, alarm deliveries and deletes: while the owner moves or
+        is unreachable it looks again (the caller bounds it); a forward is repeated only when
+        it cannot have run. ``decode`` turns a forwarded call's JSON result into ``R``.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await self.on_live(cls, key, here)
+            except Elsewhere as owner:
+                try:
+                    result = await self.routing.forward(owner, cls.type_name, key, method, args)
+                except Moved as moved:
+                    if moved.owner is None or attempt:  # no better idea: wait, look again
+                        await backoff(attempt)
+                    attempt += 1
+                    continue
+                return decode(result)
+
+    async def serve_here(
+        self,
+        cls: type[DurableObject[Any]],
+        key: str,
+        here: Callable[[Activation, bool], Awaitable[R]],
+    ) -> R:
+        """Run a forwarded request on this node's instance; ``Moved`` if another owns it."""
+        try:
+            return await self.on_live(cls, validate_key(key), here, forwarded=True)
+        except Elsewhere as exc:
+            raise Moved(
+                f"{cls.type_name}:{key} is owned by {exc.node_id}", exc.node_id, exc.address
+            ) from None
+
     async def delete(self, cls: type[DurableObject[Any]], key: str) -> None:
         """Delete ``(cls, key)`` on its owner (activating it if no node holds it)."""
-        attempt = 0
         async with asyncio.timeout(cls.call_timeout):
-            while True:
-                try:
-                    await self.on_live(cls, key, lambda act, held: act.destroy_held(held))
-                    return
-                except Elsewhere as owner:
-                    try:
-                        await self.routing.forward(owner, cls.type_name, key, DELETE_CALL, {})
-                        return
-                    except Moved:
-                        await backoff(attempt)
-                        attempt += 1
+            await self.route(
+                cls, key, lambda act, held: act.destroy_held(held), DELETE_CALL, {},
+                lambda _: None,
+            )
 
     def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
         """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O).
@@ -208,31 +230,19 @@ class Host:
         if not self.routing.node.serving():  # whoever owns it now, it is not this node
             raise Moved(f"node {self.node_id} has no valid lease")
         if method == ALARM_CALL:
-            return await self.alarms.serve(type_name, validate_key(key), args)
+            return await self.alarms.serve(type_name, key, args)
         if method == DELETE_CALL:
-            try:
-                await self.on_live(self.object_type(type_name), validate_key(key),
-                                   lambda act, held: act.destroy_held(held), forwarded=True)
-            except Elsewhere as exc:
-                raise Moved(f"{type_name}:{key} is owned by {exc.node_id}", exc.node_id,
-                            exc.address) from None
+            cls = self.object_type(type_name)
+            await self.serve_here(cls, key, lambda act, held: act.destroy_held(held))
             return True
         cls = self.object_type(type_name)
         spec = cls.__objects_methods__.get(method)
         if spec is None:
             raise UnknownMethod(f"{cls.__name__} has no callable method {method!r}")
-        key, args = validate_key(key), spec.validate(args)
-        if not self.routing.node.serving():  # whoever owns it now, it is not this node
-            raise Moved(f"node {self.node_id} has no valid lease")
+        args = spec.validate(args)
         deadline = _Deadline(self.loop, cls.call_timeout)
         try:
-            result = await self.on_live(
-                cls, key, lambda act, held: act.call(spec, args, held), forwarded=True
-            )
-        except Elsewhere as exc:
-            raise Moved(
-                f"{type_name}:{key} is owned by {exc.node_id}", exc.node_id, exc.address
-            ) from None
+            result = await self.serve_here(cls, key, lambda act, held: act.call(spec, args, held))
         except asyncio.CancelledError:
             if not deadline.expired():
                 raise

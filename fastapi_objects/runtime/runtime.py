@@ -14,7 +14,7 @@ from typing import Any, Self, TypeVar, Unpack
 
 from .._exceptions import InvalidQuery, UnknownMethod, UnknownObjectType
 from ..pubsub import PubSub, Subscription, open_pubsub
-from ..settings import ObjectsSettings, Options, redact
+from ..settings import ObjectsSettings, Options
 from ..storage import (
     STATUSES,
     JournalEntry,
@@ -25,6 +25,7 @@ from ..storage import (
     decode_cursor,
     open_storage,
 )
+from ..storage.urls import redact
 from ._log import announce
 from .connection import Connection, Transport
 from .handle import Handle, _Handle

@@ -32,7 +32,7 @@ from .base import (
     encode_cursor,
 )
 from .tables import storage_metadata
-from .urls import normalize_url
+from .urls import normalize_url, redact
 
 
 def _dumps(value: object) -> str:
@@ -139,7 +139,7 @@ class SQLStorage(Storage):
         except StorageUnavailable:
             raise
         except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError) as exc:
-            raise StorageUnavailable(f"storage unavailable ({_redacted(self.url)}): {exc}") from exc
+            raise StorageUnavailable(f"storage unavailable ({redact(self.url)}): {exc}") from exc
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 raise StorageUnavailable(f"storage connection lost: {exc}") from exc
@@ -385,10 +385,6 @@ def _to_utc(value: datetime) -> datetime:
     # SQLite stores times as UTC text and drops a parameter's offset, so compare in UTC;
     # a naive time is taken as UTC, as the rows are written.
     return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _redacted(url: str) -> str:
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -18,3 +18,18 @@ def normalize_url(url: str) -> str:
         "sqlite": "sqlite+aiosqlite",
     }.get(scheme, scheme)
     return f"{scheme}://{rest}"
+
+
+def redact(url: str) -> str:
+    """``url`` with its password hidden, for logs, errors and CLI output."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL (memory://name, redis://...)
+        head, sep, tail = url.rpartition("@")
+        if not sep or "://" not in head:
+            return url
+        scheme, _, userinfo = head.partition("://")
+        user = userinfo.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{tail}"
