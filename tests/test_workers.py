@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from fastapi_objects import StorageUnavailable
 from fastapi_objects.storage import Storage, open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,13 +33,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _ready(url: str) -> None:
+async def _ready(url: str, storage: Storage) -> None:
+    """Wait until the app answers and all three workers are registered nodes.
+
+    The first worker up answers /healthz; the others may still be importing (seconds, on a
+    loaded 2-core machine), and a worker still starting takes no connections.
+    """
     async with httpx2.AsyncClient() as client, asyncio.timeout(60):
         while True:
             try:
                 if (await client.get(url + "/healthz")).status_code == 200:
-                    return
-            except httpx2.TransportError:
+                    nodes = await storage.nodes(10)
+                    if len([n for n in nodes if n.alive]) == 3:
+                        return
+            except (httpx2.TransportError, StorageUnavailable):
                 pass
             await asyncio.sleep(0.1)
 
@@ -55,7 +63,7 @@ async def _hammer(storage: Storage, env: dict[str, str]) -> None:
     values: list[int] = []
     errors: list[str] = []
     try:
-        await _ready(url)
+        await _ready(url, storage)
         limits = httpx2.Limits(max_keepalive_connections=0)
         queue: asyncio.Queue[None] = asyncio.Queue()
         for _ in range(CALLS):
@@ -83,7 +91,7 @@ async def _hammer(storage: Storage, env: dict[str, str]) -> None:
     assert statuses.count(200) == CALLS, (errors[:3], stderr[-3000:])
     assert sorted(values) == list(range(1, CALLS + 1))  # distinct, none lost
     assert checkpoint is not None and checkpoint.state["value"] == CALLS
-    assert len([n for n in nodes if n.alive]) == 3, nodes  # three workers, three nodes
+    assert len([n for n in nodes if n.alive]) == 3, (nodes, stderr[-3000:])  # three nodes
     assert sum(n.owned for n in nodes) == 1  # one owner for the one counter
 
 
