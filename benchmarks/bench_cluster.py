@@ -265,7 +265,7 @@ async def bench_forward(url: str, duration: float, warmup: float, callers: int,
     rep.notes.append(
         f"2: node m is a Runtime in this process, node x a uvicorn process of the example app "
         f"(uvloop, httptools) on the same PostgreSQL schema. Each call goes to one of {keys} "
-        f"objects m owns (local) or x owns (forwarded by m over its signed internal HTTP "
+        f"objects m owns (local) or x owns (forwarded by m over its call channel to x's internal "
         f"listener on 127.0.0.1); the example Counter's increment() also broadcasts. "
         f"m forwarded {forwarded:,} calls; {duration:g} s per run after {warmup:g} s of "
         "warm-up. Forwarded calls use the other core for x's half of the work: with "

@@ -8,18 +8,22 @@ kill -9, SIGSTOP) are in ``test_cluster_processes.py``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
 import httpx2
 import pytest
+import websockets
 from pydantic import BaseModel
+from websockets.asyncio.client import connect
 
 from fastapi_objects import DurableObject, Runtime, readonly
 from fastapi_objects._exceptions import InvalidArguments, UnknownMethod
 from fastapi_objects.cluster import Signer, derived_secret
-from fastapi_objects.cluster.forward import CALL_PATH
+from fastapi_objects.cluster.channel import CHANNEL_PATH
+from fastapi_objects.cluster.listener import WEBSOCKET_PREFIX
 from fastapi_objects.storage import open_storage
 from tests._support import wait_until
 from tests.conftest import Backend
@@ -100,6 +104,39 @@ async def test_a_graceful_stop_hands_objects_over(durable: Backend) -> None:
         assert nodes == {"b"}
 
 
+async def test_a_graceful_stop_under_forwarded_load_fails_no_call(durable: Backend) -> None:
+    """Calls forwarded to a node while it stops are answered by it or, unanswered, known not
+    to have run (its channel closes saying so): each is then sent again to the new owner."""
+    keys = [f"k{i}" for i in range(20)]
+    answers: dict[str, list[int]] = {k: [] for k in keys}
+    async with _node(durable, "b") as b:
+        a = _node(durable, "a")
+        await a.start()
+        for k in keys:
+            await a.get(Tally, k).add(0)
+        stop = asyncio.Event()
+
+        async def caller(i: int) -> None:
+            n = i
+            while not stop.is_set():
+                key = keys[n % len(keys)]
+                answers[key].append(await b.get(Tally, key).add())
+                n += 1
+
+        callers = [asyncio.create_task(caller(i)) for i in range(16)]
+        await wait_until(lambda: sum(map(len, answers.values())) >= 200, what="forwarded load")
+        await a.close()
+        before = sum(map(len, answers.values()))
+        await wait_until(lambda: sum(map(len, answers.values())) >= before + 200,
+                         what="calls served by b after the handover")
+        stop.set()
+        await asyncio.gather(*callers)  # raises if any call failed
+        for k in keys:
+            assert sorted(answers[k]) == list(range(1, len(answers[k]) + 1))  # none lost or twice
+            assert await b.get(Tally, k).add(0) == len(answers[k])
+        assert b.routing.forwarder is not None and b.routing.forwarder.forwarded >= 200
+
+
 async def test_a_hibernated_object_moves_to_the_next_caller(durable: Backend) -> None:
     class Brief(Tally):
         type_name = "brief"
@@ -127,31 +164,45 @@ async def test_errors_of_user_code_do_not_leak_across_nodes(durable: Backend) ->
         assert "internal error" in str(caught.value)
 
 
+async def _refused(url: str, headers: dict[str, str] | None) -> str:
+    """The body of the 401 an upgrade gets; fails if the upgrade is accepted."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect(url, additional_headers=headers)
+    assert refused.value.response.status_code == 401
+    return refused.value.response.body.decode()
+
+
 async def test_internal_calls_must_be_signed(durable: Backend) -> None:
+    """Only a signed, fresh, well-addressed upgrade opens a call channel; bad frames on an
+    open one get an answer or are dropped, and the channel keeps working."""
     async with _node(durable, "a") as a:
         assert await a.get(Tally, "k").add() == 1
         address = a.routing.node.address
         assert address is not None
-        body = b'{"type": "tally", "key": "k", "method": "add", "args": {"by": 100}}'
+        url = "ws" + address.removeprefix("http") + CHANNEL_PATH
+        target = CHANNEL_PATH + "?"
         secret = derived_secret(durable.url, durable.schema)
-        good = Signer(secret, "b").headers("POST", CALL_PATH, body, "a")
-        async with httpx2.AsyncClient(base_url=address) as http:
-            unsigned = await http.post(CALL_PATH, content=body)
-            wrong_key = Signer(b"not the secret", "b").headers("POST", CALL_PATH, body, "a")
-            wrong = await http.post(CALL_PATH, content=body, headers=wrong_key)
-            tampered = await http.post(CALL_PATH, content=body.replace(b"100", b"900"),
-                                       headers=good)
-            other_node = Signer(secret, "b").headers("POST", CALL_PATH, body, "z")
-            misdirected = await http.post(CALL_PATH, content=body, headers=other_node)
-            ok = await http.post(CALL_PATH, content=body, headers=good)
-            replayed = await http.post(CALL_PATH, content=body, headers=good)
-            stale = dict(Signer(secret, "b").headers("POST", CALL_PATH, body, "a"))
-        for response in (unsigned, wrong, tampered, misdirected, replayed):
-            assert response.status_code == 401, response.text
-        assert "replayed" in replayed.text and "bad signature" in wrong.text
-        assert ok.status_code == 200 and ok.json() == {"ok": True, "result": 101}
-        assert stale  # (a request's age is checked too: see test_signing)
-        assert await a.get(Tally, "k").add() == 102  # only the one good request ran
+        good = Signer(secret, "b").headers("GET", target, b"", "a")
+        assert "missing" not in await _refused(url, None)
+        assert "bad signature" in await _refused(
+            url, Signer(b"not the secret", "b").headers("GET", target, b"", "a"))
+        assert "bad signature" in await _refused(  # signed for another path
+            url, Signer(secret, "b").headers("GET", WEBSOCKET_PREFIX + "tally/k?", b"", "a"))
+        assert "for node 'z'" in await _refused(
+            url, Signer(secret, "b").headers("GET", target, b"", "z"))
+        call = {"type": "tally", "key": "k", "method": "add", "args": {"by": 100}}
+        async with connect(url, additional_headers=good) as channel:
+            await channel.send(b"not json")
+            await channel.send(json.dumps({"no": "id"}))
+            await channel.send(json.dumps({"id": 1, "type": "tally", "key": "k"}))
+            assert json.loads(await channel.recv())["status"] == 400  # no method, no args
+            await channel.send(json.dumps({"id": 2, **call}))
+            assert json.loads(await channel.recv()) == {"id": 2, "status": 200, "ok": True,
+                                                         "result": 101}
+        assert "replayed" in await _refused(url, good)
+        async with httpx2.AsyncClient(base_url=address) as http:  # plain HTTP opens nothing
+            assert (await http.post(CHANNEL_PATH, json=call)).status_code == 404
+        assert await a.get(Tally, "k").add() == 102  # only the one good call ran
 
 
 def test_signatures_expire() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,14 +34,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _ready(url: str, storage: Storage) -> None:
+async def _ready(url: str, storage: Storage, server: asyncio.subprocess.Process) -> None:
     """Wait until the app answers and all three workers are registered nodes.
 
     The first worker up answers /healthz; the others may still be importing (seconds, on a
     loaded 2-core machine), and a worker still starting takes no connections.
     """
     async with httpx2.AsyncClient() as client, asyncio.timeout(60):
-        while True:
+        while server.returncode is None:
             try:
                 if (await client.get(url + "/healthz")).status_code == 200:
                     nodes = await storage.nodes(10)
@@ -49,6 +50,7 @@ async def _ready(url: str, storage: Storage) -> None:
             except (httpx2.TransportError, StorageUnavailable):
                 pass
             await asyncio.sleep(0.1)
+        raise AssertionError(f"uvicorn exited with {server.returncode} before it was ready")
 
 
 async def _hammer(storage: Storage, env: dict[str, str]) -> None:
@@ -63,7 +65,7 @@ async def _hammer(storage: Storage, env: dict[str, str]) -> None:
     values: list[int] = []
     errors: list[str] = []
     try:
-        await _ready(url, storage)
+        await _ready(url, storage, server)
         limits = httpx2.Limits(max_keepalive_connections=0)
         queue: asyncio.Queue[None] = asyncio.Queue()
         for _ in range(CALLS):
@@ -83,8 +85,11 @@ async def _hammer(storage: Storage, env: dict[str, str]) -> None:
         await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
         nodes = await storage.nodes(10)
     finally:
-        server.terminate()
+        if server.returncode is None:
+            server.terminate()
         _, err = await asyncio.wait_for(server.communicate(), 60)
+        if server.returncode not in (0, -signal.SIGTERM):
+            print(err.decode(errors="replace")[-3000:])  # shown with the failure
         stderr = err.decode(errors="replace")
     checkpoint = await storage.load("counter", "shared")
 

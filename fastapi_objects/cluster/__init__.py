@@ -2,8 +2,9 @@
 
 - ``node.py``: registration, heartbeats, and the lease that lets a node serve;
 - ``signing.py``: HMAC signatures of internal requests;
-- ``forward.py``: the client that sends a call to the object's owner;
-- ``listener.py``: the internal listener that receives them.
+- ``channel.py``: the call channel between two nodes (a signed websocket, many calls on it);
+- ``forward.py``: the client that sends a call to the object's owner over a channel;
+- ``listener.py``: the internal listener that receives channels and relayed websockets.
 
 The database is the only source of truth: ownership is a row with a fencing epoch, and every
 commit is fenced by that epoch (storage/_owners.py, storage/_writes.py).

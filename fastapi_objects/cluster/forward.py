@@ -1,25 +1,21 @@
 """The forwarding client: a call on a node that does not own the object goes to its owner.
 
-One rule keeps forwarding from ever applying a call twice: a forward is retried only when it
-cannot have run — the connection was refused, or the owner answered 421 (it no longer owns the
-object, or is leaving) before running anything. Any other failure after the request was sent
-is ``OutcomeUnknown``: the caller is told, never silently retried.
+Calls travel over one call channel per peer (``channel.py``: a signed websocket, many calls in
+flight). One rule keeps forwarding from ever applying a call twice: a forward is retried only
+when it cannot have run — the connection was refused, the owner answered 421 (it no longer
+owns the object, or is leaving) before running anything, or it closed the channel saying it
+ran nothing. Any other failure after the call was sent is ``OutcomeUnknown``: the caller is
+told, never silently retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from pydantic_core import from_json, to_json
-
 from .._exceptions import ForwardFailed, ObjectsError, OutcomeUnknown, RemoteError
+from .channel import CHANNEL_PATH, MAX_FRAME, Channel, ChannelClosed
 from .signing import Signer
-
-CALL_PATH = "/objects-internal/call"
-KEEPALIVE_EXPIRY = 1.0
-"""Seconds an idle forwarding connection is kept. A listener that stops waits this long after
-its last request, so that no peer sends a call on a connection it is closing (a call that
-could not be told from one that ran)."""
 
 
 class Moved(Exception):
@@ -59,59 +55,95 @@ def rebuild_error(body: dict[str, Any]) -> ObjectsError:
 
 
 class Forwarder:
-    """Sends signed calls to other nodes' internal listeners over HTTP (httpx2)."""
+    """Sends calls to other nodes' internal listeners, over one call channel per peer."""
 
     def __init__(self, signer: Signer, timeout: float) -> None:
-        import httpx2
-
-        self._httpx = httpx2
         self.signer = signer
-        # Short keep-alive: a connection the server has already closed would turn a request
-        # that never ran into an unknown outcome.
-        self._client = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(timeout, connect=min(timeout, 2.0)),
-            limits=httpx2.Limits(max_keepalive_connections=32, keepalive_expiry=KEEPALIVE_EXPIRY),
-        )
+        self.timeout = timeout
         self.forwarded = 0
+        self._channels: dict[tuple[str, str], Channel] = {}
+        self._opening: dict[tuple[str, str], asyncio.Future[Channel]] = {}
 
     async def close(self) -> None:
-        """Close the client's connections."""
-        await self._client.aclose()
+        """Close every channel."""
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+    async def _channel(self, address: str, receiver: str) -> Channel:
+        peer = (address, receiver)
+        channel = self._channels.get(peer)
+        if channel is not None and channel.usable:
+            return channel
+        opening = self._opening.get(peer)
+        if opening is None:  # one connection per peer, however many calls wait for it
+            opening = asyncio.ensure_future(self._open(address, receiver))
+            self._opening[peer] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(peer, None))
+        channel = await asyncio.shield(opening)
+        self._channels[peer] = channel
+        return channel
+
+    async def _open(self, address: str, receiver: str) -> Channel:
+        import websockets
+        from websockets.asyncio.client import connect
+
+        headers = self.signer.headers("GET", CHANNEL_PATH + "?", b"", receiver)
+        url = "ws" + address.removeprefix("http") + CHANNEL_PATH
+        try:
+            websocket = await connect(
+                url, additional_headers=headers, max_size=MAX_FRAME, compression=None,
+                open_timeout=min(self.timeout, 2.0), user_agent_header=None,
+            )
+        except websockets.InvalidStatus as exc:
+            response = exc.response
+            if response.status_code == 401:
+                raise ForwardFailed(
+                    f"{receiver} at {address} refused this node's call channel: "
+                    f"{response.body.decode(errors='replace')[:200]}"
+                ) from exc
+            raise Moved(f"{address} refused a call channel ({response.status_code})") from exc
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            raise Moved(f"{address} refused the connection: {exc!r}") from exc
+        peer = (address, receiver)
+
+        def closed(channel: Channel) -> None:
+            if self._channels.get(peer) is channel:
+                del self._channels[peer]
+
+        return Channel(websocket, closed)
 
     async def call(
         self, address: str, receiver: str, type: str, key: str, method: str, args: dict[str, Any]
     ) -> Any:
         """Run ``method`` on the owner; return its JSON result or raise what it raised."""
-        body = to_json({"type": type, "key": key, "method": method, "args": args})
-        headers = self.signer.headers("POST", CALL_PATH, body, receiver)
-        headers["content-type"] = "application/json"
-        httpx2 = self._httpx
+        request = {"type": type, "key": key, "method": method, "args": args}
+        channel = await self._channel(address, receiver)  # Moved when it cannot connect
         try:
-            response = await self._client.post(address + CALL_PATH, content=body, headers=headers)
-        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
-            raise Moved(f"{address} refused the connection: {exc!r}") from exc
-        except Exception as exc:  # httpx2.HTTPError, or a transport's own error mid-request
+            async with asyncio.timeout(self.timeout):
+                reply = await channel.call(request)
+        except ChannelClosed as exc:
+            if exc.ran_nothing:
+                raise Moved(f"{receiver} at {address}: {exc}") from exc
             raise OutcomeUnknown(
-                f"{type}:{key}.{method}() was sent to its owner {receiver} at {address} and the "
-                f"connection failed before the answer ({exc!r}): it may or may not have run"
+                f"{type}:{key}.{method}() was sent to its owner {receiver} at {address} and "
+                f"{exc} before the answer: it may or may not have run"
+            ) from exc
+        except TimeoutError as exc:
+            raise OutcomeUnknown(
+                f"{type}:{key}.{method}() was sent to its owner {receiver} at {address}, which "
+                f"did not answer within {self.timeout:g}s: it may or may not have run"
             ) from exc
         self.forwarded += 1
-        if response.status_code == 421:
-            try:
-                found = from_json(response.content).get("error", {})
-            except (ValueError, AttributeError):
-                found = {}
+        status = reply.get("status")
+        if status == 421:
+            found = reply.get("error") or {}
             raise Moved(
                 f"{receiver} does not own {type}:{key}", found.get("owner"), found.get("address")
             )
-        try:
-            reply = from_json(response.content)
-        except ValueError:
-            reply = None
-        if response.status_code != 200 or not isinstance(reply, dict):
+        if status != 200:
             raise ForwardFailed(
-                f"{receiver} at {address} answered {response.status_code} to a forwarded call: "
-                f"{response.text[:200]}"
+                f"{receiver} at {address} answered {status} to a forwarded call: "
+                f"{str(reply.get('error'))[:200]}"
             )
         if reply.get("ok"):
             return reply.get("result")

@@ -2,9 +2,10 @@
 
 A small ASGI app served by uvicorn inside the node's process, on ``internal_host`` and
 ``internal_port`` (port 0: a free one, so every worker of ``uvicorn --workers N`` has its
-own). Every request must be signed (``signing.py``); an unsigned, wrongly signed, stale or
-replayed one is answered 401 and runs nothing. Websocket upgrades are verified the same way
-and then handed to ``websocket_app`` (the web integration's relay endpoint).
+own). It takes websockets only: call channels from other nodes (``channel.py``) and relayed
+client sessions, handed to ``websocket_app`` (the web integration's relay endpoint). Every
+upgrade must be signed (``signing.py``); an unsigned, wrongly signed, stale or replayed one is
+answered 401 and opens nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from pydantic_core import from_json, to_json
+from pydantic_core import to_json
 
 from .._exceptions import ObjectsError
-from .forward import CALL_PATH, KEEPALIVE_EXPIRY, Moved
+from .channel import CHANNEL_PATH, MAX_FRAME, ChannelServer
+from .forward import Moved
 from .signing import Signer, Unauthorized
 
 log = logging.getLogger("fastapi_objects")
@@ -32,7 +34,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CallHandler = Callable[[str, str, str, dict[str, Any]], Awaitable[Any]]
 
-MAX_BODY = 16 << 20
 WEBSOCKET_PREFIX = "/objects-internal/ws/"
 
 
@@ -59,7 +60,7 @@ class Listener:
         self.handle_call = handle_call
         self.websocket_app = websocket_app
         self.leaving = False  # a node shutting down answers 421: callers look again
-        self.last_request = float("-inf")
+        self._channels: set[ChannelServer] = set()
         self._server: Any = None
         self._sock: socket.socket | None = None
 
@@ -80,7 +81,7 @@ class Listener:
         # No log or lifespan config of its own: those would reconfigure the app's uvicorn.
         config = uvicorn.Config(
             self, lifespan="off", log_config=None, log_level=None, access_log=False,
-            timeout_keep_alive=5,
+            ws_max_size=MAX_FRAME, ws_per_message_deflate=False,
         )
         config.load()
         server = uvicorn.Server(config)
@@ -93,24 +94,21 @@ class Listener:
         return f"http://{shown}:{port}"
 
     async def stop(self) -> None:
-        """Stop serving (after the requests in progress).
+        """Stop serving: no new connections; channels answer what they started, then close.
 
-        First it outwaits the peers' idle connections: one closed under a peer that is just
-        sending a call would leave that call's outcome unknown.
+        A channel closes with ``LEAVING`` only once every call it started has been answered,
+        so its peer knows that the calls still waiting did not run.
         """
         server, self._server = self._server, None
         if server is None:
             return
-        loop = asyncio.get_running_loop()
-        idle_until = self.last_request + KEEPALIVE_EXPIRY + 0.25
-        if idle_until > loop.time():
-            await asyncio.sleep(idle_until - loop.time())
         for listening in server.servers:
             listening.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()  # idle keep-alive ones close now, busy ones after replying
+        await asyncio.gather(*(channel.leave() for channel in list(self._channels)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0
+        for connection in list(server.server_state.connections):
+            connection.shutdown()
         while server.server_state.connections and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # uvicorn has no event for "last connection closed"
         for task in server.server_state.tasks:
@@ -123,44 +121,39 @@ class Listener:
     # -- the ASGI app ------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one internal request."""
+        """Serve one internal connection: a signed websocket upgrade."""
+        if scope["type"] == "http":
+            message = "the internal listener takes signed websockets only"
+            await _reply(send, 404, {"error": {"type": "not_found", "message": message}})
+            return
+        if scope["type"] != "websocket":
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if scope["type"] == "websocket":
-            target = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
-            try:
-                self.signer.verify("GET", target, b"", headers)
-            except Unauthorized as exc:
-                await send({"type": "websocket.http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"text/plain")]})
-                await send({"type": "websocket.http.response.body", "body": str(exc).encode()})
-                return
-            if self.websocket_app is None or not scope["path"].startswith(WEBSOCKET_PREFIX):
-                await send({"type": "websocket.close", "code": 4404})
-                return
-            await self.websocket_app(scope, receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        self.last_request = asyncio.get_running_loop().time()
-        body = await _read_body(receive)
-        if body is None:
-            await _reply(send, 413, {"error": {"type": "too_large", "message": "body too large"}})
-            return
-        if scope["path"] != CALL_PATH or scope["method"] != "POST":
-            await _reply(send, 404, {"error": {"type": "not_found", "message": scope["path"]}})
-            return
+        target = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
         try:
-            self.signer.verify("POST", scope["path"], body, headers)
+            self.signer.verify("GET", target, b"", headers)
         except Unauthorized as exc:
-            await _reply(send, 401, {"error": {"type": "unauthorized", "message": str(exc)}})
+            await send({"type": "websocket.http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "websocket.http.response.body", "body": str(exc).encode()})
             return
-        status, reply = await self._call(body)
-        # Leaving: close each connection after its answer, so peers stop reusing them.
-        await _reply(send, status, reply, close=self.leaving)
+        if scope["path"] == CHANNEL_PATH:
+            channel = ChannelServer(self._call)
+            if self.leaving:
+                channel.closing = True
+            self._channels.add(channel)
+            try:
+                await channel.serve(receive, send)
+            finally:
+                self._channels.discard(channel)
+            return
+        if self.websocket_app is None or not scope["path"].startswith(WEBSOCKET_PREFIX):
+            await send({"type": "websocket.close", "code": 4404})
+            return
+        await self.websocket_app(scope, receive, send)
 
-    async def _call(self, body: bytes) -> tuple[int, dict[str, Any]]:
+    async def _call(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
-            request = from_json(body)
             type, key = str(request["type"]), str(request["key"])
             method, args = str(request["method"]), request["args"]
             if not isinstance(args, dict):
@@ -205,22 +198,6 @@ async def _resolve(host: str) -> str:
     if not infos:
         raise OSError(f"cannot resolve OBJECTS_INTERNAL_HOST={host!r}")
     return str(infos[0][4][0])
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def _reply(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:

@@ -1,0 +1,98 @@
+"""The call channel between nodes: what a caller learns when its peer stops or vanishes.
+
+The rule under test: a forwarded call is sent again elsewhere only when it cannot have run.
+A leaving listener answers every call it started, answers later ones "moved", and closes with
+``LEAVING``; a call still unanswered then did not run (``Moved``). Any other end of the
+channel leaves the outcome unknown (``OutcomeUnknown``), never a silent retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from fastapi_objects._exceptions import OutcomeUnknown
+from fastapi_objects.cluster import Forwarder, Listener, Moved, Signer
+from fastapi_objects.cluster.channel import LEAVING
+from tests._support import wait_until
+
+SECRET = b"s"
+
+
+class Slow:
+    """A call handler whose ``slow`` calls wait until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.ran: list[str] = []
+
+    async def __call__(self, type: str, key: str, method: str, args: dict[str, Any]) -> Any:
+        self.ran.append(key)
+        if method == "slow":
+            await self.release.wait()
+        return key
+
+
+@pytest.fixture
+async def forwarder() -> AsyncIterator[Forwarder]:
+    f = Forwarder(Signer(SECRET, "caller"), timeout=10)
+    yield f
+    await f.close()
+
+
+async def test_a_leaving_listener_answers_what_it_started_and_refuses_the_rest(
+    forwarder: Forwarder,
+) -> None:
+    handler = Slow()
+    listener = Listener("127.0.0.1", 0, Signer(SECRET, "owner"), handler)
+    address = await listener.start()
+    started = asyncio.create_task(forwarder.call(address, "owner", "t", "first", "slow", {}))
+    await wait_until(lambda: handler.ran == ["first"], what="the slow call to start")
+    stopping = asyncio.create_task(listener.stop())
+    await asyncio.sleep(0.05)  # the listener now waits for "first" before closing the channel
+    with pytest.raises(Moved):
+        await forwarder.call(address, "owner", "t", "late", "fast", {})
+    handler.release.set()
+    assert await started == "first"  # answered before the channel closed
+    await stopping
+    assert handler.ran == ["first"]  # "late" never ran
+    with pytest.raises(Moved):  # the listener is gone: the connection is refused
+        await forwarder.call(address, "owner", "t", "after", "fast", {})
+
+
+async def _peer(on_call: Any) -> AsyncIterator[str]:
+    async def handler(connection: ServerConnection) -> None:
+        async for _ in connection:
+            await on_call(connection)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+
+
+async def test_unanswered_calls_at_a_leaving_close_did_not_run(forwarder: Forwarder) -> None:
+    async def leave(connection: ServerConnection) -> None:
+        await connection.close(LEAVING, "node leaving")
+
+    async for address in _peer(leave):
+        with pytest.raises(Moved):
+            await forwarder.call(address, "owner", "t", "k", "m", {})
+
+
+@pytest.mark.parametrize("how", ["error close", "dropped connection"])
+async def test_unanswered_calls_at_any_other_end_have_an_unknown_outcome(
+    forwarder: Forwarder, how: str
+) -> None:
+    async def end(connection: ServerConnection) -> None:
+        if how == "error close":
+            await connection.close(1011, "internal error")
+        else:
+            connection.transport.abort()
+
+    async for address in _peer(end):
+        with pytest.raises(OutcomeUnknown, match="may or may not have run"):
+            await forwarder.call(address, "owner", "t", "k", "m", {})
