@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from fastapi_objects._exceptions import OutcomeUnknown
+from fastapi_objects._exceptions import InvalidArguments, OutcomeUnknown
 from fastapi_objects.cluster import Forwarder, Listener, Moved, Signer
-from fastapi_objects.cluster.channel import LEAVING
+from fastapi_objects.cluster.channel import LEAVING, MAX_FRAME
 from tests._support import wait_until
 
 SECRET = b"s"
@@ -34,6 +34,8 @@ class Slow:
         self.ran.append(key)
         if method == "slow":
             await self.release.wait()
+        if method == "big":
+            return "z" * (MAX_FRAME + 10)  # a reply larger than any call may be
         return key
 
 
@@ -96,3 +98,21 @@ async def test_unanswered_calls_at_any_other_end_have_an_unknown_outcome(
     async for address in _peer(end):
         with pytest.raises(OutcomeUnknown, match="may or may not have run"):
             await forwarder.call(address, "owner", "t", "k", "m", {})
+
+
+async def test_an_oversized_call_is_refused_and_the_channel_keeps_working(
+    forwarder: Forwarder,
+) -> None:
+    """A call too large for the owner's listener is refused before it is sent; calls of
+    other callers on the same channel are not cut off, and big replies come back whole."""
+    handler = Slow()
+    listener = Listener("127.0.0.1", 0, Signer(SECRET, "owner"), handler)
+    address = await listener.start()
+    try:
+        assert await forwarder.call(address, "owner", "t", "a", "fast", {}) == "a"
+        with pytest.raises(InvalidArguments, match="at most"):
+            await forwarder.call(address, "owner", "t", "b", "fast", {"x": "y" * MAX_FRAME})
+        assert len(await forwarder.call(address, "owner", "t", "c", "big", {})) > MAX_FRAME
+        assert handler.ran == ["a", "c"]
+    finally:
+        await listener.stop()

@@ -25,6 +25,8 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
+from .._exceptions import InvalidArguments
+
 log = logging.getLogger("fastapi_objects")
 
 CHANNEL_PATH = "/objects-internal/channel"
@@ -66,6 +68,12 @@ class Channel:
 
     async def call(self, request: dict[str, Any]) -> Reply:
         """Send one call and wait for its reply; ``ChannelClosed`` if none comes."""
+        data = to_json({"id": self._next + 1, **request})
+        if len(data) > MAX_FRAME:
+            raise InvalidArguments(
+                f"the call is {len(data):,} bytes of JSON; a call forwarded to another node "
+                f"carries at most {MAX_FRAME:,}"
+            )
         if not self.usable:
             raise ChannelClosed("the channel was closed before the call was sent", True)
         self._next += 1
@@ -75,7 +83,7 @@ class Channel:
         try:
             # While the socket is OPEN, send() hands the frame to the transport before it can
             # fail: from here on the peer may run the call (see _read for what a close means).
-            await self.websocket.send(to_json({"id": ident, **request}))
+            await self.websocket.send(data)
         except Exception:  # the reader settles the call from the close code
             pass
         try:

@@ -14,7 +14,7 @@ import asyncio
 from typing import Any
 
 from .._exceptions import ForwardFailed, ObjectsError, OutcomeUnknown, RemoteError
-from .channel import CHANNEL_PATH, MAX_FRAME, Channel, ChannelClosed
+from .channel import CHANNEL_PATH, Channel, ChannelClosed
 from .signing import Signer
 
 
@@ -89,9 +89,9 @@ class Forwarder:
 
         headers = self.signer.headers("GET", CHANNEL_PATH + "?", b"", receiver)
         url = "ws" + address.removeprefix("http") + CHANNEL_PATH
-        try:
+        try:  # replies of any size (the peer is authenticated); calls are checked when sent
             websocket = await connect(
-                url, additional_headers=headers, max_size=MAX_FRAME, compression=None,
+                url, additional_headers=headers, max_size=None, compression=None,
                 open_timeout=min(self.timeout, 2.0), user_agent_header=None,
             )
         except websockets.InvalidStatus as exc:
