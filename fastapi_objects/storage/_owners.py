@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import to_json
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -130,35 +131,12 @@ class SQLOwners:
     async def claim_many(
         self, conn: AsyncConnection, idents: Sequence[Ident], node_id: str, ttl: float
     ) -> dict[Ident, Claim]:
-        """Claim many objects: one upsert (PostgreSQL; SQLite: one per object), one read."""
+        """Claim many objects: one upsert for the batch, one read of the refused ones."""
         idents = sorted(set(idents))  # one lock order for every claimer: no deadlock
-        if not self.postgres:
-            return {i: await self.claim(conn, i[0], i[1], node_id, ttl) for i in idents}
         o, n = self.owners, self.nodes
-        prep = self._preparer
-        owners, nodes = prep.format_table(o), prep.format_table(n)
-        texts = postgresql.ARRAY(sa.Text())
-        stmt = sa.text(
-            f"INSERT INTO {owners} (type, key, node_id, epoch, claimed_at) "
-            "SELECT v.type, v.key, :node, 1, clock_timestamp() "
-            "FROM unnest(:types, :keys) AS v(type, key) "
-            'ORDER BY v.type COLLATE "C", v.key COLLATE "C" '
-            "ON CONFLICT (type, key) DO UPDATE SET node_id = :node, "
-            f"epoch = {owners}.epoch + 1, claimed_at = clock_timestamp(), "
-            f"previous_node_id = NULLIF({owners}.node_id, :node) "
-            f"WHERE {owners}.node_id IS NULL OR {owners}.node_id = :node OR NOT EXISTS "
-            f"(SELECT 1 FROM {nodes} n WHERE n.node_id = {owners}.node_id AND "
-            "n.heartbeat_at >= clock_timestamp() - make_interval(secs => :ttl)) "
-            "RETURNING type, key, epoch, previous_node_id"
-        ).bindparams(
-            sa.bindparam("types", [i[0] for i in idents], type_=texts),
-            sa.bindparam("keys", [i[1] for i in idents], type_=texts),
-            sa.bindparam("node", node_id, type_=sa.Text()),
-            sa.bindparam("ttl", ttl, type_=sa.Float()),
-        )
         claims = {
             (r.type, r.key): Claim(True, int(r.epoch), node_id, taken_from=r.previous_node_id)
-            for r in (await conn.execute(stmt)).all()
+            for r in (await conn.execute(self._claim_batch(idents, node_id, ttl))).all()
         }
         refused = [i for i in idents if i not in claims]
         if refused:
@@ -174,6 +152,50 @@ class SQLOwners:
             for ident in refused:
                 claims.setdefault(ident, Claim(False, 0))  # deleted meanwhile: ask again
         return claims
+
+    def _claim_batch(self, idents: Sequence[Ident], node_id: str, ttl: float) -> sa.TextClause:
+        """The upsert of ``claim`` for a whole batch, returning the granted rows.
+
+        PostgreSQL takes the rows from ``unnest`` of two arrays, in ``(type, key)`` order (the
+        lock order); SQLite from ``json_each`` of one JSON array (one writer: no lock order).
+        """
+        prep = self._preparer
+        owners, nodes = prep.format_table(self.owners), prep.format_table(self.nodes)
+        params: list[sa.BindParameter[Any]] = [sa.bindparam("node", node_id, type_=sa.Text())]
+        if self.postgres:
+            texts = postgresql.ARRAY(sa.Text())
+            rows = "SELECT * FROM unnest(:types, :keys) AS u(type, key)"
+            order = 'ORDER BY v.type COLLATE "C", v.key COLLATE "C"'
+            now = "clock_timestamp()"
+            cutoff = "clock_timestamp() - make_interval(secs => :ttl)"
+            params += [
+                sa.bindparam("types", [i[0] for i in idents], type_=texts),
+                sa.bindparam("keys", [i[1] for i in idents], type_=texts),
+                sa.bindparam("ttl", ttl, type_=sa.Float()),
+            ]
+        else:
+            rows = ("SELECT json_extract(value, '$[0]') AS type, "
+                    "json_extract(value, '$[1]') AS key FROM json_each(:idents)")
+            order = "WHERE true"  # SQLite parses an upsert from a SELECT only with a WHERE
+            now, cutoff = ":now", ":cutoff"
+            moment = datetime.now(UTC)
+            stamp = sa.DateTime(timezone=True)
+            params += [
+                sa.bindparam("idents", to_json(idents).decode(), type_=sa.Text()),
+                sa.bindparam("now", moment, type_=stamp),
+                sa.bindparam("cutoff", moment - timedelta(seconds=ttl), type_=stamp),
+            ]
+        return sa.text(
+            f"INSERT INTO {owners} (type, key, node_id, epoch, claimed_at) "
+            f"SELECT v.type, v.key, :node, 1, {now} FROM ({rows}) AS v {order} "
+            f"ON CONFLICT (type, key) DO UPDATE SET node_id = :node, "
+            f"epoch = {owners}.epoch + 1, claimed_at = {now}, "
+            f"previous_node_id = NULLIF({owners}.node_id, :node) "
+            f"WHERE {owners}.node_id IS NULL OR {owners}.node_id = :node OR NOT EXISTS "
+            f"(SELECT 1 FROM {nodes} n WHERE n.node_id = {owners}.node_id AND "
+            f"n.heartbeat_at >= {cutoff}) "
+            "RETURNING type, key, epoch, previous_node_id"
+        ).bindparams(*params)
 
     def _owner_dead(self, ttl: float) -> sa.TextClause:
         # Text, not sa.exists(): SQLAlchemy renders a subquery inside ON CONFLICT's WHERE
