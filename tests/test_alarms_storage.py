@@ -57,6 +57,20 @@ async def test_due_alarms_are_taken_once_until_their_lease_ends(storage: Storage
 
 
 
+async def test_alarms_are_taken_ahead_of_their_due_time(storage: Storage) -> None:
+    """With ``ahead``, alarms due within that many seconds are taken (to be delivered on
+    time), later ones not; the lease runs from the end of that window."""
+    now = datetime.now(UTC)
+    soon = AlarmWrite("soon", _alarm("k", "soon", now + timedelta(seconds=0.5)))
+    later = AlarmWrite("later", _alarm("k", "later", now + timedelta(seconds=30)))
+    await storage.commit([_commit("k", 0, soon, later)])
+    assert await storage.claim_due_alarms(10, 0.1) == []  # nothing due yet
+    (taken,) = await storage.claim_due_alarms(10, 0.1, ahead=1.0)
+    assert taken.name == "soon"
+    await asyncio.sleep(0.3)  # past the lease alone, within ahead + lease
+    assert await storage.claim_due_alarms(10, 0.1, ahead=1.0) == []
+
+
 async def test_a_failure_is_recorded_for_its_occurrence_only(storage: Storage) -> None:
     past = NOW - timedelta(seconds=1)
     await storage.commit([_commit("k", 0, AlarmWrite("a", _alarm("k", "a", past)))])

@@ -1,17 +1,23 @@
 """Delivering due alarms of objects this node does not hold: poll, claim, route to the owner.
 
-Every ``POLL`` seconds the node takes due alarms no node is delivering (the database marks
-them taken for a lease, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and delivers each like a
-call: on the object's live instance here, or forwarded to its owner, activating it according
-to its placement when no node holds it. The owner's turn decides whether the occurrence still
-needs to run, so a second delivery changes nothing.
+Every ``POLL`` seconds the node takes the alarms due within the next ``AHEAD`` seconds that no
+node is delivering (the database marks them taken for a lease, ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL) and delivers each like a call: on the object's live instance here, or forwarded to
+its owner, activating it according to its placement when no node holds it. The owner's turn
+decides whether the occurrence still needs to run, so a second delivery changes nothing.
+
+Alarms are taken ahead of time so that they fire on time: ``WAKE`` seconds before the first
+of an object's alarms is due the object is woken (thawed, which arms the owner's timer for
+its alarms), and just after each alarm's due time it is delivered once more unless this node
+holds the object live (its timer fires it): the object may have gone back to sleep meanwhile,
+and a delivery of an occurrence that already ran changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ObjectsError
@@ -26,6 +32,9 @@ log = logging.getLogger("fastapi_objects")
 ALARM_CALL = "objects:alarm"
 """The internal method name a forwarded alarm delivery travels under (peers only)."""
 POLL = 0.5
+WAKE = 0.25
+AHEAD = POLL + WAKE
+RECHECK = 0.05
 BATCH = 100
 
 
@@ -60,13 +69,32 @@ class AlarmDelivery:
                 due = []
                 continue
             try:
-                due = await host.storage.claim_due_alarms(BATCH, lease)
+                due = await host.storage.claim_due_alarms(BATCH, lease, AHEAD)
             except ObjectsError as exc:
                 log.debug("alarm poll failed: %s", exc.message)
                 due = []
                 continue
+            per_object: dict[tuple[str, str], list[Alarm]] = {}
             for alarm in due:
-                host.spawn(self.deliver(alarm))
+                per_object.setdefault((alarm.type, alarm.key), []).append(alarm)
+            for alarms in per_object.values():
+                host.spawn(self._on_time(sorted(alarms, key=lambda a: a.due_at)))
+
+    async def _on_time(self, alarms: list[Alarm]) -> None:
+        """Wake the object just before its first alarm; make sure of each at its due time."""
+        first, *rest = alarms
+        await _sleep_until(first.due_at, -WAKE)
+        if self._live_here(first) or not await self.deliver(first):
+            rest.insert(0, first)  # early (or failed): the object is awake now
+        for alarm in rest:
+            await _sleep_until(alarm.due_at, RECHECK)
+            if not self._live_here(alarm):  # it may have gone back to sleep
+                await self.deliver(alarm)
+
+    def _live_here(self, alarm: Alarm) -> bool:
+        """Whether this node holds the alarm's object live: its own timer fires the alarm."""
+        act = self.host.activations.get((alarm.type, alarm.key))
+        return act is not None and not act.closed
 
     async def deliver(self, alarm: Alarm) -> bool:
         """Run ``alarm`` on its object's one live instance; whether it ran and committed."""
@@ -95,3 +123,9 @@ class AlarmDelivery:
             self.host.object_type(type_name), key,
             lambda act, held: act.fire_alarm(name, scheduled_at, held),
         )
+
+
+async def _sleep_until(moment: datetime, offset: float) -> None:
+    delay = (moment - datetime.now(UTC)).total_seconds() + offset
+    if delay > 0:
+        await asyncio.sleep(delay)

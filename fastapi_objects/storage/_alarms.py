@@ -157,14 +157,17 @@ class SQLAlarms:
         ).all()
         return [_alarm(r) for r in rows]
 
-    async def claim_due(self, conn: AsyncConnection, limit: int, lease: float) -> list[Alarm]:
-        """Mark up to ``limit`` due, untaken alarms taken for ``lease`` seconds; return them."""
+    async def claim_due(
+        self, conn: AsyncConnection, limit: int, lease: float, ahead: float = 0.0
+    ) -> list[Alarm]:
+        """Take up to ``limit`` untaken alarms due within ``ahead`` s, until ``ahead + lease``."""
         a = self.table
         now = datetime.now(UTC)
+        due_by = now + timedelta(seconds=ahead)
         due = (
             sa.select(a.c.type, a.c.key, a.c.name)
             .where(
-                a.c.status == "pending", a.c.due_at <= now,
+                a.c.status == "pending", a.c.due_at <= due_by,
                 sa.or_(a.c.claimed_until.is_(None), a.c.claimed_until < now),
             )
             .order_by(a.c.due_at)
@@ -175,7 +178,7 @@ class SQLAlarms:
         stmt = (
             sa.update(a)
             .where(sa.tuple_(a.c.type, a.c.key, a.c.name).in_(due))
-            .values(claimed_until=now + timedelta(seconds=lease))
+            .values(claimed_until=due_by + timedelta(seconds=lease))
             .returning(*a.c)
         )
         return [_alarm(r) for r in (await conn.execute(stmt)).all()]

@@ -276,11 +276,13 @@ class Storage(ABC):
         """The object's alarms (pending and failed), by name."""
 
     @abstractmethod
-    async def claim_due_alarms(self, limit: int, lease: float) -> list[Alarm]:
-        """Take up to ``limit`` pending alarms that are due and not taken by a node.
+    async def claim_due_alarms(
+        self, limit: int, lease: float, ahead: float = 0.0
+    ) -> list[Alarm]:
+        """Take up to ``limit`` pending alarms due within ``ahead`` seconds, not taken by a node.
 
-        Each is marked taken for ``lease`` seconds (``FOR UPDATE SKIP LOCKED`` on PostgreSQL),
-        so that exactly one node delivers it while it is being delivered.
+        Each is marked taken until ``ahead + lease`` seconds from now (``FOR UPDATE SKIP
+        LOCKED`` on PostgreSQL), so that exactly one node delivers it, on time, meanwhile.
         """
 
     @abstractmethod

@@ -103,18 +103,20 @@ class MemoryStorage(Storage):
         """The object's alarms by name."""
         return [a for (t, k, _), (a, _) in sorted(self._alarms.items()) if (t, k) == (type, key)]
 
-    async def claim_due_alarms(self, limit: int, lease: float) -> list[Alarm]:
-        """Take due, untaken alarms for ``lease`` seconds."""
-        now = datetime.now(UTC)
+    async def claim_due_alarms(
+        self, limit: int, lease: float, ahead: float = 0.0
+    ) -> list[Alarm]:
+        """Take untaken alarms due within ``ahead`` seconds, until ``ahead + lease`` from now."""
+        due_by = datetime.now(UTC) + timedelta(seconds=ahead)
         clock = time.monotonic()
         due = sorted(
             (alarm.due_at, ident) for ident, (alarm, taken) in self._alarms.items()
-            if alarm.status == "pending" and alarm.due_at <= now and taken <= clock
+            if alarm.status == "pending" and alarm.due_at <= due_by and taken <= clock
         )[:limit]
         taken = []
         for _, ident in due:
             alarm = self._alarms[ident][0]
-            self._alarms[ident] = (alarm, clock + lease)
+            self._alarms[ident] = (alarm, clock + ahead + lease)
             taken.append(alarm)
         return taken
 

@@ -280,10 +280,12 @@ class SQLStorage(Storage):
         async with self._connect() as conn:
             return await self._alarms.load(conn, type, key)
 
-    async def claim_due_alarms(self, limit: int, lease: float) -> list[Alarm]:
-        """Take due alarms for delivery (one statement)."""
+    async def claim_due_alarms(
+        self, limit: int, lease: float, ahead: float = 0.0
+    ) -> list[Alarm]:
+        """Take alarms due within ``ahead`` seconds for delivery (one statement)."""
         async with self._connect(write=True) as conn:
-            return await self._alarms.claim_due(conn, limit, lease)
+            return await self._alarms.claim_due(conn, limit, lease, ahead)
 
     async def record_alarm_failure(self, alarm: Alarm) -> bool:
         """Store a failed delivery's retry state."""
