@@ -45,6 +45,22 @@ async def test_alarm_writes_ride_the_commit(storage: Storage) -> None:
     assert only.name == "a" and only.due_at == NOW + timedelta(minutes=1)
 
 
+async def test_the_alarms_of_many_objects_in_one_read(storage: Storage) -> None:
+    """What a thaw batch reads: each object's alarms by name; objects without any left out."""
+    later = NOW + timedelta(hours=1)
+    await storage.commit([
+        _commit("k1", 0, AlarmWrite("b", _alarm("k1", "b", later)),
+                AlarmWrite("a", _alarm("k1", "a", later))),
+        _commit("k2", 0, AlarmWrite("z", _alarm("k2", "z", later))),
+        _commit("k3", 0),
+    ])
+    found = await storage.load_alarms_many([("counter", k) for k in ("k1", "k2", "k3", "k4")])
+    assert {ident: [a.name for a in alarms] for ident, alarms in found.items()} == {
+        ("counter", "k1"): ["a", "b"], ("counter", "k2"): ["z"],
+    }
+    assert await storage.load_alarms_many([]) == {}
+
+
 async def test_due_alarms_are_taken_once_until_their_lease_ends(storage: Storage) -> None:
     past = NOW - timedelta(seconds=1)
     writes = [AlarmWrite(f"n{i}", _alarm("k", f"n{i}", past)) for i in range(5)]

@@ -21,7 +21,7 @@ from .._exceptions import (
     Overloaded,
     StorageUnavailable,
 )
-from ..storage import Checkpoint, Commit
+from ..storage import Alarm, Checkpoint, Commit
 from .clients import Clients
 from .committer import merge_alarms
 from .gate import Gate
@@ -94,7 +94,7 @@ class Activation(Clients):
 
     # -- thaw --------------------------------------------------------------------------------
 
-    async def load(self, cp: Checkpoint | None) -> None:
+    async def load(self, cp: Checkpoint | None, alarms: list[Alarm] | None = None) -> None:
         """Thaw from checkpoint ``cp`` (migration, journal replay), then run ``on_activate``."""
         cls = self.cls
         storage = self.host.storage
@@ -115,7 +115,7 @@ class Activation(Clients):
             if cp.status != "active":
                 self.host.committer.set_status(cls.type_name, self.key, "active")
         self.instance = instance
-        await self.load_alarms()  # before on_activate, which may set or cancel alarms
+        await self.load_alarms(alarms)  # before on_activate, which may set or cancel alarms
         if not self.event_sourced:
             self.state_json = instance.state.model_dump(mode="json")
         await self._run_hook(instance.on_activate)

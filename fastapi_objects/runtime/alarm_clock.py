@@ -25,12 +25,16 @@ class AlarmClock(Hibernation):
     alarm_state: dict[str, Alarm] | None
     _alarm_timer: asyncio.TimerHandle | None
 
-    async def load_alarms(self) -> None:
-        """Read the object's alarms at thaw and arm the timer (classes with ``on_alarm``)."""
+    async def load_alarms(self, stored: list[Alarm] | None = None) -> None:
+        """Take the object's alarms at thaw and arm the timer (classes with ``on_alarm``).
+
+        ``stored``: the alarms the thaw batch read; ``None``: read them here.
+        """
         self._alarm_timer = None
         self.alarm_state = None
         if uses_alarms(self.cls):
-            stored = await self.host.storage.load_alarms(self.cls.type_name, self.key)
+            if stored is None:
+                stored = await self.host.storage.load_alarms(self.cls.type_name, self.key)
             self.alarm_state = {alarm.name: alarm for alarm in stored}
             self.arm_alarm()
 

@@ -19,6 +19,7 @@ from ..storage import Storage
 from ._deadline import _Deadline
 from .activation import Activation
 from .alarm_delivery import ALARM_CALL, AlarmDelivery
+from .alarms import uses_alarms
 from .committer import GroupCommitter
 from .connection import Connection, Transport
 from .keys import validate_key
@@ -299,12 +300,14 @@ class Host:
         act = Activation(self, cls, key)  # created holding its own gate
         self.activations[ident] = act
         try:
-            claim, checkpoint = await self.thawer.thaw(cls.type_name, key)
+            claim, checkpoint, alarms = await self.thawer.thaw(
+                cls.type_name, key, uses_alarms(cls)
+            )
             self.routing.claimed(ident, claim)
             if not claim.granted:
                 raise Stale
             act.epoch = claim.epoch
-            await act.load(checkpoint)
+            await act.load(checkpoint, alarms)
         except BaseException:
             act.close()
             act.gate.leave(False)

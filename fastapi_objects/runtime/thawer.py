@@ -1,8 +1,8 @@
 """Batched activation: one claim statement and one read for every object waiting to thaw.
 
 A takeover, a restart or a deploy thaws thousands of objects at once. Thawed one by one, each
-costs two round trips (claim, load); batched like commits, a whole wave of them costs two:
-while one batch is in flight the next one fills up.
+costs two round trips (claim, load) and a third for its alarms; batched like commits, a whole
+wave of them costs two or three: while one batch is in flight the next one fills up.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import logging
 
 from .._exceptions import CorruptState
 from .._tasks import cancel_and_wait
-from ..storage import Checkpoint, Claim, Storage
+from ..storage import Alarm, Checkpoint, Claim, Storage
 
 log = logging.getLogger("fastapi_objects")
 
 Ident = tuple[str, str]
+Thawed = tuple[Claim, Checkpoint | None, list[Alarm] | None]
 MAX_BATCH = 1000
 
 
@@ -27,7 +28,8 @@ class Thawer:
         self.storage = storage
         self.node_id = node_id
         self.ttl = ttl
-        self._waiting: dict[Ident, list[asyncio.Future[tuple[Claim, Checkpoint | None]]]] = {}
+        self._waiting: dict[Ident, list[asyncio.Future[Thawed]]] = {}
+        self._with_alarms: set[Ident] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -45,12 +47,12 @@ class Thawer:
                 waiter.cancel()
         self._waiting.clear()
 
-    async def thaw(self, type: str, key: str) -> tuple[Claim, Checkpoint | None]:
-        """Claim ``(type, key)`` and, when granted, read its checkpoint."""
-        waiter: asyncio.Future[tuple[Claim, Checkpoint | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
+    async def thaw(self, type: str, key: str, alarms: bool = False) -> Thawed:
+        """Claim ``(type, key)`` and, when granted, read its checkpoint (and its alarms)."""
+        waiter: asyncio.Future[Thawed] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault((type, key), []).append(waiter)
+        if alarms:
+            self._with_alarms.add((type, key))
         self._wakeup.set()
         return await waiter
 
@@ -61,12 +63,18 @@ class Thawer:
                 await self._wakeup.wait()
             idents = list(self._waiting)[:MAX_BATCH]
             batch = {ident: self._waiting.pop(ident) for ident in idents}
+            with_alarms = [ident for ident in idents if ident in self._with_alarms]
+            self._with_alarms.difference_update(with_alarms)
             try:
                 claims = await self.storage.claim_many(idents, self.node_id, self.ttl)
                 granted = [ident for ident in idents if claims[ident].granted]
                 loaded: dict[Ident, Checkpoint | BaseException] = {}
+                alarms: dict[Ident, list[Alarm]] = {}
                 if granted:
                     loaded.update(await self._load(granted))
+                    wanted = [i for i in with_alarms if claims[i].granted]
+                    if wanted:
+                        alarms = await self.storage.load_alarms_many(wanted)
             except Exception as exc:  # StorageUnavailable, or a bug: fail this batch only
                 log.debug("thaw batch failed: %r", exc)
                 for waiters in batch.values():
@@ -83,7 +91,8 @@ class Thawer:
                     if isinstance(found, BaseException):
                         waiter.set_exception(found)
                     else:
-                        waiter.set_result((claims[ident], found))
+                        stored = alarms.get(ident, []) if ident in with_alarms else None
+                        waiter.set_result((claims[ident], found, stored))
 
     async def _load(self, idents: list[Ident]) -> dict[Ident, Checkpoint | BaseException]:
         """Read the checkpoints: one query, or each on its own if one cannot be decoded.

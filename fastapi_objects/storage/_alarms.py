@@ -147,15 +147,22 @@ class SQLAlarms:
 
     # -- reads and delivery --------------------------------------------------------------------
 
-    async def load(self, conn: AsyncConnection, type: str, key: str) -> list[Alarm]:
-        """The object's alarms by name."""
+    async def load_many(
+        self, conn: AsyncConnection, idents: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[Alarm]]:
+        """The objects' alarms, each object's by name."""
         a = self.table
         rows = (
             await conn.execute(
-                sa.select(a).where(a.c.type == type, a.c.key == key).order_by(a.c.name)
+                sa.select(a)
+                .where(sa.tuple_(a.c.type, a.c.key).in_([tuple(i) for i in idents]))
+                .order_by(a.c.type, a.c.key, a.c.name)
             )
         ).all()
-        return [_alarm(r) for r in rows]
+        found: dict[tuple[str, str], list[Alarm]] = {}
+        for r in rows:
+            found.setdefault((r.type, r.key), []).append(_alarm(r))
+        return found
 
     async def claim_due(
         self, conn: AsyncConnection, limit: int, lease: float, ahead: float = 0.0

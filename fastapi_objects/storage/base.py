@@ -271,9 +271,15 @@ class Storage(ABC):
 
     # -- alarms --------------------------------------------------------------------------------
 
-    @abstractmethod
     async def load_alarms(self, type: str, key: str) -> list[Alarm]:
         """The object's alarms (pending and failed), by name."""
+        return (await self.load_alarms_many([(type, key)])).get((type, key), [])
+
+    @abstractmethod
+    async def load_alarms_many(
+        self, idents: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[Alarm]]:
+        """The alarms of many objects (one query), each object's by name; none: left out."""
 
     @abstractmethod
     async def claim_due_alarms(

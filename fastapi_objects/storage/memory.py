@@ -99,9 +99,16 @@ class MemoryStorage(Storage):
 
     # -- alarms --------------------------------------------------------------------------------
 
-    async def load_alarms(self, type: str, key: str) -> list[Alarm]:
-        """The object's alarms by name."""
-        return [a for (t, k, _), (a, _) in sorted(self._alarms.items()) if (t, k) == (type, key)]
+    async def load_alarms_many(
+        self, idents: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[Alarm]]:
+        """The objects' alarms, each object's by name."""
+        wanted = set(idents)
+        found: dict[tuple[str, str], list[Alarm]] = {}
+        for (t, k, _), (alarm, _) in sorted(self._alarms.items()):
+            if (t, k) in wanted:
+                found.setdefault((t, k), []).append(alarm)
+        return found
 
     async def claim_due_alarms(
         self, limit: int, lease: float, ahead: float = 0.0

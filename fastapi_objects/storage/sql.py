@@ -275,10 +275,14 @@ class SQLStorage(Storage):
 
     # -- alarms --------------------------------------------------------------------------------
 
-    async def load_alarms(self, type: str, key: str) -> list[Alarm]:
-        """The object's alarms."""
+    async def load_alarms_many(
+        self, idents: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[Alarm]]:
+        """The objects' alarms (one query)."""
+        if not idents:
+            return {}
         async with self._connect() as conn:
-            return await self._alarms.load(conn, type, key)
+            return await self._alarms.load_many(conn, idents)
 
     async def claim_due_alarms(
         self, limit: int, lease: float, ahead: float = 0.0
