@@ -116,3 +116,23 @@ async def test_an_oversized_call_is_refused_and_the_channel_keeps_working(
         assert handler.ran == ["a", "c"]
     finally:
         await listener.stop()
+
+
+async def test_a_call_still_running_when_leaving_runs_out_of_time_is_unknown(
+    forwarder: Forwarder,
+) -> None:
+    """A leaving channel waits a bounded time for the calls it started; one still running
+    then is not claimed to be "not run": its caller learns the outcome is unknown."""
+    handler = Slow()
+    listener = Listener("127.0.0.1", 0, Signer(SECRET, "owner"), handler)
+    address = await listener.start()
+    try:
+        stuck = asyncio.create_task(forwarder.call(address, "owner", "t", "stuck", "slow", {}))
+        await wait_until(lambda: handler.ran == ["stuck"], what="the slow call to start")
+        (channel,) = listener._channels
+        await channel.leave(within=0.1)
+        with pytest.raises(OutcomeUnknown):
+            await stuck
+    finally:
+        handler.release.set()
+        await listener.stop()

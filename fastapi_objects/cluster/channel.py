@@ -184,16 +184,24 @@ class ChannelServer:
             except Exception:  # the peer is gone: it learns the outcome is unknown
                 self._closed = True
 
-    async def leave(self) -> None:
-        """Answer new calls "moved", finish the running ones, then close with ``LEAVING``."""
+    async def leave(self, within: float = 10.0) -> None:
+        """Answer new calls "moved", finish the running ones, then close with ``LEAVING``.
+
+        Calls still running after ``within`` seconds are left to finish unanswered: the
+        channel then closes with 1001, and its peer learns their outcome is unknown.
+        """
         self.closing = True
-        await self._idle.wait()
+        try:
+            async with asyncio.timeout(within):
+                await self._idle.wait()
+            code, reason = LEAVING, "node leaving"
+        except TimeoutError:
+            code, reason = 1001, "node leaving; calls still running"
         async with self._send_lock:
             if self._closed or self._send is None:
                 return
             self._closed = True
             try:
-                await self._send({"type": "websocket.close", "code": LEAVING,
-                                  "reason": "node leaving"})
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
             except Exception:  # already gone
                 pass
