@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from fastapi_objects.cluster import ClusterNode
 from fastapi_objects.storage import Commit, StatusUpdate, Storage
 
 if TYPE_CHECKING:
@@ -134,3 +135,32 @@ async def test_a_takeover_names_the_node_taken_from(storage: Storage) -> None:
     await storage.commit([], [StatusUpdate("counter", "k", "hibernated", taken.epoch)], node_id="b")
     back = await storage.claim("counter", "k", "a", TTL)  # released: not a takeover
     assert (back.granted, back.taken_from) == (True, None)
+
+
+async def test_long_dead_nodes_are_pruned_and_their_objects_taken_over(
+    storage: Storage,
+) -> None:
+    await storage.register_node("gone", None, None, None)
+    await storage.claim("counter", "k", "gone", TTL)
+    await asyncio.sleep(0.3)
+    await storage.register_node("a", None, None, None)
+    assert await storage.prune_nodes(0.2) == 1  # "gone" only: "a" heartbeat is fresh
+    assert [n.node_id for n in await storage.nodes(TTL)] == ["a"]
+    taken = await storage.claim("counter", "k", "a", TTL)
+    assert (taken.granted, taken.taken_from) == (True, "gone")
+    (a,) = await storage.nodes(TTL, count_owned=False)
+    assert (a.alive, a.owned) == (True, 0)  # not counted
+    (a,) = await storage.nodes(TTL)
+    assert a.owned == 1
+
+
+async def test_a_starting_node_prunes_long_dead_nodes(storage: Storage) -> None:
+    await storage.register_node("crashed", None, None, None)
+    await asyncio.sleep(0.3)
+    node = ClusterNode(storage, "fresh", 10.0)
+    node.prune_after = 0.2
+    await node.start(None)
+    try:
+        assert [n.node_id for n in await storage.nodes(TTL)] == ["fresh"]
+    finally:
+        await node.stop()

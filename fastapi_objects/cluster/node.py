@@ -23,6 +23,10 @@ from ..storage import NodeInfo, Storage
 log = logging.getLogger("fastapi_objects")
 
 LEASE_SHARE = 0.8  # of node_ttl: the margin covers clock-rate drift and scheduling delays
+DEAD_NODES_KEPT = 24 * 3600.0
+"""Seconds a dead node's row stays listed (``objects nodes``) before a live node deletes it:
+every crashed process leaves one, and every node reads the table at every heartbeat."""
+PRUNE_EVERY = 1000  # heartbeats (about an hour at the default node_ttl)
 
 
 class ClusterNode:
@@ -55,6 +59,8 @@ class ClusterNode:
         self._renewal: asyncio.Event | None = None
         self.live: dict[str, NodeInfo] = {}  # the live nodes, as of the last heartbeat
         self._deaths: dict[str, set[asyncio.Future[None]]] = {}
+        self.prune_after = DEAD_NODES_KEPT
+        self._beats = 0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -71,6 +77,7 @@ class ClusterNode:
         self._loop = asyncio.get_running_loop()
         self.address = address
         if await self._register():
+            await self._prune()
             await self._refresh()
         self._task = self.loop.create_task(self._beat(), name="objects-heartbeat")
 
@@ -192,12 +199,25 @@ class ClusterNode:
             else:  # the lease ran out while the heartbeat was in flight: drop, then renew
                 self._lapse()
                 self._renewed(sent)
+            self._beats += 1
+            if self._beats % PRUNE_EVERY == 0:
+                await self._prune()
             await self._refresh()
+
+    async def _prune(self) -> None:
+        try:
+            pruned = await self.storage.prune_nodes(self.prune_after)
+        except StorageUnavailable as exc:
+            log.debug("could not prune dead nodes: %s", exc.message)
+            return
+        if pruned:
+            log.info("node %s removed %d node(s) dead for over %.0fs", self.node_id, pruned,
+                     self.prune_after)
 
     async def _refresh(self) -> None:
         """Read which nodes are alive (one query per heartbeat); wake who waits for a death."""
         try:
-            nodes = await self.storage.nodes(self.ttl)
+            nodes = await self.storage.nodes(self.ttl, count_owned=False)
         except StorageUnavailable:
             return
         self.live = {n.node_id: n for n in nodes if n.alive}

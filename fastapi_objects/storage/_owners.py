@@ -76,11 +76,14 @@ class SQLOwners:
         await conn.execute(sa.update(o).where(o.c.node_id == node_id).values(node_id=None))
         await conn.execute(sa.delete(n).where(n.c.node_id == node_id))
 
-    async def list(self, conn: AsyncConnection, ttl: float) -> list[NodeInfo]:
-        """Every node, alive or not, with how many objects each owns."""
+    async def list(
+        self, conn: AsyncConnection, ttl: float, count_owned: bool = True
+    ) -> list[NodeInfo]:
+        """Every node, alive or not, with how many objects each owns (or 0: not counted)."""
         n, o = self.nodes, self.owners
-        owned = (
+        owned: sa.ColumnElement[int] = (
             sa.select(sa.func.count()).where(o.c.node_id == n.c.node_id).scalar_subquery()
+            if count_owned else sa.literal(0)
         )
         alive = sa.case((n.c.heartbeat_at >= self.cutoff(ttl), True), else_=False)
         rows = (
@@ -96,6 +99,12 @@ class SQLOwners:
             )
             for r in rows
         ]
+
+    async def prune(self, conn: AsyncConnection, dead_for: float) -> int:
+        """Delete the rows of nodes dead for longer than ``dead_for`` seconds."""
+        n = self.nodes
+        result = await conn.execute(sa.delete(n).where(n.c.heartbeat_at < self.cutoff(dead_for)))
+        return int(result.rowcount)
 
     async def claim(
         self, conn: AsyncConnection, type: str, key: str, node_id: str, ttl: float

@@ -241,8 +241,20 @@ class Storage(ABC):
         """Release every object the node owns and delete its row (a graceful stop)."""
 
     @abstractmethod
-    async def nodes(self, ttl: float) -> list[NodeInfo]:
-        """Every registered node; ``alive`` when its heartbeat is younger than ``ttl``."""
+    async def nodes(self, ttl: float, count_owned: bool = True) -> list[NodeInfo]:
+        """Every registered node; ``alive`` when its heartbeat is younger than ``ttl``.
+
+        ``owned`` counts each node's objects (a scan of the owners), or is 0 without
+        ``count_owned`` (what a node reads at every heartbeat).
+        """
+
+    @abstractmethod
+    async def prune_nodes(self, dead_for: float) -> int:
+        """Delete the rows of nodes whose heartbeat is older than ``dead_for`` seconds.
+
+        Their objects stay owned by a dead node (so the next claim takes them over). Returns
+        how many rows went.
+        """
 
     @abstractmethod
     async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:

@@ -153,6 +153,14 @@ class MemoryStorage(Storage):
         self._nodes[node_id] = replace(node, heartbeat_at=datetime.now(UTC))
         return True
 
+    async def prune_nodes(self, dead_for: float) -> int:
+        """Forget nodes dead for longer than ``dead_for`` seconds."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=dead_for)
+        dead = [i for i, n in self._nodes.items() if n.heartbeat_at < cutoff]
+        for node_id in dead:
+            del self._nodes[node_id]
+        return len(dead)
+
     async def deregister_node(self, node_id: str) -> None:
         """Release the node's objects and forget it."""
         for ident, (owner, epoch) in list(self._owners.items()):
@@ -160,11 +168,11 @@ class MemoryStorage(Storage):
                 self._owners[ident] = (None, epoch)
         self._nodes.pop(node_id, None)
 
-    async def nodes(self, ttl: float) -> list[NodeInfo]:
+    async def nodes(self, ttl: float, count_owned: bool = True) -> list[NodeInfo]:
         """Every registered node, with liveness and the count of objects it owns."""
         cutoff = datetime.now(UTC) - timedelta(seconds=ttl)
         owned: dict[str, int] = {}
-        for owner, _ in self._owners.values():
+        for owner, _ in self._owners.values() if count_owned else ():
             if owner is not None:
                 owned[owner] = owned.get(owner, 0) + 1
         return [

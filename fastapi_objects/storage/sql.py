@@ -244,10 +244,15 @@ class SQLStorage(Storage):
         async with self._connect(write=True) as conn:
             await self._owners.deregister(conn, node_id)
 
-    async def nodes(self, ttl: float) -> list[NodeInfo]:
+    async def nodes(self, ttl: float, count_owned: bool = True) -> list[NodeInfo]:
         """Every registered node."""
         async with self._connect() as conn:
-            return await self._owners.list(conn, ttl)
+            return await self._owners.list(conn, ttl, count_owned)
+
+    async def prune_nodes(self, dead_for: float) -> int:
+        """Delete long-dead nodes' rows."""
+        async with self._connect(write=True) as conn:
+            return await self._owners.prune(conn, dead_for)
 
     async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
         """Own ``(type, key)`` if it is free."""
