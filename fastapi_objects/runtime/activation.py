@@ -16,16 +16,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import (
-    ConflictError,
-    ObjectsError,
     Overloaded,
-    StorageUnavailable,
 )
 from ..storage import Alarm, Checkpoint, Commit
-from .clients import Clients
 from .committer import merge_alarms
 from .gate import Gate
 from .object import DurableObject, EventSourced
+from .outcomes import Outcomes
 from .storable import check_result, check_storable
 from .thaw import decode_state, new_state, replay
 from .turn import ActivationHost, Stale, Turn
@@ -43,7 +40,7 @@ log = logging.getLogger("fastapi_objects")
 _chain: ContextVar[tuple[Activation, ...]] = ContextVar("objects_call_chain", default=())
 
 
-class Activation(Clients):
+class Activation(Outcomes):
     """The live instance of ``(type, key)`` on this node."""
 
     __slots__ = (
@@ -59,9 +56,7 @@ class Activation(Clients):
         "instance",
         "journal_rev",
         "key",
-        "last",
         "loop",
-        "queued",
         "rev",
         "since_snapshot",
         "snapshot_rev",
@@ -290,65 +285,6 @@ class Activation(Clients):
         pending.after.extend(turn.after)
         self.last = pending
         return pending
-
-    # -- deletion ----------------------------------------------------------------------------
-
-    async def destroy(self) -> None:
-        """Delete this object for good (the caller holds the gate): state, journal, alarms.
-
-        Waits for the commits in flight, then deletes fenced by this instance's ownership
-        epoch and leaves memory; the next call starts the object fresh.
-        """
-        if self.last is not None:
-            await self.last.wait()
-        assert self.epoch is not None
-        if not await self.host.storage.destroy(
-            self.cls.type_name, self.key, self.host.node_id, self.epoch
-        ):
-            self.invalidate(ConflictError(f"{self.topic}: lost ownership before the delete"))
-            raise ConflictError(f"{self.topic} was not deleted: another node owns it now")
-        self.close()
-
-    async def destroy_held(self, held: bool) -> None:
-        """``objects.delete``: take the gate (unless ``held``) and destroy."""
-        if not held:
-            await self._enter(False)
-        try:
-            await self.destroy()
-        finally:
-            self.gate.leave(False)
-
-    # -- commit outcomes (called by the committer) --------------------------------------------
-
-    def committed(self, pending: PendingCommit) -> None:
-        """A commit of this object is durable."""
-        if self.last is pending:
-            self.last = None
-
-    def commit_failed(self, pending: PendingCommit, failure: ObjectsError | None) -> None:
-        """A commit was fenced out (``failure is None``) or the transaction failed: drop out."""
-        error: ObjectsError
-        if failure is None:
-            self.host.counters.conflicts += 1
-            error = ConflictError(
-                f"{self.topic}: commit on rev {pending.commit.expected_rev} was fenced out: "
-                "another writer changed this object (a second process or machine serving it?). "
-                "This instance was dropped and the call was not applied; see docs/running.md"
-            )
-        else:
-            error = StorageUnavailable(
-                f"{self.topic}: {failure.message}; the call was not acknowledged and the object "
-                "will reload from storage on the next call"
-            )
-        pending.finish(error)  # first: its callers' error replies go out before any close
-        self.invalidate(error)
-
-    def invalidate(self, error: ObjectsError) -> None:
-        """Drop this instance: fail turns that built on unconfirmed state, forget it."""
-        if self.queued is not None:
-            self.host.committer.discard(self.queued, error)
-            self.queued = None
-        self.close()
 
     def close(self) -> None:
         """Leave memory: queued callers retry on a fresh activation."""
