@@ -92,6 +92,6 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     Accepts ``postgres://``, ``sqlite:///`` and libpq's ``?sslmode=``; extra keyword
     arguments go to ``create_async_engine`` (e.g. ``poolclass=NullPool``).
     """
-    from .sql import create_engine as _create_engine
+    from .engine import create_engine as _create_engine
 
     return _create_engine(url, **kwargs)

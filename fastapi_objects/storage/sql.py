@@ -7,10 +7,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import pydantic_core
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
@@ -31,55 +29,9 @@ from .base import (
     decode_cursor,
     encode_cursor,
 )
+from .engine import create_engine, engine_options
 from .tables import storage_metadata
-from .urls import normalize_url, redact
-
-
-def _dumps(value: object) -> str:
-    return pydantic_core.to_json(value).decode()
-
-
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url`` set up as the storage needs it (also for Alembic's env.py).
-
-    Accepts the spellings users paste (``postgres://``, ``sqlite:///``, libpq's
-    ``?sslmode=``); SQLite gets WAL and ``synchronous=FULL``; PostgreSQL plans every statement.
-    """
-    url, options = _engine_options(url)
-    options.update(kwargs)
-    if options.get("poolclass") is not None:
-        options.pop("pool_size", None)
-        options.pop("max_overflow", None)
-    engine = create_async_engine(url, **options)
-    if url.startswith("sqlite"):
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _engine_options(url: str) -> tuple[str, dict[str, Any]]:
-    url = normalize_url(url)
-    options: dict[str, Any] = {
-        "json_serializer": _dumps,
-        "json_deserializer": pydantic_core.from_json,
-    }
-    if url.startswith("sqlite"):
-        in_memory = url.split("///", 1)[-1] in ("", ":memory:") or "mode=memory" in url
-        if in_memory:
-            options["poolclass"] = StaticPool
-        options["connect_args"] = {"timeout": 30}
-    else:
-        options["pool_size"] = 10
-        options["max_overflow"] = 10
-        # Our statements take arrays whose sizes change every batch: PostgreSQL's generic
-        # plan for a prepared statement (after 5 runs) turned a 1 ms commit into 9 ms.
-        connect_args: dict[str, Any] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
-        parsed = sa.engine.make_url(url)
-        if "sslmode" in parsed.query:
-            # libpq spelling (Fly and Heroku URLs say ?sslmode=disable); asyncpg takes ssl=.
-            connect_args["ssl"] = parsed.query["sslmode"]
-            url = parsed.difference_update_query(["sslmode"]).render_as_string(False)
-        options["connect_args"] = connect_args
-    return url, options
+from .urls import redact
 
 
 class SQLStorage(Storage):
@@ -92,7 +44,7 @@ class SQLStorage(Storage):
         if self._sqlite and schema:
             raise ValueError("a schema needs PostgreSQL; SQLite keeps one schema per file")
         self.engine: AsyncEngine = create_engine(url, echo=echo)
-        self._connect_args: dict[str, Any] = _engine_options(url)[1]["connect_args"]
+        self._connect_args: dict[str, Any] = engine_options(url)[1]["connect_args"]
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.metadata = storage_metadata(schema)
         prefix = f"{schema}." if schema else ""
@@ -396,13 +348,3 @@ def _to_utc(value: datetime) -> datetime:
     # SQLite stores times as UTC text and drops a parameter's offset, so compare in UTC;
     # a naive time is taken as UTC, as the rows are written.
     return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the writer; synchronous=FULL makes every acknowledged
-    # commit survive a power loss, not only a process crash.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
