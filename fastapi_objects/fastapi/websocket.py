@@ -1,13 +1,8 @@
-"""Websocket attach/detach: one ``_Session`` per client, speaking the JSON frames of DESIGN §3.
+"""The websocket endpoints: a client attaching here, or relayed here by another node.
 
-Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event", "payload"}``
-(a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
-"objects:attached", "payload": {"connection": id}}`` once attached, then ``{"ref", "ok": true,
-"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts
-``{"topic", "event", "payload"}``.
-
-Close codes are ``protocol.CloseCode``. Frames are strict JSON text: a binary frame, like any
-malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
+Each attached client is a ``session.Session`` (its frames are described there). A client
+whose object another node owns is relayed to it, or answered with ``fly-replay``. Close codes
+are ``protocol.CloseCode``.
 """
 
 from __future__ import annotations
@@ -15,61 +10,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
-from .._exceptions import (
-    ConnectionRejected,
-    InvalidKey,
-    ObjectsError,
-    Overloaded,
-    SubscriptionOverflow,
-    UnknownObjectType,
-)
-from ..pubsub import Message, Subscription
-from ..runtime.connection import Connection
+from .._exceptions import ConnectionRejected, InvalidKey, UnknownObjectType
 from ..runtime.keys import validate_key
-from ..runtime.routing import Elsewhere, backoff
-from .errors import error_body, internal_error
+from ..runtime.routing import backoff
 from .fly import REPLAY_STATUS, replay_target
-from .protocol import (
-    ATTACHED,
-    FRAME_TOO_LARGE,
-    INVALID_FRAME,
-    RESERVED_EVENT_PREFIX,
-    CloseCode,
-    decode_frame,
-    encode_frame,
-)
+from .protocol import CloseCode
 from .relay import MOVED, relay
+from .session import Session
 
 if TYPE_CHECKING:
     from ..runtime.object import DurableObject
     from .objects import Objects
 
 log = logging.getLogger("fastapi_objects")
-
-_last_broadcast: tuple[Message | None, str] = (None, "")
-
-
-def _encode_broadcast(message: Message) -> str:
-    # Fan-out hands the same Message to every client of a topic: encode it once, not N times.
-    # The cache is read once into a local: runtimes in other threads (several servers in one
-    # process) share it, and a second read could return another thread's frame.
-    global _last_broadcast
-    cached, text = _last_broadcast
-    if cached is not message:
-        frame = {"topic": message.topic, "event": message.event, "payload": message.payload}
-        try:
-            text = encode_frame(frame)
-        except ValueError as exc:
-            # Already committed and published: the clients hear that a frame was refused.
-            error = internal_error(exc, f"broadcast {message.topic!r}/{message.event!r}")
-            text = encode_frame({"ref": None, "ok": False, "error": error})
-        _last_broadcast = (message, text)
-    return text
 
 
 async def serve_websocket(
@@ -126,7 +83,7 @@ async def serve_websocket(
     deadline = loop.time() + cls.call_timeout
     attempt = 0
     while True:
-        owner = await _Session(objects, websocket, cls, key).run(params)
+        owner = await Session(objects, websocket, cls, key).run(params)
         if owner is None or await relay(objects, websocket, cls, key, params, owner):
             return
         if loop.time() > deadline:  # the owner stayed unreachable (dying, not yet taken over)
@@ -150,251 +107,7 @@ async def serve_relayed(
     except InvalidKey as exc:
         await websocket.close(CloseCode.INVALID_KEY, exc.message[:120])
         return
-    if await _Session(objects, websocket, cls, key, relayed=True).run(params) is not None:
+    if await Session(objects, websocket, cls, key, relayed=True).run(params) is not None:
         await websocket.close(MOVED, "not the owner")
 
 
-class _Session:
-    """One attached client: a reader (this task), a writer task and a broadcast forwarder."""
-
-    def __init__(
-        self,
-        objects: Objects,
-        websocket: WebSocket,
-        cls: type[DurableObject[Any]],
-        key: str,
-        *,
-        relayed: bool = False,
-    ) -> None:
-        self.objects = objects
-        self.relayed = relayed
-        self.websocket = websocket
-        self.cls = cls
-        self.key = key
-        self.topic = f"{cls.type_name}:{key}"
-        # Unbounded queue, bounded by _push: a close marker must always fit.
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
-        # Until attached, frames wait here so that objects:attached goes first; broadcasts wait
-        # as messages, since whether one excludes this client is known only once attached.
-        self.held: list[str | Message] | None = []
-        self.close_with: tuple[int, str] | None = None
-        self.conn: Connection | None = None
-        self.calls: set[asyncio.Task[None]] = set()
-
-    # -- Transport (what the runtime calls) --------------------------------------------------
-
-    def send(self, frame: dict[str, Any]) -> None:
-        """Queue a frame for this client (a frame that is not strict JSON is refused, logged)."""
-        try:
-            text = encode_frame(frame)
-        except ValueError as exc:
-            error = internal_error(exc, f"{self.topic}: conn.send({frame.get('event')!r})")
-            text = encode_frame({"ref": None, "ok": False, "error": error})
-        self._push(text)
-
-    def close(self, code: int, reason: str) -> None:
-        """Close after the frames already queued."""
-        if self.close_with is None:
-            self.close_with = (code, reason[:120])
-            self.outbox.put_nowait(None)
-
-    def _push(self, item: str | Message) -> None:
-        if self.close_with is not None:
-            return
-        held = self.held
-        queued = len(held) if held is not None else self.outbox.qsize()
-        if queued >= self.objects.max_outbox:
-            self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
-        elif held is not None:
-            held.append(item)
-        elif isinstance(item, str):
-            self.outbox.put_nowait(item)
-        elif self.conn is None or item.exclude != self.conn.id:
-            self.outbox.put_nowait(_encode_broadcast(item))
-
-    # -- the session -------------------------------------------------------------------------
-
-    async def run(self, params: dict[str, Any]) -> Elsewhere | None:
-        """Serve the client until it leaves; ``Elsewhere`` (nothing sent) if not the owner."""
-        writer = asyncio.create_task(self._write())
-        moved: Elsewhere | None = None
-        try:
-            async with self.objects.subscribe(
-                self.topic, max_queue=self.objects.max_outbox
-            ) as sub:
-                forwarder = asyncio.create_task(self._forward(sub))
-                try:
-                    await self._attach_and_read(params)
-                except Elsewhere as owner:
-                    moved = owner
-                finally:
-                    forwarder.cancel()
-                    for task in list(self.calls):
-                        task.cancel()
-                    if self.conn is not None:
-                        try:
-                            await self.objects.runtime.detach(self.conn)
-                        except Exception:  # the client is gone either way; say why in the log
-                            log.exception("%s: on_disconnect failed", self.topic)
-        finally:
-            if moved is not None:  # the websocket stays open for the relay
-                writer.cancel()
-            else:
-                self.close(CloseCode.NORMAL, "")
-                try:
-                    await asyncio.wait_for(writer, timeout=5)
-                except (TimeoutError, asyncio.CancelledError):
-                    writer.cancel()
-        return moved
-
-    async def _attach_and_read(self, params: dict[str, Any]) -> None:
-        try:
-            conn = await self.objects.runtime.attach(
-                self.cls, self.key, self, params, relayed=self.relayed
-            )
-        except Elsewhere:
-            raise  # another node owns it: serve_websocket relays the client there
-        except ConnectionRejected as exc:
-            self.close(exc.code, exc.message)
-            return
-        except (ObjectsError, TimeoutError) as exc:
-            self.close(CloseCode.ATTACH_FAILED, f"attach failed: {exc}")
-            return
-        except Exception as exc:
-            # A bug in on_connect: the client must not see a normal close (1000), nor its text.
-            error = internal_error(exc, f"{self.topic}: on_connect")
-            self.close(CloseCode.ATTACH_FAILED, f"attach failed: {error['message']}")
-            return
-        self._attached(conn)
-        try:
-            while self.close_with is None:
-                message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                text = message.get("text")
-                if text is None:
-                    # Frames are JSON text (what browsers send); a binary frame is a client bug.
-                    self._error(None, INVALID_FRAME, "binary frames are not accepted: "
-                                "send each frame as JSON in a text frame")
-                    continue
-                self._handle(text)
-        except WebSocketDisconnect:
-            return
-
-    def _attached(self, conn: Connection) -> None:
-        """Say so first, then release what waited for the attach (on_connect's sends first)."""
-        self.conn = conn
-        held, self.held = self.held or [], None
-        payload = {"connection": conn.id}
-        self._push(encode_frame({"topic": self.topic, "event": ATTACHED, "payload": payload}))
-        for item in held:
-            self._push(item)
-
-    async def _write(self) -> None:
-        ws = self.websocket
-        try:
-            while True:
-                text = await self.outbox.get()
-                if text is None:
-                    break
-                await ws.send_text(text)
-            code, reason = self.close_with or (CloseCode.NORMAL, "")
-            await ws.close(code, reason)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # the client is already gone
-
-    async def _forward(self, sub: Subscription) -> None:
-        try:
-            async for message in sub:
-                self._push(message)
-        except SubscriptionOverflow:
-            self.close(CloseCode.TOO_SLOW, "client too slow: broadcasts backed up")
-
-    # -- incoming frames ---------------------------------------------------------------------
-
-    def _handle(self, data: str) -> None:
-        limit = self.objects.max_frame_bytes
-        size = len(data)
-        if 4 * size > limit:  # a character is 1 to 4 bytes: encode only near the limit
-            size = len(data.encode("utf-8", "surrogatepass"))
-        if size > limit:
-            self._error(None, FRAME_TOO_LARGE, f"frame is {size} bytes; the limit is {limit}")
-            return
-        try:
-            frame = decode_frame(data)
-        except ValueError as exc:
-            self._error(None, INVALID_FRAME, f"frame is not strict JSON: {exc}")
-            return
-        if not isinstance(frame, dict):
-            self._error(None, INVALID_FRAME, "a frame must be a JSON object")
-            return
-        ref = frame.get("ref")
-        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
-            self._error(None, INVALID_FRAME, "ref must be a string or a number")
-            return
-        if "call" in frame:
-            method, args = frame["call"], frame.get("args", {})
-            if not isinstance(method, str) or not isinstance(args, dict):
-                self._error(ref, INVALID_FRAME, 'a call is {"ref", "call": "method", "args": {}}')
-            elif ref is None:
-                # Its reply could not be matched to it: refuse it rather than run it blind.
-                self._error(None, INVALID_FRAME, 'a call needs a "ref" (a string or a number) '
-                            "to match its reply")
-            else:
-                self._spawn(ref, self._call(ref, method, args))
-        elif "event" in frame:
-            event = frame["event"]
-            if not isinstance(event, str):
-                self._error(ref, INVALID_FRAME, "event must be a string")
-            elif event.startswith(RESERVED_EVENT_PREFIX):
-                self._error(ref, INVALID_FRAME, f"events starting with {RESERVED_EVENT_PREFIX!r} "
-                            "are reserved for the protocol")
-            else:
-                self._spawn(ref, self._event(ref, frame))
-        else:
-            self._error(ref, INVALID_FRAME, 'a frame needs "call" (with "args") or "event"')
-
-    def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> None:
-        if len(self.calls) >= self.objects.max_calls_in_flight:
-            coro.close()
-            error = Overloaded(f"{len(self.calls)} calls already in flight on this connection")
-            self._reply_error(ref, error_body(error))
-            return
-        task = asyncio.create_task(coro)
-        self.calls.add(task)
-        task.add_done_callback(self.calls.discard)
-
-    async def _call(self, ref: Any, method: str, args: dict[str, Any]) -> None:
-        try:
-            result = await self.objects.call(self.cls, self.key, method, args)
-            encoded = self.cls.__objects_methods__[method].encode_result(result)
-            text = encode_frame({"ref": ref, "ok": True, "result": encoded})
-        except ObjectsError as exc:
-            self._reply_error(ref, error_body(exc))
-        except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}.{method}()"))
-        else:
-            self._push(text)
-
-    async def _event(self, ref: Any, frame: dict[str, Any]) -> None:
-        assert self.conn is not None
-        try:
-            await self.objects.runtime.message(self.conn, frame)
-        except ObjectsError as exc:
-            self._reply_error(ref, error_body(exc))
-        except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}: on_message"))
-        else:
-            if ref is not None:
-                self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
-
-    def _reply_error(self, ref: Any, error: dict[str, Any]) -> None:
-        try:
-            text = encode_frame({"ref": ref, "ok": False, "error": error})
-        except ValueError as exc:  # an app's error message that is not JSON text
-            error = internal_error(exc, f"{self.topic}: error reply")
-            text = encode_frame({"ref": ref, "ok": False, "error": error})
-        self._push(text)
-
-    def _error(self, ref: Any, type: str, message: str) -> None:
-        self._reply_error(ref, {"type": type, "message": message})
