@@ -38,6 +38,7 @@ log = logging.getLogger("fastapi_objects")
 # The activations whose turns are running in this call chain: a call that comes back to one
 # of them runs inside the running turn instead of waiting for it (which would never happen).
 _chain: ContextVar[tuple[Activation, ...]] = ContextVar("objects_call_chain", default=())
+_NO_OP_HOOKS = {DurableObject.on_activate, DurableObject.on_hibernate}
 
 
 class Activation(Outcomes):
@@ -225,8 +226,15 @@ class Activation(Outcomes):
         return result, pending
 
     async def _run_hook(self, hook: Any, snapshot: bool = False) -> PendingCommit | None:
-        """Run a lifecycle hook as a turn (the caller holds the gate)."""
-        _, pending = await self._turn_of(hook())
+        """Run a lifecycle hook as a turn (the caller holds the gate).
+
+        A hook the class does not override does nothing: no turn for it (a thaw storm runs
+        thousands of ``on_activate`` at once).
+        """
+        if getattr(hook, "__func__", None) in _NO_OP_HOOKS:
+            pending = self.last
+        else:
+            _, pending = await self._turn_of(hook())
         if snapshot and self.event_sourced and self.since_snapshot:
             pending = self._commit(Turn(), self.instance.state.model_dump(mode="json"), True)
         return pending
