@@ -249,7 +249,7 @@ async def test_hash_placement_activates_each_key_on_its_rendezvous_node(
 
     def node(name: str) -> Runtime:
         return Runtime(objects=[Spread], database_url=durable.url, schema=durable.schema,
-                       node_id=name, node_ttl=0.6)
+                       node_id=name, node_ttl=3.0)
 
     async with node("a") as a, node("b") as b, node("c") as c:
         for rt in (a, b, c):
@@ -266,7 +266,7 @@ async def test_hash_placement_activates_each_key_on_its_rendezvous_node(
 async def test_region_placement_activates_in_the_region(durable: Backend) -> None:
     def node(name: str, region: str) -> Runtime:
         return Runtime(objects=[Amsterdam], database_url=durable.url, schema=durable.schema,
-                       node_id=name, region=region, node_ttl=0.6)
+                       node_id=name, region=region, node_ttl=3.0)
 
     async with node("iad1", "iad") as iad, node("ams1", "ams") as ams:
         await wait_until(lambda: len(iad.routing.node.live) == 2, what="2 live nodes")
