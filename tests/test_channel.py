@@ -136,3 +136,20 @@ async def test_a_call_still_running_when_leaving_runs_out_of_time_is_unknown(
     finally:
         handler.release.set()
         await listener.stop()
+
+
+async def test_a_call_to_an_address_another_node_took_over_is_moved(
+    forwarder: Forwarder,
+) -> None:
+    """The owner remembered at an address stopped and another node listens there now: the
+    call is refused before anything runs (421), so it is looked up again, not failed."""
+    handler = Slow()
+    listener = Listener("127.0.0.1", 0, Signer(SECRET, "newcomer"), handler)
+    address = await listener.start()
+    try:
+        with pytest.raises(Moved):
+            await forwarder.call(address, "departed", "t", "k", "fast", {})
+        assert handler.ran == []
+        assert await forwarder.call(address, "newcomer", "t", "k", "fast", {}) == "k"
+    finally:
+        await listener.stop()

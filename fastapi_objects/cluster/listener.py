@@ -23,7 +23,7 @@ from pydantic_core import to_json
 from .._exceptions import ObjectsError
 from .channel import CHANNEL_PATH, MAX_FRAME, ChannelServer
 from .forward import Moved
-from .signing import Signer, Unauthorized
+from .signing import Misdirected, Signer, Unauthorized
 
 log = logging.getLogger("fastapi_objects")
 
@@ -133,7 +133,8 @@ class Listener:
         try:
             self.signer.verify("GET", target, b"", headers)
         except Unauthorized as exc:
-            await send({"type": "websocket.http.response.start", "status": 401,
+            status = 421 if isinstance(exc, Misdirected) else 401
+            await send({"type": "websocket.http.response.start", "status": status,
                         "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "websocket.http.response.body", "body": str(exc).encode()})
             return

@@ -25,6 +25,14 @@ class Unauthorized(Exception):
     """An internal request failed verification; the message says why (for the 401 body)."""
 
 
+class Misdirected(Unauthorized):
+    """A well-signed request for another node (answered 421: the sender looks again).
+
+    The address now belongs to a different node: the one meant stopped, and another process
+    took its port.
+    """
+
+
 def derived_secret(database_url: str, schema: str | None) -> bytes:
     """The secret of nodes on loopback when none is configured: derived from the database.
 
@@ -76,7 +84,7 @@ class Signer:
         if not hmac.compare_digest(expected, signature):
             raise Unauthorized("bad signature: is OBJECTS_CLUSTER_SECRET the same on every node?")
         if receiver != self.node_id:
-            raise Unauthorized(f"request is for node {receiver!r}, this is {self.node_id!r}")
+            raise Misdirected(f"request is for node {receiver!r}, this is {self.node_id!r}")
         try:
             sent = float(stamp)
         except ValueError:
