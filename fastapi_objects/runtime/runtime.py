@@ -12,17 +12,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
-from .._exceptions import InvalidQuery, UnknownMethod, UnknownObjectType
+from .._exceptions import UnknownMethod, UnknownObjectType
 from ..pubsub import PubSub, Subscription, open_pubsub
 from ..settings import ObjectsSettings, Options
 from ..storage import (
-    STATUSES,
     JournalEntry,
     ObjectPage,
-    ObjectQuery,
     Storage,
     TypeStats,
-    decode_cursor,
     open_storage,
 )
 from ..storage.urls import redact
@@ -30,9 +27,10 @@ from ._log import announce
 from .connection import Connection, Transport
 from .handle import Handle, _Handle
 from .host import Host
-from .keys import validate_key, validate_key_prefix
+from .keys import validate_key
 from .methods import MethodSpec
 from .object import DurableObject
+from .queries import object_query
 from .queue import ObjectsQueue
 from .routing import Elsewhere, Router
 from .stats import RuntimeStats
@@ -303,28 +301,11 @@ class Runtime:
         type_name = type if isinstance(type, str) or type is None else type.type_name
         if type_name is not None:
             self.object_type(type_name)
-        if key_prefix:
-            validate_key_prefix(key_prefix)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise InvalidQuery(f"limit must be a whole number from 1 to 10000, got {limit!r}")
-        for value in (status, *(status_in or ())):
-            if value is not None and value not in STATUSES:
-                raise InvalidQuery(f"status must be one of {', '.join(STATUSES)}, got {value!r}")
-        if cursor is not None:
-            try:
-                decode_cursor(cursor)
-            except ValueError:
-                raise InvalidQuery(
-                    f"malformed cursor {cursor[:80]!r}: pass back a page's next_cursor unchanged"
-                ) from None
-        return await self.storage.query(
-            ObjectQuery(
-                type=type_name, status=status,
-                status_in=tuple(status_in) if status_in is not None else None,
-                key_prefix=key_prefix, state_version=state_version, updated_after=updated_after,
-                updated_before=updated_before, limit=limit, cursor=cursor,
-            )
-        )
+        return await self.storage.query(object_query(
+            type_name, status=status, status_in=status_in, key_prefix=key_prefix,
+            state_version=state_version, updated_after=updated_after,
+            updated_before=updated_before, limit=limit, cursor=cursor,
+        ))
 
     async def type_stats(self) -> list[TypeStats]:
         """Count stored objects per type and status."""
