@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
 from ._owners import SQLOwners
-from ._writes import PostgresWrites, SQLiteWrites
+from ._writes import PostgresWrites
+from ._writes_sqlite import SQLiteWrites
 from .base import (
     Alarm,
     Checkpoint,
