@@ -148,7 +148,7 @@ class PostgresWrites:
             (c.type, c.key, rev, kind, _json(payload))
             for c, rev, kind, payload in _entries(commits)
         ]
-        rows = await self._run(self._commit_sql, self._commit_order, {
+        rows = await self.run(self._commit_sql, self._commit_order, {
             "types": [c.type for c in commits], "keys": [c.key for c in commits],
             "expected": [c.expected_rev for c in commits], "new": [c.new_rev for c in commits],
             "journal": [c.journal_rev for c in commits],
@@ -164,24 +164,25 @@ class PostgresWrites:
 
     async def statuses(self, updates: Sequence[StatusUpdate]) -> None:
         """Write status hints (their own statement: a hint needs no atomicity with commits)."""
-        await self._run(self._status_sql, self._status_order, {
+        await self.run(self._status_sql, self._status_order, {
             "types": [s.type for s in updates], "keys": [s.key for s in updates],
             "statuses": [s.status for s in updates],
         })
 
     async def release(self, node_id: str, items: Sequence[tuple[str, str, int]]) -> None:
         """Give up objects the node still owns at the given epochs (one statement)."""
-        await self._run(self._release_sql, self._release_order, {
+        await self.run(self._release_sql, self._release_order, {
             "types": [i[0] for i in items], "keys": [i[1] for i in items],
             "epochs": [i[2] for i in items], "node": node_id,
         })
 
-    async def _run(
+    async def run(
         self, sql: str, order: Sequence[str], params: dict[str, Any], then: Then | None = None
     ) -> list[Any]:
         """Run a fixed statement on one of the writer's own asyncpg connections.
 
-        Not through SQLAlchemy's pool: its checkout, characteristics and return cost ~100 us
+        Commits, status hints and releases run here, and so do thaw claims and loads
+        (``_thaw_pg.py``). Not through SQLAlchemy's pool: its checkout, characteristics and return cost ~100 us
         of Python per statement, and under HTTP load a batch carries a few objects, so that
         was most of a durable call's CPU. Outside a transaction, one statement is atomic.
         """
@@ -205,14 +206,14 @@ class PostgresWrites:
                 if attempt == _ATTEMPTS:
                     self._free.append(conn)
                     raise StorageUnavailable(
-                        f"PostgreSQL kept aborting the commit: {exc!r}"
+                        f"PostgreSQL kept aborting the statement: {exc!r}"
                     ) from exc
                 await asyncio.sleep(0.005 * attempt)
             except BaseException as exc:
                 conn.terminate()  # broken, or left mid-statement: never reuse it
                 if isinstance(exc, Exception):
                     raise StorageUnavailable(
-                        f"PostgreSQL refused or lost the commit: {exc!r}"
+                        f"PostgreSQL refused or lost the statement: {exc!r}"
                     ) from exc
                 raise
             else:

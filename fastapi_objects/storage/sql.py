@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
 from ._owners import SQLOwners
+from ._thaw_pg import PostgresThaw
 from ._writes import PostgresWrites
 from ._writes_sqlite import SQLiteWrites
 from .base import (
@@ -63,6 +64,12 @@ class SQLStorage(Storage):
             if self._sqlite
             else PostgresWrites(self.checkpoints, self.journal, owners, self._connect_driver)
         )
+        self._thaw: PostgresThaw | None = None
+        if isinstance(self._writes, PostgresWrites):
+            self._thaw = PostgresThaw(
+                self.checkpoints, owners, self.metadata.tables[prefix + "objects_nodes"],
+                self._writes.run,
+            )
 
     async def close(self) -> None:
         """Dispose of the connection pool (and the writer's connections)."""
@@ -215,7 +222,9 @@ class SQLStorage(Storage):
     async def claim_many(
         self, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
     ) -> dict[tuple[str, str], Claim]:
-        """Own many objects at once (one transaction)."""
+        """Own many objects at once (PostgreSQL: one statement; SQLite: one transaction)."""
+        if self._thaw is not None:
+            return await self._thaw.claim_many(idents, node_id, ttl)
         async with self._connect(write=True) as conn:
             return await self._owners.claim_many(conn, idents, node_id, ttl)
 
@@ -225,6 +234,8 @@ class SQLStorage(Storage):
         """Many checkpoints in one query."""
         if not idents:
             return {}
+        if self._thaw is not None:
+            return await self._thaw.load_many(idents)
         cp = self.checkpoints
         stmt = sa.select(cp).where(sa.tuple_(cp.c.type, cp.c.key).in_([tuple(i) for i in idents]))
         async with self._connect() as conn:
