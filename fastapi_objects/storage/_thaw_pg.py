@@ -1,4 +1,4 @@
-"""Thawing on PostgreSQL: a batch's claim in one statement, its checkpoints in another.
+"""Thawing on PostgreSQL: a batch's claim in one statement, its checkpoints and alarms in two.
 
 Both run on the writer's own asyncpg connections (``PostgresWrites.run``), not through
 SQLAlchemy's pool and compiler: a one-object claim cost ~690 us of Python and three round
@@ -17,7 +17,7 @@ from pydantic_core import from_json
 from sqlalchemy.dialects import postgresql
 
 from ._writes import _positional, _qualified
-from .base import Checkpoint, Claim
+from .base import Alarm, Checkpoint, Claim
 
 Ident = tuple[str, str]
 Run = Callable[[str, Sequence[str], dict[str, Any]], Awaitable[list[Any]]]
@@ -27,10 +27,12 @@ class PostgresThaw:
     """The claim and load statements of a thaw batch, fixed text and positional parameters."""
 
     def __init__(
-        self, checkpoints: sa.Table, owners: sa.Table, nodes: sa.Table, run: Run
+        self, checkpoints: sa.Table, owners: sa.Table, nodes: sa.Table, alarms: sa.Table,
+        run: Run,
     ) -> None:
         self._run = run
         cp, o, n = _qualified(checkpoints), _qualified(owners), _qualified(nodes)
+        a = _qualified(alarms)
         texts = postgresql.ARRAY(sa.Text())
         # Granted rows come from the upsert; refused ones from the owners as the statement
         # found them (their owner, its address). Objects in neither were deleted meanwhile.
@@ -63,8 +65,15 @@ class PostgresThaw:
             f"FROM unnest(:types, :keys) AS v(type, key) JOIN {cp} c "
             "ON c.type = v.type AND c.key = v.key"
         ).bindparams(sa.bindparam("types", type_=texts), sa.bindparam("keys", type_=texts))
+        load_alarms = sa.text(
+            "SELECT a.type, a.key, a.name, a.due_at, a.scheduled_at, a.payload, a.every, "
+            "a.cron, a.retry_count, a.status, a.last_error "
+            f"FROM unnest(:types, :keys) AS v(type, key) JOIN {a} a "
+            "ON a.type = v.type AND a.key = v.key ORDER BY a.type, a.key, a.name"
+        ).bindparams(sa.bindparam("types", type_=texts), sa.bindparam("keys", type_=texts))
         self._claim_sql, self._claim_order = _positional(claim)
         self._load_sql, self._load_order = _positional(load)
+        self._alarms_sql, self._alarms_order = _positional(load_alarms)
 
     async def claim_many(
         self, idents: Sequence[Ident], node_id: str, ttl: float
@@ -104,6 +113,21 @@ class PostgresThaw:
             )
             for r in rows
         }
+
+    async def load_alarms_many(self, idents: Sequence[Ident]) -> dict[Ident, list[Alarm]]:
+        """The batch's alarms, each object's by name."""
+        rows = await self._run(self._alarms_sql, self._alarms_order, {
+            "types": [i[0] for i in idents], "keys": [i[1] for i in idents],
+        })
+        found: dict[Ident, list[Alarm]] = {}
+        for r in rows:
+            found.setdefault((r["type"], r["key"]), []).append(Alarm(
+                type=r["type"], key=r["key"], name=r["name"], due_at=r["due_at"],
+                scheduled_at=r["scheduled_at"], payload=_json(r["payload"]), every=r["every"],
+                cron=r["cron"], retry_count=r["retry_count"], status=r["status"],
+                last_error=r["last_error"],
+            ))
+        return found
 
 
 def _json(value: Any) -> Any:

@@ -181,10 +181,10 @@ class PostgresWrites:
     ) -> list[Any]:
         """Run a fixed statement on one of the writer's own asyncpg connections.
 
-        Commits, status hints and releases run here, and so do thaw claims and loads
-        (``_thaw_pg.py``). Not through SQLAlchemy's pool: its checkout, characteristics and return cost ~100 us
-        of Python per statement, and under HTTP load a batch carries a few objects, so that
-        was most of a durable call's CPU. Outside a transaction, one statement is atomic.
+        Commits, status hints and releases run here, and so do thaws (``_thaw_pg.py``). Not
+        through SQLAlchemy's pool: its checkout, characteristics and return cost ~100 us of
+        Python per statement, and under HTTP load a batch carries a few objects, so that was
+        most of a durable call's CPU. Outside a transaction, one statement is atomic.
         """
         try:
             conn = self._free.pop() if self._free else await self._connect()

@@ -68,7 +68,7 @@ class SQLStorage(Storage):
         if isinstance(self._writes, PostgresWrites):
             self._thaw = PostgresThaw(
                 self.checkpoints, owners, self.metadata.tables[prefix + "objects_nodes"],
-                self._writes.run,
+                self.metadata.tables[prefix + "objects_alarms"], self._writes.run,
             )
 
     async def close(self) -> None:
@@ -250,6 +250,8 @@ class SQLStorage(Storage):
         """The objects' alarms (one query)."""
         if not idents:
             return {}
+        if self._thaw is not None:
+            return await self._thaw.load_alarms_many(idents)
         async with self._connect() as conn:
             return await self._alarms.load_many(conn, idents)
 
