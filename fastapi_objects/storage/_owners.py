@@ -140,8 +140,12 @@ class SQLOwners:
     async def claim_many(
         self, conn: AsyncConnection, idents: Sequence[Ident], node_id: str, ttl: float
     ) -> dict[Ident, Claim]:
-        """Claim many objects: one upsert for the batch, one read of the refused ones."""
-        idents = sorted(set(idents))  # one lock order for every claimer: no deadlock
+        """Claim many objects on SQLite: one upsert for the batch, one read of the refused ones.
+
+        (PostgreSQL claims batches on the raw driver, in ``_thaw_pg.py``.)
+        """
+        assert not self.postgres, "PostgreSQL batch claims run in _thaw_pg.PostgresThaw"
+        idents = sorted(set(idents))
         o, n = self.owners, self.nodes
         claims = {
             (r.type, r.key): Claim(True, int(r.epoch), node_id, taken_from=r.previous_node_id)
@@ -163,48 +167,34 @@ class SQLOwners:
         return claims
 
     def _claim_batch(self, idents: Sequence[Ident], node_id: str, ttl: float) -> sa.TextClause:
-        """The upsert of ``claim`` for a whole batch, returning the granted rows.
+        """The upsert of ``claim`` for a whole batch on SQLite, returning the granted rows.
 
-        PostgreSQL takes the rows from ``unnest`` of two arrays, in ``(type, key)`` order (the
-        lock order); SQLite from ``json_each`` of one JSON array (one writer: no lock order).
+        The rows come from ``json_each`` of one JSON array (one writer: no lock order).
+        PostgreSQL claims batches on the raw driver instead (``_thaw_pg.py``).
         """
         prep = self._preparer
         owners, nodes = prep.format_table(self.owners), prep.format_table(self.nodes)
-        params: list[sa.BindParameter[Any]] = [sa.bindparam("node", node_id, type_=sa.Text())]
-        if self.postgres:
-            texts = postgresql.ARRAY(sa.Text())
-            rows = "SELECT * FROM unnest(:types, :keys) AS u(type, key)"
-            order = 'ORDER BY v.type COLLATE "C", v.key COLLATE "C"'
-            now = "clock_timestamp()"
-            cutoff = "clock_timestamp() - make_interval(secs => :ttl)"
-            params += [
-                sa.bindparam("types", [i[0] for i in idents], type_=texts),
-                sa.bindparam("keys", [i[1] for i in idents], type_=texts),
-                sa.bindparam("ttl", ttl, type_=sa.Float()),
-            ]
-        else:
-            rows = ("SELECT json_extract(value, '$[0]') AS type, "
-                    "json_extract(value, '$[1]') AS key FROM json_each(:idents)")
-            order = "WHERE true"  # SQLite parses an upsert from a SELECT only with a WHERE
-            now, cutoff = ":now", ":cutoff"
-            moment = datetime.now(UTC)
-            stamp = sa.DateTime(timezone=True)
-            params += [
-                sa.bindparam("idents", to_json(idents).decode(), type_=sa.Text()),
-                sa.bindparam("now", moment, type_=stamp),
-                sa.bindparam("cutoff", moment - timedelta(seconds=ttl), type_=stamp),
-            ]
+        moment = datetime.now(UTC)
+        stamp = sa.DateTime(timezone=True)
+        rows = ("SELECT json_extract(value, '$[0]') AS type, "
+                "json_extract(value, '$[1]') AS key FROM json_each(:idents)")
         return sa.text(
             f"INSERT INTO {owners} (type, key, node_id, epoch, claimed_at) "
-            f"SELECT v.type, v.key, :node, 1, {now} FROM ({rows}) AS v {order} "
+            # WHERE true: SQLite parses an upsert from a SELECT only with a WHERE.
+            f"SELECT v.type, v.key, :node, 1, :now FROM ({rows}) AS v WHERE true "
             f"ON CONFLICT (type, key) DO UPDATE SET node_id = :node, "
-            f"epoch = {owners}.epoch + 1, claimed_at = {now}, "
+            f"epoch = {owners}.epoch + 1, claimed_at = :now, "
             f"previous_node_id = NULLIF({owners}.node_id, :node) "
             f"WHERE {owners}.node_id IS NULL OR {owners}.node_id = :node OR NOT EXISTS "
             f"(SELECT 1 FROM {nodes} n WHERE n.node_id = {owners}.node_id AND "
-            f"n.heartbeat_at >= {cutoff}) "
+            "n.heartbeat_at >= :cutoff) "
             "RETURNING type, key, epoch, previous_node_id"
-        ).bindparams(*params)
+        ).bindparams(
+            sa.bindparam("node", node_id, type_=sa.Text()),
+            sa.bindparam("idents", to_json(idents).decode(), type_=sa.Text()),
+            sa.bindparam("now", moment, type_=stamp),
+            sa.bindparam("cutoff", moment - timedelta(seconds=ttl), type_=stamp),
+        )
 
     def _owner_dead(self, ttl: float) -> sa.TextClause:
         # Text, not sa.exists(): SQLAlchemy renders a subquery inside ON CONFLICT's WHERE
