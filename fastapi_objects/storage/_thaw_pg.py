@@ -90,6 +90,8 @@ class PostgresThaw:
                 claims[(r["type"], r["key"])] = Claim(
                     True, int(r["epoch"]), node_id, taken_from=r["node_id"]
                 )
+            elif r["node_id"] == node_id:  # taken from us just now (the row is older): ask again
+                claims[(r["type"], r["key"])] = Claim(False, int(r["epoch"]))
             else:
                 claims[(r["type"], r["key"])] = Claim(
                     False, int(r["epoch"]), r["node_id"], r["address"]
