@@ -68,7 +68,9 @@ class Channel:
 
     async def call(self, request: dict[str, Any]) -> Reply:
         """Send one call and wait for its reply; ``ChannelClosed`` if none comes."""
-        data = to_json({"id": self._next + 1, **request})
+        self._next += 1
+        ident = self._next
+        data = to_json({"id": ident, **request})
         if len(data) > MAX_FRAME:
             raise InvalidArguments(
                 f"the call is {len(data):,} bytes of JSON; a call forwarded to another node "
@@ -76,8 +78,6 @@ class Channel:
             )
         if not self.usable:
             raise ChannelClosed("the channel was closed before the call was sent", True)
-        self._next += 1
-        ident = self._next
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
         try:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ._rows import alarm_of
 from ._writes import _positional
 from .base import Alarm, Commit
 
@@ -45,20 +46,6 @@ def alarm_writes(
 
 def _row(alarm: Alarm) -> dict[str, Any]:
     return {name: getattr(alarm, name) for name in _COLUMNS}
-
-
-def _alarm(row: Any) -> Alarm:
-    m = row._mapping
-    return Alarm(
-        type=m["type"], key=m["key"], name=m["name"], due_at=_utc(m["due_at"]),
-        scheduled_at=_utc(m["scheduled_at"]), payload=m["payload"], every=m["every"],
-        cron=m["cron"], retry_count=m["retry_count"], status=m["status"],
-        last_error=m["last_error"],
-    )
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 class SQLAlarms:
@@ -161,7 +148,7 @@ class SQLAlarms:
         ).all()
         found: dict[tuple[str, str], list[Alarm]] = {}
         for r in rows:
-            found.setdefault((r.type, r.key), []).append(_alarm(r))
+            found.setdefault((r.type, r.key), []).append(alarm_of(r._mapping))
         return found
 
     async def claim_due(
@@ -188,7 +175,7 @@ class SQLAlarms:
             .values(claimed_until=due_by + timedelta(seconds=lease))
             .returning(*a.c)
         )
-        return [_alarm(r) for r in (await conn.execute(stmt)).all()]
+        return [alarm_of(r._mapping) for r in (await conn.execute(stmt)).all()]
 
     async def record_failure(self, conn: AsyncConnection, alarm: Alarm) -> bool:
         """Store a failed delivery's retry state, if that occurrence is still stored."""

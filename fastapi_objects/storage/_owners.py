@@ -17,6 +17,7 @@ from pydantic_core import to_json
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ._rows import utc
 from .base import Claim, NodeInfo
 
 Ident = tuple[str, str]
@@ -94,7 +95,7 @@ class SQLOwners:
         return [
             NodeInfo(
                 node_id=r.node_id, address=r.address, region=r.region, machine=r.machine,
-                started_at=_utc(r.started_at), heartbeat_at=_utc(r.heartbeat_at),
+                started_at=utc(r.started_at), heartbeat_at=utc(r.heartbeat_at),
                 alive=bool(r.alive), owned=int(r.owned),
             )
             for r in rows
@@ -250,7 +251,3 @@ class SQLOwners:
             .values(node_id=None)
         )
         await conn.execute(stmt, [{"t": t, "k": k, "e": e} for t, k, e in items])
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from pydantic_core import from_json
 from sqlalchemy.dialects import postgresql
 
+from ._rows import alarm_of, checkpoint_of
 from ._writes import _positional, _qualified
 from .base import Alarm, Checkpoint, Claim
 
@@ -105,16 +106,7 @@ class PostgresThaw:
         rows = await self._run(self._load_sql, self._load_order, {
             "types": [i[0] for i in idents], "keys": [i[1] for i in idents],
         })
-        return {
-            (r["type"], r["key"]): Checkpoint(
-                type=r["type"], key=r["key"], rev=r["rev"], journal_rev=r["journal_rev"],
-                snapshot_rev=r["snapshot_rev"], state=_json(r["state"]),
-                state_version=r["state_version"], status=r["status"],
-                metadata=_json(r["metadata"]), created_at=r["created_at"],
-                updated_at=r["updated_at"],
-            )
-            for r in rows
-        }
+        return {(r["type"], r["key"]): checkpoint_of(r, _json) for r in rows}
 
     async def load_alarms_many(self, idents: Sequence[Ident]) -> dict[Ident, list[Alarm]]:
         """The batch's alarms, each object's by name."""
@@ -123,12 +115,7 @@ class PostgresThaw:
         })
         found: dict[Ident, list[Alarm]] = {}
         for r in rows:
-            found.setdefault((r["type"], r["key"]), []).append(Alarm(
-                type=r["type"], key=r["key"], name=r["name"], due_at=r["due_at"],
-                scheduled_at=r["scheduled_at"], payload=_json(r["payload"]), every=r["every"],
-                cron=r["cron"], retry_count=r["retry_count"], status=r["status"],
-                last_error=r["last_error"],
-            ))
+            found.setdefault((r["type"], r["key"]), []).append(alarm_of(r, _json))
         return found
 
 

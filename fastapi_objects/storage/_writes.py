@@ -233,8 +233,8 @@ def _positional(stmt: sa.TextClause) -> tuple[str, tuple[str, ...]]:
     return compiled.string, tuple(compiled.positiontup or ())
 
 
-def _ident(commit: Commit) -> Ident:
-    return (commit.type, commit.key)
+def _ident(item: Commit | StatusUpdate) -> Ident:
+    return (item.type, item.key)
 
 
 def _qualified(table: sa.Table) -> str:

@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
 from ._owners import SQLOwners
+from ._rows import checkpoint_of, utc
 from ._thaw_pg import PostgresThaw
-from ._writes import PostgresWrites
+from ._writes import PostgresWrites, _ident
 from ._writes_sqlite import SQLiteWrites
 from .base import (
     Alarm,
@@ -128,7 +129,7 @@ class SQLStorage(Storage):
         stmt = sa.select(cp).where(cp.c.type == type, cp.c.key == key)
         async with self._connect() as conn:
             row = (await conn.execute(stmt)).first()
-        return None if row is None else _checkpoint(row)
+        return None if row is None else checkpoint_of(row._mapping)
 
     async def read_journal(
         self, type: str, key: str, after_rev: int = 0, limit: int | None = None
@@ -144,7 +145,7 @@ class SQLStorage(Storage):
             stmt = stmt.limit(limit)
         async with self._connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [JournalEntry(r.rev, r.kind, r.payload, _utc(r.at)) for r in rows]
+        return [JournalEntry(r.rev, r.kind, r.payload, utc(r.at)) for r in rows]
 
     async def commit(
         self,
@@ -240,7 +241,7 @@ class SQLStorage(Storage):
         stmt = sa.select(cp).where(sa.tuple_(cp.c.type, cp.c.key).in_([tuple(i) for i in idents]))
         async with self._connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return {(r.type, r.key): _checkpoint(r) for r in rows}
+        return {(r.type, r.key): checkpoint_of(r._mapping) for r in rows}
 
     # -- alarms --------------------------------------------------------------------------------
 
@@ -297,7 +298,7 @@ class SQLStorage(Storage):
             stmt = stmt.where(sa.tuple_(cp.c.type, cp.c.key) > sa.tuple_(after_type, after_key))
         async with self._connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        items = [_checkpoint(r) for r in rows[: query.limit]]
+        items = [checkpoint_of(r._mapping) for r in rows[: query.limit]]
         more = len(rows) > query.limit
         return ObjectPage(items, encode_cursor(items[-1].type, items[-1].key) if more else None)
 
@@ -338,24 +339,6 @@ class SQLStorage(Storage):
         await conn.execute(sa.delete(a).where(a.c.type == type, a.c.key == key))
         result = await conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
         return bool(result.rowcount == 1)
-
-
-def _checkpoint(row: sa.Row[Any]) -> Checkpoint:
-    m = row._mapping
-    return Checkpoint(
-        type=m["type"], key=m["key"], rev=m["rev"], journal_rev=m["journal_rev"],
-        snapshot_rev=m["snapshot_rev"], state=m["state"], state_version=m["state_version"],
-        status=m["status"], metadata=m["metadata"], created_at=_utc(m["created_at"]),
-        updated_at=_utc(m["updated_at"]),
-    )
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def _ident(item: Commit | StatusUpdate) -> tuple[str, str]:
-    return (item.type, item.key)
 
 
 def _to_utc(value: datetime) -> datetime:
