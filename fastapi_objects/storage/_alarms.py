@@ -16,7 +16,6 @@ from typing import Any
 import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._rows import alarm_of
 from ._writes import _positional
@@ -92,17 +91,17 @@ class SQLAlarms:
 
     # -- writes with a commit ------------------------------------------------------------------
 
-    async def write(
-        self, conn: AsyncConnection, stores: Sequence[Alarm], deletes: Sequence[tuple[str, ...]]
+    def write(
+        self, conn: sa.Connection, stores: Sequence[Alarm], deletes: Sequence[tuple[str, ...]]
     ) -> None:
         """Apply alarm writes inside the batch's transaction (SQLAlchemy connection)."""
         a = self.table
         for t, k, n in deletes:
-            await conn.execute(sa.delete(a).where(a.c.type == t, a.c.key == k, a.c.name == n))
+            conn.execute(sa.delete(a).where(a.c.type == t, a.c.key == k, a.c.name == n))
         for alarm in stores:
             values = {**_row(alarm), "claimed_until": None}
             stmt = self._insert(a).values(values)
-            await conn.execute(stmt.on_conflict_do_update(
+            conn.execute(stmt.on_conflict_do_update(
                 index_elements=[a.c.type, a.c.key, a.c.name],
                 set_={name: stmt.excluded[name] for name in (*_COLUMNS[3:], "claimed_until")},
             ))
@@ -134,13 +133,13 @@ class SQLAlarms:
 
     # -- reads and delivery --------------------------------------------------------------------
 
-    async def load_many(
-        self, conn: AsyncConnection, idents: Sequence[tuple[str, str]]
+    def load_many(
+        self, conn: sa.Connection, idents: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], list[Alarm]]:
         """The objects' alarms, each object's by name."""
         a = self.table
         rows = (
-            await conn.execute(
+            conn.execute(
                 sa.select(a)
                 .where(sa.tuple_(a.c.type, a.c.key).in_([tuple(i) for i in idents]))
                 .order_by(a.c.type, a.c.key, a.c.name)
@@ -151,8 +150,8 @@ class SQLAlarms:
             found.setdefault((r.type, r.key), []).append(alarm_of(r._mapping))
         return found
 
-    async def claim_due(
-        self, conn: AsyncConnection, limit: int, lease: float, ahead: float = 0.0
+    def claim_due(
+        self, conn: sa.Connection, limit: int, lease: float, ahead: float = 0.0
     ) -> list[Alarm]:
         """Take up to ``limit`` untaken alarms due within ``ahead`` s, until ``ahead + lease``."""
         a = self.table
@@ -175,12 +174,12 @@ class SQLAlarms:
             .values(claimed_until=due_by + timedelta(seconds=lease))
             .returning(*a.c)
         )
-        return [alarm_of(r._mapping) for r in (await conn.execute(stmt)).all()]
+        return [alarm_of(r._mapping) for r in conn.execute(stmt).all()]
 
-    async def record_failure(self, conn: AsyncConnection, alarm: Alarm) -> bool:
+    def record_failure(self, conn: sa.Connection, alarm: Alarm) -> bool:
         """Store a failed delivery's retry state, if that occurrence is still stored."""
         a = self.table
-        result = await conn.execute(
+        result = conn.execute(
             sa.update(a)
             .where(a.c.type == alarm.type, a.c.key == alarm.key, a.c.name == alarm.name,
                    a.c.scheduled_at == alarm.scheduled_at)

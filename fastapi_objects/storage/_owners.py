@@ -15,7 +15,6 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic_core import to_json
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._rows import utc
 from .base import Claim, NodeInfo
@@ -46,8 +45,8 @@ class SQLOwners:
             return self.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.cast(ttl, sa.Float()))
         return sa.literal(datetime.now(UTC) - timedelta(seconds=ttl), sa.DateTime(timezone=True))
 
-    async def register(
-        self, conn: AsyncConnection, node_id: str, address: str | None, region: str | None,
+    def register(
+        self, conn: sa.Connection, node_id: str, address: str | None, region: str | None,
         machine: str | None,
     ) -> None:
         """Insert or refresh a node's row."""
@@ -61,24 +60,24 @@ class SQLOwners:
             set_={"address": address, "region": region, "machine": machine,
                   "started_at": now, "heartbeat_at": now},
         )
-        await conn.execute(stmt)
+        conn.execute(stmt)
 
-    async def heartbeat(self, conn: AsyncConnection, node_id: str) -> bool:
+    def heartbeat(self, conn: sa.Connection, node_id: str) -> bool:
         """Stamp the heartbeat; ``False`` when the node's row is gone."""
         n = self.nodes
-        result = await conn.execute(
+        result = conn.execute(
             sa.update(n).where(n.c.node_id == node_id).values(heartbeat_at=self.now())
         )
         return result.rowcount == 1
 
-    async def deregister(self, conn: AsyncConnection, node_id: str) -> None:
+    def deregister(self, conn: sa.Connection, node_id: str) -> None:
         """Release what the node owns and remove it."""
         o, n = self.owners, self.nodes
-        await conn.execute(sa.update(o).where(o.c.node_id == node_id).values(node_id=None))
-        await conn.execute(sa.delete(n).where(n.c.node_id == node_id))
+        conn.execute(sa.update(o).where(o.c.node_id == node_id).values(node_id=None))
+        conn.execute(sa.delete(n).where(n.c.node_id == node_id))
 
-    async def list(
-        self, conn: AsyncConnection, ttl: float, count_owned: bool = True
+    def list(
+        self, conn: sa.Connection, ttl: float, count_owned: bool = True
     ) -> list[NodeInfo]:
         """Every node, alive or not, with how many objects each owns (or 0: not counted)."""
         n, o = self.nodes, self.owners
@@ -88,7 +87,7 @@ class SQLOwners:
         )
         alive = sa.case((n.c.heartbeat_at >= self.cutoff(ttl), True), else_=False)
         rows = (
-            await conn.execute(
+            conn.execute(
                 sa.select(n, alive.label("alive"), owned.label("owned")).order_by(n.c.node_id)
             )
         ).all()
@@ -101,14 +100,14 @@ class SQLOwners:
             for r in rows
         ]
 
-    async def prune(self, conn: AsyncConnection, dead_for: float) -> int:
+    def prune(self, conn: sa.Connection, dead_for: float) -> int:
         """Delete the rows of nodes dead for longer than ``dead_for`` seconds."""
         n = self.nodes
-        result = await conn.execute(sa.delete(n).where(n.c.heartbeat_at < self.cutoff(dead_for)))
+        result = conn.execute(sa.delete(n).where(n.c.heartbeat_at < self.cutoff(dead_for)))
         return int(result.rowcount)
 
-    async def claim(
-        self, conn: AsyncConnection, type: str, key: str, node_id: str, ttl: float
+    def claim(
+        self, conn: sa.Connection, type: str, key: str, node_id: str, ttl: float
     ) -> Claim:
         """Own the object if it is free (see ``Storage.claim``); one upsert, then a read."""
         o, n = self.owners, self.nodes
@@ -124,11 +123,11 @@ class SQLOwners:
                                               else_=o.c.node_id)},
             where=sa.or_(o.c.node_id.is_(None), o.c.node_id == node_id, self._owner_dead(ttl)),
         ).returning(o.c.epoch, o.c.previous_node_id)
-        granted = (await conn.execute(upsert)).first()
+        granted = (conn.execute(upsert)).first()
         if granted is not None:
             return Claim(True, int(granted.epoch), node_id, taken_from=granted.previous_node_id)
         row = (
-            await conn.execute(
+            conn.execute(
                 sa.select(o.c.epoch, o.c.node_id, n.c.address)
                 .select_from(o.outerjoin(n, n.c.node_id == o.c.node_id))
                 .where(o.c.type == type, o.c.key == key)
@@ -138,8 +137,8 @@ class SQLOwners:
             return Claim(False, 0)
         return Claim(False, int(row.epoch), row.node_id, row.address)
 
-    async def claim_many(
-        self, conn: AsyncConnection, idents: Sequence[Ident], node_id: str, ttl: float
+    def claim_many(
+        self, conn: sa.Connection, idents: Sequence[Ident], node_id: str, ttl: float
     ) -> dict[Ident, Claim]:
         """Claim many objects on SQLite: one upsert for the batch, one read of the refused ones.
 
@@ -150,12 +149,12 @@ class SQLOwners:
         o, n = self.owners, self.nodes
         claims = {
             (r.type, r.key): Claim(True, int(r.epoch), node_id, taken_from=r.previous_node_id)
-            for r in (await conn.execute(self._claim_batch(idents, node_id, ttl))).all()
+            for r in (conn.execute(self._claim_batch(idents, node_id, ttl))).all()
         }
         refused = [i for i in idents if i not in claims]
         if refused:
             rows = (
-                await conn.execute(
+                conn.execute(
                     sa.select(o.c.type, o.c.key, o.c.epoch, o.c.node_id, n.c.address)
                     .select_from(o.outerjoin(n, n.c.node_id == o.c.node_id))
                     .where(sa.tuple_(o.c.type, o.c.key).in_(refused))
@@ -215,13 +214,13 @@ class SQLOwners:
             f"AND n.heartbeat_at >= {cutoff})"
         ).bindparams(*params)
 
-    async def owners_of(self, conn: AsyncConnection, idents: Sequence[Ident]) -> dict[Ident, str]:
+    def owners_of(self, conn: sa.Connection, idents: Sequence[Ident]) -> dict[Ident, str]:
         """The owning node of each object (released or unknown ones left out)."""
         if not idents:
             return {}
         o = self.owners
         rows = (
-            await conn.execute(
+            conn.execute(
                 sa.select(o.c.type, o.c.key, o.c.node_id).where(
                     sa.tuple_(o.c.type, o.c.key).in_([tuple(i) for i in idents]),
                     o.c.node_id.is_not(None),
@@ -229,25 +228,3 @@ class SQLOwners:
             )
         ).all()
         return {(r.type, r.key): r.node_id for r in rows}
-
-    def fence(self, type: Any, key: Any, epoch: Any, node_id: str) -> sa.ColumnElement[bool]:
-        """``node_id`` owns ``(type, key)`` at ``epoch`` (for a commit's WHERE)."""
-        o = self.owners
-        return sa.exists().where(
-            o.c.type == type, o.c.key == key, o.c.node_id == node_id, o.c.epoch == epoch
-        )
-
-    async def release(
-        self, conn: AsyncConnection, node_id: str, items: Sequence[tuple[str, str, int]]
-    ) -> None:
-        """Give up objects this node still owns at the given epochs (executemany)."""
-        o = self.owners
-        stmt = (
-            sa.update(o)
-            .where(
-                o.c.type == sa.bindparam("t"), o.c.key == sa.bindparam("k"),
-                o.c.node_id == node_id, o.c.epoch == sa.bindparam("e"),
-            )
-            .values(node_id=None)
-        )
-        await conn.execute(stmt, [{"t": t, "k": k, "e": e} for t, k, e in items])

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
 from ._owners import SQLOwners
 from ._rows import checkpoint_of, utc
+from ._sqlite import SQLiteWorker
 from ._thaw_pg import PostgresThaw
 from ._writes import PostgresWrites, _ident
 from ._writes_sqlite import SQLiteWrites
@@ -36,9 +38,17 @@ from .engine import create_engine, engine_options
 from .tables import storage_metadata
 from .urls import redact
 
+R = TypeVar("R")
 
 class SQLStorage(Storage):
-    """Storage in SQLite or PostgreSQL; one transaction per group commit."""
+    """Storage in SQLite or PostgreSQL; one transaction per group commit.
+
+    PostgreSQL runs on SQLAlchemy's async engine (asyncpg), its group commits and thaws on
+    the writer's own asyncpg connections (``_writes.py``, ``_thaw_pg.py``). SQLite runs on two
+    ``sqlite3`` connections of its own, each in a thread: every write of the process through
+    the one writer, reads through a reader that never takes the write lock (``_sqlite.py``).
+    The statements of both are plain functions of a SQLAlchemy ``Connection``.
+    """
 
     def __init__(self, url: str, *, schema: str | None = None, echo: bool = False) -> None:
         self.url = url
@@ -60,13 +70,21 @@ class SQLStorage(Storage):
         self._owners = SQLOwners(
             self.metadata.tables[prefix + "objects_nodes"], owners, postgres=not self._sqlite
         )
-        self._writes: PostgresWrites | SQLiteWrites = (
-            SQLiteWrites(self.checkpoints, self.journal, self._owners)
-            if self._sqlite
-            else PostgresWrites(self.checkpoints, self.journal, owners, self._connect_driver)
-        )
+        self._writer: SQLiteWorker | None = None
+        self._reader: SQLiteWorker | None = None
+        self._writes: PostgresWrites | SQLiteWrites
         self._thaw: PostgresThaw | None = None
-        if isinstance(self._writes, PostgresWrites):
+        if self._sqlite:
+            self._writes = SQLiteWrites(self._alarms)
+            path = self.engine.url.database or ":memory:"
+            self._writer = SQLiteWorker(path, "writer")
+            # An in-memory database exists only on the connection that made it.
+            in_memory = path == ":memory:" or "mode=memory" in url
+            self._reader = self._writer if in_memory else SQLiteWorker(path, "reader")
+        else:
+            self._writes = PostgresWrites(
+                self.checkpoints, self.journal, owners, self._connect_driver
+            )
             self._thaw = PostgresThaw(
                 self.checkpoints, owners, self.metadata.tables[prefix + "objects_nodes"],
                 self.metadata.tables[prefix + "objects_alarms"], self._writes.run,
@@ -76,6 +94,9 @@ class SQLStorage(Storage):
         """Dispose of the connection pool (and the writer's connections)."""
         if isinstance(self._writes, PostgresWrites):
             await self._writes.close()
+        for worker in {self._writer, self._reader} - {None}:
+            assert worker is not None
+            await worker.close()
         await self.engine.dispose()
 
     async def _connect_driver(self) -> Any:
@@ -87,48 +108,64 @@ class SQLStorage(Storage):
 
         return await asyncpg.connect(*cargs, **cparams)
 
-    @asynccontextmanager
-    async def _connect(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        # Single-statement reads run without BEGIN/ROLLBACK around them: one round trip.
+    async def _write(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn(connection, *args)`` as one transaction (SQLite: on the writer)."""
+        with self._unavailable():
+            if self._writer is not None:
+                return await self._writer.run(fn, *args, write=True)
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn, *args)
+
+    async def _read(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn(connection, *args)`` outside a transaction (SQLite: on the reader)."""
+        with self._unavailable():
+            if self._reader is not None:
+                return await self._reader.run(fn, *args)
+            # Single-statement reads run without BEGIN/ROLLBACK around them: one round trip.
+            async with self._autocommit.connect() as conn:
+                return await conn.run_sync(fn, *args)
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
         try:
-            if write:
-                async with self.engine.begin() as conn:
-                    yield conn
-            else:
-                async with self._autocommit.connect() as conn:
-                    yield conn
+            yield
         except StorageUnavailable:
             raise
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError) as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sqlite3.OperationalError,
+                OSError, TimeoutError) as exc:
             raise StorageUnavailable(f"storage unavailable ({redact(self.url)}): {exc}") from exc
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 raise StorageUnavailable(f"storage connection lost: {exc}") from exc
             raise StorageUnavailable(f"storage refused the transaction: {exc.orig}") from exc
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"storage refused the transaction: {exc}") from exc
 
     async def create_tables(self) -> None:
         """Create the tables of every version (and the schema) when missing.
 
-        Several processes starting at once (``uvicorn --workers N`` on one SQLite file) race
-        between "is it there?" and "create it": the loser finds the tables made and looks again.
+        Several processes starting at once (``uvicorn --workers N``) race between "is it
+        there?" and "create it": the loser finds the tables made and looks again (SQLite
+        checks and creates under its write lock, so it never races).
         """
         for attempt in range(3):
             try:
-                async with self._connect(write=True) as conn:
-                    if self.schema and not self._sqlite:
-                        await conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
-                    await conn.run_sync(self.metadata.create_all, checkfirst=True)
+                await self._write(self._create_tables)
                 return
             except StorageUnavailable as exc:
                 if "already exists" not in exc.message or attempt == 2:
                     raise
 
+    def _create_tables(self, conn: sa.Connection) -> None:
+        if self.schema and not self._sqlite:
+            conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        self.metadata.create_all(conn, checkfirst=True)
+
     async def load(self, type: str, key: str) -> Checkpoint | None:
         """Return the checkpoint of ``(type, key)`` or ``None``."""
         cp = self.checkpoints
         stmt = sa.select(cp).where(cp.c.type == type, cp.c.key == key)
-        async with self._connect() as conn:
-            row = (await conn.execute(stmt)).first()
+        row = await self._read(_first, stmt)
         return None if row is None else checkpoint_of(row._mapping)
 
     async def read_journal(
@@ -143,8 +180,7 @@ class SQLStorage(Storage):
         )
         if limit is not None:
             stmt = stmt.limit(limit)
-        async with self._connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(_all, stmt)
         return [JournalEntry(r.rev, r.kind, r.payload, utc(r.at)) for r in rows]
 
     async def commit(
@@ -174,16 +210,7 @@ class SQLStorage(Storage):
             if releases and node_id is not None:
                 await writes.release(node_id, releases)
         else:
-            async with self._connect(write=True) as conn:
-                if commits:
-                    done = await writes.commit(conn, commits, now, node_id)
-                    stores, deletes = alarm_writes(commits, done)
-                    if stores or deletes:
-                        await alarms.write(conn, stores, deletes)
-                if statuses:
-                    await writes.statuses(conn, statuses)
-                if releases and node_id is not None:
-                    await self._owners.release(conn, node_id, releases)
+            done = await self._write(writes.commit, commits, statuses, releases, node_id, now)
         return [(c.type, c.key) in done for c in commits]
 
     # -- nodes and ownership -----------------------------------------------------------------
@@ -192,42 +219,35 @@ class SQLStorage(Storage):
         self, node_id: str, address: str | None, region: str | None, machine: str | None
     ) -> None:
         """Insert or refresh the node's row."""
-        async with self._connect(write=True) as conn:
-            await self._owners.register(conn, node_id, address, region, machine)
+        await self._write(self._owners.register, node_id, address, region, machine)
 
     async def heartbeat(self, node_id: str) -> bool:
-        """Stamp the node's heartbeat (one autocommitted statement)."""
-        async with self._connect(write=True) as conn:
-            return await self._owners.heartbeat(conn, node_id)
+        """Stamp the node's heartbeat."""
+        return await self._write(self._owners.heartbeat, node_id)
 
     async def deregister_node(self, node_id: str) -> None:
         """Release the node's objects and delete its row."""
-        async with self._connect(write=True) as conn:
-            await self._owners.deregister(conn, node_id)
+        await self._write(self._owners.deregister, node_id)
 
     async def nodes(self, ttl: float, count_owned: bool = True) -> list[NodeInfo]:
         """Every registered node."""
-        async with self._connect() as conn:
-            return await self._owners.list(conn, ttl, count_owned)
+        return await self._read(self._owners.list, ttl, count_owned)
 
     async def prune_nodes(self, dead_for: float) -> int:
         """Delete long-dead nodes' rows."""
-        async with self._connect(write=True) as conn:
-            return await self._owners.prune(conn, dead_for)
+        return await self._write(self._owners.prune, dead_for)
 
     async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
         """Own ``(type, key)`` if it is free."""
-        async with self._connect(write=True) as conn:
-            return await self._owners.claim(conn, type, key, node_id, ttl)
+        return await self._write(self._owners.claim, type, key, node_id, ttl)
 
     async def claim_many(
         self, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
     ) -> dict[tuple[str, str], Claim]:
-        """Own many objects at once (PostgreSQL: one statement; SQLite: one transaction)."""
+        """Own many objects at once (one statement)."""
         if self._thaw is not None:
             return await self._thaw.claim_many(idents, node_id, ttl)
-        async with self._connect(write=True) as conn:
-            return await self._owners.claim_many(conn, idents, node_id, ttl)
+        return await self._write(self._owners.claim_many, idents, node_id, ttl)
 
     async def load_many(
         self, idents: Sequence[tuple[str, str]]
@@ -239,8 +259,7 @@ class SQLStorage(Storage):
             return await self._thaw.load_many(idents)
         cp = self.checkpoints
         stmt = sa.select(cp).where(sa.tuple_(cp.c.type, cp.c.key).in_([tuple(i) for i in idents]))
-        async with self._connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(_all, stmt)
         return {(r.type, r.key): checkpoint_of(r._mapping) for r in rows}
 
     # -- alarms --------------------------------------------------------------------------------
@@ -253,25 +272,21 @@ class SQLStorage(Storage):
             return {}
         if self._thaw is not None:
             return await self._thaw.load_alarms_many(idents)
-        async with self._connect() as conn:
-            return await self._alarms.load_many(conn, idents)
+        return await self._read(self._alarms.load_many, idents)
 
     async def claim_due_alarms(
         self, limit: int, lease: float, ahead: float = 0.0
     ) -> list[Alarm]:
         """Take alarms due within ``ahead`` seconds for delivery (one statement)."""
-        async with self._connect(write=True) as conn:
-            return await self._alarms.claim_due(conn, limit, lease, ahead)
+        return await self._write(self._alarms.claim_due, limit, lease, ahead)
 
     async def record_alarm_failure(self, alarm: Alarm) -> bool:
         """Store a failed delivery's retry state."""
-        async with self._connect(write=True) as conn:
-            return await self._alarms.record_failure(conn, alarm)
+        return await self._write(self._alarms.record_failure, alarm)
 
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The owning node of each object."""
-        async with self._connect() as conn:
-            return await self._owners.owners_of(conn, idents)
+        return await self._read(self._owners.owners_of, idents)
 
     async def query(self, query: ObjectQuery) -> ObjectPage:
         """List checkpoints matching the filters, ``limit`` at a time."""
@@ -296,8 +311,7 @@ class SQLStorage(Storage):
         if query.cursor is not None:
             after_type, after_key = decode_cursor(query.cursor)
             stmt = stmt.where(sa.tuple_(cp.c.type, cp.c.key) > sa.tuple_(after_type, after_key))
-        async with self._connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(_all, stmt)
         items = [checkpoint_of(r._mapping) for r in rows[: query.limit]]
         more = len(rows) > query.limit
         return ObjectPage(items, encode_cursor(items[-1].type, items[-1].key) if more else None)
@@ -310,35 +324,43 @@ class SQLStorage(Storage):
             .group_by(cp.c.type, cp.c.status)
             .order_by(cp.c.type, cp.c.status)
         )
-        async with self._connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._read(_all, stmt)
         return [TypeStats(r[0], r[1], r[2]) for r in rows]
 
     async def delete(self, type: str, key: str) -> bool:
         """Delete the checkpoint, journal and alarms of ``(type, key)``."""
-        async with self._connect(write=True) as conn:
-            return await self._purge(conn, type, key)
+        return await self._write(self._purge, type, key)
 
     async def destroy(self, type: str, key: str, node_id: str, epoch: int) -> bool:
         """Delete everything of ``(type, key)`` if ``node_id`` owns it at ``epoch``."""
+        return await self._write(self._destroy, type, key, node_id, epoch)
+
+    def _destroy(self, conn: sa.Connection, type: str, key: str, node_id: str, epoch: int) -> bool:
         o = self._owners.owners
-        async with self._connect(write=True) as conn:
-            # The owner row goes first: a write that takes SQLite's lock and fences the rest.
-            gone = await conn.execute(
-                sa.delete(o).where(o.c.type == type, o.c.key == key, o.c.node_id == node_id,
-                                   o.c.epoch == epoch)
-            )
-            if gone.rowcount != 1:
-                return False
-            await self._purge(conn, type, key)
+        # The owner row goes first: a write that fences the rest.
+        gone = conn.execute(
+            sa.delete(o).where(o.c.type == type, o.c.key == key, o.c.node_id == node_id,
+                               o.c.epoch == epoch)
+        )
+        if gone.rowcount != 1:
+            return False
+        self._purge(conn, type, key)
         return True
 
-    async def _purge(self, conn: AsyncConnection, type: str, key: str) -> bool:
+    def _purge(self, conn: sa.Connection, type: str, key: str) -> bool:
         cp, j, a = self.checkpoints, self.journal, self._alarms.table
-        await conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
-        await conn.execute(sa.delete(a).where(a.c.type == type, a.c.key == key))
-        result = await conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
+        conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
+        conn.execute(sa.delete(a).where(a.c.type == type, a.c.key == key))
+        result = conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
         return bool(result.rowcount == 1)
+
+
+def _first(conn: sa.Connection, stmt: sa.Executable) -> Any:
+    return conn.execute(stmt).first()
+
+
+def _all(conn: sa.Connection, stmt: sa.Executable) -> Sequence[Any]:
+    return conn.execute(stmt).all()
 
 
 def _to_utc(value: datetime) -> datetime:

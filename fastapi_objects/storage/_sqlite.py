@@ -1,0 +1,105 @@
+"""SQLite's connections: one writer and one reader, each a ``sqlite3`` connection in a thread.
+
+A durable call used to cost one aiosqlite thread hop per statement, through SQLAlchemy's async
+engine, with several of the runtime's own connections taking turns at SQLite's write lock (its
+busy handler sleeps up to 100 ms at a time). Now every write of this process goes through ONE
+connection, in ONE thread hop per unit of work (a whole group commit, a whole thaw batch),
+in a ``BEGIN IMMEDIATE`` transaction: in-process writers never wait on each other's lock, and
+readers, on a connection of their own, never take it (WAL).
+
+A unit of work is a plain function of a synchronous SQLAlchemy ``Connection`` (the same
+functions run on PostgreSQL through ``AsyncConnection.run_sync``); the hot ones also use the
+driver's cursor (``connection.connection.driver_connection``) for fixed statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pydantic_core
+import sqlalchemy as sa
+from sqlalchemy.pool import StaticPool
+
+R = TypeVar("R")
+
+
+def _dumps(value: object) -> str:
+    return pydantic_core.to_json(value).decode()
+
+
+def open_sqlite(path: str) -> sqlite3.Connection:
+    """A connection as the storage sets them up: WAL, ``synchronous=FULL``, autocommit mode.
+
+    WAL lets readers run beside the writer; ``synchronous=FULL`` makes every acknowledged
+    commit survive a power loss, not only a process crash. Transactions are explicit.
+    """
+    raw = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("PRAGMA synchronous=FULL")
+    return raw
+
+
+class SQLiteWorker:
+    """One SQLite connection and the one thread that uses it.
+
+    ``run(fn, *args)`` calls ``fn(connection, *args)`` in the thread; with ``write=True`` the
+    call is one ``BEGIN IMMEDIATE`` transaction, committed when ``fn`` returns and rolled back
+    when it raises. The connection opens on first use (the CLI never starts the storage).
+    """
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"objects-sqlite-{name}")
+        self._raw: sqlite3.Connection | None = None
+        self._conn: sa.Connection | None = None
+
+    def _open(self) -> sa.Connection:
+        raw = self._raw = open_sqlite(self.path)
+        engine = sa.create_engine(
+            "sqlite://", creator=lambda: raw, poolclass=StaticPool,
+            json_serializer=_dumps, json_deserializer=pydantic_core.from_json,
+        )
+        self._conn = engine.connect()
+        return self._conn
+
+    async def run(self, fn: Callable[..., R], *args: Any, write: bool = False) -> R:
+        """Run ``fn(connection, *args)`` in this worker's thread (``write``: as a transaction)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, args, write)
+
+    def _call(self, fn: Callable[..., R], args: tuple[Any, ...], write: bool) -> R:
+        conn = self._conn if self._conn is not None else self._open()
+        raw = self._raw
+        assert raw is not None
+        if write:
+            raw.execute("BEGIN IMMEDIATE")  # the write lock first: every check sees the latest
+        try:
+            result = fn(conn, *args)
+        except BaseException:
+            conn.rollback()  # SQLAlchemy's transaction and the driver's (ROLLBACK)
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        conn.commit()  # the driver's COMMIT (fsync), when a transaction is open
+        if raw.in_transaction:
+            raw.execute("COMMIT")
+        return result
+
+    async def close(self) -> None:
+        """Close the connection (in its thread) and stop the thread."""
+        if self._conn is not None or self._raw is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
