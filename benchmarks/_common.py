@@ -94,6 +94,8 @@ async def closed_loop(
     loop.call_later(warmup, mark)
     loop.call_later(warmup + duration, mark)
     await asyncio.gather(*(caller(i) for i in range(callers)))
+    if len(marks) == 1:  # every caller stopped before the closing mark's timer ran
+        mark()
     latencies = [x for s in samples for x in s]
     run = Run(len(latencies), duration, latencies)
     if len(marks) == 2:

@@ -1,6 +1,7 @@
-"""The app bench_http.py serves with uvicorn: objects, a no-op endpoint and the baseline.
+"""The app bench_http.py serves with uvicorn: objects, reference endpoints and the baseline.
 
-Configured by environment: BENCH_DATABASE_URL, BENCH_SCHEMA.
+Configured by environment: BENCH_DATABASE_URL (PostgreSQL or SQLite), BENCH_SCHEMA
+(PostgreSQL only; empty for SQLite).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from fastapi_objects import DurableObject, Handle, Objects, get_object
+from fastapi_objects.storage import create_engine
 
 URL = os.environ["BENCH_DATABASE_URL"]
-SCHEMA = os.environ["BENCH_SCHEMA"]
+SCHEMA = os.environ.get("BENCH_SCHEMA") or None
+SQLITE = URL.startswith("sqlite")
 
 
 class CounterState(BaseModel):
@@ -27,6 +30,8 @@ class CounterState(BaseModel):
 
 
 class Counter(DurableObject[CounterState]):
+    public = True
+
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
@@ -39,6 +44,7 @@ class TickerState(BaseModel):
 
 class Ticker(DurableObject[TickerState]):
     idle_timeout = 600.0
+    public = True  # the fan-out clients attach to it
 
     async def tick(self, t: float) -> int:
         self.state.ticks += 1
@@ -47,11 +53,13 @@ class Ticker(DurableObject[TickerState]):
 
 
 objects = Objects(objects=[Counter, Ticker], database_url=URL, schema=SCHEMA, create_tables=True)
-engine = create_async_engine(URL, pool_size=32, max_overflow=32)
-sessions = async_sessionmaker(engine, expire_on_commit=False)
-UPDATE = sa.text(
-    f'UPDATE "{SCHEMA}".baseline_counters SET value = value + :by WHERE key = :key RETURNING value'
+# The baseline's own engine, as a FastAPI user sets one up (SQLite: WAL, synchronous=FULL).
+engine = (
+    create_engine(URL) if SQLITE else create_async_engine(URL, pool_size=32, max_overflow=32)
 )
+sessions = async_sessionmaker(engine, expire_on_commit=False)
+TABLE = "baseline_counters" if SQLITE else f'"{SCHEMA}".baseline_counters'
+UPDATE = sa.text(f"UPDATE {TABLE} SET value = value + :by WHERE key = :key RETURNING value")
 
 
 @asynccontextmanager
@@ -69,6 +77,36 @@ app.include_router(objects.router)
 async def increment(
     counter: Annotated[Handle[Counter], Depends(get_object(Counter))], by: int = 1
 ) -> dict[str, int]:
+    return {"value": await counter.increment(by)}
+
+
+class MemoryCounter:
+    """The in-memory object of the reference route: a value per key, nothing durable."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    async def increment(self, by: int = 1) -> int:
+        self.value += by
+        return self.value
+
+
+_memory: dict[str, MemoryCounter] = {}
+
+
+async def memory_counter(key: str) -> MemoryCounter:
+    """A dependency keyed by the path, as ``get_object`` is."""
+    counter = _memory.get(key)
+    if counter is None:
+        counter = _memory[key] = MemoryCounter()
+    return counter
+
+
+@app.post("/memory/{key}/increment")
+async def memory(
+    counter: Annotated[MemoryCounter, Depends(memory_counter)], by: int = 1
+) -> dict[str, int]:
+    """The README's route shape on an in-memory object: what FastAPI itself costs."""
     return {"value": await counter.increment(by)}
 
 

@@ -42,10 +42,11 @@ from _common import (  # the script's folder is on sys.path
     table,
 )
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from fastapi_objects.runtime import DurableObject, Runtime
 from fastapi_objects.runtime.committer import GroupCommitter
-from fastapi_objects.runtime.storable import check_storable
+from fastapi_objects.runtime.storable import storable_json
 from fastapi_objects.storage import Commit
 
 CALLERS = 64
@@ -121,8 +122,7 @@ async def _loop_rungs(rt: Runtime, objs: list[_Obj], duration: float, warmup: fl
             obj = objs[rnd(OBJECTS)]
             model = models[obj.key]
             model.value += 1
-            state = model.model_dump(mode="json")
-            check_storable(state, "state")
+            state = storable_json(model.model_dump(mode="json"), "state")
             pending = committer.submit(owners[obj.key], _commit_of(obj, state))
             await pending.wait()
 
@@ -152,13 +152,14 @@ async def _loop_rungs(rt: Runtime, objs: list[_Obj], duration: float, warmup: fl
         obj = objs[rnd(OBJECTS)]
         if rung == 0:
             obj.state["value"] += 1
-            state = dict(obj.state)
+            state = to_json(obj.state)
         else:
             model = models[obj.key]
             model.value += 1
-            state = model.model_dump(mode="json")
             if rung == 2:
-                check_storable(state, "state")
+                state = storable_json(model.model_dump(mode="json"), "state")
+            else:
+                state = to_json(model.model_dump(mode="json"))
         fut = loop.create_future()
         queued = waiting.get(obj.key)
         if queued is None:
@@ -218,7 +219,7 @@ async def ladder(url: str, schema: str | None, duration: float, warmup: float) -
             obj.state = stored[obj.key].state["value"]
         sync_back()
         for act in acts:  # the live instances' JSON copy of their state, as a turn leaves it
-            act.state_json = act.instance.state.model_dump(mode="json")
+            act.state_text = to_json(act.instance.state.model_dump(mode="json"))
         rnd = random.Random(9).randrange
         by_one = {"by": 1}
         rungs: list[tuple[str, Callable[[int], Awaitable[Any]]]] = [

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from pydantic_core import to_json
+
 from fastapi_objects.storage import Alarm, AlarmWrite, Commit, Storage
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -20,7 +22,7 @@ def _alarm(key: str, name: str, due: datetime, **kw: object) -> Alarm:
 
 def _commit(key: str, rev: int, *writes: AlarmWrite) -> Commit:
     return Commit(
-        type="counter", key=key, expected_rev=rev, new_rev=rev + 1, state={"value": rev},
+        type="counter", key=key, expected_rev=rev, new_rev=rev + 1, state=to_json({"value": rev}),
         state_version=1, snapshot_rev=0, journal_rev=0, alarms=list(writes),
     )
 

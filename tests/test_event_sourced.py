@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import pytest
 from _support import wait_until
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from fastapi_objects._exceptions import CorruptState
 from fastapi_objects.runtime import EventSourced, Runtime, readonly
@@ -114,9 +115,10 @@ async def test_snapshot_every_n_events(rt: Runtime) -> None:
 
 async def test_thaw_replays_the_journal_after_the_snapshot(rt: Runtime) -> None:
     """A snapshot at journal rev 1 plus two later events: thaw applies exactly those two."""
-    events = [("event", {"amount": a}) for a in (10, 5, 7)]
+    events = [("event", to_json({"amount": a})) for a in (10, 5, 7)]
     seed = Commit(
-        type="account", key="s", expected_rev=0, new_rev=1, state={"total": 10, "history": [10]},
+        type="account", key="s", expected_rev=0, new_rev=1,
+        state=to_json({"total": 10, "history": [10]}),
         state_version=1, snapshot_rev=1, journal_rev=3, entries=events,
     )
     assert await rt.storage.commit([seed]) == [True]
@@ -190,9 +192,9 @@ async def test_concurrent_emits_commit_in_order(rt: Runtime) -> None:
 
 async def test_invalid_event_in_the_journal_is_corrupt_state(rt: Runtime) -> None:
     seed = Commit(
-        type="account", key="bad", expected_rev=0, new_rev=1, state={"total": 1},
+        type="account", key="bad", expected_rev=0, new_rev=1, state=to_json({"total": 1}),
         state_version=1, snapshot_rev=1, journal_rev=2,
-        entries=[("event", {"amount": 1}), ("event", {"amount": "lots"})],
+        entries=[("event", to_json({"amount": 1})), ("event", to_json({"amount": "lots"}))],
     )
     assert await rt.storage.commit([seed]) == [True]
     with pytest.raises(CorruptState, match=r"account:bad.*rev 2"):

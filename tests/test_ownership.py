@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from pydantic_core import to_json
+
 from fastapi_objects.cluster import ClusterNode
 from fastapi_objects.storage import Commit, StatusUpdate, Storage
 
@@ -20,7 +22,8 @@ TTL = 10.0
 def _commit(key: str, expected_rev: int, epoch: int | None, value: int) -> Commit:
     return Commit(
         type="counter", key=key, expected_rev=expected_rev, new_rev=expected_rev + 1,
-        state={"value": value}, state_version=1, snapshot_rev=0, journal_rev=0, epoch=epoch,
+        state=to_json({"value": value}), state_version=1, snapshot_rev=0, journal_rev=0,
+        epoch=epoch,
     )
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 from _support import wait_until
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from fastapi_objects._exceptions import (
     CallTimeout,
@@ -579,7 +580,7 @@ class ProfileV1(DurableObject[ProfileV1State]):
 async def _seed(storage: Storage, type: str, key: str, state: Any, version: int) -> None:
     from fastapi_objects.storage import Commit
 
-    commit = Commit(type=type, key=key, expected_rev=0, new_rev=1, state=state,
+    commit = Commit(type=type, key=key, expected_rev=0, new_rev=1, state=to_json(state),
                     state_version=version, snapshot_rev=0, journal_rev=0)
     assert await storage.commit([commit]) == [True]
 

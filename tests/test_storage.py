@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from pydantic_core import to_json
 
 from fastapi_objects.storage import (
     Checkpoint,
@@ -32,8 +33,9 @@ def _create(
     entries = entries or []
     return Commit(
         type=type, key=key, expected_rev=0, new_rev=1,
-        state={"value": 0} if state is None else state, state_version=state_version,
-        snapshot_rev=len(entries), journal_rev=len(entries), entries=entries,
+        state=to_json({"value": 0} if state is None else state), state_version=state_version,
+        snapshot_rev=len(entries), journal_rev=len(entries),
+        entries=[(kind, to_json(payload)) for kind, payload in entries],
     )
 
 
@@ -45,9 +47,10 @@ def _next(
     journal_rev = cp.journal_rev + len(entries)
     return Commit(
         type=cp.type, key=cp.key, expected_rev=kw.get("expected_rev", cp.rev),
-        new_rev=cp.rev + 1, state=state, state_version=kw.get("state_version", 1),
+        new_rev=cp.rev + 1, state=None if state is None else to_json(state),
+        state_version=kw.get("state_version", 1),
         snapshot_rev=journal_rev if state is not None else cp.snapshot_rev,
-        journal_rev=journal_rev, entries=entries,
+        journal_rev=journal_rev, entries=[(kind, to_json(payload)) for kind, payload in entries],
     )
 
 

@@ -23,7 +23,7 @@ from .committer import merge_alarms
 from .gate import Gate
 from .object import DurableObject, EventSourced
 from .outcomes import Outcomes
-from .storable import check_result, check_storable
+from .storable import check_result, storable_json
 from .thaw import decode_state, new_state, replay
 from .turn import ActivationHost, Stale, Turn
 
@@ -61,7 +61,7 @@ class Activation(Outcomes):
         "rev",
         "since_snapshot",
         "snapshot_rev",
-        "state_json",
+        "state_text",
         "topic",
     )
 
@@ -73,7 +73,7 @@ class Activation(Outcomes):
         self.event_sourced = issubclass(cls, EventSourced)
         self.rev = self.journal_rev = self.snapshot_rev = self.since_snapshot = 0
         self.epoch: int | None = None  # the ownership epoch this instance commits under
-        self.state_json: Any = None
+        self.state_text = b""  # the last good state as stored (JSON), for rollback
         self.queued: PendingCommit | None = None  # merged turns not yet taken by the writer
         self.last: PendingCommit | None = None  # latest commit not yet durable (output gate)
         self.closed = False
@@ -113,7 +113,7 @@ class Activation(Outcomes):
         self.instance = instance
         await self.load_alarms(alarms)  # before on_activate, which may set or cancel alarms
         if not self.event_sourced:
-            self.state_json = instance.state.model_dump(mode="json")
+            self.state_text = self._encode_state()
         await self._run_hook(instance.on_activate)
         self.host.counters.thaws += 1
         self._arm(cls.idle_timeout)
@@ -123,18 +123,22 @@ class Activation(Outcomes):
     async def _enter(self, readonly: bool) -> None:
         if self.closed:
             raise Stale
+        if not self.gate.try_enter(readonly):
+            await self._wait(readonly)
+
+    async def _wait(self, readonly: bool) -> None:
+        """Queue for the gate (``Overloaded`` past ``max_queue``; ``Stale`` if it closed)."""
         gate = self.gate
-        if not gate.try_enter(readonly):
-            if gate.queued >= self.cls.max_queue:
-                raise Overloaded(
-                    f"{self.topic}: {gate.queued} calls are already waiting "
-                    f"(max_queue={self.cls.max_queue})",
-                    retry_after=1.0,
-                )
-            await gate.wait(self.loop, readonly)
-            if self.closed:
-                gate.leave(readonly)
-                raise Stale
+        if gate.queued >= self.cls.max_queue:
+            raise Overloaded(
+                f"{self.topic}: {gate.queued} calls are already waiting "
+                f"(max_queue={self.cls.max_queue})",
+                retry_after=1.0,
+            )
+        await gate.wait(self.loop, readonly)
+        if self.closed:
+            gate.leave(readonly)
+            raise Stale
 
     # -- turns -------------------------------------------------------------------------------
 
@@ -148,9 +152,11 @@ class Activation(Outcomes):
         """Whether a mutating turn of this object is running."""
         return self._turn is not None
 
-    async def call(self, spec: MethodSpec, args: dict[str, Any], held: bool = False) -> Any:
+    def call(
+        self, spec: MethodSpec, args: dict[str, Any], held: bool = False
+    ) -> Awaitable[Any]:
         """Run one call as a turn (or inside the running turn, when re-entered)."""
-        return await self.run(spec.fn, args, spec.readonly, held, spec)
+        return self.run(spec.fn, args, spec.readonly, held, spec)
 
     async def run(
         self,
@@ -171,8 +177,10 @@ class Activation(Outcomes):
             return await fn(self.instance, **kwargs)
         if held:
             readonly = False
-        else:
-            await self._enter(readonly)
+        elif self.closed:
+            raise Stale
+        elif not self.gate.try_enter(readonly):
+            await self._wait(readonly)
         token = _chain.set((*chain, self))
         self.in_flight += 1  # until the output may leave: a caller awaiting its commit counts
         try:
@@ -218,7 +226,7 @@ class Activation(Outcomes):
             if self.event_sourced:
                 instance.state = saved  # apply() is pure: the old state object is intact
             else:
-                instance.state = self.cls.state_model.model_validate(self.state_json)
+                instance.state = self.cls.state_model.model_validate_json(self.state_text)
             raise
         finally:
             self._turn = None
@@ -236,30 +244,37 @@ class Activation(Outcomes):
         else:
             _, pending = await self._turn_of(hook())
         if snapshot and self.event_sourced and self.since_snapshot:
-            pending = self._commit(Turn(), self.instance.state.model_dump(mode="json"), True)
+            pending = self._commit(Turn(), [], self._encode_state(), True)
         return pending
+
+    def _encode_state(self) -> bytes:
+        """The state as stored: its JSON, checked to read back (``UnstorableValue``)."""
+        return storable_json(
+            self.instance.state.model_dump(mode="json"), f"{self.topic}: the new state"
+        )
 
     def _finish(self, turn: Turn) -> PendingCommit | None:
         """Hand a finished turn to the committer; ``None`` when it changed nothing.
 
-        Raises ``UnstorableValue`` (the turn rolls back) when a journal entry or the new state
-        could not be stored and read back.
+        The state and journal entries are encoded to JSON once, here: the same bytes tell
+        whether the state changed, are checked to read back (``UnstorableValue`` rolls the
+        turn back), and go to storage.
         """
-        instance = self.instance
-        for kind, payload in turn.entries:
-            check_storable(payload, f"{self.topic}: journal entry {kind!r}")
+        topic = self.topic
+        entries = [
+            (kind, storable_json(payload, f"{topic}: journal entry {kind!r}"))
+            for kind, payload in turn.entries
+        ]
         if self.event_sourced:
-            if not turn.entries and not turn.alarms:
+            if not entries and not turn.alarms:
                 return None
-            self.since_snapshot += sum(1 for kind, _ in turn.entries if kind == "event")
+            self.since_snapshot += sum(1 for kind, _ in entries if kind == "event")
             snapshot = self.rev == 0 or self.since_snapshot >= self.cls.snapshot_every  # type: ignore[attr-defined]
-            state = instance.state.model_dump(mode="json") if snapshot else None
-            if state is not None:
-                check_storable(state, f"{self.topic}: the new state")
-            return self._commit(turn, state, snapshot)
-        state = instance.state.model_dump(mode="json")
-        if state == self.state_json:
-            if not turn.entries and not turn.alarms:
+            return self._commit(turn, entries, self._encode_state() if snapshot else None,
+                                snapshot)
+        state: bytes | None = self._encode_state()
+        if state == self.state_text:
+            if not entries and not turn.alarms:
                 if turn.after:  # broadcasts of a turn that wrote nothing: after earlier commits
                     if self.last is not None:
                         self.last.after.extend(turn.after)
@@ -270,27 +285,29 @@ class Activation(Outcomes):
             if self.rev:
                 state = None  # journal only; a first commit must create the row with its state
         if state is not None:
-            check_storable(state, f"{self.topic}: the new state")
-            self.state_json = state
-        return self._commit(turn, state, True)
+            self.state_text = state
+        return self._commit(turn, entries, state, True)
 
-    def _commit(self, turn: Turn, state: Any, snapshot: bool) -> PendingCommit:
+    def _commit(
+        self, turn: Turn, entries: list[tuple[str, bytes]], state: bytes | None, snapshot: bool
+    ) -> PendingCommit:
         new_rev = self.rev + 1
-        journal_rev = self.journal_rev + len(turn.entries)
+        journal_rev = self.journal_rev + len(entries)
         if snapshot:
             self.snapshot_rev = journal_rev
             self.since_snapshot = 0
         commit = Commit(
             type=self.cls.type_name, key=self.key, expected_rev=self.rev, new_rev=new_rev,
             state=state, state_version=self.cls.state_version if state is not None else None,
-            snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=turn.entries,
-            epoch=self.epoch, alarms=merge_alarms([], turn.alarms),
+            snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=entries,
+            epoch=self.epoch, alarms=merge_alarms([], turn.alarms) if turn.alarms else [],
         )
         self.rev, self.journal_rev = new_rev, journal_rev
         pending = self.host.committer.submit(self, commit)
         if commit.alarms:
             self.alarms_committing(commit.alarms)
-        pending.after.extend(turn.after)
+        if turn.after:
+            pending.after.extend(turn.after)
         self.last = pending
         return pending
 

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import CallTimeout, UnknownMethod
 from ..cluster import Moved
-from ._deadline import _Deadline
 from .alarm_delivery import ALARM_CALL
 from .keys import validate_key
 from .placement import choose
 from .routing import Elsewhere, Router, backoff
+from .timers import Deadline, Wheel
+from .turn import Stale
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -37,6 +38,7 @@ class Calls:
     if TYPE_CHECKING:  # provided by Host
         node_id: str
         routing: Router
+        deadlines: Wheel
         alarms: AlarmDelivery
         activations: dict[tuple[str, str], Activation]
 
@@ -51,20 +53,30 @@ class Calls:
         ) -> R: ...
 
     async def invoke(
-        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any]
+        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any],
+        *, forwarded: bool = False,
     ) -> Any:
         """Run a validated call on the object's one live instance, here or on its owner.
 
         While the owner is unknown or unreachable (it is dying, or moving), the call waits and
         looks again, bounded by ``call_timeout``; a forward is repeated only when it cannot
-        have run.
+        have run. ``forwarded``: another node sent it here; ``Moved`` if this node is not the
+        owner (it is never forwarded again).
         """
-        deadline = _Deadline(self.loop, cls.call_timeout)
+        deadline = Deadline(self.deadlines, cls.call_timeout)
         try:
-            return await self.route(
-                cls, key, lambda act, held: act.call(spec, args, held), spec.name, args,
-                spec.decode_result,
-            )
+            act = self.activations.get((cls.type_name, key))
+            if act is not None and self.routing.node.serving():  # the common case: live here
+                try:
+                    return await act.call(spec, args)
+                except Stale:
+                    pass
+            def here(act: Activation, held: bool) -> Awaitable[Any]:
+                return act.call(spec, args, held)
+
+            if forwarded:
+                return await self.serve_here(cls, key, here)
+            return await self.route(cls, key, here, spec.name, args, spec.decode_result)
         except asyncio.CancelledError:
             if not deadline.expired():
                 raise
@@ -161,16 +173,5 @@ class Calls:
         spec = cls.__objects_methods__.get(method)
         if spec is None:
             raise UnknownMethod(f"{cls.__name__} has no callable method {method!r}")
-        args = spec.validate(args)
-        deadline = _Deadline(self.loop, cls.call_timeout)
-        try:
-            result = await self.serve_here(cls, key, lambda act, held: act.call(spec, args, held))
-        except asyncio.CancelledError:
-            if not deadline.expired():
-                raise
-            raise CallTimeout(
-                f"{type_name}:{key}.{method}() overran call_timeout={cls.call_timeout}s"
-            ) from None
-        finally:
-            deadline.cancel()
+        result = await self.invoke(cls, key, spec, spec.validate(args), forwarded=True)
         return spec.encode_result(result)

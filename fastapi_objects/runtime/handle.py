@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 from .._exceptions import UnknownMethod
 
 if TYPE_CHECKING:
+    from .calls import Calls
+    from .methods import MethodSpec
     from .object import DurableObject
-    from .runtime import Runtime
 
 T = TypeVar("T", bound="DurableObject[Any]")
 
@@ -19,13 +20,14 @@ class _Handle(Generic[T]):
 
     ``await handle.increment(2)`` validates the arguments against ``Counter.increment``'s
     signature, runs the call as a turn on the object's single live instance and returns once
-    the turn is durable. Handles are cheap: make one per request.
+    the turn is durable. Handles are cheap: make one per request. Each object class gets a
+    handle class of its own whose methods are the object's (``handle_class``).
     """
 
-    __slots__ = ("_cls", "_runtime", "key")
+    __slots__ = ("_calls", "_cls", "key")
 
-    def __init__(self, runtime: Runtime, cls: type[T], key: str) -> None:
-        self._runtime = runtime
+    def __init__(self, calls: Calls, cls: type[T], key: str) -> None:
+        self._calls = calls
         self._cls = cls
         self.key = key
 
@@ -36,22 +38,40 @@ class _Handle(Generic[T]):
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
         """Call ``method`` by name with keyword ``args`` (what websocket frames do)."""
-        return await self._runtime.call(self._cls, self.key, method, args or {})
-
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        spec = self._cls.__objects_methods__.get(name)
+        spec = self._cls.__objects_methods__.get(method)
         if spec is None:
-            raise UnknownMethod(f"{self._cls.__name__} has no callable method {name!r}")
-        runtime, cls, key = self._runtime, self._cls, self.key
+            raise UnknownMethod(f"{self._cls.__name__} has no callable method {method!r}")
+        return await self._calls.invoke(self._cls, self.key, spec, spec.validate(args or {}))
 
-        async def method(*args: Any, **kwargs: Any) -> Any:
-            return await runtime.invoke(cls, key, spec, spec.validate(spec.bind(args, kwargs)))
-
-        method.__name__ = name
-        return method
+    def __getattr__(self, name: str) -> Any:
+        raise UnknownMethod(f"{self._cls.__name__} has no callable method {name!r}")
 
     def __repr__(self) -> str:
         return f"Handle({self._cls.__name__}, {self.key!r})"
+
+
+def handle_class(cls: type[DurableObject[Any]]) -> type[_Handle[Any]]:
+    """The handle class of ``cls``: a method per callable method of the object.
+
+    Real methods, not ``__getattr__``: ``handle.increment`` is a plain attribute lookup, with
+    no closure made per call. A method named like a handle's own attribute (``call``,
+    ``key``, ``type_name``) stays reachable through ``handle.call(name, args)``.
+    """
+    namespace: dict[str, Any] = {"__slots__": ()}
+    for name, spec in cls.__objects_methods__.items():
+        if not hasattr(_Handle, name):
+            namespace[name] = _method(cls, spec)
+    return type(f"Handle[{cls.__name__}]", (_Handle,), namespace)
+
+
+def _method(cls: type[DurableObject[Any]], spec: MethodSpec) -> Callable[..., Awaitable[Any]]:
+    async def method(self: _Handle[Any], *args: Any, **kwargs: Any) -> Any:
+        valid = spec.validate(spec.bind(args, kwargs))
+        return await self._calls.invoke(cls, self.key, spec, valid)
+
+    method.__name__ = method.__qualname__ = spec.name
+    method.__doc__ = spec.fn.__doc__
+    return method
 
 
 if TYPE_CHECKING:

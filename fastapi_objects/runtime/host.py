@@ -27,6 +27,7 @@ from .placement import choose
 from .routing import Elsewhere, Router
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer
+from .timers import Wheel
 from .turn import Stale
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class Host(Calls):
         self.thawer = Thawer(storage, node_id, settings.node_ttl)
         self.routing = Router(storage, settings, node_id, self.lease_lost)
         self.counters = Counters()
+        self.deadlines = Wheel()  # the calls' deadlines
         self.alarms = AlarmDelivery(self)
         self.activations: dict[tuple[str, str], Activation] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -79,6 +81,7 @@ class Host(Calls):
     async def start(self) -> None:
         """Start the writers and join the cluster (storage and pub/sub are started)."""
         self._loop = asyncio.get_running_loop()
+        self.deadlines.start(self._loop)
         self.committer.start()
         self.thawer.start()
         await self.routing.start(self.serve_forwarded)
@@ -102,6 +105,7 @@ class Host(Calls):
         await self.committer.close()
         await self.thawer.close()
         await self.routing.stop()
+        self.deadlines.close()
         self._loop = None
 
     def lease_lost(self) -> None:

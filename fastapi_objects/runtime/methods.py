@@ -40,7 +40,7 @@ def readonly(fn: F) -> F:
 class MethodSpec:
     """How to call one method: its parameters, validator and result encoder."""
 
-    __slots__ = ("_result", "_validator", "fn", "name", "params", "readonly")
+    __slots__ = ("_result", "_validate", "_validator", "fn", "name", "params", "readonly")
 
     def __init__(self, owner: type, name: str, fn: Callable[..., Awaitable[Any]]) -> None:
         self.fn = fn
@@ -69,6 +69,10 @@ class MethodSpec:
             if fields
             else None
         )
+        # The model's core validator, called directly: half the cost of model_validate.
+        self._validate = (
+            self._validator.__pydantic_validator__.validate_python if self._validator else None
+        )
         returns = hints.get("return", Any)
         self._result = pydantic.TypeAdapter(returns) if returns not in (Any, None) else None
 
@@ -89,7 +93,7 @@ class MethodSpec:
 
     def validate(self, args: dict[str, Any]) -> dict[str, Any]:
         """Validate arguments against the signature; raise ``InvalidArguments``."""
-        if self._validator is None:
+        if self._validate is None:
             if args:
                 raise InvalidArguments(
                     f"{self.name}() takes no arguments; got {', '.join(sorted(args))}"
@@ -98,10 +102,10 @@ class MethodSpec:
         if not isinstance(args, dict):
             raise InvalidArguments(f"{self.name}(): arguments must be an object of name: value")
         try:
-            model = self._validator.model_validate(args)
+            model = self._validate(args)
         except pydantic.ValidationError as exc:
             raise InvalidArguments(f"{self.name}(): {_describe(exc)}") from None
-        return model.__dict__  # the validated fields, by name (a fresh dict per call)
+        return model.__dict__  # type: ignore[no-any-return]  # the fields, by name (a fresh dict)
 
     def encode_result(self, result: Any) -> Any:
         """Turn a method's result into JSON-compatible data."""

@@ -11,6 +11,7 @@ import pydantic
 from ..storage import Alarm, AlarmWrite
 from .alarms import make_alarm
 from .connection import check_event
+from .handle import _Handle, handle_class
 from .keys import snake_case, validate_type_name
 from .methods import MethodSpec, discover
 
@@ -81,6 +82,7 @@ class DurableObject(Generic[S]):
     alarm_retries: ClassVar[int] = 6
     alarm_backoff: ClassVar[float] = 2.0
     __objects_methods__: ClassVar[dict[str, MethodSpec]]
+    __objects_handle__: ClassVar[type[_Handle[Any]]]
 
     key: str
     state: S
@@ -95,6 +97,7 @@ class DurableObject(Generic[S]):
         cls.state_model = model
         cls.type_name = validate_type_name(cls.__dict__.get("type_name", snake_case(cls.__name__)))
         cls.__objects_methods__ = discover(cls, DurableObject)
+        cls.__objects_handle__ = handle_class(cls)
         if cls.placement not in ("local", "hash", "region"):
             raise TypeError(f"{cls.__name__}.placement must be 'local', 'hash' or 'region'")
         if cls.placement == "region" and not cls.region:

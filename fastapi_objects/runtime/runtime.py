@@ -25,7 +25,7 @@ from ..storage import (
 from ..storage.urls import redact
 from ._log import announce
 from .connection import Connection, Transport
-from .handle import Handle, _Handle
+from .handle import Handle
 from .host import Host
 from .keys import validate_key
 from .methods import MethodSpec
@@ -174,7 +174,7 @@ class Runtime:
             raise UnknownObjectType(
                 f"{cls.__name__} is not registered: pass it in Objects(objects=[...])"
             )
-        return _Handle(self, cls, validate_key(key))  # type: ignore[return-value]
+        return cls.__objects_handle__(self._host, cls, validate_key(key))  # type: ignore[return-value]
 
     async def call(
         self, cls: type[DurableObject[Any]], key: str, method: str, args: dict[str, Any]

@@ -23,25 +23,48 @@ if TYPE_CHECKING:
 # An escaped NUL: "\u0000" preceded by an even number of backslashes (so not the text "\\u0000").
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _MAX_INT_BITS = 14_000  # ~4,214 decimal digits: below Python's 4,300-digit parsing limit
+_PLAIN_LENGTH = 4_000  # a JSON text this short holds no integer over 4,300 digits
+_PLAIN_NESTING = 200  # fewer brackets than this cannot nest past the parser's depth limit
 
 
 def check_storable(value: Any, what: str) -> None:
     """Raise ``UnstorableValue`` naming ``what`` unless ``value`` round-trips through storage."""
-    if _plainly_storable(value):
-        return
+    if not _plainly_storable(value):
+        storable_json(value, what)
+
+
+def storable_json(value: Any, what: str) -> bytes:
+    """``value`` as the JSON text storage keeps, or ``UnstorableValue`` naming ``what``.
+
+    The text is encoded once and checked on the bytes; it is parsed again only when they
+    could hold what does not read back: ``Infinity`` or ``NaN``, an integer too long for
+    Python to parse, or nesting deeper than the parser takes.
+    """
     try:
         text = to_json(value)
-        from_json(text, allow_inf_nan=False)
     except (ValueError, PydanticSerializationError) as exc:
-        raise UnstorableValue(
-            f"{what} cannot be stored as JSON and read back ({_reason(exc)}); "
-            "the turn was rolled back"
-        ) from None
-    if _NUL.search(text) is not None:
+        raise _unstorable(what, exc) from None
+    if (
+        len(text) > _PLAIN_LENGTH or b"Infinity" in text or b"NaN" in text
+        or text.count(b"[") + text.count(b"{") >= _PLAIN_NESTING
+    ):
+        try:
+            from_json(text, allow_inf_nan=False)
+        except ValueError as exc:
+            raise _unstorable(what, exc) from None
+    if b"\\u0000" in text and _NUL.search(text) is not None:
         raise UnstorableValue(
             f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store in JSON; "
             "the turn was rolled back"
         )
+    return text
+
+
+def _unstorable(what: str, exc: Exception) -> UnstorableValue:
+    return UnstorableValue(
+        f"{what} cannot be stored as JSON and read back ({_reason(exc)}); "
+        "the turn was rolled back"
+    )
 
 
 def _plainly_storable(value: Any) -> bool:

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -34,8 +33,9 @@ def _entries(commits: Sequence[Commit]) -> Iterator[tuple[Commit, int, str, Any]
             yield c, first + i, kind, payload
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else pydantic_core.to_json(value).decode()
+def _text(value: bytes | None) -> str | None:
+    """JSON text as the drivers bind it."""
+    return None if value is None else value.decode()
 
 
 class PostgresWrites:
@@ -145,7 +145,7 @@ class PostgresWrites:
         """
         commits = sorted(commits, key=_ident)  # one lock order for every writer
         entries = [
-            (c.type, c.key, rev, kind, _json(payload))
+            (c.type, c.key, rev, kind, _text(payload))
             for c, rev, kind, payload in _entries(commits)
         ]
         rows = await self.run(self._commit_sql, self._commit_order, {
@@ -153,7 +153,7 @@ class PostgresWrites:
             "expected": [c.expected_rev for c in commits], "new": [c.new_rev for c in commits],
             "journal": [c.journal_rev for c in commits],
             "snapshot": [c.snapshot_rev for c in commits],
-            "states": [_json(c.state) for c in commits],
+            "states": [_text(c.state) for c in commits],
             "versions": [c.state_version for c in commits],
             "jtypes": [e[0] for e in entries], "jkeys": [e[1] for e in entries],
             "jrevs": [e[2] for e in entries], "jkinds": [e[3] for e in entries],

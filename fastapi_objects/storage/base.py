@@ -87,20 +87,23 @@ class AlarmWrite:
 class Commit:
     """What one or more turns of one object write, fenced by ``expected_rev``.
 
-    ``expected_rev == 0`` creates the object. ``state`` is ``None`` when the turns wrote only
-    journal entries (an event-sourced object between snapshots); ``state_version`` is then
-    ``None`` too and the stored one is kept.
+    ``expected_rev == 0`` creates the object. ``state`` is the new state's JSON text (the
+    runtime encodes it once, to check it and to tell whether it changed, and storage keeps
+    those bytes); ``None`` when the turns wrote only journal entries (an event-sourced object
+    between snapshots), with ``state_version`` ``None`` too: the stored ones are kept.
+    ``entries`` are ``(kind, payload)`` with the payload's JSON text. Read back, states and
+    payloads are JSON values again.
     """
 
     type: str
     key: str
     expected_rev: int
     new_rev: int
-    state: JSON | None
+    state: bytes | None
     state_version: int | None
     snapshot_rev: int
     journal_rev: int
-    entries: list[tuple[str, JSON]] = field(default_factory=list)
+    entries: list[tuple[str, bytes]] = field(default_factory=list)
     epoch: int | None = None
     """The ownership epoch the writer holds; ``None`` commits without the ownership fence."""
     alarms: list[AlarmWrite] = field(default_factory=list)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from pydantic_core import from_json
+
 from .base import (
     Alarm,
     Checkpoint,
@@ -67,7 +69,7 @@ class MemoryStorage(Storage):
             if (old.rev if old else 0) != c.expected_rev or fenced_out:
                 result.append(False)
                 continue
-            state = copy.deepcopy(c.state) if c.state is not None else old.state if old else None
+            state = from_json(c.state) if c.state is not None else old.state if old else None
             version = c.state_version if c.state_version is not None else (
                 old.state_version if old else 0
             )
@@ -84,7 +86,7 @@ class MemoryStorage(Storage):
                     self._alarms[(c.type, c.key, write.name)] = (write.alarm, 0.0)
             first = c.journal_rev - len(c.entries) + 1
             self._journal.setdefault(ident, []).extend(
-                JournalEntry(first + i, kind, copy.deepcopy(payload), now)
+                JournalEntry(first + i, kind, from_json(payload), now)
                 for i, (kind, payload) in enumerate(c.entries)
             )
             result.append(True)
