@@ -196,11 +196,12 @@ async def ladder(url: str, schema: str | None, duration: float, warmup: float) -
         acts = [host.activations[(Counter.type_name, k)] for k in keys]
         spec = Counter.__objects_methods__["increment"]
         # Rungs 0-3 write the same rows as the live objects, under their ownership epochs.
-        objs = [_Obj(a.key, a.rev, a.epoch or 0, a.instance.state.value) for a in acts]
+        objs = [_Obj(a.key, a.record.rev, a.record.epoch or 0, a.instance.state.value)
+                for a in acts]
 
         def sync_back() -> None:  # the live instances continue from what rungs 0-3 wrote
             for obj, act in zip(objs, acts, strict=True):
-                act.rev = obj.rev
+                act.record.rev = obj.rev
                 value = obj.state["value"] if isinstance(obj.state, dict) else obj.state
                 act.instance.state.value = value
 
@@ -219,7 +220,7 @@ async def ladder(url: str, schema: str | None, duration: float, warmup: float) -
             obj.state = stored[obj.key].state["value"]
         sync_back()
         for act in acts:  # the live instances' JSON copy of their state, as a turn leaves it
-            act.state_text = to_json(act.instance.state.model_dump(mode="json"))
+            act.record.state_text = to_json(act.instance.state.model_dump(mode="json"))
         rnd = random.Random(9).randrange
         by_one = {"by": 1}
         rungs: list[tuple[str, Callable[[int], Awaitable[Any]]]] = [
@@ -228,8 +229,8 @@ async def ladder(url: str, schema: str | None, duration: float, warmup: float) -
             ("5. + arguments (MethodSpec.validate, Activation.call)",
              lambda _: acts[rnd(OBJECTS)].call(spec, spec.validate({"by": 1}))),
             ("6. + routing (Host.invoke)",
-             lambda _: host.invoke(Counter, keys[rnd(OBJECTS)], spec,
-                                   spec.validate({"by": 1}))),
+             lambda _: host.calls.invoke(Counter, keys[rnd(OBJECTS)], spec,
+                                         spec.validate({"by": 1}))),
             ("7. + handle (runtime.get(...).increment(1))",
              lambda _: rt.get(Counter, keys[rnd(OBJECTS)]).increment(1)),
         ]

@@ -1,8 +1,9 @@
 """The ``objects`` command starts quickly: it imports only what the command at hand needs.
 
 Seen: ``objects --help`` and ``objects ls`` took 1.3-2 s, mostly importing FastAPI, SQLAlchemy,
-Alembic and pydantic that the command never used. Measured with ``python -X importtime``
-(the interpreter's own per-module figures), not the wall clock of a busy machine.
+Alembic and pydantic that the command never used. What ``--help`` imports is read with
+``python -X importtime``, and checked by name: which packages load decides the start-up time,
+and unlike a time budget (which failed on a busy 2-core machine) it does not move with load.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from pydantic import BaseModel
 from fastapi_objects.runtime import DurableObject, Runtime
 
 WEB = ("fastapi", "starlette")
+# Outside the standard library, --help may load the CLI toolkit (Typer, Click, Rich and what
+# Rich renders help with) and the interpreter's own start-up hooks; nothing else.
+HELP_PACKAGES = {
+    "fastapi_objects", "typer", "click", "rich", "markdown_it", "mdurl", "linkify_it", "pygments",
+    "shellingham", "annotated_doc", "typing_extensions", "colorama", "attr",
+    "_distutils_hack", "sitecustomize", "usercustomize", "org",
+}
 HEAVY = ("fastapi", "starlette", "sqlalchemy", "alembic", "pydantic", "jinja2", "asyncpg")
 
 
@@ -38,34 +46,15 @@ def _top_package(names: set[str], package: str) -> bool:
     return any(name == package or name.startswith(package + ".") for name in names)
 
 
-def _cli_import_us(lines: list[str]) -> int:
-    """Microseconds spent importing from ``fastapi_objects`` on: the CLI's own share.
-
-    The top-level entries' cumulative figures (each includes its children), from the first
-    ``fastapi_objects`` module on; the interpreter's start-up (site, encodings) comes before.
-    """
-    total, counting = 0, False
-    for line in lines:
-        _, cumulative, name = line.split("|")  # "import time: self | cumulative | name"
-        top = not name.startswith("  ")  # children are indented under their importer
-        if top and name.strip().startswith("fastapi_objects"):
-            counting = True
-        if counting and top:
-            total += int(cumulative)
-    return total
-
-
-def test_help_imports_no_framework_and_stays_under_its_budget(tmp_path: Path) -> None:
-    figures = []
-    for _ in range(3):  # the best of three: a busy machine slows some runs down
-        done, lines = _importtime("--help", cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        assert "objects [OPTIONS] COMMAND" in done.stdout
-        loaded = _loaded(lines)
-        for package in HEAVY:
-            assert not _top_package(loaded, package), f"--help imported {package}"
-        figures.append(_cli_import_us(lines))
-    assert min(figures) < 300_000, f"importing the CLI took {min(figures) / 1000:.0f} ms"
+def test_help_imports_only_the_cli_toolkit(tmp_path: Path) -> None:
+    done, lines = _importtime("--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "objects [OPTIONS] COMMAND" in done.stdout
+    loaded = _loaded(lines)
+    for package in HEAVY:
+        assert not _top_package(loaded, package), f"--help imported {package}"
+    tops = {name.split(".")[0] for name in loaded} - set(sys.stdlib_module_names)
+    assert tops <= HELP_PACKAGES, f"--help imported {sorted(tops - HELP_PACKAGES)}"
 
 
 class _State(BaseModel):

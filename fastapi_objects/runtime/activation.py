@@ -1,99 +1,78 @@
-"""One live instance of an object: its turn gate, turns, thaw and hibernation.
+"""One live instance of an object: its turns, and how their effects become durable.
 
 Turns run in the caller's own task (no task per object): a call takes the gate, runs the
 method, hands the commit to the group committer and releases the gate *before* the commit
 returns, so the next turn runs on the new state at once (pipelining). What is held back is the
 output: the caller waits for its turn's commit, and a turn that changed nothing (or a read-only
 call) waits for the latest commit whose state it could have seen.
+
+An activation owns its parts: ``idle`` (when to hibernate, and hibernating), ``alarms`` (its
+alarm clock, for classes with ``on_alarm``) and ``clients`` (attached connections, made on
+the first attach and dropped with the last).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import (
-    Overloaded,
-)
-from ..storage import Alarm, Checkpoint, Commit
-from .committer import merge_alarms
+from .._exceptions import ConflictError, ObjectsError, Overloaded
+from ..storage import Alarm, Checkpoint
+from .alarm_clock import AlarmClock
+from .alarms import uses_alarms
+from .clients import Clients
 from .gate import Gate
+from .idle import Idle
 from .object import DurableObject, EventSourced
-from .outcomes import Outcomes
-from .storable import check_result, storable_json
-from .thaw import decode_state, new_state, replay
+from .record import Record
+from .states import decode_state, new_state, replay
+from .storable import check_result
 from .turn import ActivationHost, Stale, Turn
 
 if TYPE_CHECKING:
-
     from .committer import PendingCommit
-    from .connection import Connection
     from .methods import MethodSpec
-
-log = logging.getLogger("fastapi_objects")
 
 # The activations whose turns are running in this call chain: a call that comes back to one
 # of them runs inside the running turn instead of waiting for it (which would never happen).
 _chain: ContextVar[tuple[Activation, ...]] = ContextVar("objects_call_chain", default=())
 _NO_OP_HOOKS = {DurableObject.on_activate, DurableObject.on_hibernate}
+RELOADED = 1012
+"""The websocket close code of clients whose instance was dropped: reconnect."""
 
 
-class Activation(Outcomes):
+class Activation:
     """The live instance of ``(type, key)`` on this node."""
 
     __slots__ = (
-        "_turn",
-        "closed",
-        "cls",
-        "deleting",
-        "epoch",
-        "event_sourced",
-        "gate",
-        "host",
-        "in_flight",
-        "instance",
-        "journal_rev",
-        "key",
-        "loop",
-        "rev",
-        "since_snapshot",
-        "snapshot_rev",
-        "state_text",
-        "topic",
+        "_turn", "alarms", "clients", "closed", "cls", "deleting", "event_sourced", "gate",
+        "host", "idle", "in_flight", "instance", "key", "loop", "record", "topic",
     )
 
     def __init__(self, host: ActivationHost, cls: type[DurableObject[Any]], key: str) -> None:
         self.host = host
+        self.loop = host.loop
         self.cls = cls
         self.key = key
         self.topic = f"{cls.type_name}:{key}"
         self.event_sourced = issubclass(cls, EventSourced)
-        self.rev = self.journal_rev = self.snapshot_rev = self.since_snapshot = 0
-        self.epoch: int | None = None  # the ownership epoch this instance commits under
-        self.state_text = b""  # the last good state as stored (JSON), for rollback
-        self.queued: PendingCommit | None = None  # merged turns not yet taken by the writer
-        self.last: PendingCommit | None = None  # latest commit not yet durable (output gate)
         self.closed = False
+        self.deleting = False
         self.in_flight = 0
-        self.connections: dict[str, Connection] | None = None
         self.gate = Gate(held=True)  # the loader holds the gate until thawed
         self._turn: Turn | None = None
-        self._alarm_timer = None
-        self.alarm_state = None
-        self.deleting = False
-        self._timer: asyncio.TimerHandle | None = None
-        self.loop = host.loop
-        self.last_used = self.loop.time()
+        self.instance: DurableObject[Any]
+        self.record = Record(self)
+        self.idle = Idle(self)
+        self.alarms = AlarmClock(self) if uses_alarms(cls) else None
+        self.clients: Clients | None = None
 
     # -- thaw --------------------------------------------------------------------------------
 
     async def load(self, cp: Checkpoint | None, alarms: list[Alarm] | None = None) -> None:
         """Thaw from checkpoint ``cp`` (migration, journal replay), then run ``on_activate``."""
-        cls = self.cls
-        storage = self.host.storage
+        cls, record = self.cls, self.record
         instance = cls()
         instance.key = self.key
         instance.objects = self.host.public
@@ -101,26 +80,29 @@ class Activation(Outcomes):
         if cp is None:
             instance.state = new_state(cls, self.topic)
         else:
-            self.rev, self.journal_rev, self.snapshot_rev = cp.rev, cp.journal_rev, cp.snapshot_rev
+            record.rev, record.journal_rev = cp.rev, cp.journal_rev
+            record.snapshot_rev = cp.snapshot_rev
             instance.state = decode_state(cls, self.topic, cp.state, cp.state_version)
             if self.event_sourced and cp.journal_rev > cp.snapshot_rev:
                 assert issubclass(cls, EventSourced)
-                instance.state, self.since_snapshot = await replay(
-                    storage, cls, self.key, instance.state, after_rev=self.snapshot_rev
+                instance.state, record.since_snapshot = await replay(
+                    self.host.storage, cls, self.key, instance.state, after_rev=cp.snapshot_rev
                 )
             if cp.status != "active":
                 self.host.committer.set_status(cls.type_name, self.key, "active")
         self.instance = instance
-        await self.load_alarms(alarms)  # before on_activate, which may set or cancel alarms
+        if self.alarms is not None:  # before on_activate, which may set or cancel alarms
+            await self.alarms.load(alarms)
         if not self.event_sourced:
-            self.state_text = self._encode_state()
-        await self._run_hook(instance.on_activate)
+            record.state_text = record.encode_state()
+        await self.run_hook(instance.on_activate)
         self.host.counters.thaws += 1
-        self._arm(cls.idle_timeout)
+        self.idle.start()
 
     # -- the gate ----------------------------------------------------------------------------
 
-    async def _enter(self, readonly: bool) -> None:
+    async def enter(self, readonly: bool) -> None:
+        """Take the gate (``Stale`` when this instance closed meanwhile)."""
         if self.closed:
             raise Stale
         if not self.gate.try_enter(readonly):
@@ -140,6 +122,10 @@ class Activation(Outcomes):
             gate.leave(readonly)
             raise Stale
 
+    def busy(self) -> bool:
+        """Whether a call, a waiter or an attached client keeps this object awake."""
+        return bool(self.in_flight or self.clients is not None or self.gate.busy)
+
     # -- turns -------------------------------------------------------------------------------
 
     def turn(self) -> Turn:
@@ -148,9 +134,9 @@ class Activation(Outcomes):
             raise RuntimeError(f"{self.topic}: record(), emit() and broadcast() run inside a turn")
         return self._turn
 
-    def in_turn(self) -> bool:
-        """Whether a mutating turn of this object is running."""
-        return self._turn is not None
+    def running_turn(self) -> Turn | None:
+        """The mutating turn running now, if any."""
+        return self._turn
 
     def call(
         self, spec: MethodSpec, args: dict[str, Any], held: bool = False
@@ -192,7 +178,7 @@ class Activation(Outcomes):
                             check_result(spec, result, self.topic)
                     finally:
                         self.gate.leave(True)
-                    pending = self.last
+                    pending = self.record.last
                 else:
                     try:
                         result, pending = await self._turn_of(fn(self.instance, **kwargs), spec)
@@ -203,7 +189,7 @@ class Activation(Outcomes):
                         self.gate.leave(False)
             finally:
                 _chain.reset(token)
-                self.last_used = self.loop.time()
+                self.idle.last_used = self.loop.time()
             if pending is not None and not (pending.done and pending.error is None):
                 await pending.wait()
         finally:
@@ -221,112 +207,92 @@ class Activation(Outcomes):
             result = await coro
             if spec is not None:
                 check_result(spec, result, self.topic)
-            pending = self._finish(turn) or self.last
+            pending = self.record.finish(turn) or self.record.last
         except BaseException:
             if self.event_sourced:
                 instance.state = saved  # apply() is pure: the old state object is intact
             else:
-                instance.state = self.cls.state_model.model_validate_json(self.state_text)
+                instance.state = self.cls.state_model.model_validate_json(self.record.state_text)
             raise
         finally:
             self._turn = None
         self.host.counters.turns += 1
         return result, pending
 
-    async def _run_hook(self, hook: Any, snapshot: bool = False) -> PendingCommit | None:
+    async def run_hook(self, hook: Any, snapshot: bool = False) -> PendingCommit | None:
         """Run a lifecycle hook as a turn (the caller holds the gate).
 
         A hook the class does not override does nothing: no turn for it (a thaw storm runs
         thousands of ``on_activate`` at once).
         """
+        record = self.record
         if getattr(hook, "__func__", None) in _NO_OP_HOOKS:
-            pending = self.last
+            pending = record.last
         else:
             _, pending = await self._turn_of(hook())
-        if snapshot and self.event_sourced and self.since_snapshot:
-            pending = self._commit(Turn(), [], self._encode_state(), True)
+        if snapshot and self.event_sourced and record.since_snapshot:
+            pending = record.commit(Turn(), [], record.encode_state(), True)
         return pending
 
-    def _encode_state(self) -> bytes:
-        """The state as stored: its JSON, checked to read back (``UnstorableValue``)."""
-        return storable_json(
-            self.instance.state.model_dump(mode="json"), f"{self.topic}: the new state"
+    def broadcast(self, event: str, payload: Any, exclude: str | None) -> None:
+        """Publish ``event`` to the object's topic after the running turn commits."""
+        host, topic = self.host, self.topic
+        self.turn().after.append(
+            lambda: host.publish_nowait(topic, event, payload, exclude=exclude)
         )
 
-    def _finish(self, turn: Turn) -> PendingCommit | None:
-        """Hand a finished turn to the committer; ``None`` when it changed nothing.
+    # -- deletion and leaving memory -----------------------------------------------------------
 
-        The state and journal entries are encoded to JSON once, here: the same bytes tell
-        whether the state changed, are checked to read back (``UnstorableValue`` rolls the
-        turn back), and go to storage.
+    async def destroy(self) -> None:
+        """Delete this object for good (the caller holds the gate): state, journal, alarms.
+
+        Waits for the commits in flight, then deletes fenced by this instance's ownership
+        epoch and leaves memory; the next call starts the object fresh.
         """
-        topic = self.topic
-        entries = [
-            (kind, storable_json(payload, f"{topic}: journal entry {kind!r}"))
-            for kind, payload in turn.entries
-        ]
-        if self.event_sourced:
-            if not entries and not turn.alarms:
-                return None
-            self.since_snapshot += sum(1 for kind, _ in entries if kind == "event")
-            snapshot = self.rev == 0 or self.since_snapshot >= self.cls.snapshot_every  # type: ignore[attr-defined]
-            return self._commit(turn, entries, self._encode_state() if snapshot else None,
-                                snapshot)
-        state: bytes | None = self._encode_state()
-        if state == self.state_text:
-            if not entries and not turn.alarms:
-                if turn.after:  # broadcasts of a turn that wrote nothing: after earlier commits
-                    if self.last is not None:
-                        self.last.after.extend(turn.after)
-                    else:
-                        for action in turn.after:
-                            action()
-                return None
-            if self.rev:
-                state = None  # journal only; a first commit must create the row with its state
-        if state is not None:
-            self.state_text = state
-        return self._commit(turn, entries, state, True)
+        record = self.record
+        if record.last is not None:
+            await record.last.wait()
+        assert record.epoch is not None
+        if not await self.host.storage.destroy(
+            self.cls.type_name, self.key, self.host.node_id, record.epoch
+        ):
+            self.invalidate(ConflictError(f"{self.topic}: lost ownership before the delete"))
+            raise ConflictError(f"{self.topic} was not deleted: another node owns it now")
+        self.close()
 
-    def _commit(
-        self, turn: Turn, entries: list[tuple[str, bytes]], state: bytes | None, snapshot: bool
-    ) -> PendingCommit:
-        new_rev = self.rev + 1
-        journal_rev = self.journal_rev + len(entries)
-        if snapshot:
-            self.snapshot_rev = journal_rev
-            self.since_snapshot = 0
-        commit = Commit(
-            type=self.cls.type_name, key=self.key, expected_rev=self.rev, new_rev=new_rev,
-            state=state, state_version=self.cls.state_version if state is not None else None,
-            snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=entries,
-            epoch=self.epoch, alarms=merge_alarms([], turn.alarms) if turn.alarms else [],
-        )
-        self.rev, self.journal_rev = new_rev, journal_rev
-        pending = self.host.committer.submit(self, commit)
-        if commit.alarms:
-            self.alarms_committing(commit.alarms)
-        if turn.after:
-            pending.after.extend(turn.after)
-        self.last = pending
-        return pending
+    async def destroy_held(self, held: bool) -> None:
+        """``objects.delete``: take the gate (unless ``held``) and destroy."""
+        if not held:
+            await self.enter(False)
+        try:
+            await self.destroy()
+        finally:
+            self.gate.leave(False)
+
+    def invalidate(self, error: ObjectsError) -> None:
+        """Drop this instance: fail turns that built on unconfirmed state, forget it."""
+        self.record.discard_queued(error)
+        self.close()
 
     def close(self) -> None:
         """Leave memory: queued callers retry on a fresh activation."""
         if self.closed:
             return
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._alarm_timer is not None:
-            self._alarm_timer.cancel()
-            self._alarm_timer = None
+        self.idle.stop()
+        if self.alarms is not None:
+            self.alarms.stop()
         self.host.forget(self)
-        for conn in list(self.connections.values()) if self.connections else ():
+        clients, self.clients = self.clients, None
+        for conn in list(clients.connections.values()) if clients is not None else ():
             # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls
             # failing with this close (a fenced-out commit) first get to send their errors.
             conn.activation = None
-            self.loop.call_soon(conn.close, 1012, f"{self.topic} was reloaded; reconnect")
-        self.connections = None
+            self.loop.call_soon(conn.close, RELOADED, f"{self.topic} was reloaded; reconnect")
         self.gate.fail_waiters(Stale)
+
+    def attached(self) -> Clients:
+        """The clients part, made on the first attach."""
+        if self.clients is None:
+            self.clients = Clients(self)
+        return self.clients

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ObjectsError
-from ..storage import Alarm
+from .._exceptions import ObjectsError, UnknownObjectType
+from .._tasks import cancel_and_wait
+from ..cluster import ClusterNode
+from ..storage import Alarm, Storage
 from .alarms import uses_alarms
 
 if TYPE_CHECKING:
-    from .host import Host
+    from .activation import Activation
+    from .object import DurableObject
 
 log = logging.getLogger("fastapi_objects")
 
@@ -38,38 +42,58 @@ RECHECK = 0.05
 BATCH = 100
 
 
-class AlarmDelivery:
-    """The node's alarm poller and the delivery of one alarm to its object's owner."""
+Route = Callable[..., Awaitable[Any]]
+"""``Calls.route`` / ``Calls.serve_here``: run a function on the object's live instance."""
 
-    def __init__(self, host: Host) -> None:
-        self.host = host
+
+class AlarmDelivery:
+    """The node's alarm poller and the delivery of one alarm to its object's owner.
+
+    Given what it uses: the registered types, the storage it polls, the node (is its lease
+    valid?), the registry of live instances, the two routing entries and a way to spawn.
+    """
+
+    def __init__(
+        self,
+        types: dict[str, type[DurableObject[Any]]],
+        storage: Storage,
+        node: ClusterNode,
+        activations: dict[tuple[str, str], Activation],
+        route: Route,
+        serve_here: Route,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+    ) -> None:
+        self._types = types
+        self._storage = storage
+        self._node = node
+        self._activations = activations
+        self._route = route
+        self._serve_here = serve_here
+        self._spawn = spawn
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
 
     def start(self) -> None:
         """Poll, if any registered class uses alarms."""
-        if any(uses_alarms(cls) for cls in self.host.types.values()):
+        if any(uses_alarms(cls) for cls in self._types.values()):
             self._task = asyncio.get_running_loop().create_task(self._poll(), name="objects-alarms")
 
     async def stop(self) -> None:
         """Stop polling."""
-        from .._tasks import cancel_and_wait
-
         await cancel_and_wait(self._task)
         self._task = None
 
     async def _poll(self) -> None:
-        host = self.host
-        lease = max(cls.call_timeout for cls in host.types.values()) + 5.0
+        lease = max(cls.call_timeout for cls in self._types.values()) + 5.0
         due: list[Alarm] = []
         while True:
             if len(due) < BATCH:  # a full batch: more are due, take them at once
                 await asyncio.sleep(POLL)
-            if not host.routing.node.serving():
+            if not self._node.serving():
                 due = []
                 continue
             try:
-                due = await host.storage.claim_due_alarms(BATCH, lease, AHEAD)
+                due = await self._storage.claim_due_alarms(BATCH, lease, AHEAD)
             except ObjectsError as exc:
                 log.debug("alarm poll failed: %s", exc.message)
                 due = []
@@ -78,7 +102,7 @@ class AlarmDelivery:
             for alarm in due:
                 per_object.setdefault((alarm.type, alarm.key), []).append(alarm)
             for alarms in per_object.values():
-                host.spawn(self._on_time(sorted(alarms, key=lambda a: a.due_at)))
+                self._spawn(self._on_time(sorted(alarms, key=lambda a: a.due_at)))
 
     async def _on_time(self, alarms: list[Alarm]) -> None:
         """Wake the object just before its first alarm; make sure of each at its due time."""
@@ -93,36 +117,46 @@ class AlarmDelivery:
 
     def _live_here(self, alarm: Alarm) -> bool:
         """Whether this node holds the alarm's object live: its own timer fires the alarm."""
-        act = self.host.activations.get((alarm.type, alarm.key))
+        act = self._activations.get((alarm.type, alarm.key))
         return act is not None and not act.closed
 
     async def deliver(self, alarm: Alarm) -> bool:
         """Run ``alarm`` on its object's one live instance; whether it ran and committed."""
-        host = self.host
-        cls = host.types.get(alarm.type)
+        cls = self._types.get(alarm.type)
         if cls is None:  # another app's type in the same database: its nodes deliver it
             return False
         args = {"name": alarm.name, "scheduled_at": alarm.scheduled_at.isoformat()}
         try:
             async with asyncio.timeout(cls.call_timeout):
-                ran = await host.route(
-                    cls, alarm.key,
-                    lambda act, held: act.fire_alarm(alarm.name, alarm.scheduled_at, held),
-                    ALARM_CALL, args, bool,
+                ran = await self._route(
+                    cls, alarm.key, _fire(alarm.name, alarm.scheduled_at), ALARM_CALL, args, bool
                 )
         except (ObjectsError, TimeoutError) as exc:  # the lease runs out; another poll retries
             log.info("alarm %s:%s/%s not delivered: %s", alarm.type, alarm.key, alarm.name, exc)
             return False
         self.delivered += ran
-        return ran
+        return bool(ran)
 
     async def serve(self, type_name: str, key: str, args: dict[str, Any]) -> bool:
         """A delivery another node forwarded here (``Moved`` when this node is not the owner)."""
+        cls = self._types.get(type_name)
+        if cls is None:
+            raise UnknownObjectType(f"unknown object type {type_name!r}")
         name, scheduled_at = str(args["name"]), datetime.fromisoformat(str(args["scheduled_at"]))
-        return await self.host.serve_here(
-            self.host.object_type(type_name), key,
-            lambda act, held: act.fire_alarm(name, scheduled_at, held),
-        )
+        return bool(await self._serve_here(cls, key, _fire(name, scheduled_at)))
+
+
+def _fire(name: str, scheduled_at: datetime) -> Callable[[Activation, bool], Awaitable[bool]]:
+    """Run the occurrence on an activation (the gate ``held`` by a thaw, or not)."""
+
+    async def fire(act: Activation, held: bool) -> bool:
+        if act.alarms is None:  # the class has no on_alarm (any more)
+            if held:
+                act.gate.leave(False)
+            return False
+        return await act.alarms.fire(name, scheduled_at, held)
+
+    return fire
 
 
 async def _sleep_until(moment: datetime, offset: float) -> None:

@@ -1,20 +1,21 @@
 """How calls reach an object's one live instance: here, forwarded to its owner, or from a peer.
 
-A mixin of ``Host`` (the engine keeps the registry, thawing and the node's lifecycle). One
-routing loop, ``route``, serves calls, alarm deliveries and deletes; ``serve_here`` and
-``serve_forwarded`` are the owner's side of what other nodes forward.
+``Calls`` is a part of the ``Host`` (which keeps the registry, thawing and the node's
+lifecycle), given what it uses. One routing loop, ``route``, serves calls, alarm deliveries
+and deletes; ``serve_here`` and ``serve_forwarded`` are the owner's side of what other nodes
+forward.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .._exceptions import CallTimeout, UnknownMethod
+from .._exceptions import CallTimeout
 from ..cluster import Moved
-from .alarm_delivery import ALARM_CALL
 from .keys import validate_key
+from .methods import method_spec
 from .placement import choose
 from .routing import Elsewhere, Router, backoff
 from .timers import Deadline, Wheel
@@ -22,7 +23,6 @@ from .turn import Stale
 
 if TYPE_CHECKING:
     from .activation import Activation
-    from .alarm_delivery import AlarmDelivery
     from .methods import MethodSpec
     from .object import DurableObject
 
@@ -32,25 +32,35 @@ DELETE_CALL = "objects:delete"
 """The internal method name a forwarded delete travels under (peers only)."""
 
 
+class OnLive(Protocol):
+    """``Host.on_live``: run ``here(activation, held)`` on this node's live instance."""
+
+    def __call__(
+        self, cls: type[DurableObject[Any]], key: str,
+        here: Callable[[Activation, bool], Awaitable[R]], forwarded: bool = False,
+    ) -> Awaitable[R]:
+        """Run ``here`` there (``Elsewhere`` when another node owns the object)."""
+Internal = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+"""A method only peers call (an alarm delivery): ``(type_name, key, args) -> JSON``."""
+
+
 class Calls:
-    """The call paths of a ``Host``."""
+    """The call paths of a node: local, forwarded to the owner, served for a peer."""
 
-    if TYPE_CHECKING:  # provided by Host
-        node_id: str
-        routing: Router
-        deadlines: Wheel
-        alarms: AlarmDelivery
-        activations: dict[tuple[str, str], Activation]
-
-        @property
-        def loop(self) -> asyncio.AbstractEventLoop: ...  # noqa: D102
-
-        def object_type(self, type_name: str) -> type[DurableObject[Any]]: ...  # noqa: D102
-
-        async def on_live(  # noqa: D102
-            self, cls: type[DurableObject[Any]], key: str,
-            fn: Callable[[Activation, bool], Awaitable[R]], forwarded: bool = False,
-        ) -> R: ...
+    def __init__(
+        self,
+        activations: dict[tuple[str, str], Activation],
+        on_live: OnLive,
+        router: Router,
+        timers: Wheel,
+        object_type: Callable[[str], type[DurableObject[Any]]],
+    ) -> None:
+        self.activations = activations
+        self.on_live = on_live
+        self.routing = router
+        self.timers = timers
+        self.object_type = object_type
+        self.internal: dict[str, Internal] = {}  # methods peers call by reserved names
 
     async def invoke(
         self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any],
@@ -63,7 +73,7 @@ class Calls:
         have run. ``forwarded``: another node sent it here; ``Moved`` if this node is not the
         owner (it is never forwarded again).
         """
-        deadline = Deadline(self.deadlines, cls.call_timeout)
+        deadline = Deadline(self.timers, cls.call_timeout)
         try:
             act = self.activations.get((cls.type_name, key))
             if act is not None and self.routing.node.serving():  # the common case: live here
@@ -151,7 +161,8 @@ class Calls:
         owner = self.routing.known_owner(ident)
         if owner is not None:
             return owner
-        target = choose(cls, key, self.node_id, self.routing.node.live)
+        node = self.routing.node
+        target = choose(cls, key, node.node_id, node.live)
         return None if target is None else Elsewhere(target.node_id, target.address)
 
     async def serve_forwarded(
@@ -162,16 +173,14 @@ class Calls:
         ``Moved`` (the caller looks again; nothing ran) when this node does not own the object.
         """
         if not self.routing.node.serving():  # whoever owns it now, it is not this node
-            raise Moved(f"node {self.node_id} has no valid lease")
-        if method == ALARM_CALL:
-            return await self.alarms.serve(type_name, key, args)
+            raise Moved(f"node {self.routing.node.node_id} has no valid lease")
+        internal = self.internal.get(method)
+        if internal is not None:
+            return await internal(type_name, key, args)
+        cls = self.object_type(type_name)
         if method == DELETE_CALL:
-            cls = self.object_type(type_name)
             await self.serve_here(cls, key, lambda act, held: act.destroy_held(held))
             return True
-        cls = self.object_type(type_name)
-        spec = cls.__objects_methods__.get(method)
-        if spec is None:
-            raise UnknownMethod(f"{cls.__name__} has no callable method {method!r}")
+        spec = method_spec(cls, method)
         result = await self.invoke(cls, key, spec, spec.validate(args), forwarded=True)
         return spec.encode_result(result)

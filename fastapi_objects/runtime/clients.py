@@ -1,65 +1,68 @@
-"""An activation's attached clients: attach, detach, broadcasts, connections by tag."""
+"""An activation's attached clients: attach, detach, and the connections by tag."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._exceptions import ConnectionRejected
-from .alarm_clock import AlarmClock
 
 if TYPE_CHECKING:
+    from .activation import Activation
     from .connection import Connection
 
 
-class Clients(AlarmClock):
-    """The clients part of ``Activation`` (a mixin: the state lives in Activation's slots)."""
+class Clients:
+    """The part of an activation holding its attached connections (made on the first attach).
 
-    __slots__ = ("connections",)
-    connections: dict[str, Connection] | None
+    Attached clients keep the object awake; when the last one leaves, the idle time counts
+    from then.
+    """
 
-    def broadcast(self, event: str, payload: Any, exclude: Connection | None) -> None:
-        """Publish after the running turn commits."""
-        topic = self.topic
-        exclude_id = exclude.id if exclude is not None else None
-        self.turn().after.append(
-            lambda: self.host.publish_nowait(topic, event, payload, exclude=exclude_id)
-        )
+    __slots__ = ("_act", "connections")
 
-    def connections_tagged(self, tag: str | None) -> list[Connection]:
-        """Attached connections on this node, optionally filtered by tag."""
-        conns = list(self.connections.values()) if self.connections else []
+    def __init__(self, act: Activation) -> None:
+        self._act = act
+        self.connections: dict[str, Connection] = {}
+
+    def tagged(self, tag: str | None) -> list[Connection]:
+        """Attached connections on this node, optionally only those tagged ``tag``."""
+        conns = list(self.connections.values())
         return conns if tag is None else [c for c in conns if tag in c.tags]
 
     async def attach(self, conn: Connection, held: bool = False) -> None:
         """Attach a client: run ``on_connect`` as a turn; it may raise ``ConnectionRejected``."""
-        limit = self.cls.max_connections
-        if self.connections is not None and len(self.connections) >= limit:
+        act = self._act
+        limit = act.cls.max_connections
+        if len(self.connections) >= limit:
             if held:
-                self.gate.leave(False)
+                act.gate.leave(False)
             raise ConnectionRejected(
-                f"{self.topic} already has {limit} clients attached (max_connections)", code=1013
+                f"{act.topic} already has {limit} clients attached (max_connections)",
+                code=TOO_MANY_CLIENTS,
             )
-        if self.connections is None:
-            self.connections = {}
         self.connections[conn.id] = conn
-        conn.activation = self  # type: ignore[assignment]  # self is an Activation
+        conn.activation = act
         try:
-            await self.run(lambda obj: obj.on_connect(conn), {}, held=held)
+            await act.run(lambda obj: obj.on_connect(conn), {}, held=held)
         except BaseException:
-            self._drop(conn)
+            self.drop(conn)
             raise
 
     async def detach(self, conn: Connection) -> None:
-        """Detach a client and run ``on_disconnect``; the idle timer restarts when none are left."""
-        self._drop(conn)
-        await self.run(lambda obj: obj.on_disconnect(conn), {})
+        """Detach a client and run ``on_disconnect``."""
+        self.drop(conn)
+        await self._act.run(lambda obj: obj.on_disconnect(conn), {})
 
-    def _drop(self, conn: Connection) -> None:
-        if self.connections is not None and self.connections.pop(conn.id, None) is not None:
+    def drop(self, conn: Connection) -> None:
+        """Forget ``conn``; the last one leaving restarts the idle time (and frees this part)."""
+        if self.connections.pop(conn.id, None) is not None:
             conn.activation = None
-            if not self.connections:
-                self.connections = None
-                self.last_used = self.loop.time()
-                if self._timer is not None and not self.closed:
-                    self._timer.cancel()
-                    self._arm(self.cls.idle_timeout)
+            act = self._act
+            if not self.connections and act.clients is self:
+                act.clients = None
+                if not act.closed:
+                    act.idle.touch()
+
+
+TOO_MANY_CLIENTS = 1013
+"""The websocket close code of an attach refused because ``max_connections`` are attached."""

@@ -19,11 +19,14 @@ from ..storage import AlarmWrite, Commit, StatusUpdate, Storage
 
 
 class CommitOwner(Protocol):
-    """What the committer needs from the instance whose commits it writes (an CommitOwner)."""
+    """What the committer needs from the instance whose commits it writes (its ``Record``)."""
 
-    closed: bool
     topic: str
     queued: PendingCommit | None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the instance was dropped (its later turns must not commit)."""
 
     def committed(self, pending: PendingCommit) -> None:
         """A commit of this object is durable."""
@@ -43,10 +46,10 @@ def merge_alarms(earlier: list[AlarmWrite], later: list[AlarmWrite]) -> list[Ala
 class PendingCommit:
     """Turns of one object waiting to be durable, merged into one fenced ``Commit``."""
 
-    __slots__ = ("activation", "after", "commit", "done", "error", "waiters")
+    __slots__ = ("after", "commit", "done", "error", "owner", "waiters")
 
-    def __init__(self, activation: CommitOwner, commit: Commit) -> None:
-        self.activation = activation
+    def __init__(self, owner: CommitOwner, commit: Commit) -> None:
+        self.owner = owner
         self.commit = commit
         self.waiters: list[asyncio.Future[None]] = []
         self.after: list[Callable[[], None]] = []
@@ -136,7 +139,7 @@ class GroupCommitter:
             await self._idle.wait()
             await asyncio.sleep(0)
 
-    def submit(self, activation: CommitOwner, commit: Commit) -> PendingCommit:
+    def submit(self, owner: CommitOwner, commit: Commit) -> PendingCommit:
         """Queue a turn's commit, merging it into the object's queued entry if there is one.
 
         A turn that finishes after its instance was dropped (fenced out, or its storage
@@ -144,21 +147,21 @@ class GroupCommitter:
         ``ConflictError``. Committed, its ``expected_rev`` could match a rev another writer
         committed meanwhile and overwrite that writer's acknowledged change.
         """
-        if activation.closed:
-            pending = PendingCommit(activation, commit)
+        if owner.closed:
+            pending = PendingCommit(owner, commit)
             pending.finish(
                 ConflictError(
-                    f"{activation.topic}: this instance was dropped while the call ran (its "
+                    f"{owner.topic}: this instance was dropped while the call ran (its "
                     "earlier commit was fenced out or failed); the call was not applied"
                 )
             )
             return pending
-        queued = activation.queued
+        queued = owner.queued
         if queued is not None:
             queued.merge(commit)
             return queued
-        pending = PendingCommit(activation, commit)
-        activation.queued = pending
+        pending = PendingCommit(owner, commit)
+        owner.queued = pending
         self._queue.append(pending)
         self._idle.clear()
         self._wakeup.set()
@@ -198,7 +201,7 @@ class GroupCommitter:
             self._statuses.clear()
             status_waiters, self._status_waiters = self._status_waiters, []
             for pending in batch:
-                pending.activation.queued = None
+                pending.owner.queued = None
             try:
                 flags = await self.storage.commit(
                     [p.commit for p in batch], statuses, self.node_id
@@ -219,7 +222,7 @@ class GroupCommitter:
                     fut.set_result(None)
             for pending, ok in zip(batch, flags, strict=True):
                 if ok:
-                    pending.activation.committed(pending)
+                    pending.owner.committed(pending)
                     pending.finish(None)
                 else:
-                    pending.activation.commit_failed(pending, failure)
+                    pending.owner.commit_failed(pending, failure)

@@ -76,9 +76,9 @@ class Connection:
         """
         check_event(event)
         frame = {"topic": self.topic, "event": event, "payload": payload}
-        act = self.activation
-        if act is not None and act.in_turn():
-            act.turn().after.append(lambda: self._transport.send(frame))
+        turn = self.activation.running_turn() if self.activation is not None else None
+        if turn is not None:
+            turn.after.append(lambda: self._transport.send(frame))
         else:
             self._transport.send(frame)
 

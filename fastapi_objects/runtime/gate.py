@@ -19,12 +19,13 @@ class Gate:
     def __init__(self, held: bool = False) -> None:
         self._writer = held
         self._readers = 0
-        self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
+        # Made on the first wait: an empty deque is ~600 bytes, and most gates never queue.
+        self._waiters: deque[tuple[asyncio.Future[None], bool]] | None = None
 
     @property
     def queued(self) -> int:
         """How many calls wait to enter."""
-        return len(self._waiters)
+        return len(self._waiters) if self._waiters else 0
 
     @property
     def busy(self) -> bool:
@@ -47,13 +48,15 @@ class Gate:
         """Queue until admitted (raises what ``fail_waiters`` set, or ``CancelledError``)."""
         fut: asyncio.Future[None] = loop.create_future()
         entry = (fut, readonly)
+        if self._waiters is None:
+            self._waiters = deque()
         self._waiters.append(entry)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.leave(readonly)  # admitted just as we were cancelled: pass it on
-            elif entry in self._waiters:
+            elif self._waiters is not None and entry in self._waiters:
                 self._waiters.remove(entry)
             raise
 
@@ -64,7 +67,7 @@ class Gate:
         else:
             self._writer = False
         waiters = self._waiters
-        while waiters:
+        while waiters:  # (None or empty: nobody waits)
             fut, ro = waiters[0]
             if fut.done():
                 waiters.popleft()
@@ -82,7 +85,7 @@ class Gate:
 
     def fail_waiters(self, error: type[BaseException]) -> None:
         """Wake every waiter with ``error`` (its object is gone)."""
-        for fut, _ in self._waiters:
+        waiters, self._waiters = self._waiters, None
+        for fut, _ in waiters or ():
             if not fut.done():
                 fut.set_exception(error())
-        self._waiters.clear()

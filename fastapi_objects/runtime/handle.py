@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
-from .._exceptions import UnknownMethod
+from .methods import method_spec
 
 if TYPE_CHECKING:
     from .calls import Calls
@@ -38,13 +38,12 @@ class _Handle(Generic[T]):
 
     async def call(self, method: str, args: dict[str, Any] | None = None) -> Any:
         """Call ``method`` by name with keyword ``args`` (what websocket frames do)."""
-        spec = self._cls.__objects_methods__.get(method)
-        if spec is None:
-            raise UnknownMethod(f"{self._cls.__name__} has no callable method {method!r}")
+        spec = method_spec(self._cls, method)
         return await self._calls.invoke(self._cls, self.key, spec, spec.validate(args or {}))
 
     def __getattr__(self, name: str) -> Any:
-        raise UnknownMethod(f"{self._cls.__name__} has no callable method {name!r}")
+        method_spec(self._cls, name)  # raises UnknownMethod (a real method is found before)
+        raise AttributeError(name)
 
     def __repr__(self) -> str:
         return f"Handle({self._cls.__name__}, {self.key!r})"

@@ -16,7 +16,7 @@ from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
 from .activation import Activation
-from .alarm_delivery import AlarmDelivery
+from .alarm_delivery import ALARM_CALL, AlarmDelivery
 from .alarms import uses_alarms
 from .calls import Calls
 from .committer import GroupCommitter
@@ -35,8 +35,13 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-class Host(Calls):
-    """The node's live objects and the way calls reach them (here, or forwarded)."""
+class Host:
+    """The node's live objects and the way calls reach them (here, or forwarded).
+
+    Its parts: the group committer, the thawer, the router (the cluster seam), ``calls``
+    (the call paths), ``alarms`` (the alarm poller) and ``timers`` (call deadlines and idle
+    checks on one loop timer).
+    """
 
     def __init__(
         self,
@@ -57,9 +62,16 @@ class Host(Calls):
         self.thawer = Thawer(storage, node_id, settings.node_ttl)
         self.routing = Router(storage, settings, node_id, self.lease_lost)
         self.counters = Counters()
-        self.deadlines = Wheel()  # the calls' deadlines
-        self.alarms = AlarmDelivery(self)
+        self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}
+        self.calls = Calls(
+            self.activations, self.on_live, self.routing, self.timers, self.object_type
+        )
+        self.alarms = AlarmDelivery(
+            types, storage, self.routing.node, self.activations, self.calls.route,
+            self.calls.serve_here, self.spawn,
+        )
+        self.calls.internal[ALARM_CALL] = self.alarms.serve
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -81,10 +93,10 @@ class Host(Calls):
     async def start(self) -> None:
         """Start the writers and join the cluster (storage and pub/sub are started)."""
         self._loop = asyncio.get_running_loop()
-        self.deadlines.start(self._loop)
+        self.timers.start(self._loop)
         self.committer.start()
         self.thawer.start()
-        await self.routing.start(self.serve_forwarded)
+        await self.routing.start(self.calls.serve_forwarded)
         self.alarms.start()
 
     async def stop(self) -> None:
@@ -96,7 +108,7 @@ class Host(Calls):
         self.routing.leave()
         await self.alarms.stop()
         await asyncio.gather(
-            *(act.hibernate(force=True) for act in list(self.activations.values())),
+            *(act.idle.hibernate(force=True) for act in list(self.activations.values())),
             return_exceptions=True,
         )
         for task in list(self._tasks):
@@ -105,7 +117,7 @@ class Host(Calls):
         await self.committer.close()
         await self.thawer.close()
         await self.routing.stop()
-        self.deadlines.close()
+        self.timers.close()
         self._loop = None
 
     def lease_lost(self) -> None:
@@ -129,10 +141,10 @@ class Host(Calls):
         self,
         cls: type[DurableObject[Any]],
         key: str,
-        fn: Callable[[Activation, bool], Awaitable[R]],
+        here: Callable[[Activation, bool], Awaitable[R]],
         forwarded: bool = False,
     ) -> R:
-        """Run ``fn(activation, held)`` on this node's instance, thawing it (``held``) if needed.
+        """Run ``here(activation, held)`` on this node's instance, thawing it (``held``) if needed.
 
         An instance that closed meanwhile (hibernated, fenced out) raises ``Stale``: go again
         with a fresh one. ``Elsewhere`` when another live node owns the object. A call
@@ -156,8 +168,8 @@ class Host(Calls):
                         if target is not None:
                             raise Elsewhere(target.node_id, target.address)
                     checked = True
-                    return await fn(await self.activate(cls, key), True)
-                return await fn(act, False)
+                    return await here(await self.activate(cls, key), True)
+                return await here(act, False)
             except Stale:
                 continue
 
@@ -177,7 +189,7 @@ class Host(Calls):
             self.routing.claimed(ident, claim)
             if not claim.granted:
                 raise Stale
-            act.epoch = claim.epoch
+            act.record.epoch = claim.epoch
             await act.load(checkpoint, alarms)
         except BaseException:
             act.close()
@@ -226,7 +238,7 @@ class Host(Calls):
             self.counters.relayed += 1
         async with asyncio.timeout(cls.call_timeout):
             await self.on_live(
-                cls, key, lambda act, held: act.attach(conn, held), forwarded=relayed
+                cls, key, lambda act, held: act.attached().attach(conn, held), forwarded=relayed
             )
         return conn
 
@@ -243,9 +255,9 @@ class Host(Calls):
     async def detach(self, conn: Connection) -> None:
         """Detach a client; runs ``on_disconnect``. Idempotent."""
         act = conn.activation
-        if act is not None and not act.closed:
+        if act is not None and not act.closed and act.clients is not None:
             try:
-                await act.detach(conn)
+                await act.clients.detach(conn)
             except Stale:
                 pass
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar, get_type_hints
 import pydantic
 from pydantic_core import to_jsonable_python
 
-from .._exceptions import InvalidArguments
+from .._exceptions import InvalidArguments, UnknownMethod
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -118,6 +118,14 @@ class MethodSpec:
         if self._result is not None:
             return self._result.validate_python(data)
         return data
+
+
+def method_spec(cls: Any, name: str) -> MethodSpec:
+    """The callable method ``name`` of the object class ``cls``, or ``UnknownMethod``."""
+    spec: MethodSpec | None = cls.__objects_methods__.get(name)
+    if spec is None:
+        raise UnknownMethod(f"{cls.__name__} has no callable method {name!r}")
+    return spec
 
 
 def discover(owner: type, base: type) -> dict[str, MethodSpec]:

@@ -17,6 +17,7 @@ from .methods import MethodSpec, discover
 
 if TYPE_CHECKING:
     from .activation import Activation
+    from .alarm_clock import AlarmClock
     from .connection import Connection
     from .runtime import Runtime
 
@@ -157,11 +158,12 @@ class DurableObject(Generic[S]):
         ``ValueError`` if ``event`` starts with ``objects:`` (reserved for protocol frames).
         """
         check_event(event)
-        self._activation.broadcast(event, payload, exclude)
+        self._activation.broadcast(event, payload, exclude.id if exclude is not None else None)
 
     def connections(self, tag: str | None = None) -> list[Connection]:
         """Clients attached to this object on this node, optionally only those tagged ``tag``."""
-        return self._activation.connections_tagged(tag)
+        clients = self._activation.clients
+        return clients.tagged(tag) if clients is not None else []
 
     def set_alarm(
         self,
@@ -183,12 +185,12 @@ class DurableObject(Generic[S]):
         alarm = make_alarm(
             self, name, at=at, delay=delay, every=every, cron=cron, payload=payload
         )
-        self._activation.write_alarm(AlarmWrite(name, alarm))
+        self._alarm_clock().write(AlarmWrite(name, alarm))
         return alarm
 
     def cancel_alarm(self, name: str = "default") -> None:
         """Delete the alarm ``name`` with this turn (nothing if there is none)."""
-        self._activation.write_alarm(AlarmWrite(name, None))
+        self._alarm_clock().write(AlarmWrite(name, None))
 
     def delete(self) -> None:
         """Delete this object when the running turn ends: state, journal and alarms.
@@ -201,7 +203,13 @@ class DurableObject(Generic[S]):
 
     def alarms(self) -> list[Alarm]:
         """This object's alarms, pending and failed, including this turn's changes."""
-        return self._activation.alarm_list()
+        return self._alarm_clock().listed()
+
+    def _alarm_clock(self) -> AlarmClock:
+        clock = self._activation.alarms
+        if clock is None:
+            raise TypeError(f"{type(self).__name__} uses alarms but defines no on_alarm()")
+        return clock
 
 
 class EventSourced(DurableObject[S], Generic[S, E]):

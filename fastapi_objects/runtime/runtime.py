@@ -12,7 +12,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
-from .._exceptions import UnknownMethod, UnknownObjectType
+from .._exceptions import UnknownObjectType
 from ..pubsub import PubSub, Subscription, open_pubsub
 from ..settings import ObjectsSettings, Options
 from ..storage import (
@@ -28,7 +28,7 @@ from .connection import Connection, Transport
 from .handle import Handle
 from .host import Host
 from .keys import validate_key
-from .methods import MethodSpec
+from .methods import MethodSpec, method_spec
 from .object import DurableObject
 from .queries import object_query
 from .queue import ObjectsQueue
@@ -174,22 +174,20 @@ class Runtime:
             raise UnknownObjectType(
                 f"{cls.__name__} is not registered: pass it in Objects(objects=[...])"
             )
-        return cls.__objects_handle__(self._host, cls, validate_key(key))  # type: ignore[return-value]
+        return cls.__objects_handle__(self._host.calls, cls, validate_key(key))  # type: ignore[return-value]
 
     async def call(
         self, cls: type[DurableObject[Any]], key: str, method: str, args: dict[str, Any]
     ) -> Any:
         """Call ``method`` by name with keyword ``args``, validating both."""
-        spec = cls.__objects_methods__.get(method)
-        if spec is None:
-            raise UnknownMethod(f"{cls.__name__} has no callable method {method!r}")
+        spec = method_spec(cls, method)
         return await self.invoke(cls, validate_key(key), spec, spec.validate(args))
 
     async def invoke(
         self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any]
     ) -> Any:
         """Run a validated call on the object's one live instance, here or on its owner."""
-        return await self._host.invoke(cls, key, spec, args)
+        return await self._host.calls.invoke(cls, key, spec, args)
 
     async def delete(self, cls: type[DurableObject[Any]], key: str) -> None:
         """Delete the object ``(cls, key)`` for good: state, journal and alarms.
@@ -197,7 +195,7 @@ class Runtime:
         It runs on the object's owner, after the turns in flight, fenced by its ownership; the
         next call starts the object fresh. Inside a turn, use ``self.delete()``.
         """
-        await self._host.delete(cls, validate_key(key))
+        await self._host.calls.delete(cls, validate_key(key))
 
     def queue(self, name: str) -> Handle[ObjectsQueue]:
         """A handle to the durable queue ``name``: ``await objects.queue("emails").enqueue(p)``.
@@ -229,7 +227,7 @@ class Runtime:
 
     def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
         """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O)."""
-        return self._host.locate(cls, key)
+        return self._host.calls.locate(cls, key)
 
     async def publish(self, topic: str, event: str, payload: Any = None) -> None:
         """Publish ``event`` on ``topic`` (e.g. ``"counter:abc:debug"``) to every node.

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .activation import Activation
     from .committer import GroupCommitter
     from .stats import Counters
+    from .timers import Wheel
 
 
 class Stale(Exception):
@@ -36,6 +37,7 @@ class ActivationHost(Protocol):
     node_id: str
     committer: GroupCommitter
     counters: Counters
+    timers: Wheel  # coarse timers: call deadlines, idle checks
     public: Any  # what objects see as ``self.objects`` (the Runtime)
 
     @property

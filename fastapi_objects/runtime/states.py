@@ -1,4 +1,4 @@
-"""Thaw: turning a stored checkpoint (and journal) back into an object's state."""
+"""An object's state: its defaults, a checkpoint decoded (and migrated), its journal replayed."""
 
 from __future__ import annotations
 

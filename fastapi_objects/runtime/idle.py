@@ -1,0 +1,103 @@
+"""An activation's idle timer, and hibernation: leaving memory when nothing needs it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .._exceptions import ObjectsError
+from .turn import Stale
+
+if TYPE_CHECKING:
+    from .activation import Activation
+
+log = logging.getLogger("fastapi_objects")
+
+
+class Idle:
+    """The part of an activation that decides when it hibernates, and hibernates it.
+
+    It is an entry of the node's timer wheel (no timer of its own: a million idle objects
+    would be a million loop timers), checked lazily: a call only stamps ``last_used``; when
+    the entry fires and nothing kept the object awake for ``idle_timeout``, it hibernates,
+    else it goes back into the wheel for the time left.
+    """
+
+    __slots__ = ("_act", "last_used", "scheduled", "slot")
+
+    def __init__(self, act: Activation) -> None:
+        self._act = act
+        self.last_used = act.loop.time()
+        self.scheduled = False
+        self.slot = 0
+
+    def start(self, delay: float | None = None) -> None:
+        """Check again after ``delay`` (default: the class's ``idle_timeout``)."""
+        if not self.scheduled:
+            self.scheduled = True
+            act = self._act
+            act.host.timers.add(self, act.cls.idle_timeout if delay is None else delay)
+
+    def stop(self) -> None:
+        """Leave the wheel (the activation closed)."""
+        if self.scheduled:
+            self.scheduled = False
+            self._act.host.timers.remove(self)
+
+    def touch(self) -> None:
+        """A client left: the idle time counts from now."""
+        self.last_used = self._act.loop.time()
+        self.start()
+
+    def fire(self) -> None:
+        """The wheel's check: hibernate if idle long enough, else look again later."""
+        self.scheduled = False
+        act = self._act
+        if act.closed:
+            return
+        timeout = act.cls.idle_timeout
+        idle_for = act.loop.time() - self.last_used
+        if act.busy() or idle_for < timeout:
+            self.start(timeout if act.busy() else timeout - idle_for)
+            return
+        act.host.spawn(self.hibernate())
+
+    async def hibernate(self, force: bool = False) -> None:
+        """Run ``on_hibernate``, make everything durable and leave memory.
+
+        Unless ``force`` (shutdown), it gives up if a call or a client arrived meanwhile.
+        """
+        act = self._act
+        try:
+            await act.enter(False)
+        except Stale:
+            return
+        try:
+            idle_for = act.loop.time() - self.last_used
+            timeout = act.cls.idle_timeout
+            if not force and (
+                act.in_flight or act.clients is not None or act.gate.queued
+                or idle_for < timeout  # a call slipped in before us
+            ):
+                self.start(max(timeout - idle_for, 0.01))
+                return
+            try:
+                pending = await act.run_hook(act.instance.on_hibernate, snapshot=True)
+            except Exception:
+                log.exception("%s: on_hibernate failed; its changes were rolled back", act.topic)
+                pending = None
+            pending = pending or act.record.last
+            if pending is not None:
+                try:
+                    await pending.wait()
+                except ObjectsError:
+                    return  # the failed commit already dropped this instance
+            # Once it has left memory, listings say so (tests and operators rely on it), and
+            # any node may activate it next: the same write releases ownership.
+            await act.host.committer.set_status(
+                act.cls.type_name, act.key, "hibernated", release_epoch=act.record.epoch
+            )
+            act.host.counters.hibernations += 1
+            act.close()
+        finally:
+            act.gate.leave(False)
