@@ -88,13 +88,9 @@ class Activation:
                 instance.state, record.since_snapshot = await replay(
                     self.host.storage, cls, self.key, instance.state, after_rev=cp.snapshot_rev
                 )
-            if cp.status != "active":
-                self.host.committer.set_status(cls.type_name, self.key, "active")
         self.instance = instance
         if self.alarms is not None:  # before on_activate, which may set or cancel alarms
             await self.alarms.load(alarms)
-        if not self.event_sourced:
-            record.state_text = record.encode_state()
         await self.run_hook(instance.on_activate)
         self.host.counters.thaws += 1
         self.idle.start()
@@ -200,9 +196,12 @@ class Activation:
         self, coro: Any, spec: MethodSpec | None = None
     ) -> tuple[Any, PendingCommit | None]:
         """Run a mutating turn; roll its state back and publish nothing if it raises."""
-        turn = self._turn = Turn()
         instance = self.instance
         saved = instance.state
+        record = self.record
+        if not record.state_text and not self.event_sourced:
+            record.state_text = record.encode_state()  # the state to roll back to, made lazily
+        turn = self._turn = Turn()
         try:
             result = await coro
             if spec is not None:
@@ -212,7 +211,7 @@ class Activation:
             if self.event_sourced:
                 instance.state = saved  # apply() is pure: the old state object is intact
             else:
-                instance.state = self.cls.state_model.model_validate_json(self.record.state_text)
+                instance.state = self.cls.state_model.model_validate_json(record.state_text)
             raise
         finally:
             self._turn = None

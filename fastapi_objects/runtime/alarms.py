@@ -117,6 +117,4 @@ def failure(alarm: Alarm, error: str, retries: int, backoff: float) -> Alarm:
 
 def uses_alarms(cls: type[DurableObject[Any]]) -> bool:
     """Whether ``cls`` defines ``on_alarm`` (only those load, keep and poll for alarms)."""
-    from .object import DurableObject
-
-    return cls.on_alarm is not DurableObject.on_alarm
+    return not getattr(cls.on_alarm, "__objects_default__", False)

@@ -129,6 +129,8 @@ class DurableObject(Generic[S]):
         the alarm is retried with backoff.
         """
 
+    on_alarm.__objects_default__ = True  # type: ignore[attr-defined]  # see uses_alarms
+
     @classmethod
     def migrate_state(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:
         """Upgrade a checkpoint written at ``from_version`` to ``state_version``.

@@ -1,8 +1,10 @@
-"""Batched activation: one claim statement and one read for every object waiting to thaw.
+"""Batched activation: one claim-and-read for every object waiting to thaw.
 
 A takeover, a restart or a deploy thaws thousands of objects at once. Thawed one by one, each
-costs two round trips (claim, load) and a third for its alarms; batched like commits, a whole
-wave of them costs two or three: while one batch is in flight the next one fills up.
+costs a claim, a read and a status write, and a read of its alarms; batched like commits, a
+whole wave of them costs one round trip (``Storage.thaw_many``: the claim, marking the
+granted objects active and reading their checkpoints), and a second for the alarms of the
+classes that have them. While one batch is in flight the next one fills up.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ log = logging.getLogger("fastapi_objects")
 
 Ident = tuple[str, str]
 Thawed = tuple[Claim, Checkpoint | None, list[Alarm] | None]
+"""An object thawed: its claim, its checkpoint (``None``: never committed), its alarms."""
 MAX_BATCH = 1000
 
 
@@ -66,15 +69,9 @@ class Thawer:
             with_alarms = [ident for ident in idents if ident in self._with_alarms]
             self._with_alarms.difference_update(with_alarms)
             try:
-                claims = await self.storage.claim_many(idents, self.node_id, self.ttl)
-                granted = [ident for ident in idents if claims[ident].granted]
-                loaded: dict[Ident, Checkpoint | BaseException] = {}
-                alarms: dict[Ident, list[Alarm]] = {}
-                if granted:
-                    loaded.update(await self._load(granted))
-                    wanted = [i for i in with_alarms if claims[i].granted]
-                    if wanted:
-                        alarms = await self.storage.load_alarms_many(wanted)
+                thawed = await self.storage.thaw_many(idents, self.node_id, self.ttl)
+                wanted = [i for i in with_alarms if thawed[i][0].granted]
+                alarms = await self.storage.load_alarms_many(wanted) if wanted else {}
             except Exception as exc:  # StorageUnavailable, or a bug: fail this batch only
                 log.debug("thaw batch failed: %r", exc)
                 for waiters in batch.values():
@@ -84,34 +81,14 @@ class Thawer:
                 continue
             self.batches += 1
             for ident, waiters in batch.items():
-                found = loaded.get(ident)
+                claim, found = thawed[ident]
                 for waiter in waiters:
                     if waiter.done():
                         continue
-                    if isinstance(found, BaseException):
-                        waiter.set_exception(found)
+                    if isinstance(found, ValueError):
+                        waiter.set_exception(CorruptState(
+                            f"{ident[0]}:{ident[1]}: stored checkpoint is not valid JSON ({found})"
+                        ))
                     else:
                         stored = alarms.get(ident, []) if ident in with_alarms else None
-                        waiter.set_result((claims[ident], found, stored))
-
-    async def _load(self, idents: list[Ident]) -> dict[Ident, Checkpoint | BaseException]:
-        """Read the checkpoints: one query, or each on its own if one cannot be decoded.
-
-        A corrupt row then fails only its own object's activation, not the whole batch.
-        """
-        try:
-            return dict(await self.storage.load_many(idents))
-        except ValueError:
-            pass
-        found: dict[Ident, Checkpoint | BaseException] = {}
-        for type, key in idents:
-            try:
-                cp = await self.storage.load(type, key)
-            except ValueError as exc:
-                found[(type, key)] = CorruptState(
-                    f"{type}:{key}: stored checkpoint is not valid JSON ({exc})"
-                )
-            else:
-                if cp is not None:
-                    found[(type, key)] = cp
-        return found
+                        waiter.set_result((claim, found, stored))

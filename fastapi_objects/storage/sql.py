@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from pydantic_core import from_json
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._exceptions import StorageUnavailable
@@ -30,6 +31,7 @@ from .base import (
     ObjectQuery,
     StatusUpdate,
     Storage,
+    Thawed,
     TypeStats,
     decode_cursor,
     encode_cursor,
@@ -248,6 +250,42 @@ class SQLStorage(Storage):
         if self._thaw is not None:
             return await self._thaw.claim_many(idents, node_id, ttl)
         return await self._write(self._owners.claim_many, idents, node_id, ttl)
+
+    async def thaw_many(
+        self, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
+    ) -> dict[tuple[str, str], Thawed]:
+        """Claim, mark active and read the granted objects: one statement, or one transaction."""
+        if self._thaw is not None:
+            return await self._thaw.thaw_many(idents, node_id, ttl)
+        return await self._write(self._thaw_sqlite, idents, node_id, ttl)
+
+    def _thaw_sqlite(
+        self, conn: sa.Connection, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
+    ) -> dict[tuple[str, str], Thawed]:
+        claims = self._owners.claim_many(conn, idents, node_id, ttl)
+        granted = [ident for ident, claim in claims.items() if claim.granted]
+        thawed: dict[tuple[str, str], Thawed] = {ident: (c, None) for ident, c in claims.items()}
+        if not granted:
+            return thawed
+        cp = self.checkpoints
+        # The JSON columns as text: a row that cannot be decoded fails only its own thaw.
+        columns = [sa.type_coerce(c, sa.Text) if c.name in ("state", "metadata") else c
+                   for c in cp.columns]
+        rows = conn.execute(
+            sa.select(*columns).where(sa.tuple_(cp.c.type, cp.c.key).in_(granted))
+        ).all()
+        conn.execute(
+            sa.update(cp)
+            .where(sa.tuple_(cp.c.type, cp.c.key).in_(granted), cp.c.status != "active")
+            .values(status="active")
+        )
+        for r in rows:
+            ident = (r.type, r.key)
+            try:
+                thawed[ident] = (claims[ident], checkpoint_of(r._mapping, from_json))
+            except ValueError as exc:
+                thawed[ident] = (claims[ident], exc)
+        return thawed
 
     async def load_many(
         self, idents: Sequence[tuple[str, str]]
