@@ -176,7 +176,7 @@ async def open_target(
     try:
         if not create:
             async with storage.engine.connect() as conn:
-                present = await conn.run_sync(_migrated_versions, target.schema)
+                present = await conn.run_sync(migrated_versions, target.schema)
             where = f" in {redact(target.url)}" + (
                 f" (schema {target.schema})" if target.schema else ""
             )
@@ -194,7 +194,7 @@ async def open_target(
         await storage.close()
 
 
-def _migrated_versions(conn: Any, schema: str | None) -> set[int]:
+def migrated_versions(conn: Any, schema: str | None) -> set[int]:
     """The storage versions whose tables are in the database (a sync SQLAlchemy connection)."""
     import sqlalchemy as sa
 
