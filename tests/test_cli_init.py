@@ -16,7 +16,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -475,31 +474,6 @@ def test_init_chains_onto_an_existing_alembic_history(project: Path) -> None:
         (version,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
     assert {"users", "objects_checkpoints", "objects_journal"} <= tables
     assert version == head
-
-
-def test_fly_files(project: Path) -> None:
-    (project / ".env").write_text("DATABASE_URL=postgres://shop@db.internal:5432/shop\n")
-    run("init", "--database", "postgres", "--schema", "objects", "--fly")
-    fly = tomllib.loads((project / "fly.toml").read_text())
-    assert fly["app"] == "shop-api"
-    assert fly["deploy"]["release_command"] == "objects migrate"
-    assert fly["http_service"]["internal_port"] == 8080
-    assert fly["env"]["OBJECTS_SCHEMA"] == "objects"
-    # Two machines or more, one cluster: the same settings as the repository's own fly.toml.
-    assert fly["http_service"]["min_machines_running"] == 2
-    assert fly["deploy"]["strategy"] == "rolling"
-    example = tomllib.loads((ROOT / "fly.toml").read_text())
-    for name in ("OBJECTS_INTERNAL_HOST", "OBJECTS_INTERNAL_PORT"):
-        assert fly["env"][name] == example["env"][name]
-    assert fly["kill_timeout"] == example["kill_timeout"]
-    text = (project / "fly.toml").read_text()
-    assert "fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)" in text
-    assert "ONE machine" not in text
-    dockerfile = (project / "Dockerfile").read_text()
-    assert '"uvicorn", "app.main:app"' in dockerfile and '"--port", "8080"' in dockerfile
-    assert '"--workers"' not in dockerfile and '"--timeout-graceful-shutdown"' in dockerfile
-    assert 'pip install . "fastapi-objects[postgres]"' in dockerfile
-    assert ".env" in (project / ".dockerignore").read_text().splitlines()
 
 
 def test_migrate_without_alembic_uses_the_versioned_ddl(project: Path) -> None:

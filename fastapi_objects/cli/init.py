@@ -67,8 +67,7 @@ def init(
     planned += _migration(project, schema, force, notes)
     if fly:
         planned += _fly(project, schema, force)
-        if database is Database.sqlite:
-            notes.append("on Fly.io the app uses the attached Postgres (DATABASE_URL), not SQLite")
+        notes += _fly_notes(project, database)
     if dry_run:
         for item in planned:
             if item.old != item.new:
@@ -252,7 +251,7 @@ def _fly(project: Project, schema: str | None, force: bool) -> list[PlannedFile]
     from ._templates import render
 
     context = {
-        "name": project.name, "schema": schema, "install": project.install,
+        "name": project.name, "schema": schema, "dependencies": project.dependencies,
         "app_path": project.app_path,
     }
     return [
@@ -262,10 +261,30 @@ def _fly(project: Project, schema: str | None, force: bool) -> list[PlannedFile]
     ]
 
 
+def _fly_notes(project: Project, database: Database) -> list[str]:
+    notes = []
+    if database is Database.sqlite:
+        notes.append("on Fly.io the app uses the attached Postgres (DATABASE_URL), not SQLite")
+    if not project.dependencies:
+        notes.append("no requirements.txt or [project] dependencies found: the Dockerfile "
+                     "installs fastapi-objects[postgres] only; add your dependencies to it")
+    if not project.serves_healthz:
+        notes.append(
+            "fly.toml checks GET /healthz, which no module of your project names: serve it (200 "
+            "when the app and its database answer; fastapi_objects' docs/deploy-fly.md has one) "
+            "or change the check's path, or deploys will wait for it in vain"
+        )
+    return notes
+
+
 def _next_steps(project: Project, fly: bool) -> None:
     typer.echo("next:")
     typer.echo("  objects migrate    # create the storage tables")
     typer.echo(f"  uvicorn {project.app_path}    # Objects(...) reads the database from .env")
     if fly:
-        typer.echo("  fly launch --no-deploy && fly postgres attach <db>")
-        typer.echo("  fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32) && fly deploy")
+        db = f"{project.name}-db"
+        typer.echo("  fly launch --no-deploy --copy-config    # a Fly app, keeping this fly.toml")
+        typer.echo(f"  fly postgres create --name {db}")
+        typer.echo(f"  fly postgres attach {db}    # sets DATABASE_URL, which the app reads")
+        typer.echo("  fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)")
+        typer.echo("  fly deploy    # runs objects migrate first (release_command)")
