@@ -5,7 +5,8 @@ A small ASGI app served by uvicorn inside the node's process, on ``internal_host
 own). It takes websockets only: call channels from other nodes (``channel.py``) and relayed
 client sessions, handed to ``websocket_app`` (the web integration's relay endpoint). Every
 upgrade must be signed (``signing.py``); an unsigned, wrongly signed, stale or replayed one is
-answered 401 and opens nothing.
+answered 401 and opens nothing. The uvicorn under it (``_uvicorn.py``) touches none of the
+app's logging and bounds the connections that have not upgraded yet.
 """
 
 from __future__ import annotations
