@@ -19,23 +19,13 @@ from typing import Any
 
 import httpx2
 import pytest
-from pydantic import BaseModel
 
-from fastapi_objects import DurableObject, Runtime
+from fastapi_objects import Runtime
 from fastapi_objects.cluster import Forwarder, Listener, Signer
+from tests._apps import Counter
 from tests._nodes import free_port
 
 SECRET = b"s"
-
-
-class _State(BaseModel):
-    value: int = 0
-
-
-class Counter(DurableObject[_State]):
-    async def increment(self) -> int:
-        self.state.value += 1
-        return self.state.value
 
 
 LoggingState = tuple[dict[str, tuple[Any, ...]], dict[str, int]]
@@ -74,7 +64,7 @@ async def test_a_node_changes_no_logging_state(
     runtime = Runtime(objects=[Counter], database_url=f"sqlite:///{tmp_path / 'x.db'}")
     async with runtime:
         assert runtime.routing.listener is not None  # the internal listener is serving
-        await runtime.get(Counter, "a").increment()
+        await runtime.get(Counter, "a").increment(1)
     after_loggers, after_levels = _logging_state()
     assert after_levels == before_levels
     for name, state in before_loggers.items():
