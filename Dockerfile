@@ -21,8 +21,8 @@ USER app
 # 8080: the app, behind Fly's proxy. The node's internal listener (OBJECTS_INTERNAL_PORT in
 # fly.toml, 8081) is reached over the private network only: it is not a published port.
 EXPOSE 8080
-# Passes Fly's DATABASE_URL on as OBJECTS_DATABASE_URL; wraps the CMD and fly.toml's
-# release_command (the migration) alike.
+# Warns when no database is attached (fastapi_objects reads Fly's DATABASE_URL itself); wraps
+# the CMD and fly.toml's release_command (the migration) alike.
 ENTRYPOINT ["sh", "example_app/entrypoint.sh"]
 # One process per machine, one node: the internal port is fixed (fly.toml), so scale out with
 # machines (`fly scale count`), not workers.

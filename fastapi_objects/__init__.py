@@ -43,19 +43,27 @@ if TYPE_CHECKING:
     from .pubsub import Message
     from .runtime import DurableObject, EventSourced, Handle, Runtime, RuntimeStats, readonly
     from .runtime.connection import Connection
+    from .runtime.queue import Claimed as Job
     from .settings import ObjectsSettings
+    from .storage import Alarm, JournalEntry, ObjectPage, TypeStats
 
-# Public name -> the module that defines it, imported when the name is first asked for.
+# Public name -> the module that defines it (":name" when it is named otherwise there),
+# imported when the name is first asked for.
 _LAZY = {
+    "Alarm": ".storage",
     "Connection": ".runtime.connection",
     "DurableObject": ".runtime",
     "EventSourced": ".runtime",
     "Handle": ".runtime",
+    "Job": ".runtime.queue:Claimed",  # what a worker function receives
+    "JournalEntry": ".storage",
     "Message": ".pubsub",
+    "ObjectPage": ".storage",
     "Objects": ".fastapi",
     "ObjectsSettings": ".settings",
     "Runtime": ".runtime",
     "RuntimeStats": ".runtime",
+    "TypeStats": ".storage",
     "get_object": ".fastapi",
     "readonly": ".runtime",
 }
@@ -63,6 +71,7 @@ _LAZY = {
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alarm",
     "CallTimeout",
     "ConflictError",
     "Connection",
@@ -76,9 +85,12 @@ __all__ = [
     "InvalidCall",
     "InvalidKey",
     "InvalidQuery",
+    "Job",
+    "JournalEntry",
     "Message",
     "MissingDependency",
     "ObjectNotFound",
+    "ObjectPage",
     "Objects",
     "ObjectsError",
     "ObjectsSettings",
@@ -90,6 +102,7 @@ __all__ = [
     "RuntimeStats",
     "StorageUnavailable",
     "SubscriptionOverflow",
+    "TypeStats",
     "UnknownMethod",
     "UnknownObjectType",
     "UnstorableValue",
@@ -100,10 +113,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    module, _, attr = where.partition(":")
+    value = getattr(importlib.import_module(module, __name__), attr or name)
     globals()[name] = value  # later lookups are plain attribute reads
     return value
 

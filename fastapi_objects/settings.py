@@ -4,6 +4,10 @@ Options come from the ``Objects(...)``/``Runtime(...)`` arguments first, then th
 (``OBJECTS_<NAME>``), then the project's ``.env`` (what ``objects init`` writes), then the
 defaults below. The README's reference lists the same fields.
 
+The database is the one exception: when no argument, ``OBJECTS_DATABASE_URL`` (environment or
+``.env``) names it, ``DATABASE_URL`` does (environment, then ``.env``): what ``fly postgres
+attach``, Heroku and most hosts set. ``database_url_source`` says which one was used.
+
 Example::
 
     settings = ObjectsSettings()                    # environment and ./.env
@@ -14,10 +18,74 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .storage import DEFAULT_DATABASE_URL, normalize_url
+
+_SOURCE_KEY = "__database_url_source"
+_DEFAULT_SOURCE = "the default; set OBJECTS_DATABASE_URL to change it"
+_HOSTED_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")  # what DATABASE_URL may name
+
+
+class _Named(PydanticBaseSettingsSource):
+    """A settings source that says it named the database, when it did."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource, name: str) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+        self._name = name
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """The inner source's value of one field."""
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        return {**data, _SOURCE_KEY: self._name} if "database_url" in data else data
+
+
+class _HostDatabaseUrl(PydanticBaseSettingsSource):
+    """``DATABASE_URL`` from the environment, else from ``.env``: the lowest of the sources."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *sources: Any) -> None:
+        super().__init__(settings_cls)
+        self._sources = sources  # the environment's, then the .env file's (their env_vars)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Nothing field by field: see ``__call__``."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        for source, where in zip(self._sources, ("the environment", ".env"), strict=True):
+            value = source.env_vars.get("database_url")
+            if value:
+                return {"database_url": value, _SOURCE_KEY: f"DATABASE_URL in {where}"}
+        return {}
+
+
+def _check_host_url(url: str, source: str) -> None:
+    """Refuse a ``DATABASE_URL`` we cannot use, saying where it came from and what to set.
+
+    It is another tool's variable: it may name a database of the app's own, such as MySQL.
+    """
+    try:
+        scheme = normalize_url(url).partition("://")[0]
+        if scheme not in _HOSTED_SCHEMES:
+            raise ValueError(f"unsupported database URL scheme {scheme!r}")
+    except ValueError as exc:
+        raise ValueError(
+            f"{source}, read because OBJECTS_DATABASE_URL is not set: {exc}; set "
+            "OBJECTS_DATABASE_URL to a postgresql:// or sqlite:/// URL"
+        ) from None
 
 
 class ObjectsSettings(BaseSettings):
@@ -25,7 +93,7 @@ class ObjectsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="OBJECTS_", env_file=".env", extra="ignore", populate_by_name=True,
-        frozen=True,
+        frozen=True, hide_input_in_errors=True,  # inputs hold passwords and secrets
     )
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -78,6 +146,43 @@ class ObjectsSettings(BaseSettings):
     """Concurrent calls per websocket connection."""
     max_outbox: int = Field(default=1024, ge=1)
     """Frames queued to one client before it is closed as too slow (4408)."""
+
+    _database_url_source: str = PrivateAttr(default=_DEFAULT_SOURCE)
+
+    @property
+    def database_url_source(self) -> str:
+        """Where ``database_url`` came from, e.g. ``"OBJECTS_DATABASE_URL in .env"``."""
+        return self._database_url_source
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, each naming itself as the database's; ``DATABASE_URL`` last."""
+        return (
+            _Named(init_settings, "the database_url argument"),
+            _Named(env_settings, "OBJECTS_DATABASE_URL in the environment"),
+            _Named(dotenv_settings, "OBJECTS_DATABASE_URL in .env"),
+            file_secret_settings,
+            _HostDatabaseUrl(settings_cls, env_settings, dotenv_settings),
+        )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_source(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if not isinstance(data, dict):
+            return handler(data)
+        source = data.pop(_SOURCE_KEY, _DEFAULT_SOURCE)
+        if source.startswith("DATABASE_URL"):
+            _check_host_url(str(data["database_url"]), source)
+        settings = handler(data)
+        settings._database_url_source = source
+        return settings
 
     @field_validator("database_url")
     @classmethod

@@ -12,10 +12,10 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,7 +164,11 @@ def test_fresh_project_on_sqlite_end_to_end(project: Path) -> None:
 
     done = run_real("objects", "migrate", cwd=project)
     assert done.returncode == 0, done.stderr
-    assert storage_revision(project, LATEST_VERSION).name.split("_")[0] in done.stdout  # head
+    head = storage_revision(project, LATEST_VERSION).name.split("_")[0]
+    assert f"upgraded to head {head}" in done.stdout
+    again = run_real("objects", "migrate", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert f"already at head {head}" in again.stdout and "upgraded" not in again.stdout
     check = run_real("alembic", "check", cwd=project)
     assert check.returncode == 0, check.stderr
     assert "No new upgrade operations detected" in check.stdout
@@ -284,7 +288,7 @@ def test_a_value_init_refused_to_change_is_reported_with_how_to_apply_it(
 
 def test_missing_values_are_added_beside_the_kept_ones(project: Path) -> None:
     (project / ".env").write_text("OBJECTS_DATABASE_URL=sqlite+aiosqlite:///./mine.db\n")
-    out = run("init", "--database", "postgres", "--schema", "shop")
+    out = run("init", "--database-url", "postgres://u@db/shop", "--schema", "shop")
     assert "updated, differing values kept (--force overwrites them): .env" in out
     assert (project / ".env").read_text() == (
         "OBJECTS_DATABASE_URL=sqlite+aiosqlite:///./mine.db\n"
@@ -308,6 +312,122 @@ def test_init_says_when_the_environment_overrides_its_env_file(
     assert (
         "database: postgresql://u:***@elsewhere/db (OBJECTS_DATABASE_URL in the environment)"
     ) in out
+
+
+def test_postgres_without_a_url_writes_nothing_and_says_what_to_set(project: Path) -> None:
+    # Seen: a localhost placeholder was written, then `next: objects migrate`, which failed.
+    before = snapshot(project)
+    result = CliRunner().invoke(cli, ["init", "--database", "postgres"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "--database-url postgresql://USER:PASSWORD@HOST:5432/DBNAME" in line
+    assert "DATABASE_URL" in line and "nothing was written" in line
+    assert snapshot(project) == before
+
+
+def test_postgres_without_a_url_asks_on_a_terminal(project: Path) -> None:
+    import fcntl
+    import pty
+    import select
+    import termios
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBJECTS_")}
+    env.pop("DATABASE_URL", None)
+    controller, terminal = pty.openpty()
+
+    def own_terminal() -> None:  # as a login shell's: its controlling terminal, /dev/tty
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [str(BIN / "objects"), "init", "--database", "postgres"], cwd=project, env=env,
+        stdin=terminal, stdout=terminal, stderr=terminal, preexec_fn=own_terminal,
+    )
+    os.close(terminal)
+    shown = b""
+
+    def read_until(done: bytes) -> None:
+        nonlocal shown
+        while done not in shown:
+            ready, _, _ = select.select([controller], [], [], 60)
+            assert ready, shown
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the process closed the terminal
+                chunk = b""
+            assert chunk, shown
+            shown += chunk
+
+    try:
+        # Typed once the prompt is whole: its last space is written with echo already off.
+        read_until(b"not shown): ")
+        os.write(controller, b"postgres://u:hunter2@db.internal:5432/shop\n")
+        read_until(b"next:")
+        assert process.wait(60) == 0, shown
+    finally:
+        process.kill()
+        process.wait()
+        os.close(controller)
+    assert "OBJECTS_DATABASE_URL=postgresql+asyncpg://u:hunter2@db.internal:5432/shop\n" in (
+        project / ".env"
+    ).read_text()
+    assert b"hunter2" not in shown  # neither echoed as typed nor printed after
+    assert b"database: postgresql+asyncpg://u:***@db.internal:5432/shop" in shown
+
+
+def test_database_url_option(project: Path) -> None:
+    out = run("init", "--database-url", "postgres://u:hunter2@db.internal/shop")  # postgres
+    assert "OBJECTS_DATABASE_URL=postgresql+asyncpg://u:hunter2@db.internal/shop\n" in (
+        project / ".env"
+    ).read_text()
+    assert "hunter2" not in out and "database: postgresql+asyncpg://u:***@db.internal/shop" in out
+    assert "objects migrate" in out
+    line = CliRunner().invoke(cli, ["init", "--database", "sqlite", "--database-url",
+                                    "postgres://u:pw@db/shop"]).stderr
+    assert "is not SQLite" in line
+    line = CliRunner().invoke(cli, ["init", "--database", "postgres", "--database-url",
+                                    "sqlite:///x.db"]).stderr
+    assert "--database-url is not a PostgreSQL URL" in line
+
+
+def test_env_is_private_ignored_by_git_and_redacted_in_diffs(project: Path) -> None:
+    env = project / ".env"
+    env.write_text("STRIPE_KEY=sk_live_123\nDEBUG=1\n")
+    env.chmod(0o644)
+    (project / ".gitignore").write_text("__pycache__/\n")
+    url = "postgres://u:hunter2@db.internal/shop"
+    out = run("init", "--database-url", url, "--dry-run")
+    assert "+OBJECTS_DATABASE_URL=postgresql+asyncpg://u:***@db.internal/shop" in out
+    assert " STRIPE_KEY=***" in out and " DEBUG=1" in out  # context lines, hidden where secret
+    assert "hunter2" not in out and "sk_live_123" not in out
+    assert "+.env" in out  # the .gitignore diff
+
+    out = run("init", "--database-url", url)
+    assert "updated: .env" in out and "updated: .gitignore" in out
+    assert env.stat().st_mode & 0o777 == 0o600  # it holds a password now
+    assert (project / ".gitignore").read_text().splitlines()[-1] == ".env"
+    assert "up to date: .gitignore" in run("init", "--database-url", url)
+
+
+def test_a_new_env_is_private_and_a_missing_gitignore_is_created(project: Path) -> None:
+    out = run("init")
+    assert "created: .gitignore" in out
+    assert (project / ".env").stat().st_mode & 0o777 == 0o600
+    assert ".env" in (project / ".gitignore").read_text().splitlines()
+    (project / ".gitignore").write_text(".env*\n!.env.example\n")  # ignored already
+    assert "up to date: .gitignore" in run("init")
+    (project / ".gitignore").write_text(".env\n!.env\n")  # and un-ignored again
+    assert "updated: .gitignore" in run("init")
+
+
+def test_the_help_shows_flags_as_flags() -> None:
+    for args in (["init"], ["rm"], ["queue", "ls"], ["ls"], ["migrate"], ["nodes"]):
+        out = run(*args, "--help")
+        assert "<bool>" not in out, out
+    out = run("init", "--help")
+    assert re.search(r"^  --fly  ", out, re.MULTILINE) and re.search(r"^  --force  ", out,
+                                                                        re.MULTILINE), out
+    assert re.search(r"^  --dry-run  ", out, re.MULTILINE), out
 
 
 def test_init_chains_onto_an_existing_alembic_history(project: Path) -> None:
@@ -356,31 +476,6 @@ def test_init_chains_onto_an_existing_alembic_history(project: Path) -> None:
     assert version == head
 
 
-def test_fly_files(project: Path) -> None:
-    (project / ".env").write_text("DATABASE_URL=postgres://shop@db.internal:5432/shop\n")
-    run("init", "--database", "postgres", "--schema", "objects", "--fly")
-    fly = tomllib.loads((project / "fly.toml").read_text())
-    assert fly["app"] == "shop-api"
-    assert fly["deploy"]["release_command"] == "objects migrate"
-    assert fly["http_service"]["internal_port"] == 8080
-    assert fly["env"]["OBJECTS_SCHEMA"] == "objects"
-    # Two machines or more, one cluster: the same settings as the repository's own fly.toml.
-    assert fly["http_service"]["min_machines_running"] == 2
-    assert fly["deploy"]["strategy"] == "rolling"
-    example = tomllib.loads((ROOT / "fly.toml").read_text())
-    for name in ("OBJECTS_INTERNAL_HOST", "OBJECTS_INTERNAL_PORT"):
-        assert fly["env"][name] == example["env"][name]
-    assert fly["kill_timeout"] == example["kill_timeout"]
-    text = (project / "fly.toml").read_text()
-    assert "fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)" in text
-    assert "ONE machine" not in text
-    dockerfile = (project / "Dockerfile").read_text()
-    assert '"uvicorn", "app.main:app"' in dockerfile and '"--port", "8080"' in dockerfile
-    assert '"--workers"' not in dockerfile and '"--timeout-graceful-shutdown"' in dockerfile
-    assert 'pip install . "fastapi-objects[postgres]"' in dockerfile
-    assert ".env" in (project / ".dockerignore").read_text().splitlines()
-
-
 def test_migrate_without_alembic_uses_the_versioned_ddl(project: Path) -> None:
     db = project / "plain.db"
     out = run("migrate", "--database-url", f"sqlite:///{db}")
@@ -388,7 +483,8 @@ def test_migrate_without_alembic_uses_the_versioned_ddl(project: Path) -> None:
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"objects_checkpoints", "objects_journal", "objects_pubsub"} <= tables
-    assert "ready" in run("migrate", "--database-url", f"sqlite:///{db}")  # idempotent
+    again = run("migrate", "--database-url", f"sqlite:///{db}")  # idempotent, and says so
+    assert "storage tables already at head" in again and ") ready" not in again
 
 
 def test_migrate_through_alembic_reports_an_unreachable_database(

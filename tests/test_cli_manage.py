@@ -140,6 +140,30 @@ def test_ls_filters_and_limits(stored: list[str]) -> None:
     assert "raise --limit" in limited and "user:1" not in limited
 
 
+def test_ls_without_a_type_lists_the_types_with_their_counts(stored: list[str]) -> None:
+    out = run("ls", *stored)
+    assert cells(out, "counter")[1:] == ["0", "3", "3"]
+    assert "objects ls TYPE lists the objects of one type" in out
+    assert "--status and --prefix filter" in fails("ls", "--prefix", "user:", *stored)
+
+
+def test_ls_without_a_type_on_an_empty_database(shop: Path) -> None:
+    url = f"sqlite:///{shop / 'empty.db'}"
+    run("migrate", "--database-url", url)
+    assert "no stored objects" in run("ls", "--database-url", url)
+
+
+def test_the_commands_read_database_url_when_objects_database_url_is_unset(
+    stored: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = stored[1]  # `fly postgres attach` sets DATABASE_URL, and fly ssh console has it
+    monkeypatch.delenv("OBJECTS_DATABASE_URL")
+    monkeypatch.setenv("DATABASE_URL", url)
+    out = run("ls", "counter", *stored[2:])
+    assert "(DATABASE_URL in the environment)" in out.splitlines()[0]
+    assert cells(out, "a")[-1] == '{"value":6}'
+
+
 def test_show_state_and_journal_tail(stored: list[str]) -> None:
     out = run("show", "counter", "a", *stored)
     fields = {line.split("  ")[0]: line.split()[-1] for line in out.splitlines() if "  " in line}

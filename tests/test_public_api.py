@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 
 import fastapi_objects
 
 
 def test_all_is_pinned_and_sorted() -> None:
     assert fastapi_objects.__all__ == [
+        "Alarm",
         "CallTimeout",
         "ConflictError",
         "Connection",
@@ -23,9 +25,12 @@ def test_all_is_pinned_and_sorted() -> None:
         "InvalidCall",
         "InvalidKey",
         "InvalidQuery",
+        "Job",
+        "JournalEntry",
         "Message",
         "MissingDependency",
         "ObjectNotFound",
+        "ObjectPage",
         "Objects",
         "ObjectsError",
         "ObjectsSettings",
@@ -37,6 +42,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "RuntimeStats",
         "StorageUnavailable",
         "SubscriptionOverflow",
+        "TypeStats",
         "UnknownMethod",
         "UnknownObjectType",
         "UnstorableValue",
@@ -46,6 +52,28 @@ def test_all_is_pinned_and_sorted() -> None:
     assert fastapi_objects.__all__ == sorted(fastapi_objects.__all__)
     for name in fastapi_objects.__all__:
         assert getattr(fastapi_objects, name) is not None
+
+
+def test_the_types_the_api_hands_out_are_public() -> None:
+    # What on_alarm, a worker function, journal(), query() and type_stats() receive or return.
+    from fastapi_objects import runtime, storage
+    from fastapi_objects.runtime import queue
+
+    assert fastapi_objects.Alarm is storage.Alarm
+    assert fastapi_objects.Job is queue.Claimed
+    assert runtime.workers.Handler.__args__[0] is fastapi_objects.Job  # type: ignore[attr-defined]
+    assert fastapi_objects.JournalEntry is storage.JournalEntry
+    assert fastapi_objects.ObjectPage is storage.ObjectPage
+    assert fastapi_objects.TypeStats is storage.TypeStats
+    hints = typing.get_type_hints(runtime.DurableObject.on_alarm)
+    assert hints["alarm"] is fastapi_objects.Alarm
+    assert typing.get_type_hints(runtime.Runtime.journal)["return"] == list[
+        fastapi_objects.JournalEntry
+    ]
+    assert typing.get_type_hints(runtime.Runtime.query)["return"] is fastapi_objects.ObjectPage
+    assert typing.get_type_hints(runtime.Runtime.type_stats)["return"] == list[
+        fastapi_objects.TypeStats
+    ]
 
 
 def test_every_error_is_an_objects_error_with_a_distinct_type() -> None:

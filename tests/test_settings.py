@@ -63,9 +63,10 @@ async def increment(counter: Annotated[Handle[Counter], Depends(get_object(Count
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """An empty project folder as the current directory, with no OBJECTS_* variables."""
+    """An empty project folder as the current directory, with none of our variables."""
+    ours = ("FLY_MACHINE_ID", "FLY_REGION", "DATABASE_URL")
     for name in list(os.environ):
-        if name.startswith("OBJECTS_") or name in ("FLY_MACHINE_ID", "FLY_REGION"):
+        if name.startswith("OBJECTS_") or name in ours:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -98,7 +99,7 @@ def test_arguments_then_environment_then_dotenv_then_default(
 def test_only_prefixed_and_fly_variables_count(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("SCHEMA", "DB_SCHEMA", "NODE_ID", "REGION", "MACHINE", "DATABASE_URL"):
+    for name in ("SCHEMA", "DB_SCHEMA", "NODE_ID", "REGION", "MACHINE"):
         monkeypatch.setenv(name, "oops")  # other tools' variables are not ours
     settings = ObjectsSettings()
     assert settings.db_schema is None and settings.node_id is None
@@ -108,6 +109,43 @@ def test_only_prefixed_and_fly_variables_count(
     settings = ObjectsSettings()
     assert (settings.region, settings.machine, settings.node_id) == ("ams", "m1", None)
     assert ObjectsSettings(node_id="n", region="iad").node_id == "n"
+
+
+def test_database_url_is_read_when_objects_database_url_is_unset(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `fly postgres attach`, Heroku and most hosts set; the source is named at start.
+    assert ObjectsSettings().database_url_source.startswith("the default")
+    (clean_env / ".env").write_text("DATABASE_URL=sqlite:///dotenv-host.db\n")
+    settings = ObjectsSettings()
+    assert settings.database_url == "sqlite+aiosqlite:///dotenv-host.db"
+    assert settings.database_url_source == "DATABASE_URL in .env"
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:pw@db.flycast:5432/app?sslmode=disable")
+    settings = ObjectsSettings()
+    assert settings.database_url == "postgresql+asyncpg://u:pw@db.flycast:5432/app?sslmode=disable"
+    assert settings.database_url_source == "DATABASE_URL in the environment"
+    # OBJECTS_DATABASE_URL wins wherever it is, even in .env over DATABASE_URL in the environment.
+    (clean_env / ".env").write_text("OBJECTS_DATABASE_URL=sqlite:///ours.db\n")
+    settings = ObjectsSettings()
+    assert (settings.database_url, settings.database_url_source) == (
+        "sqlite+aiosqlite:///ours.db", "OBJECTS_DATABASE_URL in .env"
+    )
+    monkeypatch.setenv("OBJECTS_DATABASE_URL", "sqlite:///env.db")
+    assert ObjectsSettings().database_url_source == "OBJECTS_DATABASE_URL in the environment"
+    assert ObjectsSettings(database_url="memory://").database_url_source == (
+        "the database_url argument"
+    )
+    # Another tool's database is refused by name, not used and not silently ignored.
+    monkeypatch.delenv("OBJECTS_DATABASE_URL")
+    (clean_env / ".env").unlink()
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:hunter2@db/app")
+    with pytest.raises(ValueError) as refused:
+        ObjectsSettings()
+    message = str(refused.value)
+    assert "DATABASE_URL in the environment, read because OBJECTS_DATABASE_URL is not set" in (
+        message
+    )
+    assert "'mysql'" in message and "hunter2" not in message
 
 
 def test_bad_values_are_clear_errors(clean_env: Path) -> None:
@@ -139,6 +177,7 @@ async def test_runtime_names_its_storage_when_it_starts(
         pass
     line = next(r.getMessage() for r in caplog.records if "storage" in r.getMessage())
     assert "sqlite+aiosqlite:///./x.db" in line and runtime.node_id in line
+    assert f"(pid {os.getpid()}," in line and "(the database_url argument)" in line
 
 
 def _free_port() -> int:

@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals may hold database passwords
+    rich_markup_mode=None,  # plain help: flags shown as flags, not `--force <bool>`
 )
 app.command()(init)
 app.command()(migrate)

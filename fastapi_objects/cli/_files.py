@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|PWD|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,8 @@ class PlannedFile:
     """False when the file is up to date, or differs and is kept (no ``--force``)."""
     kept: tuple[str, ...] = ()
     """Values of a merged file (``.env``) that differ from what init writes and are kept."""
+    secret: bool = False
+    """Holds secrets (``.env``): written readable by its owner only, its diff redacted."""
 
     @property
     def status(self) -> str:
@@ -34,21 +41,37 @@ class PlannedFile:
         return "updated" if self.write else "differs, kept (--force overwrites it)"
 
     def diff(self) -> str:
-        """A unified diff from what is on disk to what would be written."""
+        """A unified diff from what is on disk to what would be written (secrets hidden)."""
         name = self.path.as_posix()
+        old, new = (self.old or "").splitlines(keepends=True), self.new.splitlines(keepends=True)
+        if self.secret:
+            old, new = [_redacted(line) for line in old], [_redacted(line) for line in new]
         return "".join(
             difflib.unified_diff(
-                (self.old or "").splitlines(keepends=True),
-                self.new.splitlines(keepends=True),
-                fromfile="/dev/null" if self.old is None else f"a/{name}",
+                old, new, fromfile="/dev/null" if self.old is None else f"a/{name}",
                 tofile=f"b/{name}",
             )
         )
 
 
+def _redacted(line: str) -> str:
+    """A ``.env`` line as a diff may show it: URL passwords and secret-looking values hidden."""
+    from ._errors import redact
+
+    name, sep, value = line.rstrip("\n").partition("=")
+    if not sep or name.lstrip().startswith("#"):
+        return line
+    if "://" in value:
+        quote = value[:1] if value[:1] in "'\"" else ""
+        value = quote + redact(value.strip("'\"")) + quote
+    elif _SECRET_NAME.search(name) and value:
+        value = "***"
+    return f"{name}={value}\n"
+
+
 def plan(
     root: Path, path: Path, content: str, *, force: bool, merge: bool = False,
-    kept: tuple[str, ...] = (),
+    kept: tuple[str, ...] = (), secret: bool = False,
 ) -> PlannedFile:
     """Plan writing ``content`` to ``root/path``.
 
@@ -58,13 +81,48 @@ def plan(
     target = root / path
     old = target.read_text() if target.is_file() else None
     write = old is None or (old != content and (force or merge))
-    return PlannedFile(path, content, old, write, kept)
+    return PlannedFile(path, content, old, write, kept, secret)
+
+
+def plan_gitignore(root: Path, name: str) -> PlannedFile:
+    """Plan ``.gitignore`` so that git ignores ``name`` (created if missing, else appended to).
+
+    Patterns are read as git reads them, roughly: the last one matching ``name`` decides, and
+    a ``!`` negates.
+    """
+    path = root / ".gitignore"
+    old = path.read_text() if path.is_file() else None
+    ignored = False
+    for line in (old or "").splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#") or pattern.endswith("/"):
+            continue
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatchcase(name, pattern.lstrip("!").lstrip("/")):
+            ignored = not negated
+    if ignored:
+        return plan(root, Path(".gitignore"), old or "", force=False)
+    text = old or ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += f"# secrets: database URLs (objects init)\n{name}\n"
+    return plan(root, Path(".gitignore"), text, force=False, merge=True)
 
 
 def apply(root: Path, planned: list[PlannedFile]) -> None:
-    """Write every planned file that should be written (creating folders)."""
+    """Write every planned file that should be written (creating folders).
+
+    A secret file is created readable by its owner only, and made so if it was not: the
+    password must never be readable by others, not even between the write and a chmod.
+    """
     for item in planned:
         if item.write:
             target = root / item.path
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(item.new)
+            if not item.secret:
+                target.write_text(item.new)
+                continue
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode through open()
+            with os.fdopen(fd, "w") as file:
+                file.write(item.new)

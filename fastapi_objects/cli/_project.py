@@ -30,14 +30,20 @@ class Project:
     name: str
     app_module: str
     app_attr: str
-    install: str
-    """What ``pip install`` takes to install the project's dependencies (for the Dockerfile)."""
+    dependencies: str
+    """The file listing the project's dependencies, for the Dockerfile: ``requirements.txt``,
+    ``pyproject.toml`` (its ``[project]`` lists them) or ``""`` (none that init can read)."""
     pyproject: dict[str, Any]
 
     @property
     def app_path(self) -> str:
         """``module:attr`` of the FastAPI app, as uvicorn takes it."""
         return f"{self.app_module}:{self.app_attr}"
+
+    @property
+    def serves_healthz(self) -> bool:
+        """Whether a module of the project names ``/healthz`` (the route fly.toml checks)."""
+        return any("/healthz" in path.read_text(errors="replace") for path in _modules(self.root))
 
     @property
     def has_alembic(self) -> bool:
@@ -82,22 +88,31 @@ def find_project(root: Path) -> Project:
     rel = app_file.relative_to(root) if app_file is not None else Path("main.py")
     parts = list(rel.with_suffix("").parts)
     module_parts = parts[1:] if parts[0] == "src" and len(parts) > 2 else parts
-    requirements = root / "requirements.txt"
-    if requirements.is_file():
-        install = "-r requirements.txt"
-    elif pyproject_file.is_file():
-        install = "."
+    if (root / "requirements.txt").is_file():
+        dependencies = "requirements.txt"
+    elif "dependencies" in pyproject.get("project", {}):
+        dependencies = "pyproject.toml"
     else:
-        install = ""
+        dependencies = ""
     name = str(pyproject.get("project", {}).get("name") or root.resolve().name)
     return Project(
         root=root,
         name=re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "app",
         app_module=".".join(module_parts),
         app_attr=attr,
-        install=install,
+        dependencies=dependencies,
         pyproject=pyproject,
     )
+
+
+def _modules(root: Path) -> list[Path]:
+    """The project's own Python files (not in virtual environments, hidden or skipped folders)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS
+                   and not (Path(folder) / d / "pyvenv.cfg").exists()]
+        found += [Path(folder) / name for name in files if name.endswith(".py")]
+    return sorted(found)
 
 
 def _find_app(root: Path) -> tuple[Path | None, str]:

@@ -1,7 +1,8 @@
 """Which database a command opens: ``--database-url``, ``--app`` or the app's settings.
 
 Without options it is what the app itself would use: ``ObjectsSettings`` (``OBJECTS_*`` in the
-environment, then ``./.env``, then the default). The heavy modules (SQLAlchemy, the runtime,
+environment, then ``./.env``; ``DATABASE_URL`` when no ``OBJECTS_DATABASE_URL`` is set; then the
+default). The heavy modules (SQLAlchemy, the runtime,
 the settings model) are imported by the functions that use them, so that ``objects --help``
 stays quick.
 """
@@ -9,7 +10,6 @@ stays quick.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ._errors import CliError, one_line, redact
-from ._project import read_dotenv
 
 if TYPE_CHECKING:
     from ..runtime import DurableObject, Runtime
@@ -36,7 +35,10 @@ AppOption = Annotated[
 ]
 DatabaseUrlOption = Annotated[
     str | None,
-    typer.Option("--database-url", help="Overrides --app and OBJECTS_DATABASE_URL (env or .env)."),
+    typer.Option(
+        "--database-url",
+        help="Overrides --app, OBJECTS_DATABASE_URL and DATABASE_URL (environment or .env).",
+    ),
 ]
 SchemaOption = Annotated[
     str | None,
@@ -84,19 +86,10 @@ def resolve(app: str | None, database_url: str | None, schema: str | None) -> Ta
     elif runtime is not None:
         source = f"the runtime of --app {app}"
     else:
-        source = _settings_source("OBJECTS_DATABASE_URL")
+        source = settings.database_url_source
     # The app's own types (built-in ones, such as queues, have commands of their own).
     types = {n: c for n, c in runtime.types.items() if c.public} if runtime is not None else None
     return Target(url, db_schema, types, source, node_ttl)
-
-
-def _settings_source(name: str) -> str:
-    """Which settings source gave ``name``: the environment, ./.env or the default."""
-    if name.lower() in {key.lower() for key in os.environ}:
-        return f"{name} in the environment"
-    if name.lower() in {key.lower() for key in read_dotenv(Path(".env"))}:
-        return f"{name} in .env"
-    return f"the default; set {name} to change it"
 
 
 def _settings_error(exc: Any) -> str:
@@ -183,7 +176,7 @@ async def open_target(
     try:
         if not create:
             async with storage.engine.connect() as conn:
-                present = await conn.run_sync(_migrated_versions, target.schema)
+                present = await conn.run_sync(migrated_versions, target.schema)
             where = f" in {redact(target.url)}" + (
                 f" (schema {target.schema})" if target.schema else ""
             )
@@ -201,7 +194,7 @@ async def open_target(
         await storage.close()
 
 
-def _migrated_versions(conn: Any, schema: str | None) -> set[int]:
+def migrated_versions(conn: Any, schema: str | None) -> set[int]:
     """The storage versions whose tables are in the database (a sync SQLAlchemy connection)."""
     import sqlalchemy as sa
 

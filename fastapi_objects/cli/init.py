@@ -5,13 +5,14 @@ from __future__ import annotations
 import enum
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._errors import CliError, redact, reported
-from ._files import PlannedFile, apply, plan
+from ._files import PlannedFile, apply, plan, plan_gitignore
 from ._project import Project, find_project, merge_dotenv, read_dotenv, setting
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -27,8 +28,17 @@ class Database(enum.StrEnum):
 @reported
 def init(
     database: Annotated[
-        Database, typer.Option(help="SQLite file (default) or PostgreSQL (reuses DATABASE_URL).")
-    ] = Database.sqlite,
+        Database | None,
+        typer.Option(help="SQLite file (default) or PostgreSQL (default with a postgres URL)."),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url", metavar="URL",
+            help="The database to write to .env; --database postgres without it reuses "
+            "OBJECTS_DATABASE_URL or DATABASE_URL, or asks.",
+        ),
+    ] = None,
     schema: Annotated[
         str | None, typer.Option(help="PostgreSQL schema for the storage tables.")
     ] = None,
@@ -43,22 +53,21 @@ def init(
     ] = False,
 ) -> None:
     """Write the storage settings (.env) and the Alembic migration that creates the tables."""
+    if database is None:
+        database = Database.postgres if _is_postgres(database_url) else Database.sqlite
     if schema is not None and database is Database.sqlite:
         raise CliError("--schema needs --database postgres (SQLite has one schema per file)")
     if schema is not None and not _SCHEMA_NAME.match(schema):
         raise CliError(f"invalid schema name {schema!r}: use lowercase letters, digits and _")
     root = Path.cwd()
     project = find_project(root)
-    url = _database_url(database, root, project)
+    url = _database_url(database, database_url, root)
     env, used = _dotenv(project, url, schema, force)
-    planned, notes = [env], _overridden(used)
-    if database is Database.postgres and not setting("DATABASE_URL", root):
-        notes.append("no DATABASE_URL found: put your database in OBJECTS_DATABASE_URL in .env")
+    planned, notes = [env, plan_gitignore(project.root, ".env")], _overridden(used)
     planned += _migration(project, schema, force, notes)
     if fly:
         planned += _fly(project, schema, force)
-        if database is Database.sqlite:
-            notes.append("on Fly.io the app uses the attached Postgres (DATABASE_URL), not SQLite")
+        notes += _fly_notes(project, database)
     if dry_run:
         for item in planned:
             if item.old != item.new:
@@ -77,21 +86,56 @@ def init(
     _next_steps(project, fly)
 
 
-def _database_url(database: Database, root: Path, project: Project) -> str:
-    from ..storage import DEFAULT_DATABASE_URL, normalize_url
+def _database_url(database: Database, given: str | None, root: Path) -> str:
+    """The URL to write: ``--database-url``; for PostgreSQL one already set, else asked for."""
+    from ..storage import DEFAULT_DATABASE_URL
 
     if database is Database.sqlite:
-        return DEFAULT_DATABASE_URL
+        url = _normalized(given, "--database-url") if given else DEFAULT_DATABASE_URL
+        if not url.startswith("sqlite+aiosqlite://"):
+            raise CliError(f"--database-url {redact(url)} is not SQLite (for PostgreSQL: "
+                           "--database postgres)")
+        return url
+    if given:
+        return _postgres(given, "--database-url")
+    existing = setting("OBJECTS_DATABASE_URL", root)
+    if existing and _is_postgres(existing):
+        return _postgres(existing, "OBJECTS_DATABASE_URL")
     existing = setting("DATABASE_URL", root)
     if existing:
-        try:
-            url = normalize_url(existing)
-        except ValueError as exc:
-            raise CliError(f"DATABASE_URL: {exc}") from None
-        if not url.startswith("postgresql+asyncpg://"):
-            raise CliError(f"DATABASE_URL is not a PostgreSQL URL: {redact(existing)}")
-        return url
-    return f"postgresql+asyncpg://postgres@localhost:5432/{project.name.replace('-', '_')}"
+        return _postgres(existing, "DATABASE_URL")
+    if not sys.stdin.isatty():
+        raise CliError(
+            "--database postgres needs the database's URL, and nothing was written: pass "
+            "--database-url postgresql://USER:PASSWORD@HOST:5432/DBNAME, or set DATABASE_URL "
+            "or OBJECTS_DATABASE_URL (in the environment or .env)"
+        )
+    answer = typer.prompt(
+        "PostgreSQL URL (postgresql://USER:PASSWORD@HOST:5432/DBNAME, not shown)",
+        hide_input=True,
+    )
+    return _postgres(answer.strip(), "the URL given")
+
+
+def _normalized(url: str, where: str) -> str:
+    from ..storage import normalize_url
+
+    try:
+        return normalize_url(url)
+    except ValueError as exc:
+        raise CliError(f"{where}: {exc}") from None
+
+
+def _is_postgres(url: str | None) -> bool:
+    return bool(url) and str(url).partition("://")[0] in ("postgres", "postgresql",
+                                                          "postgresql+asyncpg")
+
+
+def _postgres(url: str, where: str) -> str:
+    normalized = _normalized(url, where)
+    if not normalized.startswith("postgresql+asyncpg://"):
+        raise CliError(f"{where} is not a PostgreSQL URL: {redact(url)}")
+    return normalized
 
 
 Used = dict[str, tuple[str, str]]
@@ -120,7 +164,7 @@ def _dotenv(
     for name in ("OBJECTS_DATABASE_URL", "OBJECTS_SCHEMA"):
         if os.environ.get(name):  # the environment wins over .env, for the app as for us
             used[name] = (os.environ[name], "the environment")
-    env = plan(project.root, Path(".env"), text, force=force, merge=True, kept=lines)
+    env = plan(project.root, Path(".env"), text, force=force, merge=True, kept=lines, secret=True)
     return env, used
 
 
@@ -207,7 +251,7 @@ def _fly(project: Project, schema: str | None, force: bool) -> list[PlannedFile]
     from ._templates import render
 
     context = {
-        "name": project.name, "schema": schema, "install": project.install,
+        "name": project.name, "schema": schema, "dependencies": project.dependencies,
         "app_path": project.app_path,
     }
     return [
@@ -217,10 +261,30 @@ def _fly(project: Project, schema: str | None, force: bool) -> list[PlannedFile]
     ]
 
 
+def _fly_notes(project: Project, database: Database) -> list[str]:
+    notes = []
+    if database is Database.sqlite:
+        notes.append("on Fly.io the app uses the attached Postgres (DATABASE_URL), not SQLite")
+    if not project.dependencies:
+        notes.append("no requirements.txt or [project] dependencies found: the Dockerfile "
+                     "installs fastapi-objects[postgres] only; add your dependencies to it")
+    if not project.serves_healthz:
+        notes.append(
+            "fly.toml checks GET /healthz, which no module of your project names: serve it (200 "
+            "when the app and its database answer; fastapi_objects' docs/deploy-fly.md has one) "
+            "or change the check's path, or deploys will wait for it in vain"
+        )
+    return notes
+
+
 def _next_steps(project: Project, fly: bool) -> None:
     typer.echo("next:")
     typer.echo("  objects migrate    # create the storage tables")
     typer.echo(f"  uvicorn {project.app_path}    # Objects(...) reads the database from .env")
     if fly:
-        typer.echo("  fly launch --no-deploy && fly postgres attach <db>")
-        typer.echo("  fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32) && fly deploy")
+        db = f"{project.name}-db"
+        typer.echo("  fly launch --no-deploy --copy-config    # a Fly app, keeping this fly.toml")
+        typer.echo(f"  fly postgres create --name {db}")
+        typer.echo(f"  fly postgres attach {db}    # sets DATABASE_URL, which the app reads")
+        typer.echo("  fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)")
+        typer.echo("  fly deploy    # runs objects migrate first (release_command)")

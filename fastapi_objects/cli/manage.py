@@ -30,7 +30,10 @@ KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="Object key.")]
 
 @reported
 def ls(
-    type_name: TypeArgument,
+    type_name: Annotated[
+        str | None,
+        typer.Argument(metavar="[TYPE]", help="Object type, e.g. counter; none: list the types."),
+    ] = None,
     status: Annotated[
         str | None, typer.Option(help=f"Only objects in this status ({', '.join(STATUSES)}).")
     ] = None,
@@ -40,9 +43,14 @@ def ls(
     database_url: DatabaseUrlOption = None,
     schema: SchemaOption = None,
 ) -> None:
-    """List the stored objects of TYPE, by key."""
+    """List the stored objects of TYPE, by key; without TYPE, the types and their counts."""
     from ..runtime.keys import validate_key_prefix
 
+    if type_name is None:
+        if status is not None or prefix is not None:
+            raise CliError("--status and --prefix filter the objects of one TYPE: name it")
+        asyncio.run(_stats(_target(app, database_url, schema), hint=True))
+        return
     if status is not None and status not in STATUSES:
         raise CliError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
     if prefix:
@@ -151,7 +159,7 @@ def rm(
     database_url: DatabaseUrlOption = None,
     schema: SchemaOption = None,
 ) -> None:
-    """Purge one object: its checkpoint and its journal."""
+    """Purge one object: its checkpoint, its journal and its alarms."""
     from ..runtime.keys import validate_key
 
     key = validate_key(key)
@@ -167,8 +175,8 @@ async def _rm(target: Target, type_name: str, key: str, yes: bool) -> None:
             raise CliError(f"no object {type_name}:{key}")
         if not yes:
             typer.confirm(
-                f"Delete {type_name}:{key} (rev {cp.rev}) and its {cp.journal_rev} journal "
-                "entries for good?",
+                f"Delete {type_name}:{key} (rev {cp.rev}), its {cp.journal_rev} journal "
+                "entries and its alarms for good?",
                 abort=True,
             )
         await storage.delete(type_name, key)
@@ -183,7 +191,8 @@ def stats(
     asyncio.run(_stats(_target(app, database_url, schema)))
 
 
-async def _stats(target: Target) -> None:
+async def _stats(target: Target, hint: bool = False) -> None:
+    """Print the objects per type and status (``hint``: and how to list one type's objects)."""
     from rich.table import Table
 
     async with open_target(target) as storage:
@@ -191,13 +200,19 @@ async def _stats(target: Target) -> None:
     counts: dict[str, dict[str, int]] = {name: {} for name in sorted(target.types or {})}
     for row in rows:
         counts.setdefault(row.type, {})[row.status] = row.count
+    out = console()
+    if hint and not counts:
+        out.print("no stored objects")
+        return
     table = Table("type", *STATUSES, "total", title="objects")
     for name in sorted(counts):
         by_status = counts[name]
         table.add_row(
             name, *(str(by_status.get(s, 0)) for s in STATUSES), str(sum(by_status.values()))
         )
-    console().print(table)
+    out.print(table)
+    if hint:
+        out.print("objects ls TYPE lists the objects of one type")
 
 
 def _target(app: str | None, database_url: str | None, schema: str | None) -> Target:

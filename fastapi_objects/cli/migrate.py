@@ -12,10 +12,19 @@ import typer
 
 from ._errors import CliError, redact, reported
 from ._project import alembic_files
-from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_target, resolve
+from ._target import (
+    AppOption,
+    DatabaseUrlOption,
+    SchemaOption,
+    Target,
+    migrated_versions,
+    open_target,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 
 @reported
@@ -29,8 +38,10 @@ def migrate(
         from ..storage.tables import LATEST_VERSION
 
         typer.echo(target.describe())
-        asyncio.run(_create_tables(target))
-        typer.echo(f"storage tables (versions 1 to {LATEST_VERSION}) ready")
+        created = asyncio.run(_create_tables(target))
+        versions = f"versions 1 to {LATEST_VERSION}"
+        typer.echo(f"storage tables ({versions}) ready" if created else
+                   f"storage tables already at head ({versions}): nothing to create")
         return
     from alembic import command
     from alembic.script import ScriptDirectory
@@ -43,10 +54,29 @@ def migrate(
         url = resolve(app, database_url, None).url
         # configparser interpolation: a literal % in a password must be doubled.
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    script = ScriptDirectory.from_config(config)
+    heads = ", ".join(script.get_heads()) or "(empty history)"
     with _naming_databases():  # env.py decides where to connect: name what it connects to
+        if _current(config, script) == set(script.get_heads()):
+            typer.echo(f"alembic: already at head {heads}: nothing to upgrade")
+            return
         command.upgrade(config, "head")
-    heads = ", ".join(ScriptDirectory.from_config(config).get_heads()) or "(empty history)"
     typer.echo(f"alembic: database upgraded to head {heads}")
+
+
+def _current(config: Config, script: ScriptDirectory) -> set[str]:
+    """The revisions the database is at, read by the project's env.py as ``alembic current``."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    current: set[str] = set()
+
+    def read(rev: Any, context: Any) -> list[Any]:
+        current.update(context.get_current_heads())
+        return []  # migrate nothing
+
+    with EnvironmentContext(config, script, fn=read, dont_mutate=True):
+        script.run_env()
+    return current
 
 
 def _alembic_config(root: Path) -> Config | None:
@@ -79,11 +109,19 @@ def _naming_databases() -> Iterator[None]:
         sa.event.remove(sa.Engine, "engine_connect", connected)
 
 
-async def _create_tables(target: Target) -> None:
+async def _create_tables(target: Target) -> bool:
+    """Create what is missing; whether anything was (False: every version was there)."""
     import sqlalchemy as sa
+
+    from ..storage.tables import LATEST_VERSION
 
     async with open_target(target, create=True) as storage:
         try:
+            async with storage.engine.connect() as conn:
+                present = await conn.run_sync(migrated_versions, target.schema)
+            if present >= set(range(1, LATEST_VERSION + 1)):
+                return False
             await storage.create_tables()
         except sa.exc.ArgumentError as exc:
             raise CliError(f"malformed database URL {redact(target.url)!r}: {exc}") from None
+    return True

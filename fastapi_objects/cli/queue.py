@@ -16,7 +16,10 @@ from ._console import console
 from ._errors import CliError, reported
 from ._target import DatabaseUrlOption, SchemaOption, Target, open_target, resolve
 
-queue = typer.Typer(help="Durable queues: list jobs, revive dead ones.", no_args_is_help=True)
+queue = typer.Typer(
+    help="Durable queues: list jobs, revive dead ones.", no_args_is_help=True,
+    rich_markup_mode=None,
+)
 NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="Queue name, e.g. emails.")]
 
 

@@ -4,7 +4,8 @@
 - ``signing.py``: HMAC signatures of internal requests;
 - ``channel.py``: the call channel between two nodes (a signed websocket, many calls on it);
 - ``forward.py``: the client that sends a call to the object's owner over a channel;
-- ``listener.py``: the internal listener that receives channels and relayed websockets.
+- ``listener.py``: the internal listener that receives channels and relayed websockets
+  (``_uvicorn.py``: the uvicorn server under it, quiet and bounded against floods).
 
 The database is the only source of truth: ownership is a row with a fencing epoch, and every
 commit is fenced by that epoch (storage/_owners.py, storage/_writes.py).

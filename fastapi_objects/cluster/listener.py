@@ -5,7 +5,8 @@ A small ASGI app served by uvicorn inside the node's process, on ``internal_host
 own). It takes websockets only: call channels from other nodes (``channel.py``) and relayed
 client sessions, handed to ``websocket_app`` (the web integration's relay endpoint). Every
 upgrade must be signed (``signing.py``); an unsigned, wrongly signed, stale or replayed one is
-answered 401 and opens nothing.
+answered 401 and opens nothing. The uvicorn under it (``_uvicorn.py``) touches none of the
+app's logging and bounds the connections that have not upgraded yet.
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ class Listener:
 
     def __init__(
         self, host: str, port: int, signer: Signer, handle_call: CallHandler,
-        websocket_app: ASGIApp | None = None,
+        websocket_app: ASGIApp | None = None, *, handshake_timeout: float | None = None,
+        max_pending: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.signer = signer
         self.handle_call = handle_call
         self.websocket_app = websocket_app
+        # Bounds on connections not upgraded yet (None: _uvicorn.py's defaults).
+        self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
         self.leaving = False  # a node shutting down answers 421: callers look again
         self._channels: set[ChannelServer] = set()
         self._server: Any = None
@@ -68,7 +73,7 @@ class Listener:
 
     async def start(self) -> str:
         """Bind, serve, and return the address other nodes use (``http://host:port``)."""
-        import uvicorn
+        from ._uvicorn import start_server
 
         host = await _resolve(self.host)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -78,18 +83,10 @@ class Listener:
         sock.set_inheritable(False)
         self._sock = sock
         port = sock.getsockname()[1]
-        # No log or lifespan config of its own: those would reconfigure the app's uvicorn.
-        config = uvicorn.Config(
-            self, lifespan="off", log_config=None, log_level=None, access_log=False,
-            ws_max_size=MAX_FRAME, ws_per_message_deflate=False,
+        self._server = await start_server(
+            self, sock, max_frame=MAX_FRAME, handshake_timeout=self.handshake_timeout,
+            max_pending=self.max_pending,
         )
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        # Only startup(): serve() would take over the process's signals, and its main loop
-        # and shutdown() poll and log as if this were the app's own server.
-        await server.startup(sockets=[sock])
-        self._server = server
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         return f"http://{shown}:{port}"
 

@@ -6,6 +6,7 @@ The engine (activations, committer, thawer, routing) is the ``Host`` it holds.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -132,9 +133,10 @@ class Runtime:
         self._workers.start()
         schema = self.settings.db_schema
         announce(
-            "fastapi_objects: node %s (internal %s), storage %s%s, pubsub %s",
-            self.node_id, self.routing.node.address or "none", redact(self.database_url),
-            f" (schema {schema})" if schema else "", redact(self.pubsub_url),
+            "fastapi_objects: node %s (pid %d, internal %s), storage %s%s (%s), pubsub %s",
+            self.node_id, os.getpid(), self.routing.node.address or "none",
+            redact(self.database_url), f", schema {schema}" if schema else "",
+            self.settings.database_url_source, redact(self.pubsub_url),
         )
 
     async def close(self) -> None:

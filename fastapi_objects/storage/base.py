@@ -200,7 +200,7 @@ class Storage(ABC):
 
     @abstractmethod
     async def create_tables(self) -> None:
-        """Create the version-1 tables when missing (idempotent)."""
+        """Create the tables of every storage version when missing (idempotent)."""
 
     @abstractmethod
     async def load(self, type: str, key: str) -> Checkpoint | None:

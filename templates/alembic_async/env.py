@@ -1,9 +1,9 @@
 """Alembic environment (async), written by `objects init`.
 
-The database is the app's: OBJECTS_DATABASE_URL and OBJECTS_SCHEMA as fastapi_objects reads
-them (environment first, then the .env beside alembic.ini); `sqlalchemy.url` in alembic.ini
-wins when set. The storage tables and Alembic's version table live in OBJECTS_SCHEMA when it
-is set (PostgreSQL).
+The database is the app's: OBJECTS_DATABASE_URL (else DATABASE_URL) and OBJECTS_SCHEMA as
+fastapi_objects reads them (environment first, then the .env beside alembic.ini);
+`sqlalchemy.url` in alembic.ini wins when set. The storage tables and Alembic's version table
+live in OBJECTS_SCHEMA when it is set (PostgreSQL).
 """
 
 from __future__ import annotations
