@@ -5,7 +5,7 @@ as a turn running ``on_alarm``; the same turn's commit deletes it (or moves a re
 its next occurrence), so its state effects happen exactly once even when it is delivered
 twice. A raising handler is rolled back and retried with exponential backoff, then marked
 ``failed``. The owner's activation keeps a timer for its earliest alarm; alarms of objects
-nobody holds are found by every node's poller (``Host``) and delivered like calls.
+nobody holds are found by every node's poller (``AlarmDelivery``) and delivered like calls.
 """
 
 from __future__ import annotations

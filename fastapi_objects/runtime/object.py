@@ -67,7 +67,7 @@ class DurableObject(Generic[S]):
     ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
     ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
     ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
-    then marked failed).
+    then marked failed), ``public`` (browsers may attach through ``objects.router``).
     """
 
     type_name: ClassVar[str]

@@ -1,8 +1,9 @@
 """Where a call runs: on this node's instance, or forwarded to the object's owner.
 
-The one seam between the runtime and the cluster (as a transport is in httpx): the runtime
-asks ``Router.owner_of`` who owns an object it does not hold, and sends the call there with
-``Router.forward``; everything else in the runtime is the same for local and forwarded calls.
+The seam between the runtime and the cluster (as a transport is in httpx): the runtime asks
+``Router.known_owner`` which node owns an object it does not hold (a claim tells it when it
+does not know, ``Router.claimed``), and sends the call there with ``Router.forward``; the
+call paths (``calls.py``) are the same for local and forwarded calls.
 """
 
 from __future__ import annotations
