@@ -46,7 +46,7 @@ def nodes(
 async def _nodes(target: Target, ttl: float) -> None:
     from rich.table import Table
 
-    async with open_target(target, version=2) as storage:
+    async with open_target(target, version=4) as storage:
         found = await storage.nodes(ttl)
         now = await _database_now(storage)
     out = console()

@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from .records import (
+    DECLARED_DEAD,
     JSON,
     STATUSES,
     Alarm,
@@ -17,6 +18,7 @@ from .records import (
     Commit,
     JournalEntry,
     NodeInfo,
+    NodeProcess,
     ObjectPage,
     ObjectQuery,
     StatusUpdate,
@@ -24,6 +26,7 @@ from .records import (
 )
 
 __all__ = [
+    "DECLARED_DEAD",
     "Alarm",
     "AlarmWrite",
     "Checkpoint",
@@ -32,6 +35,7 @@ __all__ = [
     "JSON",
     "JournalEntry",
     "NodeInfo",
+    "NodeProcess",
     "ObjectPage",
     "ObjectQuery",
     "STATUSES",
@@ -87,13 +91,26 @@ class Storage(ABC):
 
     @abstractmethod
     async def register_node(
-        self, node_id: str, address: str | None, region: str | None, machine: str | None
+        self, node_id: str, address: str | None, region: str | None, machine: str | None,
+        process: NodeProcess | None = None,
     ) -> None:
-        """Insert or refresh this node's row, heartbeat included."""
+        """Insert or refresh this node's row, heartbeat and process included."""
 
     @abstractmethod
     async def heartbeat(self, node_id: str) -> bool:
-        """Stamp this node's heartbeat with the database's clock; ``False`` if its row is gone."""
+        """Stamp this node's heartbeat with the database's clock.
+
+        ``False`` (nothing stamped) if its row is gone or another node declared it dead.
+        """
+
+    @abstractmethod
+    async def declare_dead(self, node_id: str, process: NodeProcess) -> bool:
+        """Mark a node that another node proved dead: its heartbeat becomes ``DECLARED_DEAD``.
+
+        Only while its row still records ``process`` (not a later process registered under
+        the same id). Every claim then takes its objects at once, as from any dead node.
+        Returns whether the row was marked.
+        """
 
     @abstractmethod
     async def deregister_node(self, node_id: str) -> None:

@@ -13,7 +13,7 @@ An object ``(type, key)`` is one checkpoint row plus an append-only journal:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 JSON = Any
@@ -118,6 +118,27 @@ class StatusUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeProcess:
+    """The process a node runs in, as another process of its machine can check it (Linux).
+
+    ``boot_id`` is the kernel's boot id (new at every boot), ``pid_namespace`` the inode of
+    the process's PID namespace (a container has its own), ``started`` its start time in clock
+    ticks since boot (field 22 of ``/proc/<pid>/stat``): a pid reused by a later process has
+    another start time.
+    """
+
+    boot_id: str
+    pid_namespace: int
+    pid: int
+    started: int
+
+
+DECLARED_DEAD = datetime(1970, 1, 1, tzinfo=UTC)
+"""The heartbeat of a node another node proved dead: older than any ``node_ttl``, so every
+claim takes its objects at once (``Storage.declare_dead``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeInfo:
     """A node of the cluster as the database knows it."""
 
@@ -130,6 +151,13 @@ class NodeInfo:
     alive: bool
     owned: int
     """How many objects it owns now."""
+    process: NodeProcess | None = None
+    """Its process, when its platform tells (``None``: it can only die by ``node_ttl``)."""
+
+    @property
+    def declared_dead(self) -> bool:
+        """Whether a node of its machine proved it dead (its heartbeat is ``DECLARED_DEAD``)."""
+        return self.heartbeat_at <= DECLARED_DEAD
 
 
 @dataclass(frozen=True, slots=True)
