@@ -8,17 +8,22 @@ own monotonic clock: its lease runs until ``LEASE_SHARE * node_ttl`` after the m
 When the lease lapses (the database is unreachable, the process was paused by a GC, SIGSTOP
 or a frozen VM) every activation is dropped before any other call runs; the next successful
 heartbeat restores the lease and objects are claimed again, with new epochs, on demand.
+
+A node of the same machine that crashed need not be waited for: the node proves it dead
+(``death.py``) when it starts, at each heartbeat's read of the nodes, and when a claim is refused
+by a node that looks alive, declares it dead in the database, and claims its objects at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from .._exceptions import StorageUnavailable
 from .._tasks import cancel_and_wait
-from ..storage import NodeInfo, Storage
+from ..storage import Claim, NodeInfo, Storage
+from .death import Deaths
 
 log = logging.getLogger("fastapi_objects")
 
@@ -27,6 +32,8 @@ DEAD_NODES_KEPT = 24 * 3600.0
 """Seconds a dead node's row stays listed (``objects nodes``) before a live node deletes it:
 every crashed process leaves one, and every node reads the table at every heartbeat."""
 PRUNE_EVERY = 1000  # heartbeats (about an hour at the default node_ttl)
+
+Ident = tuple[str, str]
 
 
 class ClusterNode:
@@ -58,6 +65,7 @@ class ClusterNode:
         self._failure = ""  # why the last registration or heartbeat failed
         self._renewal: asyncio.Event | None = None
         self.live: dict[str, NodeInfo] = {}  # the live nodes, as of the last heartbeat
+        self.deaths = Deaths(storage, node_id, machine)
         self._deaths: dict[str, set[asyncio.Future[None]]] = {}
         self.prune_after = DEAD_NODES_KEPT
         self._beats = 0
@@ -76,6 +84,7 @@ class ClusterNode:
         """
         self._loop = asyncio.get_running_loop()
         self.address = address
+        self.deaths.start()  # here, not in __init__: a process may fork in between
         if await self._register():
             await self._prune()
             await self._refresh()
@@ -84,7 +93,9 @@ class ClusterNode:
     async def _register(self) -> bool:
         sent = self.loop.time()
         try:
-            await self.storage.register_node(self.node_id, self.address, self.region, self.machine)
+            await self.storage.register_node(
+                self.node_id, self.address, self.region, self.machine, self.deaths.process
+            )
         except StorageUnavailable as exc:
             self._failure = f": {exc.message}"
             log.warning(
@@ -186,9 +197,13 @@ class ClusterNode:
             try:
                 async with asyncio.timeout(interval):
                     alive = await self.storage.heartbeat(self.node_id)
-                    if not alive:  # our row was removed: register again
+                    if not alive:  # our row was removed or declared dead: register again
+                        log.warning("node %s was pruned or declared dead by another node: "
+                                    "registering again", self.node_id)
+                        self._lapse()  # whoever took our objects, serve none of them stale
                         await self.storage.register_node(
-                            self.node_id, self.address, self.region, self.machine
+                            self.node_id, self.address, self.region, self.machine,
+                            self.deaths.process,
                         )
             except (StorageUnavailable, TimeoutError) as exc:
                 self._failure = f": {exc}"
@@ -215,16 +230,52 @@ class ClusterNode:
                      self.prune_after)
 
     async def _refresh(self) -> None:
-        """Read which nodes are alive (one query per heartbeat); wake who waits for a death."""
+        """Read the nodes (one query per heartbeat); bury the dead; wake who waits for a death."""
         try:
             nodes = await self.storage.nodes(self.ttl, count_owned=False)
         except StorageUnavailable:
             return
+        self.deaths.saw(nodes)
         self.live = {n.node_id: n for n in nodes if n.alive}
+        await self.bury(self.live)
+
+    async def bury(self, node_ids: Iterable[str]) -> set[str]:
+        """Declare dead (in the database) the nodes of ``node_ids`` this process proves dead.
+
+        Checked against the nodes as the last heartbeat read them. Returns the ids declared
+        dead: they leave ``live``, and whoever waits for their death wakes.
+        """
+        dead = await self.deaths.bury(node_ids)
+        for node_id in dead:
+            self.live.pop(node_id, None)
         for node_id in [n for n in self._deaths if n not in self.live]:
             for waiter in self._deaths.pop(node_id):
                 if not waiter.done():
                     waiter.set_result(None)
+        return dead
+
+    async def claim_many(self, idents: Sequence[Ident]) -> dict[Ident, Claim]:
+        """Claim objects for this node; take at once those of an owner proven dead.
+
+        A claim refused by an owner that looks alive (its heartbeat is young) is checked
+        against the nodes list: if this process proves that owner dead, it is declared dead
+        and its objects are claimed again. The first takeover from each dead node is logged.
+        """
+        claims = await self.storage.claim_many(idents, self.node_id, self.ttl)
+        owners = {c.owner for c in claims.values() if not c.granted and c.owner is not None}
+        if owners:
+            if not owners <= self.deaths.seen.keys():  # registered since the last heartbeat
+                await self._refresh()
+            dead = await self.bury(owners)
+            again = [i for i, c in claims.items() if not c.granted and c.owner in dead]
+            if again:
+                claims.update(await self.storage.claim_many(again, self.node_id, self.ttl))
+        for node_id in self.deaths.first_takeovers(claims.values()):
+            if not self.deaths.knows_death_of(node_id):  # our list is older than its death
+                await self._refresh()
+            log.warning("node %s takes over the objects of node %s, dead: %s",
+                        self.node_id, node_id, self.deaths.why(node_id, self.ttl))
+        return claims
 
     def death_of(self, node_id: str) -> asyncio.Future[None]:
         """A future that resolves once ``node_id`` is seen dead (its heartbeat too old).

@@ -53,8 +53,8 @@ class Host(Calls):
         self.pubsub = pubsub
         self.types = types
         self.committer = GroupCommitter(storage, settings.max_batch, node_id)
-        self.thawer = Thawer(storage, node_id, settings.node_ttl)
         self.routing = Router(storage, settings, node_id, self.lease_lost)
+        self.thawer = Thawer(storage, self.routing.node.claim_many)
         self.counters = Counters()
         self.alarms = AlarmDelivery(self)
         self.activations: dict[tuple[str, str], Activation] = {}

@@ -151,6 +151,8 @@ class Router:
             self.forget_owner((type, key))
             if moved.owner is not None and moved.owner != self.node.node_id:
                 self._owners[(type, key)] = Elsewhere(moved.owner, moved.address)
+            elif moved.owner is None:  # it refused the connection: has it died?
+                await self.node.bury([owner.node_id])
             raise
         finally:
             self.node.forget_death(owner.node_id, death)

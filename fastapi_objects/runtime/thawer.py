@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from .._exceptions import CorruptState
 from .._tasks import cancel_and_wait
@@ -18,16 +19,16 @@ log = logging.getLogger("fastapi_objects")
 
 Ident = tuple[str, str]
 Thawed = tuple[Claim, Checkpoint | None, list[Alarm] | None]
+ClaimMany = Callable[[Sequence[Ident]], Awaitable[dict[Ident, Claim]]]
 MAX_BATCH = 1000
 
 
 class Thawer:
     """Claims and loads the objects this node is about to activate, in batches."""
 
-    def __init__(self, storage: Storage, node_id: str, ttl: float) -> None:
+    def __init__(self, storage: Storage, claim_many: ClaimMany) -> None:
         self.storage = storage
-        self.node_id = node_id
-        self.ttl = ttl
+        self.claim_many = claim_many  # the node's: it takes a dead owner's objects
         self._waiting: dict[Ident, list[asyncio.Future[Thawed]]] = {}
         self._with_alarms: set[Ident] = set()
         self._wakeup = asyncio.Event()
@@ -66,7 +67,7 @@ class Thawer:
             with_alarms = [ident for ident in idents if ident in self._with_alarms]
             self._with_alarms.difference_update(with_alarms)
             try:
-                claims = await self.storage.claim_many(idents, self.node_id, self.ttl)
+                claims = await self.claim_many(idents)
                 granted = [ident for ident in idents if claims[ident].granted]
                 loaded: dict[Ident, Checkpoint | BaseException] = {}
                 alarms: dict[Ident, list[Alarm]] = {}

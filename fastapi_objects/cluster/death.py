@@ -1,0 +1,166 @@
+"""Proving from this process that another node is dead, so as not to wait ``node_ttl`` for it.
+
+A node records its process (``NodeProcess``): the machine's boot id, its PID namespace, its pid
+and the process's start time. Another node proves it dead in two cases, and only these:
+
+- **same boot id and same PID namespace**, and no process with that pid and start time exists
+  (or it is a zombie: it runs no code). A restarted process, a uvicorn worker that died (the
+  others see the corpse), a supervisor's restart. Two containers on one host share the boot id
+  but not the PID namespace: a pid of theirs means nothing here, so they prove nothing;
+- **the same machine rebooted**: both nodes carry the same machine id, set explicitly to one
+  unique per machine (``FLY_MACHINE_ID`` or ``OBJECTS_MACHINE``, never a hostname guess), and
+  the recorded boot id is not this boot's.
+
+Anywhere else (another machine, no ``/proc``) nothing is proven and a death is ``node_ttl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .._exceptions import StorageUnavailable
+from ..storage import Claim, NodeInfo, NodeProcess, Storage
+
+log = logging.getLogger("fastapi_objects")
+
+PROC = Path("/proc")
+
+
+class Deaths:
+    """This node's view of the dead: whom it proved dead (and why), and the takeovers logged."""
+
+    def __init__(self, storage: Storage, node_id: str, machine: str | None) -> None:
+        self.storage = storage
+        self.node_id = node_id
+        self.machine = machine
+        self.process: NodeProcess | None = None
+        """This process, as the nodes of its machine check it (read by ``start``)."""
+        self.seen: dict[str, NodeInfo] = {}
+        """Every registered node, as the last read of the nodes found it."""
+        self._proven: dict[str, str] = {}
+        self._logged: set[str] = set()
+
+    def start(self) -> None:
+        """Read this process's identity (in the process that serves: after any fork)."""
+        self.process = this_process()
+
+    def saw(self, nodes: Iterable[NodeInfo]) -> None:
+        """The nodes as the database lists them now (pruned rows are forgotten)."""
+        self.seen = {n.node_id: n for n in nodes}
+        self._proven = {i: why for i, why in self._proven.items() if i in self.seen}
+        self._logged &= self.seen.keys()
+
+    async def bury(self, node_ids: Iterable[str]) -> set[str]:
+        """Declare dead in the database the nodes of ``node_ids`` this process proves dead.
+
+        A declaration holds only while the node's row still names the process proven dead
+        (not a later one registered under the same id). Returns the ids declared dead.
+        """
+        dead = set()
+        for node_id in set(node_ids) - {self.node_id}:
+            node = self.seen.get(node_id)
+            why = None if node is None else proof_of_death(self.process, self.machine, node)
+            if node is None or node.process is None or why is None:
+                continue
+            try:
+                if await self.storage.declare_dead(node_id, node.process):
+                    dead.add(node_id)
+                    self._proven[node_id] = why
+            except StorageUnavailable as exc:
+                log.debug("could not declare node %s dead: %s", node_id, exc.message)
+        return dead
+
+    def first_takeovers(self, claims: Iterable[Claim]) -> list[str]:
+        """The dead nodes ``claims`` took objects from that no takeover was logged for yet."""
+        taken = {c.taken_from for c in claims if c.granted and c.taken_from is not None}
+        new = sorted(taken - self._logged)
+        self._logged.update(new)
+        return new
+
+    def knows_death_of(self, node_id: str) -> bool:
+        """Whether this node proved ``node_id`` dead, or its last read of the nodes showed it."""
+        node = self.seen.get(node_id)
+        return node_id in self._proven or (node is not None and not node.alive)
+
+    def why(self, node_id: str, ttl: float) -> str:
+        """How this node knows that ``node_id`` is dead, for the log."""
+        node = self.seen.get(node_id)
+        why = self._proven.get(node_id) or (
+            node and proof_of_death(self.process, self.machine, node)
+        )
+        if why:
+            return f"{why} (proven by this node)"
+        if node is None:
+            return "it is no longer registered (its row was pruned)"
+        if node.declared_dead:
+            return "proven dead by another node of its machine"
+        return f"no heartbeat for over node_ttl ({ttl:g}s)"
+
+
+def this_process() -> NodeProcess | None:
+    """This process as other processes of its machine can check it; ``None`` when they cannot.
+
+    ``None`` without Linux's ``/proc``, and when ``/proc`` belongs to another PID namespace
+    than this process's (``/proc/self`` is not this pid): pids read there would mean nothing.
+    """
+    try:
+        boot_id = (PROC / "sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat(PROC / "self/ns/pid").st_ino
+        if os.readlink(PROC / "self") != str(os.getpid()):
+            return None
+    except OSError:
+        return None
+    found = _stat(os.getpid())
+    if not boot_id or found is None:
+        return None
+    return NodeProcess(boot_id, namespace, os.getpid(), found[2])
+
+
+def proof_of_death(me: NodeProcess | None, machine: str | None, node: NodeInfo) -> str | None:
+    """Why ``node`` is certainly dead, as this process (``me`` on ``machine``) sees it.
+
+    ``None`` when it cannot be proven from here: it may be alive.
+    """
+    other = node.process
+    if me is None or other is None:
+        return None
+    if machine is not None and node.machine == machine and other.boot_id != me.boot_id:
+        return f"machine {machine} rebooted since it started"
+    if other.boot_id != me.boot_id or other.pid_namespace != me.pid_namespace:
+        return None  # another machine, or another container: its pids are not ours
+    if other.pid == me.pid and other.started == me.started:
+        return None  # this very process (several runtimes in one process)
+    if _gone(other.pid, other.started):
+        return f"its process (pid {other.pid}) is gone"
+    return None
+
+
+def _gone(pid: int, started: int) -> bool:
+    """Whether no live process has ``pid`` with this start time (pids are reused)."""
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the pid exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, as another user's process
+    found = _stat(pid)
+    if found is None:  # unreadable (``hidepid``), or it exited just now: not proven
+        return False
+    state, threads, start = found
+    # A zombie with no thread left runs no code: its parent has not reaped it yet.
+    return start != started or (state in ("Z", "X") and threads <= 1)
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """State, threads and start time (clock ticks after boot) from ``/proc/<pid>/stat``."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # Field 2 is the command in parentheses, which may itself hold spaces and ")"; the rest
+    # are numbered from 3 (state): 20 is the thread count, 22 the start time.
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[20 - 3]), int(fields[22 - 3])
