@@ -179,6 +179,25 @@ async def test_a_claim_refused_by_an_owner_that_died_takes_it_at_once(
         await node.stop()
 
 
+async def test_a_node_sees_a_process_of_its_machine_exit_the_moment_it_does(
+    storage: Storage, child: subprocess.Popen[bytes]
+) -> None:
+    # No claim, no heartbeat (the next is 10 s away): the exit itself wakes the node.
+    await storage.register_node("worker", None, None, None, _process_of(child.pid))
+    node = await _started(storage, "survivor")
+    try:
+        assert "worker" in node.live and "worker" not in node.deaths.exited
+        death = node.death_of("worker")
+        child.kill()
+        await asyncio.wait_for(death, 5)
+        assert "worker" not in node.live and "worker" in node.deaths.exited
+        (worker,) = [n for n in await storage.nodes(LONG_TTL) if n.node_id == "worker"]
+        assert worker.declared_dead
+    finally:
+        await node.stop()
+    child.wait()
+
+
 async def test_a_container_on_the_same_host_is_waited_for(
     storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,12 +16,15 @@ Anywhere else (another machine, no ``/proc``) nothing is proven and a death is `
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Iterable
+import select
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .._exceptions import StorageUnavailable
+from .._tasks import cancel_and_wait
 from ..storage import Claim, NodeInfo, NodeProcess, Storage
 
 log = logging.getLogger("fastapi_objects")
@@ -32,16 +35,26 @@ PROC = Path("/proc")
 class Deaths:
     """This node's view of the dead: whom it proved dead (and why), and the takeovers logged."""
 
-    def __init__(self, storage: Storage, node_id: str, machine: str | None) -> None:
+    def __init__(
+        self, storage: Storage, node_id: str, machine: str | None,
+        on_dead: Callable[[set[str]], None] = lambda _: None,
+    ) -> None:
         self.storage = storage
         self.node_id = node_id
         self.machine = machine
+        self.on_dead = on_dead  # told the nodes this one declared dead
         self.process: NodeProcess | None = None
         """This process, as the nodes of its machine check it (read by ``start``)."""
         self.seen: dict[str, NodeInfo] = {}
         """Every registered node, as the last read of the nodes found it."""
+        self.exited: dict[str, NodeProcess] = {}
+        """Nodes of this machine whose process this one saw exit: send them nothing."""
         self._proven: dict[str, str] = {}
         self._logged: set[str] = set()
+        self._pidfds: dict[str, int] = {}
+        self._watched: dict[int, tuple[str, NodeProcess]] = {}  # by pidfd
+        self._poll = select.poll()  # the same pidfds, for a check without the loop
+        self._burials: set[asyncio.Task[set[str]]] = set()
 
     def start(self) -> None:
         """Read this process's identity (in the process that serves: after any fork)."""
@@ -52,12 +65,78 @@ class Deaths:
         self.seen = {n.node_id: n for n in nodes}
         self._proven = {i: why for i, why in self._proven.items() if i in self.seen}
         self._logged &= self.seen.keys()
+        self.exited = {  # (a node id registered again by another process is not that one)
+            i: p for i, p in self.exited.items() if i in self.seen and self.seen[i].process == p
+        }
+
+    def watch(self, live: Iterable[NodeInfo]) -> None:
+        """Bury each live node of this machine the moment its process exits.
+
+        One pidfd per such node (Linux 5.3+): the loop sees it readable once the process has
+        exited, and marks it ``exited`` before any call can be sent to it, at no cost per call.
+        """
+        loop = asyncio.get_running_loop()
+        nodes = {n.node_id: n for n in live}
+        for node_id in set(self._pidfds) - nodes.keys():
+            self._unwatch(node_id)
+        for node_id, node in nodes.items():
+            if node_id in self._pidfds or node.process is None or not self._local(node):
+                continue
+            fd = _pidfd(node.process)
+            if fd is not None:
+                self._pidfds[node_id] = fd
+                self._watched[fd] = (node_id, node.process)
+                self._poll.register(fd, select.POLLIN)
+                loop.add_reader(fd, self._exited, node_id, node.process)
+
+    def has_exited(self, node_id: str) -> bool:
+        """Whether ``node_id``'s process exited, as of now (one ``poll(2)``, ~1 us).
+
+        The loop may not have run the exit's callback yet when a call is about to be sent
+        there: this checks the pidfds themselves.
+        """
+        for fd, _ in self._poll.poll(0):
+            self._exited(*self._watched[fd])
+        return node_id in self.exited
+
+    def _exited(self, node_id: str, process: NodeProcess) -> None:
+        if node_id not in self._pidfds:  # seen already (by has_exited, or the loop)
+            return
+        self._unwatch(node_id)
+        self.exited[node_id] = process
+        task = asyncio.get_running_loop().create_task(self.bury([node_id]), name="objects-bury")
+        self._burials.add(task)
+        task.add_done_callback(self._burials.discard)
+
+    def _unwatch(self, node_id: str) -> None:
+        fd = self._pidfds.pop(node_id, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            self._poll.unregister(fd)
+            del self._watched[fd]
+            os.close(fd)
+
+    async def close(self) -> None:
+        """Stop watching processes (and burying them)."""
+        for node_id in list(self._pidfds):
+            self._unwatch(node_id)
+        for task in list(self._burials):
+            await cancel_and_wait(task)
+
+    def _local(self, node: NodeInfo) -> bool:
+        """Whether ``node`` is another process of this machine and PID namespace."""
+        me, other = self.process, node.process
+        return (
+            me is not None and other is not None and other.boot_id == me.boot_id
+            and other.pid_namespace == me.pid_namespace and other != me
+        )
 
     async def bury(self, node_ids: Iterable[str]) -> set[str]:
         """Declare dead in the database the nodes of ``node_ids`` this process proves dead.
 
-        A declaration holds only while the node's row still names the process proven dead
-        (not a later one registered under the same id). Returns the ids declared dead.
+        Checked against the nodes as the last read found them. A declaration holds only while
+        the node's row still names the process proven dead (not a later one registered under
+        the same id). Returns the ids declared dead, as ``on_dead`` is told.
         """
         dead = set()
         for node_id in set(node_ids) - {self.node_id}:
@@ -71,6 +150,8 @@ class Deaths:
                     self._proven[node_id] = why
             except StorageUnavailable as exc:
                 log.debug("could not declare node %s dead: %s", node_id, exc.message)
+        if dead:
+            self.on_dead(dead)
         return dead
 
     def first_takeovers(self, claims: Iterable[Claim]) -> list[str]:
@@ -152,6 +233,19 @@ def _gone(pid: int, started: int) -> bool:
     state, threads, start = found
     # A zombie with no thread left runs no code: its parent has not reaped it yet.
     return start != started or (state in ("Z", "X") and threads <= 1)
+
+
+def _pidfd(process: NodeProcess) -> int | None:
+    """A pidfd of ``process`` (``None``: gone already, or no pidfds here)."""
+    try:
+        fd = os.pidfd_open(process.pid)
+    except (OSError, AttributeError):  # gone, or not Linux 5.3+
+        return None
+    found = _stat(process.pid)  # after the open: the fd is of the process this stat describes
+    if found is None or found[2] != process.started:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:

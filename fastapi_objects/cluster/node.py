@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from .._exceptions import StorageUnavailable
 from .._tasks import cancel_and_wait
@@ -65,7 +65,7 @@ class ClusterNode:
         self._failure = ""  # why the last registration or heartbeat failed
         self._renewal: asyncio.Event | None = None
         self.live: dict[str, NodeInfo] = {}  # the live nodes, as of the last heartbeat
-        self.deaths = Deaths(storage, node_id, machine)
+        self.deaths = Deaths(storage, node_id, machine, on_dead=self._dead)
         self._deaths: dict[str, set[asyncio.Future[None]]] = {}
         self.prune_after = DEAD_NODES_KEPT
         self._beats = 0
@@ -111,6 +111,7 @@ class ClusterNode:
         """Stop heartbeating, release every object and leave the registry."""
         await cancel_and_wait(self._task)
         self._task = None
+        await self.deaths.close()
         if self._timer is not None:
             self._timer.cancel()
         try:
@@ -237,22 +238,18 @@ class ClusterNode:
             return
         self.deaths.saw(nodes)
         self.live = {n.node_id: n for n in nodes if n.alive}
-        await self.bury(self.live)
+        self._dead(set())
+        await self.deaths.bury(self.live)
+        self.deaths.watch(self.live.values())
 
-    async def bury(self, node_ids: Iterable[str]) -> set[str]:
-        """Declare dead (in the database) the nodes of ``node_ids`` this process proves dead.
-
-        Checked against the nodes as the last heartbeat read them. Returns the ids declared
-        dead: they leave ``live``, and whoever waits for their death wakes.
-        """
-        dead = await self.deaths.bury(node_ids)
-        for node_id in dead:
+    def _dead(self, node_ids: set[str]) -> None:
+        """Nodes declared dead here leave ``live``; whoever waits for a death seen, wakes."""
+        for node_id in node_ids:
             self.live.pop(node_id, None)
         for node_id in [n for n in self._deaths if n not in self.live]:
             for waiter in self._deaths.pop(node_id):
                 if not waiter.done():
                     waiter.set_result(None)
-        return dead
 
     async def claim_many(self, idents: Sequence[Ident]) -> dict[Ident, Claim]:
         """Claim objects for this node; take at once those of an owner proven dead.
@@ -266,7 +263,7 @@ class ClusterNode:
         if owners:
             if not owners <= self.deaths.seen.keys():  # registered since the last heartbeat
                 await self._refresh()
-            dead = await self.bury(owners)
+            dead = await self.deaths.bury(owners)
             again = [i for i, c in claims.items() if not c.granted and c.owner in dead]
             if again:
                 claims.update(await self.storage.claim_many(again, self.node_id, self.ttl))
@@ -278,7 +275,7 @@ class ClusterNode:
         return claims
 
     def death_of(self, node_id: str) -> asyncio.Future[None]:
-        """A future that resolves once ``node_id`` is seen dead (its heartbeat too old).
+        """A future that resolves once ``node_id`` is seen dead (heartbeat too old, or proven).
 
         ``forget_death`` it when done waiting.
         """
