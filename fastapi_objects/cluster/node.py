@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from .._exceptions import StorageUnavailable
 from .._tasks import cancel_and_wait
 from ..storage import Claim, NodeInfo, Storage
+from ..storage.tables import LATEST_VERSION
 from .death import Deaths
 
 log = logging.getLogger("fastapi_objects")
@@ -99,9 +100,9 @@ class ClusterNode:
         except StorageUnavailable as exc:
             self._failure = f": {exc.message}"
             log.warning(
-                "node %s cannot register (%s); if objects_nodes is missing, run `objects init` "
-                "and `objects migrate` (storage tables version 2). Retrying.",
-                self.node_id, exc.message,
+                "node %s cannot register (%s); if objects_nodes or a column of it is missing, "
+                "run `objects init` and `objects migrate` (storage tables up to version %d). "
+                "Retrying.", self.node_id, exc.message, LATEST_VERSION,
             )
             return False
         self._renewed(sent)
@@ -158,7 +159,8 @@ class ClusterNode:
             if self.lease_until == 0.0:
                 raise StorageUnavailable(
                     f"node {self.node_id} could not register in the database yet (is it up and "
-                    "migrated to storage tables version 2?); it serves no object until it can"
+                    f"migrated to storage tables version {LATEST_VERSION}?); it serves no object "
+                    "until it can"
                     + self._failure
                 )
             raise StorageUnavailable(
