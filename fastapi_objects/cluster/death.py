@@ -53,7 +53,7 @@ class Deaths:
         self._logged: set[str] = set()
         self._pidfds: dict[str, int] = {}
         self._watched: dict[int, tuple[str, NodeProcess]] = {}  # by pidfd
-        self._poll = select.poll()  # the same pidfds, for a check without the loop
+        self._poll: select.poll | None = None  # the same pidfds, checked without the loop
         self._burials: set[asyncio.Task[set[str]]] = set()
 
     def start(self) -> None:
@@ -83,9 +83,10 @@ class Deaths:
             if node_id in self._pidfds or node.process is None or not self._local(node):
                 continue
             fd = _pidfd(node.process)
-            if fd is not None:
+            if fd is not None:  # (so this is Linux, which has poll)
                 self._pidfds[node_id] = fd
                 self._watched[fd] = (node_id, node.process)
+                self._poll = self._poll or select.poll()
                 self._poll.register(fd, select.POLLIN)
                 loop.add_reader(fd, self._exited, node_id, node.process)
 
@@ -95,7 +96,7 @@ class Deaths:
         The loop may not have run the exit's callback yet when a call is about to be sent
         there: this checks the pidfds themselves.
         """
-        for fd, _ in self._poll.poll(0):
+        for fd, _ in self._poll.poll(0) if self._pidfds and self._poll else ():
             self._exited(*self._watched[fd])
         return node_id in self.exited
 
@@ -112,7 +113,8 @@ class Deaths:
         fd = self._pidfds.pop(node_id, None)
         if fd is not None:
             asyncio.get_running_loop().remove_reader(fd)
-            self._poll.unregister(fd)
+            if self._poll is not None:
+                self._poll.unregister(fd)
             del self._watched[fd]
             os.close(fd)
 
