@@ -10,8 +10,9 @@ or a frozen VM) every activation is dropped before any other call runs; the next
 heartbeat restores the lease and objects are claimed again, with new epochs, on demand.
 
 A node of the same machine that crashed need not be waited for: the node proves it dead
-(``death.py``) when it starts, at each heartbeat's read of the nodes, and when a claim is refused
-by a node that looks alive, declares it dead in the database, and claims its objects at once.
+(``death.py``) when it starts, at each heartbeat's read of the nodes, the moment its process
+exits (a pidfd), and when a claim is refused by a node that looks alive; it declares it dead in
+the database, and claims its objects at once.
 """
 
 from __future__ import annotations
