@@ -519,6 +519,70 @@ def test_a_project_at_version_1_gets_one_new_revision_per_version(project: Path)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_a_database_at_version_3_keeps_its_objects_through_the_upgrade(project: Path) -> None:
+    # A project and its database as the release before version 4 left them.
+    run("init")
+    storage_revision(project, 4).unlink()
+    done = run_real("objects", "migrate", cwd=project)
+    assert done.returncode == 0, done.stderr
+    asyncio.run(_store_counter("sqlite+aiosqlite:///./objects.db", "a", 5))
+    nodes = CliRunner().invoke(cli, ["nodes"])
+    assert nodes.exit_code == 1 and "storage version 4 is not migrated" in nodes.stderr
+
+    out = run("init")  # the upgrade: one new revision, the old ones frozen
+    assert out.count("created: migrations/versions/") == 1
+    v3 = storage_revision(project, 3).name.split("_")[0]
+    assert f"(storage tables version 4) follows {v3}" in out
+    v4 = storage_revision(project, 4).read_text()
+    assert "create_storage_tables(version=4, schema=None)" in v4
+    done = run_real("objects", "migrate", cwd=project)
+    assert done.returncode == 0, done.stderr
+    check = run_real("alembic", "check", cwd=project)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert durable_call("a", 1) == 6  # the version-3 object, thawed by the upgraded app
+
+    # Down to version 3 and up again: the columns go and come back; the objects stay.
+    assert run_real("alembic", "downgrade", "-1", cwd=project).returncode == 0
+    assert "pid_started" not in _node_columns(project / "objects.db")
+    assert run_real("alembic", "upgrade", "head", cwd=project).returncode == 0
+    assert {"boot_id", "pid_namespace", "pid", "pid_started"} <= _node_columns(
+        project / "objects.db"
+    )
+    assert durable_call("a", 1) == 7
+
+
+async def _store_counter(url: str, key: str, value: int) -> None:
+    """Commit a counter through the storage alone (the runtime needs the latest tables)."""
+    from pydantic_core import to_json
+
+    from fastapi_objects.storage import Commit, open_storage
+
+    storage = open_storage(url)
+    try:
+        await storage.commit([Commit(
+            type="counter", key=key, expected_rev=0, new_rev=1, state=to_json({"value": value}),
+            state_version=1, snapshot_rev=0, journal_rev=0,
+        )])
+    finally:
+        await storage.close()
+
+
+def _node_columns(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[1] for r in conn.execute("PRAGMA table_info(objects_nodes)")}
+
+
+def test_the_storage_revisions_run_offline_on_postgres(project: Path) -> None:
+    # `alembic upgrade head --sql`: the migration as SQL, for a DBA to run; no database needed.
+    (project / ".env").write_text("DATABASE_URL=postgres://shop@db.invalid:5432/shop\n")
+    run("init", "--database", "postgres", "--schema", "shop")
+    done = run_real("alembic", "upgrade", "head", "--sql", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "CREATE TABLE shop.objects_nodes" in done.stdout
+    assert "ALTER TABLE shop.objects_nodes ADD COLUMN boot_id VARCHAR(64);" in done.stdout
+    assert "ALTER TABLE shop.objects_nodes ADD COLUMN pid_started BIGINT;" in done.stdout
+
+
 def test_the_templates_are_the_top_level_folder() -> None:
     # The design card's top level: templates/ beside the package (the wheel ships it inside;
     # tests/test_wheel.py proves that part).

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from fastapi_objects import DurableObject, Runtime
 from fastapi_objects.cli import app as cli
-from fastapi_objects.storage import open_storage, storage_metadata
+from fastapi_objects.storage import NodeProcess, open_storage, storage_metadata
 from tests.test_cli_manage import cells
 
 TTL = 1.5  # the nodes' node_ttl: heartbeats every 0.5 s
@@ -104,6 +104,11 @@ async def test_nodes_alive_dead_and_owned_and_the_owner_of_each_object(
             assert [await alpha.get(Tally, k).add() for k in ("a1", SMILE)] == [1, 1]
             assert await beta.get(Tally, "b1").add() == 1
             assert await beta.get(Tally, "a1").add() == 2  # forwarded: alpha still owns it
+            # A node proven dead by another node of its machine (after the nodes started:
+            # a starting node prunes it, as it prunes every node dead for a day).
+            corpse = NodeProcess("a-boot-id", 1, 99999999, 7)
+            await storage.register_node("corpse", None, None, None, corpse)
+            assert await storage.declare_dead("corpse", corpse)
             await asyncio.sleep(TTL + 0.3)  # the ghost never heartbeats: dead by now
 
             # The ttl by default is the settings' node_ttl, read as the app reads it.
@@ -111,18 +116,20 @@ async def test_nodes_alive_dead_and_owned_and_the_owner_of_each_object(
             assert out.splitlines()[0].startswith("database: ")
             first = cells(out, "alpha")
             assert first[1] == alpha.routing.node.address and first[1].startswith("http://")
-            assert first[2:4] == ["iad", "m-alpha"]
-            assert float(first[4]) < TTL and first[5:] == ["alive", "2"]
+            assert first[2:5] == ["iad", "m-alpha", str(os.getpid())]
+            assert float(first[5]) < TTL and first[6:] == ["alive", "2"]
             assert cells(out, "beta")[2:4] == ["-", "-"]
-            assert cells(out, "beta")[5:] == ["alive", "1"]
+            assert cells(out, "beta")[6:] == ["alive", "1"]
             ghost = cells(out, "ghost")
-            assert ghost[1:3] == ["http://[fdaa:0:1::9]:8081", "ams"]
-            assert float(ghost[4]) > TTL and ghost[5:] == ["dead", "1"]
+            assert ghost[1:5] == ["http://[fdaa:0:1::9]:8081", "ams", "-", "-"]
+            assert float(ghost[5]) > TTL and ghost[6:] == ["dead", "1"]
+            # No heartbeat age to show for the node proven dead.
+            assert cells(out, "corpse")[4:] == ["99999999", "-", "dead (proven)", "0"]
             assert "gone" not in out  # a node that stopped deregistered
-            assert f"2 alive, 1 dead (dead: no heartbeat for {TTL:g} s)" in out
+            assert f"2 alive, 2 dead (dead: no heartbeat for {TTL:g} s, or proven dead" in out
 
             out = await database.objects("nodes", "--ttl", "3600")
-            assert cells(out, "ghost")[5] == "alive"  # --ttl wins
+            assert cells(out, "ghost")[6] == "alive"  # --ttl wins
 
             listing = await database.objects("ls", "tally")
             owners = {key: cells(listing, key)[2] for key in ("a1", SMILE, "b1", "old")}
@@ -136,7 +143,7 @@ async def test_nodes_alive_dead_and_owned_and_the_owner_of_each_object(
         await storage.close()
     # Both stopped: their objects are released and their rows gone; the ghost stays.
     out = await database.objects("nodes", "--ttl", "3600")
-    assert "alpha" not in out and "beta" not in out and cells(out, "ghost")[6] == "1"
+    assert "alpha" not in out and "beta" not in out and cells(out, "ghost")[7] == "1"
     listing = await database.objects("ls", "tally")
     assert {cells(listing, key)[2] for key in ("a1", SMILE, "b1", "old")} == {"-"}
 

@@ -251,7 +251,7 @@ def test_two_machines_share_one_owner_list_as_nodes_and_hand_over_on_a_rolling_r
             row = _node_row(nodes, name)
             internal = machines[name].env["OBJECTS_INTERNAL_PORT"]
             assert row[1].endswith(f":{internal}") and row[2:4] == ["iad", name]
-            assert row[5:] == ["alive", owned], nodes
+            assert row[6:] == ["alive", owned], nodes
 
         # A rolling deploy stops m1 as Fly does (SIGINT): it hands the counter over at once,
         # not after node_ttl (10 s), and leaves the nodes' table.
@@ -260,7 +260,7 @@ def test_two_machines_share_one_owner_list_as_nodes_and_hand_over_on_a_rolling_r
         assert http("POST", m2 + "/counters/fly/increment?by=1") == (200, {"value": 3})
         assert time.monotonic() - started < 5
         nodes = _objects_nodes(env)
-        assert "m1-" not in nodes and _node_row(nodes, "m2")[5:] == ["alive", "1"]
+        assert "m1-" not in nodes and _node_row(nodes, "m2")[6:] == ["alive", "1"]
     finally:
         for machine in machines.values():
             assert machine.stop() == 0, machine.output()

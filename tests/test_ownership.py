@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 from pydantic_core import to_json
 
 from fastapi_objects.cluster import ClusterNode
-from fastapi_objects.storage import Commit, StatusUpdate, Storage
+from fastapi_objects.storage import Commit, NodeProcess, StatusUpdate, Storage, open_storage
+from fastapi_objects.storage.sql import SQLStorage
 
 if TYPE_CHECKING:
-    pass
+    from tests.conftest import Backend
 
 TTL = 10.0
 
@@ -167,3 +168,60 @@ async def test_a_starting_node_prunes_long_dead_nodes(storage: Storage) -> None:
         assert [n.node_id for n in await storage.nodes(TTL)] == ["fresh"]
     finally:
         await node.stop()
+
+
+PROCESS = NodeProcess("c59071ac-d310-4b04-b00d-6827b9b5e065", 4026531836, 4321, 128477)
+
+
+async def test_a_node_records_its_process(storage: Storage) -> None:
+    await storage.register_node("a", None, None, "m-a", PROCESS)
+    await storage.register_node("b", None, None, None)
+    nodes = {n.node_id: n for n in await storage.nodes(TTL)}
+    assert nodes["a"].process == PROCESS and nodes["b"].process is None
+    assert not nodes["a"].declared_dead
+
+
+async def test_a_node_declared_dead_is_taken_over_at_once(storage: Storage) -> None:
+    await storage.register_node("crashed", None, None, None, PROCESS)
+    await storage.register_node("b", None, None, None)
+    held = await storage.claim("counter", "k", "crashed", TTL)
+    assert not (await storage.claim("counter", "k", "b", TTL)).granted  # alive by heartbeat
+    later = NodeProcess(PROCESS.boot_id, PROCESS.pid_namespace, PROCESS.pid, PROCESS.started + 1)
+    assert not await storage.declare_dead("crashed", later)  # not the process it records
+    assert not await storage.declare_dead("nobody", PROCESS)
+    assert await storage.declare_dead("crashed", PROCESS)
+    (crashed,) = [n for n in await storage.nodes(TTL) if n.node_id == "crashed"]
+    assert crashed.declared_dead and not crashed.alive
+    # Well within its TTL, every claim path takes its objects, naming it.
+    taken = await storage.claim("counter", "k", "b", TTL)
+    assert (taken.granted, taken.epoch, taken.taken_from) == (True, held.epoch + 1, "crashed")
+    await storage.claim("counter", "k2", "b", TTL)
+    await storage.commit([], [StatusUpdate("counter", "k2", "hibernated", 1)], node_id="b")
+    await storage.claim("counter", "k2", "crashed", TTL)  # (as if before it died)
+    await storage.declare_dead("crashed", PROCESS)
+    many = await storage.claim_many([("counter", "k2")], "b", TTL)
+    assert many[("counter", "k2")].taken_from == "crashed"
+    # Should it be alive after all, its heartbeat says so: it stops serving, then registers.
+    assert not await storage.heartbeat("crashed")
+    await storage.register_node("crashed", None, None, None, PROCESS)
+    assert await storage.heartbeat("crashed")
+    assert {n.node_id: n.alive for n in await storage.nodes(TTL)} == {"b": True, "crashed": True}
+
+
+async def test_a_database_of_version_3_gets_the_process_columns(sql_backend: Backend) -> None:
+    # What an older release created at start (SQLite) or migrated: no process columns.
+    from fastapi_objects.storage.tables import storage_metadata
+
+    old = open_storage(sql_backend.url, schema=sql_backend.schema)
+    assert isinstance(old, SQLStorage)
+    async with old.engine.begin() as conn:
+        await conn.run_sync(storage_metadata(sql_backend.schema, version=3).create_all)
+    await old.close()
+    storage = open_storage(sql_backend.url, schema=sql_backend.schema)
+    try:
+        await storage.create_tables()
+        await storage.register_node("a", None, None, None, PROCESS)
+        assert [n.process for n in await storage.nodes(TTL)] == [PROCESS]
+        await storage.create_tables()  # idempotent
+    finally:
+        await storage.close()

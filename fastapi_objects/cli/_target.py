@@ -147,8 +147,13 @@ def load_runtime(spec: str) -> Runtime:
     return next(iter(found.values()))
 
 
-# The table each storage version adds first: its presence says that version was migrated.
-_VERSION_TABLES = {1: "objects_checkpoints", 2: "objects_nodes", 3: "objects_alarms"}
+# What each storage version adds first (a table, or a table's column): its presence says that
+# version was migrated; and what the version holds, for the error that asks for it.
+_VERSION_MARKS = {
+    1: ("objects_checkpoints", None), 2: ("objects_nodes", None), 3: ("objects_alarms", None),
+    4: ("objects_nodes", "boot_id"),
+}
+_VERSION_HOLDS = {2: "nodes and owners", 3: "alarms", 4: "the nodes' processes"}
 
 
 @asynccontextmanager
@@ -157,7 +162,8 @@ async def open_target(
 ) -> AsyncIterator[SQLStorage]:
     """Open the target's SQL storage; unless ``create``, the tables up to ``version`` must exist.
 
-    ``version`` 2 is what nodes and owners need (``objects nodes``, the owner of ``ls``/``show``).
+    ``version`` 2 is what owners need (the owner of ``ls``/``show``), 4 what ``objects nodes``
+    reads.
     """
     from ..storage import open_storage
     from ..storage.sql import SQLStorage
@@ -185,9 +191,9 @@ async def open_target(
             missing = [v for v in range(2, version + 1) if v not in present]
             if missing:
                 raise CliError(
-                    f"storage version {missing[0]} is not migrated{where} (nodes and owners "
-                    "live there): run `objects migrate` (with Alembic, `objects init` first "
-                    "adds the revision)"
+                    f"storage version {missing[0]} is not migrated{where} "
+                    f"({_VERSION_HOLDS[missing[0]]} live there): run `objects migrate` (with "
+                    "Alembic, `objects init` first adds the revision)"
                 )
         yield storage
     finally:
@@ -199,7 +205,14 @@ def migrated_versions(conn: Any, schema: str | None) -> set[int]:
     import sqlalchemy as sa
 
     inspector = sa.inspect(conn)
-    return {v for v, table in _VERSION_TABLES.items() if inspector.has_table(table, schema=schema)}
+    present = set()
+    for version, (table, column) in _VERSION_MARKS.items():
+        if inspector.has_table(table, schema=schema) and (
+            column is None
+            or column in {c["name"] for c in inspector.get_columns(table, schema=schema)}
+        ):
+            present.add(version)
+    return present
 
 
 def _require_sqlite_file(url: str) -> None:

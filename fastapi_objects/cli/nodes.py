@@ -46,7 +46,7 @@ def nodes(
 async def _nodes(target: Target, ttl: float) -> None:
     from rich.table import Table
 
-    async with open_target(target, version=2) as storage:
+    async with open_target(target, version=4) as storage:
         found = await storage.nodes(ttl)
         now = await _database_now(storage)
     out = console()
@@ -54,17 +54,23 @@ async def _nodes(target: Target, ttl: float) -> None:
         out.print("no nodes registered: no app is running on this database")
         return
     table = Table(
-        "node", "address", "region", "machine", "heartbeat (s ago)", "state", "owned",
+        "node", "address", "region", "machine", "pid", "heartbeat (s ago)", "state", "owned",
         title="nodes",
     )
     for node in found:
         table.add_row(
             node.node_id, node.address or "-", node.region or "-", node.machine or "-",
-            f"{_age(node, now):.1f}", "alive" if node.alive else "dead", str(node.owned),
+            str(node.process.pid) if node.process else "-",
+            "-" if node.declared_dead else f"{_age(node, now):.1f}",
+            "alive" if node.alive else "dead (proven)" if node.declared_dead else "dead",
+            str(node.owned),
         )
     out.print(table)
     alive = sum(node.alive for node in found)
-    out.print(f"{alive} alive, {len(found) - alive} dead (dead: no heartbeat for {ttl:g} s)")
+    out.print(
+        f"{alive} alive, {len(found) - alive} dead (dead: no heartbeat for {ttl:g} s, or "
+        "proven dead by a node of its machine)"
+    )
 
 
 async def _database_now(storage: SQLStorage) -> datetime:

@@ -1,6 +1,7 @@
 """Nodes, ownership and forwarding: one live instance per object across processes and machines.
 
 - ``node.py``: registration, heartbeats, and the lease that lets a node serve;
+- ``death.py``: proving a crashed node of the same machine dead, so as not to wait ``node_ttl``;
 - ``signing.py``: HMAC signatures of internal requests;
 - ``channel.py``: the call channel between two nodes (a signed websocket, many calls on it);
 - ``forward.py``: the client that sends a call to the object's owner over a channel;

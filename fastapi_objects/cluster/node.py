@@ -8,17 +8,24 @@ own monotonic clock: its lease runs until ``LEASE_SHARE * node_ttl`` after the m
 When the lease lapses (the database is unreachable, the process was paused by a GC, SIGSTOP
 or a frozen VM) every activation is dropped before any other call runs; the next successful
 heartbeat restores the lease and objects are claimed again, with new epochs, on demand.
+
+A node of the same machine that crashed need not be waited for: the node proves it dead
+(``death.py``) when it starts, at each heartbeat's read of the nodes, the moment its process
+exits (a pidfd), and when a claim is refused by a node that looks alive; it declares it dead in
+the database, and claims its objects at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from .._exceptions import StorageUnavailable
 from .._tasks import cancel_and_wait
-from ..storage import NodeInfo, Storage
+from ..storage import Claim, NodeInfo, Storage, Thawed
+from ..storage.tables import LATEST_VERSION
+from .death import Deaths
 
 log = logging.getLogger("fastapi_objects")
 
@@ -27,6 +34,8 @@ DEAD_NODES_KEPT = 24 * 3600.0
 """Seconds a dead node's row stays listed (``objects nodes``) before a live node deletes it:
 every crashed process leaves one, and every node reads the table at every heartbeat."""
 PRUNE_EVERY = 1000  # heartbeats (about an hour at the default node_ttl)
+
+Ident = tuple[str, str]
 
 
 class ClusterNode:
@@ -58,6 +67,7 @@ class ClusterNode:
         self._failure = ""  # why the last registration or heartbeat failed
         self._renewal: asyncio.Event | None = None
         self.live: dict[str, NodeInfo] = {}  # the live nodes, as of the last heartbeat
+        self.deaths = Deaths(storage, node_id, machine, on_dead=self._dead)
         self._deaths: dict[str, set[asyncio.Future[None]]] = {}
         self.prune_after = DEAD_NODES_KEPT
         self._beats = 0
@@ -76,6 +86,7 @@ class ClusterNode:
         """
         self._loop = asyncio.get_running_loop()
         self.address = address
+        self.deaths.start()  # here, not in __init__: a process may fork in between
         if await self._register():
             await self._prune()
             await self._refresh()
@@ -84,13 +95,15 @@ class ClusterNode:
     async def _register(self) -> bool:
         sent = self.loop.time()
         try:
-            await self.storage.register_node(self.node_id, self.address, self.region, self.machine)
+            await self.storage.register_node(
+                self.node_id, self.address, self.region, self.machine, self.deaths.process
+            )
         except StorageUnavailable as exc:
             self._failure = f": {exc.message}"
             log.warning(
-                "node %s cannot register (%s); if objects_nodes is missing, run `objects init` "
-                "and `objects migrate` (storage tables version 2). Retrying.",
-                self.node_id, exc.message,
+                "node %s cannot register (%s); if objects_nodes or a column of it is missing, "
+                "run `objects init` and `objects migrate` (storage tables up to version %d). "
+                "Retrying.", self.node_id, exc.message, LATEST_VERSION,
             )
             return False
         self._renewed(sent)
@@ -100,6 +113,7 @@ class ClusterNode:
         """Stop heartbeating, release every object and leave the registry."""
         await cancel_and_wait(self._task)
         self._task = None
+        await self.deaths.close()
         if self._timer is not None:
             self._timer.cancel()
         try:
@@ -146,7 +160,8 @@ class ClusterNode:
             if self.lease_until == 0.0:
                 raise StorageUnavailable(
                     f"node {self.node_id} could not register in the database yet (is it up and "
-                    "migrated to storage tables version 2?); it serves no object until it can"
+                    f"migrated to storage tables version {LATEST_VERSION}?); it serves no object "
+                    "until it can"
                     + self._failure
                 )
             raise StorageUnavailable(
@@ -186,9 +201,13 @@ class ClusterNode:
             try:
                 async with asyncio.timeout(interval):
                     alive = await self.storage.heartbeat(self.node_id)
-                    if not alive:  # our row was removed: register again
+                    if not alive:  # our row was removed or declared dead: register again
+                        log.warning("node %s was pruned or declared dead by another node: "
+                                    "registering again", self.node_id)
+                        self._lapse()  # whoever took our objects, serve none of them stale
                         await self.storage.register_node(
-                            self.node_id, self.address, self.region, self.machine
+                            self.node_id, self.address, self.region, self.machine,
+                            self.deaths.process,
                         )
             except (StorageUnavailable, TimeoutError) as exc:
                 self._failure = f": {exc}"
@@ -215,19 +234,73 @@ class ClusterNode:
                      self.prune_after)
 
     async def _refresh(self) -> None:
-        """Read which nodes are alive (one query per heartbeat); wake who waits for a death."""
+        """Read the nodes (one query per heartbeat); bury the dead; wake who waits for a death."""
         try:
             nodes = await self.storage.nodes(self.ttl, count_owned=False)
         except StorageUnavailable:
             return
+        self.deaths.saw(nodes)
         self.live = {n.node_id: n for n in nodes if n.alive}
+        self._dead(set())
+        await self.deaths.bury(self.live)
+        self.deaths.watch(self.live.values())
+
+    def _dead(self, node_ids: set[str]) -> None:
+        """Nodes declared dead here leave ``live``; whoever waits for a death seen, wakes."""
+        for node_id in node_ids:
+            self.live.pop(node_id, None)
         for node_id in [n for n in self._deaths if n not in self.live]:
             for waiter in self._deaths.pop(node_id):
                 if not waiter.done():
                     waiter.set_result(None)
 
+    async def claim_many(self, idents: Sequence[Ident]) -> dict[Ident, Claim]:
+        """Claim objects for this node; take at once those of an owner proven dead.
+
+        A claim refused by an owner that looks alive (its heartbeat is young) is checked
+        against the nodes list: if this process proves that owner dead, it is declared dead
+        and its objects are claimed again. The first takeover from each dead node is logged.
+        """
+        claims = await self.storage.claim_many(idents, self.node_id, self.ttl)
+        again = await self._proven_dead(claims)
+        if again:
+            claims.update(await self.storage.claim_many(again, self.node_id, self.ttl))
+        await self._log_takeovers(claims.values())
+        return claims
+
+    async def thaw_many(self, idents: Sequence[Ident]) -> dict[Ident, Thawed]:
+        """``Storage.thaw_many`` for this node, taking a proven-dead owner's objects at once.
+
+        The same rules as ``claim_many``: what a thaw batch claims and reads, in one round
+        trip, and once more for the objects whose owner this node proves dead.
+        """
+        thawed = await self.storage.thaw_many(idents, self.node_id, self.ttl)
+        again = await self._proven_dead({i: claim for i, (claim, _) in thawed.items()})
+        if again:
+            thawed.update(await self.storage.thaw_many(again, self.node_id, self.ttl))
+        await self._log_takeovers(claim for claim, _ in thawed.values())
+        return thawed
+
+    async def _proven_dead(self, claims: dict[Ident, Claim]) -> list[Ident]:
+        """The refused objects whose owner this node proves (and declares) dead."""
+        owners = {c.owner for c in claims.values() if not c.granted and c.owner is not None}
+        if not owners:
+            return []
+        if not owners <= self.deaths.seen.keys():  # registered since the last heartbeat
+            await self._refresh()
+        dead = await self.deaths.bury(owners)
+        return [i for i, c in claims.items() if not c.granted and c.owner in dead]
+
+    async def _log_takeovers(self, claims: Iterable[Claim]) -> None:
+        """One line for the first takeover from each dead node: who, whose and why."""
+        for node_id in self.deaths.first_takeovers(claims):
+            if not self.deaths.knows_death_of(node_id):  # our list is older than its death
+                await self._refresh()
+            log.warning("node %s takes over the objects of node %s, dead: %s",
+                        self.node_id, node_id, self.deaths.why(node_id, self.ttl))
+
     def death_of(self, node_id: str) -> asyncio.Future[None]:
-        """A future that resolves once ``node_id`` is seen dead (its heartbeat too old).
+        """A future that resolves once ``node_id`` is seen dead (heartbeat too old, or proven).
 
         ``forget_death`` it when done waiting.
         """

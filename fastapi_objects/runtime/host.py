@@ -59,8 +59,8 @@ class Host:
         self.pubsub = pubsub
         self.types = types
         self.committer = GroupCommitter(storage, settings.max_batch, node_id)
-        self.thawer = Thawer(storage, node_id, settings.node_ttl)
         self.routing = Router(storage, settings, node_id, self.lease_lost)
+        self.thawer = Thawer(storage, self.routing.node.thaw_many)
         self.counters = Counters()
         self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}

@@ -132,6 +132,10 @@ class Router:
         if owner.address is None or self.forwarder is None:
             self.forget_owner((type, key))
             raise Moved(f"node {owner.node_id} takes no forwarded calls")
+        if self.node.deaths.has_exited(owner.node_id):  # its channel may not know it yet
+            self.forget_owner((type, key))
+            await self.node.deaths.bury([owner.node_id])
+            raise Moved(f"node {owner.node_id} has exited")
         call = asyncio.ensure_future(
             self.forwarder.call(owner.address, owner.node_id, type, key, method, args)
         )
@@ -152,6 +156,8 @@ class Router:
             self.forget_owner((type, key))
             if moved.owner is not None and moved.owner != self.node.node_id:
                 self._owners[(type, key)] = Elsewhere(moved.owner, moved.address)
+            elif moved.owner is None:  # it refused the connection: has it died?
+                await self.node.deaths.bury([owner.node_id])
             raise
         finally:
             self.node.forget_death(owner.node_id, death)

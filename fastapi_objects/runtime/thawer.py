@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from .._exceptions import CorruptState
 from .._tasks import cancel_and_wait
 from ..storage import Alarm, Checkpoint, Claim, Storage
+from ..storage import Thawed as StoredThaw
 
 log = logging.getLogger("fastapi_objects")
 
 Ident = tuple[str, str]
 Thawed = tuple[Claim, Checkpoint | None, list[Alarm] | None]
 """An object thawed: its claim, its checkpoint (``None``: never committed), its alarms."""
+ThawMany = Callable[[Sequence[Ident]], Awaitable[dict[Ident, StoredThaw]]]
+"""``ClusterNode.thaw_many``: the storage's, taking a proven-dead owner's objects at once."""
 MAX_BATCH = 1000
 
 
 class Thawer:
     """Claims and loads the objects this node is about to activate, in batches."""
 
-    def __init__(self, storage: Storage, node_id: str, ttl: float) -> None:
+    def __init__(self, storage: Storage, thaw_many: ThawMany) -> None:
         self.storage = storage
-        self.node_id = node_id
-        self.ttl = ttl
+        self.thaw_many = thaw_many  # the node's: it takes a proven-dead owner's objects
         self._waiting: dict[Ident, list[asyncio.Future[Thawed]]] = {}
         self._with_alarms: set[Ident] = set()
         self._wakeup = asyncio.Event()
@@ -69,7 +72,7 @@ class Thawer:
             with_alarms = [ident for ident in idents if ident in self._with_alarms]
             self._with_alarms.difference_update(with_alarms)
             try:
-                thawed = await self.storage.thaw_many(idents, self.node_id, self.ttl)
+                thawed = await self.thaw_many(idents)
                 wanted = [i for i in with_alarms if thawed[i][0].granted]
                 alarms = await self.storage.load_alarms_many(wanted) if wanted else {}
             except Exception as exc:  # StorageUnavailable, or a bug: fail this batch only

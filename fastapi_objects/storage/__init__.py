@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import MissingDependency
 from .base import (
+    DECLARED_DEAD,
     STATUSES,
     Alarm,
     AlarmWrite,
@@ -21,6 +22,7 @@ from .base import (
     Commit,
     JournalEntry,
     NodeInfo,
+    NodeProcess,
     ObjectPage,
     ObjectQuery,
     StatusUpdate,
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./objects.db"
 
 __all__ = [
+    "DECLARED_DEAD",
     "DEFAULT_DATABASE_URL",
     "STATUSES",
     "Alarm",
@@ -48,6 +51,7 @@ __all__ = [
     "Commit",
     "JournalEntry",
     "NodeInfo",
+    "NodeProcess",
     "ObjectPage",
     "ObjectQuery",
     "StatusUpdate",

@@ -17,7 +17,7 @@ from pydantic_core import to_json
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ._rows import utc
-from .base import Claim, NodeInfo
+from .base import DECLARED_DEAD, Claim, NodeInfo, NodeProcess
 
 Ident = tuple[str, str]
 
@@ -47,26 +47,35 @@ class SQLOwners:
 
     def register(
         self, conn: sa.Connection, node_id: str, address: str | None, region: str | None,
-        machine: str | None,
+        machine: str | None, process: NodeProcess | None,
     ) -> None:
         """Insert or refresh a node's row."""
         now = self.now()
-        stmt = self._insert(self.nodes).values(
-            node_id=node_id, address=address, region=region, machine=machine,
-            started_at=now, heartbeat_at=now,
+        values = {
+            "address": address, "region": region, "machine": machine,
+            "started_at": now, "heartbeat_at": now, **_process_columns(process),
+        }
+        stmt = self._insert(self.nodes).values(node_id=node_id, **values)
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=[self.nodes.c.node_id], set_=values)
         )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[self.nodes.c.node_id],
-            set_={"address": address, "region": region, "machine": machine,
-                  "started_at": now, "heartbeat_at": now},
-        )
-        conn.execute(stmt)
 
     def heartbeat(self, conn: sa.Connection, node_id: str) -> bool:
-        """Stamp the heartbeat; ``False`` when the node's row is gone."""
+        """Stamp the heartbeat; ``False`` when the node's row is gone or declared dead."""
         n = self.nodes
         result = conn.execute(
-            sa.update(n).where(n.c.node_id == node_id).values(heartbeat_at=self.now())
+            sa.update(n)
+            .where(n.c.node_id == node_id, n.c.heartbeat_at > DECLARED_DEAD)
+            .values(heartbeat_at=self.now())
+        )
+        return result.rowcount == 1
+
+    def declare_dead(self, conn: sa.Connection, node_id: str, process: NodeProcess) -> bool:
+        """Set the heartbeat of a node proven dead to ``DECLARED_DEAD``, if it is that process."""
+        n = self.nodes
+        same = [n.c[name] == value for name, value in _process_columns(process).items()]
+        result = conn.execute(
+            sa.update(n).where(n.c.node_id == node_id, *same).values(heartbeat_at=DECLARED_DEAD)
         )
         return result.rowcount == 1
 
@@ -95,7 +104,7 @@ class SQLOwners:
             NodeInfo(
                 node_id=r.node_id, address=r.address, region=r.region, machine=r.machine,
                 started_at=utc(r.started_at), heartbeat_at=utc(r.heartbeat_at),
-                alive=bool(r.alive), owned=int(r.owned),
+                alive=bool(r.alive), owned=int(r.owned), process=_process_of(r),
             )
             for r in rows
         ]
@@ -228,3 +237,18 @@ class SQLOwners:
             )
         ).all()
         return {(r.type, r.key): r.node_id for r in rows}
+
+
+def _process_columns(process: NodeProcess | None) -> dict[str, Any]:
+    return {
+        "boot_id": process and process.boot_id,
+        "pid_namespace": process and process.pid_namespace,
+        "pid": process and process.pid,
+        "pid_started": process and process.started,
+    }
+
+
+def _process_of(row: Any) -> NodeProcess | None:
+    if None in (row.boot_id, row.pid_namespace, row.pid, row.pid_started):
+        return None
+    return NodeProcess(row.boot_id, int(row.pid_namespace), int(row.pid), int(row.pid_started))

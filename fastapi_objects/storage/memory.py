@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pydantic_core import from_json
 
 from .base import (
+    DECLARED_DEAD,
     Alarm,
     Checkpoint,
     Claim,
     Commit,
     JournalEntry,
     NodeInfo,
+    NodeProcess,
     ObjectPage,
     ObjectQuery,
     StatusUpdate,
@@ -141,18 +143,29 @@ class MemoryStorage(Storage):
     # -- nodes and ownership (one process: the clock is this one's) --------------------------
 
     async def register_node(
-        self, node_id: str, address: str | None, region: str | None, machine: str | None
+        self, node_id: str, address: str | None, region: str | None, machine: str | None,
+        process: NodeProcess | None = None,
     ) -> None:
         """Insert or refresh the node's row."""
         now = datetime.now(UTC)
-        self._nodes[node_id] = NodeInfo(node_id, address, region, machine, now, now, True, 0)
+        self._nodes[node_id] = NodeInfo(
+            node_id, address, region, machine, now, now, True, 0, process
+        )
 
     async def heartbeat(self, node_id: str) -> bool:
-        """Stamp the heartbeat; ``False`` if the node is not registered."""
+        """Stamp the heartbeat; ``False`` if the node is not registered or declared dead."""
         node = self._nodes.get(node_id)
-        if node is None:
+        if node is None or node.declared_dead:
             return False
         self._nodes[node_id] = replace(node, heartbeat_at=datetime.now(UTC))
+        return True
+
+    async def declare_dead(self, node_id: str, process: NodeProcess) -> bool:
+        """Mark a node proven dead, if it is still that process."""
+        node = self._nodes.get(node_id)
+        if node is None or node.process != process:
+            return False
+        self._nodes[node_id] = replace(node, heartbeat_at=DECLARED_DEAD)
         return True
 
     async def prune_nodes(self, dead_for: float) -> int:

@@ -27,6 +27,7 @@ from .base import (
     Commit,
     JournalEntry,
     NodeInfo,
+    NodeProcess,
     ObjectPage,
     ObjectQuery,
     StatusUpdate,
@@ -37,7 +38,7 @@ from .base import (
     encode_cursor,
 )
 from .engine import create_engine, engine_options
-from .tables import storage_metadata
+from .tables import add_missing_columns, storage_metadata
 from .urls import redact
 
 R = TypeVar("R")
@@ -162,6 +163,7 @@ class SQLStorage(Storage):
         if self.schema and not self._sqlite:
             conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
         self.metadata.create_all(conn, checkfirst=True)
+        add_missing_columns(conn, self.metadata)  # tables an older release created
 
     async def load(self, type: str, key: str) -> Checkpoint | None:
         """Return the checkpoint of ``(type, key)`` or ``None``."""
@@ -218,14 +220,19 @@ class SQLStorage(Storage):
     # -- nodes and ownership -----------------------------------------------------------------
 
     async def register_node(
-        self, node_id: str, address: str | None, region: str | None, machine: str | None
+        self, node_id: str, address: str | None, region: str | None, machine: str | None,
+        process: NodeProcess | None = None,
     ) -> None:
         """Insert or refresh the node's row."""
-        await self._write(self._owners.register, node_id, address, region, machine)
+        await self._write(self._owners.register, node_id, address, region, machine, process)
 
     async def heartbeat(self, node_id: str) -> bool:
         """Stamp the node's heartbeat."""
         return await self._write(self._owners.heartbeat, node_id)
+
+    async def declare_dead(self, node_id: str, process: NodeProcess) -> bool:
+        """Mark a node proven dead, if its row still records ``process``."""
+        return await self._write(self._owners.declare_dead, node_id, process)
 
     async def deregister_node(self, node_id: str) -> None:
         """Release the node's objects and delete its row."""

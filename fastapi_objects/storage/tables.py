@@ -2,8 +2,8 @@
 
 A user's Alembic migration calls ``create_storage_tables(version=1)``; the version-1 tables are
 frozen here forever, so the user's history never changes under them when the library moves on.
-A later version adds tables or columns in ``_VERSIONS[n]`` and a new user migration calls
-``create_storage_tables(version=n)`` on top of the old one.
+A later version adds tables (``_VERSIONS[n]``) or columns of earlier tables (``_COLUMNS[n]``),
+and a new user migration calls ``create_storage_tables(version=n)`` on top of the old one.
 
 Example (an Alembic revision)::
 
@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-LATEST_VERSION = 3
+LATEST_VERSION = 4
 PREFIX = "objects_"
 
 
@@ -136,7 +136,26 @@ def _v3(metadata: sa.MetaData) -> list[sa.Table]:
     return [alarms]
 
 
-_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(metadata: sa.MetaData) -> list[sa.Table]:
+    return []  # columns only: _v4_columns
+
+
+def _v4_columns() -> dict[str, list[sa.Column[Any]]]:
+    # The node's process, as another process of its machine checks it (cluster/death.py): a
+    # crashed node is taken over at once by a node that proves it dead, not after node_ttl.
+    return {PREFIX + "nodes": [
+        sa.Column("boot_id", sa.String(64), nullable=True),
+        sa.Column("pid_namespace", sa.BigInteger(), nullable=True),
+        sa.Column("pid", sa.BigInteger(), nullable=True),
+        sa.Column("pid_started", sa.BigInteger(), nullable=True),
+    ]}
+
+
+_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4,
+}
+_COLUMNS: dict[int, Callable[[], dict[str, list[sa.Column[Any]]]]] = {4: _v4_columns}
+"""Columns a version adds to the tables of earlier versions, by table name."""
 
 
 def storage_metadata(schema: str | None = None, version: int = LATEST_VERSION) -> sa.MetaData:
@@ -149,11 +168,40 @@ def storage_metadata(schema: str | None = None, version: int = LATEST_VERSION) -
     metadata = sa.MetaData(schema=schema)
     for v in range(1, version + 1):
         _VERSIONS[v](metadata)
+        for name, columns in _added(v):
+            table = metadata.tables[f"{schema}.{name}" if schema else name]
+            for column in columns:
+                table.append_column(column)
     return metadata
 
 
+def _added(version: int) -> list[tuple[str, list[sa.Column[Any]]]]:
+    columns = _COLUMNS.get(version)
+    return [] if columns is None else list(columns().items())
+
+
+def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> None:
+    """Add the columns later versions gave to existing tables (``create_all`` adds none).
+
+    What the runtime's ``create_tables`` and ``objects migrate`` without Alembic run after
+    creating the missing tables, so a database created by an older release is brought up to
+    date as a migration would.
+    """
+    inspector = sa.inspect(conn)
+    schema = metadata.schema
+    for version in sorted(_COLUMNS):
+        for name, columns in _added(version):
+            table = metadata.tables[f"{schema}.{name}" if schema else name]
+            present = {c["name"] for c in inspector.get_columns(name, schema=schema)}
+            quoted = conn.dialect.identifier_preparer.format_table(table)
+            for column in columns:
+                if column.name not in present:
+                    spec = sa.schema.CreateColumn(table.c[column.name]).compile(conn)
+                    conn.execute(sa.text(f"ALTER TABLE {quoted} ADD COLUMN {spec}"))
+
+
 def create_storage_tables(version: int = 1, schema: str | None = None) -> None:
-    """Create the tables that ``version`` adds, from inside an Alembic migration (``op``-based).
+    """Create the tables (and columns) ``version`` adds, inside an Alembic migration (``op``).
 
     Works online and in offline (``--sql``) mode. Each version only adds what the previous
     versions did not have, so call it once per version, in order.
@@ -171,13 +219,19 @@ def create_storage_tables(version: int = 1, schema: str | None = None) -> None:
                 [column.name for column in index.columns],
                 schema=schema,
             )
+    for name, added in _added(version):
+        for column in added:
+            op.add_column(name, column, schema=schema)
 
 
 def drop_storage_tables(version: int = 1, schema: str | None = None) -> None:
-    """Drop the tables that ``version`` added (for an Alembic ``downgrade``)."""
+    """Drop the tables and columns that ``version`` added (for an Alembic ``downgrade``)."""
     from alembic import op
 
     _check_version(version)
+    for name, added in _added(version):
+        for column in reversed(added):
+            op.drop_column(name, column.name, schema=schema)
     for table in reversed(_VERSIONS[version](sa.MetaData(schema=schema))):
         op.drop_table(table.name, schema=schema)
 
