@@ -1,8 +1,9 @@
 """The durable objects of the example app: ``ChatRoom``, ``Counter`` and a per-user ``Cart``.
 
 Each is a plain class: state is a pydantic model, public ``async def`` methods are callable
-from routes (``Depends(get_object(...))``) and from browsers (websocket frames), and every
-turn that changed the state is committed before its caller hears back.
+from routes (``Depends(get_object(...))``), and every turn that changed the state is committed
+before its caller hears back. Browsers reach only what a class opens to them: ``public = True``
+to attach over a websocket, ``@client_callable`` on each method a page may call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi_objects import (
     DurableObject,
     InvalidArguments,
     UnknownMethod,
+    client_callable,
     readonly,
 )
 
@@ -40,13 +42,16 @@ class Counter(DurableObject[CounterState]):
     """A number everyone can bump; every change is broadcast to attached browsers."""
 
     idle_timeout = idle_timeout(30.0)
+    public = True  # the home page attaches to it
 
+    @client_callable
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
         return self.state.value
 
     @readonly
+    @client_callable
     async def get(self) -> int:
         return self.state.value
 
@@ -78,9 +83,10 @@ class ChatRoom(DurableObject[ChatRoomState]):
     """
 
     idle_timeout = idle_timeout(30.0)
+    public = True  # room pages attach to it
 
     async def on_connect(self, conn: Connection) -> None:
-        name = str(conn.params.get("name", "")).strip()
+        name = str(conn.query.get("name", "")).strip()
         if not 1 <= len(name) <= MAX_NAME:
             raise ConnectionRejected(f"choose a name of 1 to {MAX_NAME} characters", code=4403)
         conn.state = {"name": name, "typing": False}
@@ -122,10 +128,12 @@ class ChatRoom(DurableObject[ChatRoomState]):
         return self._post(name, text)
 
     @readonly
+    @client_callable
     async def history(self, limit: int = 50) -> list[ChatMessage]:
         return self.state.messages[-limit:] if limit > 0 else []
 
     @readonly
+    @client_callable
     async def present(self) -> list[dict[str, str]]:
         return self._present()
 

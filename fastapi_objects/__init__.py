@@ -41,7 +41,15 @@ from ._exceptions import (
 if TYPE_CHECKING:
     from .fastapi import Objects, get_object
     from .pubsub import Message
-    from .runtime import DurableObject, EventSourced, Handle, Runtime, RuntimeStats, readonly
+    from .runtime import (
+        DurableObject,
+        EventSourced,
+        Handle,
+        Runtime,
+        RuntimeStats,
+        client_callable,
+        readonly,
+    )
     from .runtime.connection import Connection
     from .settings import ObjectsSettings
 
@@ -56,6 +64,7 @@ _LAZY = {
     "ObjectsSettings": ".settings",
     "Runtime": ".runtime",
     "RuntimeStats": ".runtime",
+    "client_callable": ".runtime",
     "get_object": ".fastapi",
     "readonly": ".runtime",
 }
@@ -93,6 +102,7 @@ __all__ = [
     "UnknownMethod",
     "UnknownObjectType",
     "UnstorableValue",
+    "client_callable",
     "get_object",
     "readonly",
 ]

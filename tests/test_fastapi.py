@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
-from fastapi_objects import DurableObject, Handle, Objects, get_object
+from fastapi_objects import DurableObject, Handle, Objects, client_callable, get_object
 from fastapi_objects.storage import open_storage
 from tests._apps import SLOW_RUNNING, Counter, make_app, release_slow
 from tests._support import steal
@@ -52,7 +52,9 @@ class S1Counter(DurableObject[_S1State]):
 
     type_name = "counter"
     idle_timeout = 30.0
+    public = True
 
+    @client_callable
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
@@ -88,11 +90,14 @@ def test_section_one_code_works_as_written_and_persists(
         assert isinstance(app.state.objects, Objects)
         with client.websocket_connect("/objects/counter/abc/ws") as ws:
             assert ws.receive_json()["event"] == "objects:attached"
-            ws.send_json({"ref": 1, "call": "get", "args": {}})
-            assert ws.receive_json() == {"ref": 1, "ok": True, "result": 6}
+            ws.send_json({"ref": 1, "call": "get", "args": {}})  # not @client_callable
+            assert ws.receive_json()["error"]["type"] == "forbidden"
+            ws.send_json({"ref": 2, "call": "increment", "args": {}})
+            assert ws.receive_json()["payload"] == {"value": 7}
+            assert ws.receive_json() == {"ref": 2, "ok": True, "result": 7}
     # A new process on the same database sees the acknowledged state.
     with TestClient(_section_one_app()) as client:
-        assert client.post("/counters/abc/increment").json() == {"value": 7}
+        assert client.post("/counters/abc/increment").json() == {"value": 8}
 
 
 def test_make_app_routes_and_state(client: TestClient) -> None:

@@ -1,11 +1,12 @@
 """One attached client's session: its frames in, its replies and broadcasts out (DESIGN §3).
 
-Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event", "payload"}``
-(a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
+Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event",
+"payload"}`` (a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
 "objects:attached", "payload": {"connection": id}}`` once attached, then ``{"ref", "ok": true,
-"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts
-``{"topic", "event", "payload"}``. Frames are strict JSON text: a binary frame, like any
-malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
+"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts ``{"topic",
+"event", "payload"}``. A call may run only a method marked ``@client_callable`` (else a
+``forbidden`` error frame, and nothing runs). Frames are strict JSON text: a binary frame, like
+any malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..runtime.routing import Elsewhere
 from .errors import error_body, internal_error
 from .protocol import (
     ATTACHED,
+    FORBIDDEN,
     FRAME_TOO_LARGE,
     INVALID_FRAME,
     RESERVED_EVENT_PREFIX,
@@ -124,7 +126,7 @@ class Session:
 
     # -- the session -------------------------------------------------------------------------
 
-    async def run(self, params: dict[str, Any]) -> Elsewhere | None:
+    async def run(self, query: dict[str, str], auth: dict[str, Any]) -> Elsewhere | None:
         """Serve the client until it leaves; ``Elsewhere`` (nothing sent) if not the owner."""
         writer = asyncio.create_task(self._write())
         moved: Elsewhere | None = None
@@ -134,7 +136,7 @@ class Session:
             ) as sub:
                 forwarder = asyncio.create_task(self._forward(sub))
                 try:
-                    await self._attach_and_read(params)
+                    await self._attach_and_read(query, auth)
                 except Elsewhere as owner:
                     moved = owner
                 finally:
@@ -157,10 +159,10 @@ class Session:
                     writer.cancel()
         return moved
 
-    async def _attach_and_read(self, params: dict[str, Any]) -> None:
+    async def _attach_and_read(self, query: dict[str, str], auth: dict[str, Any]) -> None:
         try:
             conn = await self.objects.runtime.attach(
-                self.cls, self.key, self, params, relayed=self.relayed
+                self.cls, self.key, self, query=query, auth=auth, relayed=self.relayed
             )
         except Elsewhere:
             raise  # another node owns it: serve_websocket relays the client there
@@ -250,6 +252,9 @@ class Session:
                 # Its reply could not be matched to it: refuse it rather than run it blind.
                 self._error(None, INVALID_FRAME, 'a call needs a "ref" (a string or a number) '
                             "to match its reply")
+            elif not self._client_callable(method):
+                self._error(ref, FORBIDDEN, f"{self.cls.type_name}.{method}() is not callable "
+                            "from clients (only methods marked @client_callable are)")
             else:
                 self._spawn(ref, self._call(ref, method, args))
         elif "event" in frame:
@@ -263,6 +268,11 @@ class Session:
                 self._spawn(ref, self._event(ref, frame))
         else:
             self._error(ref, INVALID_FRAME, 'a frame needs "call" (with "args") or "event"')
+
+    def _client_callable(self, method: str) -> bool:
+        # A name that is no method at all goes on, to be answered unknown_method.
+        spec = self.cls.__objects_methods__.get(method)
+        return spec is None or spec.client_callable
 
     def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> None:
         if len(self.calls) >= self.objects.max_calls_in_flight:
