@@ -45,9 +45,11 @@ class Objects:
     the web ones are ``prefix`` of the router (default ``/objects``), ``allowed_origins``
     (origins allowed besides the app's own; ``["*"]`` allows any), ``max_frame_bytes`` per
     client frame (default 1 MiB), ``max_calls_in_flight`` per connection (default 32) and
-    ``max_outbox`` frames queued to one client before it is dropped as too slow (default
-    1024). ``authorize(websocket, type_name, key)`` runs before every attach (sync or async;
-    falsy rejects with close code 4401, a dict becomes ``conn.auth``).
+    ``max_outbox`` frames (default 1024) or ``max_outbox_bytes`` of JSON text (default 8 MiB)
+    queued to one client, or a frame not taken within ``send_timeout`` seconds (default 30),
+    before it is closed as too slow (4408). ``authorize(websocket, type_name, key)`` runs
+    before every attach (sync or async; falsy rejects with close code 4401, a dict becomes
+    ``conn.auth``).
 
     The router reaches only types with ``public = True``, and client frames only their
     ``@client_callable`` methods; when public types exist and no ``authorize`` is set, the
@@ -75,6 +77,8 @@ class Objects:
         self.max_frame_bytes = web.max_frame_bytes
         self.max_calls_in_flight = web.max_calls_in_flight
         self.max_outbox = web.max_outbox
+        self.max_outbox_bytes = web.max_outbox_bytes
+        self.send_timeout = web.send_timeout
         self._router: APIRouter | None = None
         # Clients that attach on another node are relayed here (the owner) through this.
         self.runtime.routing.websocket_app = internal_websocket_app(self)

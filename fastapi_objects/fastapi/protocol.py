@@ -14,7 +14,8 @@ Close codes (``CloseCode``)::
     4403 FORBIDDEN         the type is not public, the Origin is not allowed, or on_connect
                            rejected the client
     4404 UNKNOWN_TYPE      no object type of that name
-    4408 TOO_SLOW          the client fell ``max_outbox`` frames behind
+    4408 TOO_SLOW          the client fell ``max_outbox`` frames or ``max_outbox_bytes``
+                           behind, or did not take a frame within ``send_timeout``
 
 Codes 4400-4499 other than 4408 are refusals: retrying the same attach cannot help.
 """

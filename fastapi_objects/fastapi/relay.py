@@ -80,11 +80,11 @@ async def relay(
             await _close(websocket, code, closed.rcvd.reason if closed.rcvd else "")
             return True
         await websocket.send_text(str(first))
-        await _pump(websocket, upstream)
+        await _pump(websocket, upstream, objects.send_timeout)
     return True
 
 
-async def _pump(websocket: WebSocket, upstream: Any) -> None:
+async def _pump(websocket: WebSocket, upstream: Any, send_timeout: float) -> None:
     import websockets
 
     async def client_to_owner() -> None:
@@ -101,10 +101,13 @@ async def _pump(websocket: WebSocket, upstream: Any) -> None:
     async def owner_to_client() -> tuple[int, str]:
         try:
             async for frame in upstream:
-                if isinstance(frame, bytes):
-                    await websocket.send_bytes(frame)
-                else:
-                    await websocket.send_text(frame)
+                # A client that stops reading is closed here too: else this relay would wait
+                # on it for good, and the owner's close (4408) would never get through.
+                sent = websocket.send_bytes(frame) if isinstance(frame, bytes) else (
+                    websocket.send_text(frame))
+                await asyncio.wait_for(sent, send_timeout)
+        except TimeoutError:
+            return (CloseCode.TOO_SLOW, "client too slow: a frame was not taken in time")
         except websockets.ConnectionClosedError:
             pass  # the owner went away without a close: it died or was cut off
         except (WebSocketDisconnect, RuntimeError, OSError):

@@ -28,6 +28,7 @@ from ..pubsub import Message, Subscription
 from ..runtime.connection import Connection
 from ..runtime.routing import Elsewhere
 from .errors import error_body, internal_error
+from .outbox import Outbox, encode_broadcast
 from .protocol import (
     ATTACHED,
     FORBIDDEN,
@@ -44,27 +45,6 @@ if TYPE_CHECKING:
     from .objects import Objects
 
 log = logging.getLogger("fastapi_objects")
-
-_last_broadcast: tuple[Message | None, str] = (None, "")
-
-
-def _encode_broadcast(message: Message) -> str:
-    # Fan-out hands the same Message to every client of a topic: encode it once, not N times.
-    # The cache is read once into a local: runtimes in other threads (several servers in one
-    # process) share it, and a second read could return another thread's frame.
-    global _last_broadcast
-    cached, text = _last_broadcast
-    if cached is not message:
-        frame = {"topic": message.topic, "event": message.event, "payload": message.payload}
-        try:
-            text = encode_frame(frame)
-        except ValueError as exc:
-            # Already committed and published: the clients hear that a frame was refused.
-            error = internal_error(exc, f"broadcast {message.topic!r}/{message.event!r}")
-            text = encode_frame({"ref": None, "ok": False, "error": error})
-        _last_broadcast = (message, text)
-    return text
-
 
 class Session:
     """One attached client: a reader (this task), a writer task and a broadcast forwarder."""
@@ -84,8 +64,7 @@ class Session:
         self.cls = cls
         self.key = key
         self.topic = f"{cls.type_name}:{key}"
-        # Unbounded queue, bounded by _push: a close marker must always fit.
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outbox = Outbox(objects.max_outbox, objects.max_outbox_bytes)
         # Until attached, frames wait here so that objects:attached goes first; broadcasts wait
         # as messages, since whether one excludes this client is known only once attached.
         self.held: list[str | Message] | None = []
@@ -105,24 +84,28 @@ class Session:
         self._push(text)
 
     def close(self, code: int, reason: str) -> None:
-        """Close after the frames already queued."""
+        """Close after the frames already queued (a client too slow: at once, dropping them)."""
         if self.close_with is None:
             self.close_with = (code, reason[:120])
-            self.outbox.put_nowait(None)
+            # A client too slow is not reading what waits: free that memory now.
+            self.outbox.end(drop=code == CloseCode.TOO_SLOW)
 
     def _push(self, item: str | Message) -> None:
         if self.close_with is not None:
             return
         held = self.held
-        queued = len(held) if held is not None else self.outbox.qsize()
-        if queued >= self.objects.max_outbox:
-            self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
-        elif held is not None:
-            held.append(item)
-        elif isinstance(item, str):
-            self.outbox.put_nowait(item)
-        elif self.conn is None or item.exclude != self.conn.id:
-            self.outbox.put_nowait(_encode_broadcast(item))
+        if held is not None:
+            if len(held) < self.objects.max_outbox:
+                held.append(item)
+                return
+        elif isinstance(item, Message):
+            if self.conn is not None and item.exclude == self.conn.id:
+                return
+            if self.outbox.put(encode_broadcast(item)):
+                return
+        elif self.outbox.put(item):
+            return
+        self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
 
     # -- the session -------------------------------------------------------------------------
 
@@ -204,12 +187,17 @@ class Session:
 
     async def _write(self) -> None:
         ws = self.websocket
+        timeout = self.objects.send_timeout
         try:
             while True:
                 text = await self.outbox.get()
                 if text is None:
                     break
-                await ws.send_text(text)
+                try:
+                    await asyncio.wait_for(ws.send_text(text), timeout)
+                except TimeoutError:
+                    self.close(CloseCode.TOO_SLOW, "client too slow: a frame was not taken "
+                               f"within {timeout:g}s")
             code, reason = self.close_with or (CloseCode.NORMAL, "")
             await ws.close(code, reason)
         except (WebSocketDisconnect, RuntimeError, OSError):
