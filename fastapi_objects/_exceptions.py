@@ -33,6 +33,9 @@ come from bugs: clients see them as ``internal_error`` with an id that is in the
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 
 class ObjectsError(Exception):
     """Base class of every error raised by fastapi_objects."""
@@ -123,9 +126,32 @@ class Overloaded(ObjectsError):
 
 
 class StorageUnavailable(ObjectsError):
-    """The database could not be reached, or the commit failed; the outcome was not acknowledged."""
+    """The database could not be reached, or the commit failed; the outcome was not acknowledged.
+
+    Its ``message`` is what clients see; when a driver said why, that stays in ``detail`` and
+    in the log (``StorageUnavailable.hiding``): a driver's message may hold SQL, the
+    statement's parameters (another caller's key and state, in a group commit) or where the
+    database is.
+    """
 
     type = "storage_unavailable"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    @classmethod
+    def hiding(cls, what: str, detail: object) -> StorageUnavailable:
+        """``what`` failed, with an error id for clients; ``detail`` is logged under that id.
+
+        Example: ``raise StorageUnavailable.hiding("storage refused the transaction", exc)``
+        gives clients ``storage refused the transaction (error 3f2a...; details in the
+        server's log)``.
+        """
+        error_id = uuid.uuid4().hex[:16]
+        text = f"{what}: {detail}"
+        logging.getLogger("fastapi_objects").warning("storage error %s: %s", error_id, text)
+        return cls(f"{what} (error {error_id}; details in the server's log)", detail=text)
 
 
 class CorruptState(ObjectsError):

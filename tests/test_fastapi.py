@@ -335,14 +335,21 @@ def _poll(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_storage_unavailable_is_503_when_the_database_is_down() -> None:
+def test_storage_unavailable_is_503_when_the_database_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # The pub/sub would also need PostgreSQL at start; keep it in-process to reach a call.
     app, objects = make_app(CLOSED_PORT_URL, create_tables=False, pubsub_url="memory://down")
     with TestClient(app) as client:
         response = client.post("/counters/a/increment")
         assert "storage unavailable" in _error(response, 503, "storage_unavailable")
         assert response.headers["retry-after"] == "1"
-        assert "127.0.0.1:1" in response.json()["error"]["message"]
+        # Where the database is goes to the log, under the id the client got; not to clients.
+        message = response.json()["error"]["message"]
+        assert "127.0.0.1" not in message and "postgresql" not in message
+        error_id = message.split("(error ", 1)[1][:16]
+        assert f"storage error {error_id}: " in caplog.text
+        assert "127.0.0.1:1" in caplog.text
         _error(client.get("/counters/a"), 503, "storage_unavailable")
     assert objects.stats().active == 0
 

@@ -133,13 +133,15 @@ class SQLStorage(Storage):
             raise
         except (sa.exc.OperationalError, sa.exc.InterfaceError, sqlite3.OperationalError,
                 OSError, TimeoutError) as exc:
-            raise StorageUnavailable(f"storage unavailable ({redact(self.url)}): {exc}") from exc
+            raise StorageUnavailable.hiding(
+                "storage unavailable", f"{redact(self.url)}: {exc}"
+            ) from exc
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
-                raise StorageUnavailable(f"storage connection lost: {exc}") from exc
-            raise StorageUnavailable(f"storage refused the transaction: {exc.orig}") from exc
+                raise StorageUnavailable.hiding("storage connection lost", exc) from exc
+            raise StorageUnavailable.hiding("storage refused the transaction", exc) from exc
         except sqlite3.Error as exc:
-            raise StorageUnavailable(f"storage refused the transaction: {exc}") from exc
+            raise StorageUnavailable.hiding("storage refused the transaction", exc) from exc
 
     async def create_tables(self) -> None:
         """Create the tables of every version (and the schema) when missing.
@@ -153,7 +155,7 @@ class SQLStorage(Storage):
                 await self._write(self._create_tables)
                 return
             except StorageUnavailable as exc:
-                if "already exists" not in exc.message or attempt == 2:
+                if "already exists" not in (exc.detail or "") or attempt == 2:
                     raise
 
     def _create_tables(self, conn: sa.Connection) -> None:
