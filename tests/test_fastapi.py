@@ -348,7 +348,7 @@ def test_storage_unavailable_is_503_when_the_database_is_down(
         message = response.json()["error"]["message"]
         assert "127.0.0.1" not in message and "postgresql" not in message
         error_id = message.split("(error ", 1)[1][:16]
-        assert f"storage error {error_id}: " in caplog.text
+        assert f"error {error_id} (storage_unavailable): " in caplog.text
         assert "127.0.0.1:1" in caplog.text
         _error(client.get("/counters/a"), 503, "storage_unavailable")
     assert objects.stats().active == 0

@@ -144,7 +144,7 @@ async def test_a_storage_fault_leaks_no_key_state_sql_or_url(
             error_id = re.search(r"error ([0-9a-f]{16})", error["message"])
             assert error_id is not None, text
             logged = [r.getMessage() for r in caplog.records
-                      if f"storage error {error_id[1]}" in r.getMessage()]
+                      if f"error {error_id[1]} (storage_unavailable)" in r.getMessage()]
             assert len(logged) == 1 and "injected fault" in logged[0], logged
 
 

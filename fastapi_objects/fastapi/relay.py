@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, quote, urlencode
 from pydantic_core import from_json, to_json
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..cluster import Unauthorized
 from ..cluster.listener import WEBSOCKET_PREFIX, Receive, Scope, Send
 from ..runtime.routing import Elsewhere
 from .protocol import CloseCode
@@ -61,11 +62,11 @@ async def relay(
     # have signed it, and keeps it apart from the client's own ``query``.
     carried = {"query": to_json(query).decode(), "auth": to_json(auth).decode()}
     target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?{urlencode(carried, quote_via=quote)}"
-    headers = forwarder.signer.headers("GET", target, b"", owner.node_id)
     url = "ws" + owner.address.removeprefix("http") + target
     try:
+        headers = forwarder.signer.headers("GET", target, b"", owner.node_id)
         upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=5)
-    except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+    except (OSError, TimeoutError, websockets.InvalidHandshake, Unauthorized) as exc:
         log.info("relay of %s:%s to %s failed: %r", cls.type_name, key, owner.node_id, exc)
         objects.runtime.routing.forget_owner((cls.type_name, key))
         return False

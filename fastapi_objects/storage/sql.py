@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
+from ._cluster import cluster_secret
 from ._owners import SQLOwners
 from ._rows import checkpoint_of, utc
 from ._sqlite import SQLiteWorker
@@ -64,6 +65,7 @@ class SQLStorage(Storage):
         self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
         self.journal = self.metadata.tables[prefix + "objects_journal"]
         owners = self.metadata.tables[prefix + "objects_owners"]
+        self._cluster = self.metadata.tables[prefix + "objects_cluster"]
         self._alarms = SQLAlarms(
             self.metadata.tables[prefix + "objects_alarms"], postgres=not self._sqlite
         )
@@ -238,6 +240,10 @@ class SQLStorage(Storage):
     async def prune_nodes(self, dead_for: float) -> int:
         """Delete long-dead nodes' rows."""
         return await self._write(self._owners.prune, dead_for)
+
+    async def cluster_secret(self) -> str:
+        """The cluster's random secret (``objects_cluster``), made by the first node to ask."""
+        return await self._write(cluster_secret, self._cluster, not self._sqlite)
 
     async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
         """Own ``(type, key)`` if it is free."""

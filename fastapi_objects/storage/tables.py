@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-LATEST_VERSION = 3
+LATEST_VERSION = 4
 PREFIX = "objects_"
 
 
@@ -136,7 +136,22 @@ def _v3(metadata: sa.MetaData) -> list[sa.Table]:
     return [alarms]
 
 
-_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(metadata: sa.MetaData) -> list[sa.Table]:
+    # Values every node of the cluster shares and only the app can read: the random secret
+    # that signs calls between nodes when OBJECTS_CLUSTER_SECRET is not set.
+    cluster = sa.Table(
+        PREFIX + "cluster",
+        metadata,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    return [cluster]
+
+
+_VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4,
+}
 
 
 def storage_metadata(schema: str | None = None, version: int = LATEST_VERSION) -> sa.MetaData:
