@@ -9,6 +9,7 @@ on the signature alone). A malformed signature header is a 401, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -27,7 +28,7 @@ from fastapi_objects import Connection, DurableObject, Objects, Runtime, client_
 from fastapi_objects.cluster import Signer
 from fastapi_objects.cluster.channel import CHANNEL_PATH
 from fastapi_objects.cluster.listener import WEBSOCKET_PREFIX
-from fastapi_objects.storage import open_storage
+from fastapi_objects.storage import Storage, open_storage
 from tests._support import wait_until
 from tests.conftest import Backend
 
@@ -180,8 +181,6 @@ async def test_a_non_ascii_signature_is_401_with_no_traceback(
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:
-    import asyncio
-
     return await asyncio.to_thread(fn, *args)
 
 
@@ -232,3 +231,10 @@ async def test_a_node_without_the_version_4_table_says_what_to_do_and_keeps_tryi
         good = Signer(secret.encode(), "b").headers("GET", CHANNEL_PATH + "?", b"", "a")
         async with connect(_ws(address, CHANNEL_PATH), additional_headers=good):
             pass  # accepted
+
+
+async def test_the_storage_contract_keeps_one_secret(storage: Storage) -> None:
+    first = await storage.cluster_secret()
+    assert len(first) == 64 and int(first, 16) >= 0
+    again = await asyncio.gather(*(storage.cluster_secret() for _ in range(8)))
+    assert set(again) == {first}
