@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from fastapi_objects import Connection, DurableObject, Objects, client_callable, readonly
 from fastapi_objects.fastapi.origins import origin_allowed
 from tests._server import LiveServer
+from tests.conftest import Backend
 
 
 class _State(BaseModel):
@@ -281,3 +282,30 @@ async def test_a_non_public_type_is_refused_by_a_real_server_too(db_url: str) ->
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 4403 and "not public" in (ws.close_reason or "")
+
+
+async def test_a_relayed_client_keeps_query_and_auth_apart_on_the_owner(
+    sql_backend: Backend,
+) -> None:
+    """Attached through a node that does not own the object, the client is relayed to the
+    owner: authorize's verdict arrives as conn.auth, its ?role=admin as conn.query only."""
+    owner = Objects(objects=[Vault, Ledger], database_url=sql_backend.url,
+                    schema=sql_backend.schema, node_id="owner", create_tables=True)
+    edge = Objects(objects=[Vault, Ledger], database_url=sql_backend.url,
+                   schema=sql_backend.schema, node_id="edge", authorize=_authorize_user)
+    app = FastAPI(lifespan=edge.lifespan)
+    app.include_router(edge.router)
+    async with owner:
+        assert await owner.get(Vault, "r").increment() == 1  # the owner holds it
+        async with LiveServer(app) as server, connect(
+            server.ws_url("/objects/vault/r/ws?role=admin")
+        ) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "objects:attached"
+            who = json.loads(await asyncio.wait_for(ws.recv(), 10))["payload"]
+            assert who == {"query": {"role": "admin"}, "auth": {"user": "ann"}}
+            await ws.send(json.dumps({"ref": 1, "call": "admin_reset", "args": {}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["error"]["type"] == (
+                "forbidden")
+            await ws.send(json.dumps({"ref": 2, "call": "increment", "args": {}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["result"] == 2
+        assert owner.stats().relayed == 1
