@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import httpx2
@@ -24,7 +23,6 @@ from fastapi_objects._exceptions import InvalidArguments, UnknownMethod
 from fastapi_objects.cluster import Signer
 from fastapi_objects.cluster.channel import CHANNEL_PATH
 from fastapi_objects.cluster.listener import WEBSOCKET_PREFIX
-from fastapi_objects.storage import open_storage
 from tests._support import wait_until
 from tests.conftest import Backend
 
@@ -54,16 +52,6 @@ class Tally(DurableObject[TallyState]):
 
     async def boom(self) -> None:
         raise RuntimeError("secret detail")
-
-
-@pytest.fixture
-async def durable(backend: Backend) -> AsyncIterator[Backend]:
-    if backend.name == "memory":
-        pytest.skip("nodes share a durable database")
-    storage = open_storage(backend.url, schema=backend.schema)
-    await storage.create_tables()
-    await storage.close()
-    yield backend
 
 
 def _node(backend: Backend, name: str, **options: object) -> Runtime:

@@ -15,7 +15,6 @@ import hmac
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -47,16 +46,6 @@ class Safe(DurableObject[_State]):
 
     async def on_connect(self, conn: Connection) -> None:
         conn.send("who", {"query": conn.query, "auth": conn.auth})
-
-
-@pytest.fixture
-async def durable(backend: Backend) -> AsyncIterator[Backend]:
-    if backend.name == "memory":
-        pytest.skip("nodes share a durable database")
-    storage = open_storage(backend.url, schema=backend.schema)
-    await storage.create_tables()
-    await storage.close()
-    yield backend
 
 
 def _objects(backend: Backend, node_id: str) -> Objects:
