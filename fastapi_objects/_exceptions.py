@@ -33,8 +33,6 @@ come from bugs: clients see them as ``internal_error`` with an id that is in the
 
 from __future__ import annotations
 
-import logging
-import uuid
 from typing import Self
 
 
@@ -63,6 +61,9 @@ class ObjectsError(Exception):
         server's log)``, and the log ``error 3f2a... (storage_unavailable): storage refused
         the transaction: <the driver's message>``.
         """
+        import logging  # here: the CLI's --help imports this module, and counts milliseconds
+        import uuid
+
         error_id = uuid.uuid4().hex[:16]
         text = f"{what}: {detail}"
         logging.getLogger("fastapi_objects").warning("error %s (%s): %s", error_id, cls.type, text)
