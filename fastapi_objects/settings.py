@@ -146,6 +146,13 @@ class ObjectsSettings(BaseSettings):
     """Concurrent calls per websocket connection."""
     max_outbox: int = Field(default=1024, ge=1)
     """Frames queued to one client before it is closed as too slow (4408)."""
+    max_outbox_bytes: int = Field(default=8 << 20, ge=1024)
+    """Characters of JSON text (bytes, for ASCII) queued to one client before it is closed as
+    too slow (4408): a client that stops reading holds at most this much of the server's
+    memory."""
+    send_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds one frame may take to leave for a client (it is not reading: the network
+    pushes back) before the client is closed as too slow (4408)."""
 
     _database_url_source: str = PrivateAttr(default=_DEFAULT_SOURCE)
 
@@ -224,3 +231,5 @@ class Options(TypedDict, total=False):
     max_frame_bytes: int | None
     max_calls_in_flight: int | None
     max_outbox: int | None
+    max_outbox_bytes: int | None
+    send_timeout: float | None

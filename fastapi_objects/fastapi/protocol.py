@@ -11,9 +11,11 @@ Close codes (``CloseCode``)::
     1013 TOO_MANY_CLIENTS  the object has max_connections clients already
     4400 INVALID_KEY       the key in the URL is not a valid key
     4401 UNAUTHORIZED      ``authorize`` said no
-    4403 FORBIDDEN         the Origin is not allowed, or on_connect rejected the client
+    4403 FORBIDDEN         the type is not public, the Origin is not allowed, or on_connect
+                           rejected the client
     4404 UNKNOWN_TYPE      no object type of that name
-    4408 TOO_SLOW          the client fell ``max_outbox`` frames behind
+    4408 TOO_SLOW          the client fell ``max_outbox`` frames or ``max_outbox_bytes``
+                           behind, or did not take a frame within ``send_timeout``
 
 Codes 4400-4499 other than 4408 are refusals: retrying the same attach cannot help.
 """
@@ -30,6 +32,7 @@ from ..runtime.connection import RESERVED_EVENT_PREFIX
 
 __all__ = [
     "ATTACHED",
+    "FORBIDDEN",
     "FRAME_TOO_LARGE",
     "INTERNAL_ERROR",
     "INVALID_FRAME",
@@ -45,6 +48,9 @@ ATTACHED = RESERVED_EVENT_PREFIX + "attached"
 
 INVALID_FRAME = "invalid_frame"
 """Error type: the frame is not JSON, not an object, or not a call/event of the right shape."""
+
+FORBIDDEN = "forbidden"
+"""Error type: the frame calls a method that is not ``@client_callable``; nothing ran."""
 
 FRAME_TOO_LARGE = "frame_too_large"
 """Error type: the frame is over ``max_frame_bytes``."""

@@ -1,11 +1,12 @@
 """One attached client's session: its frames in, its replies and broadcasts out (DESIGN §3).
 
-Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event", "payload"}``
-(a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
+Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event",
+"payload"}`` (a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
 "objects:attached", "payload": {"connection": id}}`` once attached, then ``{"ref", "ok": true,
-"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts
-``{"topic", "event", "payload"}``. Frames are strict JSON text: a binary frame, like any
-malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
+"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts ``{"topic",
+"event", "payload"}``. A call may run only a method marked ``@client_callable`` (else a
+``forbidden`` error frame, and nothing runs). Frames are strict JSON text: a binary frame, like
+any malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from ..pubsub import Message, Subscription
 from ..runtime.connection import Connection
 from ..runtime.routing import Elsewhere
 from .errors import error_body, internal_error
+from .outbox import Outbox, encode_broadcast
 from .protocol import (
     ATTACHED,
+    FORBIDDEN,
     FRAME_TOO_LARGE,
     INVALID_FRAME,
     RESERVED_EVENT_PREFIX,
@@ -42,27 +45,6 @@ if TYPE_CHECKING:
     from .objects import Objects
 
 log = logging.getLogger("fastapi_objects")
-
-_last_broadcast: tuple[Message | None, str] = (None, "")
-
-
-def _encode_broadcast(message: Message) -> str:
-    # Fan-out hands the same Message to every client of a topic: encode it once, not N times.
-    # The cache is read once into a local: runtimes in other threads (several servers in one
-    # process) share it, and a second read could return another thread's frame.
-    global _last_broadcast
-    cached, text = _last_broadcast
-    if cached is not message:
-        frame = {"topic": message.topic, "event": message.event, "payload": message.payload}
-        try:
-            text = encode_frame(frame)
-        except ValueError as exc:
-            # Already committed and published: the clients hear that a frame was refused.
-            error = internal_error(exc, f"broadcast {message.topic!r}/{message.event!r}")
-            text = encode_frame({"ref": None, "ok": False, "error": error})
-        _last_broadcast = (message, text)
-    return text
-
 
 class Session:
     """One attached client: a reader (this task), a writer task and a broadcast forwarder."""
@@ -82,8 +64,7 @@ class Session:
         self.cls = cls
         self.key = key
         self.topic = f"{cls.type_name}:{key}"
-        # Unbounded queue, bounded by _push: a close marker must always fit.
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outbox = Outbox(objects.max_outbox, objects.max_outbox_bytes)
         # Until attached, frames wait here so that objects:attached goes first; broadcasts wait
         # as messages, since whether one excludes this client is known only once attached.
         self.held: list[str | Message] | None = []
@@ -103,28 +84,32 @@ class Session:
         self._push(text)
 
     def close(self, code: int, reason: str) -> None:
-        """Close after the frames already queued."""
+        """Close after the frames already queued (a client too slow: at once, dropping them)."""
         if self.close_with is None:
             self.close_with = (code, reason[:120])
-            self.outbox.put_nowait(None)
+            # A client too slow is not reading what waits: free that memory now.
+            self.outbox.end(drop=code == CloseCode.TOO_SLOW)
 
     def _push(self, item: str | Message) -> None:
         if self.close_with is not None:
             return
         held = self.held
-        queued = len(held) if held is not None else self.outbox.qsize()
-        if queued >= self.objects.max_outbox:
-            self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
-        elif held is not None:
-            held.append(item)
-        elif isinstance(item, str):
-            self.outbox.put_nowait(item)
-        elif self.conn is None or item.exclude != self.conn.id:
-            self.outbox.put_nowait(_encode_broadcast(item))
+        if held is not None:
+            if len(held) < self.objects.max_outbox:
+                held.append(item)
+                return
+        elif isinstance(item, Message):
+            if self.conn is not None and item.exclude == self.conn.id:
+                return
+            if self.outbox.put(encode_broadcast(item)):
+                return
+        elif self.outbox.put(item):
+            return
+        self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
 
     # -- the session -------------------------------------------------------------------------
 
-    async def run(self, params: dict[str, Any]) -> Elsewhere | None:
+    async def run(self, query: dict[str, str], auth: dict[str, Any]) -> Elsewhere | None:
         """Serve the client until it leaves; ``Elsewhere`` (nothing sent) if not the owner."""
         writer = asyncio.create_task(self._write())
         moved: Elsewhere | None = None
@@ -134,7 +119,7 @@ class Session:
             ) as sub:
                 forwarder = asyncio.create_task(self._forward(sub))
                 try:
-                    await self._attach_and_read(params)
+                    await self._attach_and_read(query, auth)
                 except Elsewhere as owner:
                     moved = owner
                 finally:
@@ -157,10 +142,10 @@ class Session:
                     writer.cancel()
         return moved
 
-    async def _attach_and_read(self, params: dict[str, Any]) -> None:
+    async def _attach_and_read(self, query: dict[str, str], auth: dict[str, Any]) -> None:
         try:
             conn = await self.objects.runtime.attach(
-                self.cls, self.key, self, params, relayed=self.relayed
+                self.cls, self.key, self, query=query, auth=auth, relayed=self.relayed
             )
         except Elsewhere:
             raise  # another node owns it: serve_websocket relays the client there
@@ -202,12 +187,17 @@ class Session:
 
     async def _write(self) -> None:
         ws = self.websocket
+        timeout = self.objects.send_timeout
         try:
             while True:
                 text = await self.outbox.get()
                 if text is None:
                     break
-                await ws.send_text(text)
+                try:
+                    await asyncio.wait_for(ws.send_text(text), timeout)
+                except TimeoutError:
+                    self.close(CloseCode.TOO_SLOW, "client too slow: a frame was not taken "
+                               f"within {timeout:g}s")
             code, reason = self.close_with or (CloseCode.NORMAL, "")
             await ws.close(code, reason)
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -250,6 +240,9 @@ class Session:
                 # Its reply could not be matched to it: refuse it rather than run it blind.
                 self._error(None, INVALID_FRAME, 'a call needs a "ref" (a string or a number) '
                             "to match its reply")
+            elif not self._client_callable(method):
+                self._error(ref, FORBIDDEN, f"{self.cls.type_name}.{method}() is not callable "
+                            "from clients (only methods marked @client_callable are)")
             else:
                 self._spawn(ref, self._call(ref, method, args))
         elif "event" in frame:
@@ -263,6 +256,11 @@ class Session:
                 self._spawn(ref, self._event(ref, frame))
         else:
             self._error(ref, INVALID_FRAME, 'a frame needs "call" (with "args") or "event"')
+
+    def _client_callable(self, method: str) -> bool:
+        # A name that is no method at all goes on, to be answered unknown_method.
+        spec = self.cls.__objects_methods__.get(method)
+        return spec is None or spec.client_callable
 
     def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> None:
         if len(self.calls) >= self.objects.max_calls_in_flight:

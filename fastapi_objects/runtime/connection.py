@@ -39,18 +39,30 @@ class Connection:
     """A client attached to an object, with its own small state and tags.
 
     ``state`` is JSON (at most 16 KB encoded; assign a new dict to change it) and lives as
-    long as the connection; ``tags`` group connections for ``self.connections(tag=...)``;
-    ``params`` holds what the client sent when attaching (query parameters) and what the
-    app's ``authorize`` returned.
+    long as the connection; ``tags`` group connections for ``self.connections(tag=...)``.
+
+    Two dicts say who the client is, and they are never mixed: ``query`` holds the attach
+    URL's query parameters, which the client chose (untrusted: a display name, a filter), and
+    ``auth`` holds what the app's ``authorize`` returned (a dict; ``{}`` when it returned
+    ``True`` or there is none), which the client cannot forge. A ``?role=admin`` lands in
+    ``query``, never in ``auth``.
     """
 
-    __slots__ = ("_state", "_transport", "activation", "id", "params", "tags", "topic")
+    __slots__ = ("_state", "_transport", "activation", "auth", "id", "query", "tags", "topic")
 
-    def __init__(self, topic: str, transport: Transport, params: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        topic: str,
+        transport: Transport,
+        *,
+        query: dict[str, str] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.topic = topic
         self.tags: set[str] = set()
-        self.params: dict[str, Any] = params or {}
+        self.query: dict[str, str] = query or {}
+        self.auth: dict[str, Any] = auth or {}
         self._state: dict[str, Any] = {}
         self._transport = transport
         self.activation: Activation | None = None

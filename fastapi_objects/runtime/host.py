@@ -24,6 +24,7 @@ from .connection import Connection, Transport
 from .keys import validate_key
 from .object import DurableObject
 from .placement import choose
+from .queue import QUEUE_TYPE
 from .routing import Elsewhere, Router
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer
@@ -133,7 +134,7 @@ class Host:
         """The registered class for ``type_name``, or ``UnknownObjectType``."""
         cls = self.types.get(type_name)
         if cls is None:
-            known = ", ".join(sorted(n for n, c in self.types.items() if c.public)) or "none"
+            known = ", ".join(sorted(n for n in self.types if n != QUEUE_TYPE)) or "none"
             raise UnknownObjectType(f"unknown object type {type_name!r} (registered: {known})")
         return cls
 
@@ -222,8 +223,9 @@ class Host:
         cls: type[DurableObject[Any]],
         key: str,
         transport: Transport,
-        params: dict[str, Any] | None = None,
         *,
+        query: dict[str, str] | None = None,
+        auth: dict[str, Any] | None = None,
         relayed: bool = False,
     ) -> Connection:
         """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject).
@@ -233,7 +235,7 @@ class Host:
         this one named as the owner (so the database decides, not this node's memory).
         """
         key = validate_key(key)
-        conn = Connection(f"{cls.type_name}:{key}", transport, params)
+        conn = Connection(f"{cls.type_name}:{key}", transport, query=query, auth=auth)
         if relayed:
             self.counters.relayed += 1
         async with asyncio.timeout(cls.call_timeout):

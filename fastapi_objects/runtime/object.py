@@ -48,6 +48,8 @@ class DurableObject(Generic[S]):
 
     Public ``async def`` methods are callable through a ``Handle``; calls run one turn at a time
     and each turn that changed ``self.state`` is committed before its caller gets the result.
+    Browsers reach nothing unless the class says so: ``public = True`` to attach, and
+    ``@client_callable`` on each method a client frame may call.
 
     Example::
 
@@ -67,7 +69,8 @@ class DurableObject(Generic[S]):
     ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
     ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
     ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
-    then marked failed), ``public`` (browsers may attach through ``objects.router``).
+    then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
+    ``objects.router`` and call the methods marked ``@client_callable``).
     """
 
     type_name: ClassVar[str]
@@ -79,7 +82,7 @@ class DurableObject(Generic[S]):
     max_connections: ClassVar[int] = 32_768
     placement: ClassVar[Literal["local", "hash", "region"]] = "local"
     region: ClassVar[str | None] = None
-    public: ClassVar[bool] = True  # reachable from the web router's websocket endpoint
+    public: ClassVar[bool] = False  # True: browsers may attach through objects.router
     alarm_retries: ClassVar[int] = 6
     alarm_backoff: ClassVar[float] = 2.0
     __objects_methods__: ClassVar[dict[str, MethodSpec]]

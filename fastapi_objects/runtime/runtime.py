@@ -253,16 +253,21 @@ class Runtime:
         cls: type[DurableObject[Any]],
         key: str,
         transport: Transport,
-        params: dict[str, Any] | None = None,
         *,
+        query: dict[str, str] | None = None,
+        auth: dict[str, Any] | None = None,
         relayed: bool = False,
     ) -> Connection:
         """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject).
 
-        Raises ``Elsewhere`` when another node owns the object (the web integration relays
-        the client there); ``relayed``: the client comes from such a relay.
+        ``query`` (the client's own, untrusted) and ``auth`` (what the app vouches for)
+        become ``conn.query`` and ``conn.auth``. Raises ``Elsewhere`` when another node owns
+        the object (the web integration relays the client there); ``relayed``: the client
+        comes from such a relay.
         """
-        return await self._host.attach(cls, key, transport, params, relayed=relayed)
+        return await self._host.attach(
+            cls, key, transport, query=query, auth=auth, relayed=relayed
+        )
 
     async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
         """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""

@@ -60,7 +60,7 @@ class SQLiteWorker:
     def _open(self) -> sa.Connection:
         raw = self._raw = open_sqlite(self.path)
         engine = sa.create_engine(
-            "sqlite://", creator=lambda: raw, poolclass=StaticPool,
+            "sqlite://", creator=lambda: raw, poolclass=StaticPool, hide_parameters=True,
             json_serializer=_dumps, json_deserializer=pydantic_core.from_json,
         )
         self._conn = engine.connect()

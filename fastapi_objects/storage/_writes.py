@@ -189,7 +189,7 @@ class PostgresWrites:
         try:
             conn = self._free.pop() if self._free else await self._connect()
         except Exception as exc:
-            raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc!r}") from exc
+            raise StorageUnavailable.hiding("cannot connect to PostgreSQL", repr(exc)) from exc
         args = [params[n] for n in order]
         for attempt in range(1, _ATTEMPTS + 1):
             try:
@@ -205,15 +205,15 @@ class PostgresWrites:
                 # abort and nothing of it was applied: run it again.
                 if attempt == _ATTEMPTS:
                     self._free.append(conn)
-                    raise StorageUnavailable(
-                        f"PostgreSQL kept aborting the statement: {exc!r}"
+                    raise StorageUnavailable.hiding(
+                        "PostgreSQL kept aborting the statement", repr(exc)
                     ) from exc
                 await asyncio.sleep(0.005 * attempt)
             except BaseException as exc:
                 conn.terminate()  # broken, or left mid-statement: never reuse it
                 if isinstance(exc, Exception):
-                    raise StorageUnavailable(
-                        f"PostgreSQL refused or lost the statement: {exc!r}"
+                    raise StorageUnavailable.hiding(
+                        "PostgreSQL refused or lost the statement", repr(exc)
                     ) from exc
                 raise
             else:

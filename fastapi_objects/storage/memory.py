@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -39,6 +40,7 @@ class MemoryStorage(Storage):
         self._nodes: dict[str, NodeInfo] = {}
         self._owners: dict[tuple[str, str], tuple[str | None, int]] = {}
         self._alarms: dict[tuple[str, str, str], tuple[Alarm, float]] = {}  # alarm, taken until
+        self._secret: str | None = None
 
     async def create_tables(self) -> None:
         """Nothing to create."""
@@ -175,6 +177,12 @@ class MemoryStorage(Storage):
         for node_id in dead:
             del self._nodes[node_id]
         return len(dead)
+
+    async def cluster_secret(self) -> str:
+        """A secret of this storage's own (its nodes share one process)."""
+        if self._secret is None:
+            self._secret = secrets.token_hex(32)
+        return self._secret
 
     async def deregister_node(self, node_id: str) -> None:
         """Release the node's objects and forget it."""
