@@ -22,9 +22,8 @@ from .._exceptions import (
     ConnectionRejected,
     ObjectsError,
     Overloaded,
-    SubscriptionOverflow,
 )
-from ..pubsub import Message, Subscription
+from ..pubsub import Message
 from ..runtime.connection import Connection
 from ..runtime.routing import Elsewhere
 from .errors import error_body, internal_error
@@ -71,6 +70,9 @@ class Session:
         self.close_with: tuple[int, str] | None = None
         self.conn: Connection | None = None
         self.calls: set[asyncio.Task[None]] = set()
+        self.writer: asyncio.Task[None] | None = None
+        self.sending_since: float | None = None  # when the send under way began
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- Transport (what the runtime calls) --------------------------------------------------
 
@@ -111,19 +113,17 @@ class Session:
 
     async def run(self, query: dict[str, str], auth: dict[str, Any]) -> Elsewhere | None:
         """Serve the client until it leaves; ``Elsewhere`` (nothing sent) if not the owner."""
-        writer = asyncio.create_task(self._write())
+        writer = self.writer = asyncio.create_task(self._write())
         moved: Elsewhere | None = None
         try:
-            async with self.objects.subscribe(
-                self.topic, max_queue=self.objects.max_outbox
-            ) as sub:
-                forwarder = asyncio.create_task(self._forward(sub))
+            # Broadcasts go straight into the outbox as they are delivered: no queue of the
+            # pub/sub's and no task to wake per client and message (fan-out to thousands).
+            with self.objects.runtime.pubsub.listen(self.topic, self._push):
                 try:
                     await self._attach_and_read(query, auth)
                 except Elsewhere as owner:
                     moved = owner
                 finally:
-                    forwarder.cancel()
                     for task in list(self.calls):
                         task.cancel()
                     if self.conn is not None:
@@ -186,29 +186,57 @@ class Session:
             self._push(item)
 
     async def _write(self) -> None:
+        """Send what the outbox holds, in order; then close.
+
+        A send normally completes at once (the server's transport takes the bytes); it waits
+        only when the network pushes back. A watchdog, not a timer per frame, closes a client
+        whose send waited past ``send_timeout``.
+        """
         ws = self.websocket
-        timeout = self.objects.send_timeout
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self.objects.send_timeout, self._watch)
         try:
             while True:
                 text = await self.outbox.get()
                 if text is None:
                     break
-                try:
-                    await asyncio.wait_for(ws.send_text(text), timeout)
-                except TimeoutError:
-                    self.close(CloseCode.TOO_SLOW, "client too slow: a frame was not taken "
-                               f"within {timeout:g}s")
+                self.sending_since = loop.time()
+                await ws.send_text(text)
+                self.sending_since = None
             code, reason = self.close_with or (CloseCode.NORMAL, "")
             await ws.close(code, reason)
+        except asyncio.CancelledError:
+            if self.close_with is None or self.close_with[0] != CloseCode.TOO_SLOW:
+                raise
+            await self._abort()  # the watchdog stopped a send the client never took
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client is already gone
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
 
-    async def _forward(self, sub: Subscription) -> None:
+    def _watch(self) -> None:
+        """Every ``send_timeout``: close the client if a send has waited that long."""
+        timeout = self.objects.send_timeout
+        loop = asyncio.get_running_loop()
+        since = self.sending_since
+        if since is not None and loop.time() - since >= timeout:
+            self.close(CloseCode.TOO_SLOW, f"client too slow: a frame was not taken within "
+                       f"{timeout:g}s")
+            if self.writer is not None:
+                self.writer.cancel()
+            return
+        wait = timeout if since is None else timeout - (loop.time() - since)
+        self._watchdog = loop.call_later(wait, self._watch)
+
+    async def _abort(self) -> None:
+        # The close frame queues behind what the client has not read (the server's
+        # keep-alive pings end a client that never reads again).
+        code, reason = self.close_with or (CloseCode.TOO_SLOW, "")
         try:
-            async for message in sub:
-                self._push(message)
-        except SubscriptionOverflow:
-            self.close(CloseCode.TOO_SLOW, "client too slow: broadcasts backed up")
+            await self.websocket.close(code, reason)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
 
     # -- incoming frames ---------------------------------------------------------------------
 
