@@ -108,6 +108,9 @@ class ObjectsSettings(BaseSettings):
     """Create missing tables on start; default: on SQLite and memory, not on PostgreSQL."""
     max_batch: int = Field(default=512, ge=1, le=10_000)
     """Most objects' commits in one transaction."""
+    max_active: int = Field(default=100_000, ge=1)
+    """Most objects live on this node at once; past it the least recently used idle ones
+    hibernate to make room (``Overloaded`` only when none can)."""
 
     node_ttl: float = Field(default=10.0, gt=0.3, le=3600)
     """Seconds after its last heartbeat that a node counts as dead (heartbeat every ttl/3)."""
@@ -218,6 +221,7 @@ class Options(TypedDict, total=False):
     schema: str | None
     create_tables: bool | None
     max_batch: int | None
+    max_active: int | None
     node_ttl: float | None
     node_id: str | None
     region: str | None

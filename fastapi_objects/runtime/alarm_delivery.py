@@ -61,7 +61,7 @@ class AlarmDelivery:
         activations: dict[tuple[str, str], Activation],
         route: Route,
         serve_here: Route,
-        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], object],
     ) -> None:
         self._types = types
         self._storage = storage

@@ -47,7 +47,10 @@ class ActivationHost(Protocol):
     def forget(self, act: Activation) -> None:
         """Remove a closed activation from the registry."""
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def leave(self, act: Activation, leaving: bool) -> None:
+        """Count ``act`` as on its way out of memory to make room (or no longer)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task owned by the node."""
 
     def publish_nowait(

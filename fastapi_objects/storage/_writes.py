@@ -122,10 +122,18 @@ class PostgresWrites:
             sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
             sa.bindparam("statuses", type_=text),
         )
+        # A released object that was never committed leaves no owner row behind (a client
+        # attaching to random keys must not grow the table for good); the others keep theirs
+        # (its epoch), with no owner.
         self._release = sa.text(
-            f"UPDATE {o} o SET node_id = NULL FROM unnest(:types, :keys, :epochs) "
-            "AS v(type, key, epoch) WHERE o.type = v.type AND o.key = v.key "
-            "AND o.node_id = :node AND o.epoch = v.epoch"
+            "WITH v AS MATERIALIZED (SELECT * FROM unnest(:types, :keys, :epochs) "
+            "AS v(type, key, epoch)), "
+            f"gone AS (DELETE FROM {o} o USING v WHERE o.type = v.type AND o.key = v.key "
+            "AND o.node_id = :node AND o.epoch = v.epoch AND NOT EXISTS (SELECT 1 FROM "
+            f"{cp} c WHERE c.type = o.type AND c.key = o.key) RETURNING o.type, o.key) "
+            f"UPDATE {o} o SET node_id = NULL FROM v WHERE o.type = v.type AND o.key = v.key "
+            "AND o.node_id = :node AND o.epoch = v.epoch AND NOT EXISTS "
+            "(SELECT 1 FROM gone g WHERE g.type = o.type AND g.key = o.key)"
         ).bindparams(
             sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
             sa.bindparam("epochs", type_=big), sa.bindparam("node", type_=sa.Text()),

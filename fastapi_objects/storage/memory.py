@@ -100,7 +100,10 @@ class MemoryStorage(Storage):
                 self._checkpoints[(s.type, s.key)] = replace(old, status=s.status)
             owner = self._owners.get((s.type, s.key))
             if s.release_epoch is not None and owner == (node_id, s.release_epoch):
-                self._owners[(s.type, s.key)] = (None, s.release_epoch)
+                if (s.type, s.key) in self._checkpoints:
+                    self._owners[(s.type, s.key)] = (None, s.release_epoch)
+                else:  # never committed: no owner row left behind
+                    del self._owners[(s.type, s.key)]
         return result
 
     # -- alarms --------------------------------------------------------------------------------
@@ -176,6 +179,9 @@ class MemoryStorage(Storage):
         dead = [i for i, n in self._nodes.items() if n.heartbeat_at < cutoff]
         for node_id in dead:
             del self._nodes[node_id]
+        for ident, (owner, _) in list(self._owners.items()):  # never committed, nobody's
+            if ident not in self._checkpoints and (owner is None or owner not in self._nodes):
+                del self._owners[ident]
         return len(dead)
 
     async def cluster_secret(self) -> str:

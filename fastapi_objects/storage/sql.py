@@ -73,7 +73,8 @@ class SQLStorage(Storage):
             self.metadata.tables[prefix + "objects_alarms"], postgres=not self._sqlite
         )
         self._owners = SQLOwners(
-            self.metadata.tables[prefix + "objects_nodes"], owners, postgres=not self._sqlite
+            self.metadata.tables[prefix + "objects_nodes"], owners, self.checkpoints,
+            postgres=not self._sqlite,
         )
         self._writer: SQLiteWorker | None = None
         self._reader: SQLiteWorker | None = None
