@@ -103,9 +103,9 @@ async def test_10000_attaches_to_random_keys_leave_memory_bounded_and_no_owner_r
         async def client() -> None:
             nonlocal peak
             for key in rt_keys:
-                conn = await rt.attach(Tally, key, Silent())
+                conn = await rt.gateway.attach(Tally, key, Silent())
                 peak = max(peak, rt.stats().active)
-                await rt.detach(conn)
+                await rt.gateway.detach(conn)
 
         await asyncio.gather(*(client() for _ in range(32)))
         assert peak <= 100 + 32  # the cap, plus the attaches in flight while victims leave

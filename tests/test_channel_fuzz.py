@@ -73,7 +73,7 @@ async def channel(tmp_path: Path) -> AsyncIterator[ClientConnection]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'fuzz.db'}"
     async with Runtime(objects=[Target], database_url=url, node_id="owner",
                        create_tables=True) as rt:
-        address = rt.routing.node.address
+        address = rt._host.routing.node.address
         assert address is not None
         signer = Signer((await rt.storage.cluster_secret()).encode(), "peer")
         headers = signer.headers("GET", CHANNEL_PATH + "?", b"", "owner")

@@ -115,7 +115,7 @@ async def test_nodes_alive_dead_and_owned_and_the_owner_of_each_object(
             out = await database.objects_process("nodes", env={"OBJECTS_NODE_TTL": str(TTL)})
             assert out.splitlines()[0].startswith("database: ")
             first = cells(out, "alpha")
-            assert first[1] == alpha.routing.node.address and first[1].startswith("http://")
+            assert first[1] == alpha._host.routing.node.address and first[1].startswith("http://")
             assert first[2:5] == ["iad", "m-alpha", str(os.getpid())]
             assert float(first[5]) < TTL and first[6:] == ["alive", "2"]
             assert cells(out, "beta")[2:4] == ["-", "-"]

@@ -75,7 +75,7 @@ async def test_one_owner_and_calls_forwarded_to_it(durable: Backend) -> None:
             await c.call(Tally, "k", "add", {"by": "many"})
         with pytest.raises(UnknownMethod):
             await c.call(Tally, "k", "nope", {})
-        assert b.routing.forwarder is not None and b.routing.forwarder.forwarded >= 30
+        assert b._host.routing.forwarder is not None and b._host.routing.forwarder.forwarded >= 30
         assert len(a._host.activations) == 1 and not b._host.activations and not c._host.activations
 
 
@@ -122,7 +122,7 @@ async def test_a_graceful_stop_under_forwarded_load_fails_no_call(durable: Backe
         for k in keys:
             assert sorted(answers[k]) == list(range(1, len(answers[k]) + 1))  # none lost or twice
             assert await b.get(Tally, k).add(0) == len(answers[k])
-        assert b.routing.forwarder is not None and b.routing.forwarder.forwarded >= 200
+        assert b._host.routing.forwarder is not None and b._host.routing.forwarder.forwarded >= 200
 
 
 async def test_a_hibernated_object_moves_to_the_next_caller(durable: Backend) -> None:
@@ -165,7 +165,7 @@ async def test_internal_calls_must_be_signed(durable: Backend) -> None:
     open one get an answer or are dropped, and the channel keeps working."""
     async with _node(durable, "a") as a:
         assert await a.get(Tally, "k").add() == 1
-        address = a.routing.node.address
+        address = a._host.routing.node.address
         assert address is not None
         url = "ws" + address.removeprefix("http") + CHANNEL_PATH
         target = CHANNEL_PATH + "?"
@@ -243,7 +243,8 @@ async def test_hash_placement_activates_each_key_on_its_rendezvous_node(
 
     async with node("a") as a, node("b") as b, node("c") as c:
         for rt in (a, b, c):
-            await wait_until(lambda rt=rt: len(rt.routing.node.live) == 3, what="3 live nodes")
+            await wait_until(lambda rt=rt: len(rt._host.routing.node.live) == 3,
+                             what="3 live nodes")
         keys = [f"k{i}" for i in range(24)]
         for i, key in enumerate(keys):  # calls land on every node
             await (a, b, c)[i % 3].get(Spread, key).add()
@@ -259,7 +260,7 @@ async def test_region_placement_activates_in_the_region(durable: Backend) -> Non
                        node_id=name, region=region, node_ttl=3.0)
 
     async with node("iad1", "iad") as iad, node("ams1", "ams") as ams:
-        await wait_until(lambda: len(iad.routing.node.live) == 2, what="2 live nodes")
+        await wait_until(lambda: len(iad._host.routing.node.live) == 2, what="2 live nodes")
         assert await iad.get(Amsterdam, "x").where() == "ams1"
         assert await ams.get(Amsterdam, "y").where() == "ams1"
     async with node("iad2", "iad") as alone:  # no node in the region: activated here

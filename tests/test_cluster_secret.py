@@ -91,7 +91,7 @@ async def test_nodes_share_a_random_secret_kept_in_their_database(durable: Backe
 async def test_a_call_signed_with_the_url_derived_secret_is_refused(durable: Backend) -> None:
     async with _objects(durable, "a") as a:
         assert await a.get(Safe, "k").add() == 1
-        address = a.runtime.routing.node.address
+        address = a.runtime._host.routing.node.address
         assert address is not None
         forged = Signer(_url_derived_secret(durable), "b")
         channel = _ws(address, CHANNEL_PATH)
@@ -110,7 +110,7 @@ def _relay_target(key: str, query: dict[str, Any], auth: dict[str, Any]) -> str:
 
 async def test_the_relay_path_rests_on_the_signature_alone(durable: Backend) -> None:
     async with _objects(durable, "a") as a:
-        address = a.runtime.routing.node.address
+        address = a.runtime._host.routing.node.address
         assert address is not None
         target = _relay_target("r", {"role": "admin"}, {"user": "ann"})
         url = _ws(address, target)
@@ -157,7 +157,7 @@ async def test_a_non_ascii_signature_is_401_with_no_traceback(
     durable: Backend, signature: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with _objects(durable, "a") as a:
-        address = a.runtime.routing.node.address
+        address = a.runtime._host.routing.node.address
         assert address is not None
         secret = (await a.storage.cluster_secret()).encode()
         headers = Signer(secret, "b").headers("GET", CHANNEL_PATH + "?", b"", "a")
@@ -175,7 +175,7 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
 
 async def test_a_misdirected_call_names_no_node(durable: Backend) -> None:
     async with _objects(durable, "node-a7") as a:
-        address = a.runtime.routing.node.address
+        address = a.runtime._host.routing.node.address
         assert address is not None
         secret = (await a.storage.cluster_secret()).encode()
         headers = Signer(secret, "node-b3").headers("GET", CHANNEL_PATH + "?", b"", "node-z9")
@@ -201,7 +201,7 @@ async def test_a_node_without_the_version_4_table_says_what_to_do_and_keeps_tryi
         assert await node.get(Safe, "k").add() == 1  # it serves its own objects
         assert "storage tables version 4" in caplog.text
         assert "OBJECTS_CLUSTER_SECRET" in caplog.text
-        address = node.routing.node.address
+        address = node._host.routing.node.address
         assert address is not None
         headers = Signer(b"anything", "b").headers("GET", CHANNEL_PATH + "?", b"", "a")
         status, body = await _status(_ws(address, CHANNEL_PATH), headers)
@@ -215,7 +215,7 @@ async def test_a_node_without_the_version_4_table_says_what_to_do_and_keeps_tryi
             secret = await engine.cluster_secret()
         finally:
             await engine.close()
-        await wait_until(lambda: node.routing.signer.secret == secret.encode(),
+        await wait_until(lambda: node._host.routing.signer.secret == secret.encode(),
                          what="the node to read the new secret")
         good = Signer(secret.encode(), "b").headers("GET", CHANNEL_PATH + "?", b"", "a")
         async with connect(_ws(address, CHANNEL_PATH), additional_headers=good):

@@ -81,7 +81,7 @@ class Objects:
         self.send_timeout = web.send_timeout
         self._router: APIRouter | None = None
         # Clients that attach on another node are relayed here (the owner) through this.
-        self.runtime.routing.websocket_app = internal_websocket_app(self)
+        self.runtime.gateway.accept_relays(internal_websocket_app(self))
         # The runtime's public methods, as this app's own (one object, one set of names).
         runtime = self.runtime
         self.get = runtime.get

@@ -23,12 +23,11 @@ Codes 4400-4499 other than 4408 are refusals: retrying the same attach cannot he
 from __future__ import annotations
 
 import math
-from enum import IntEnum
 from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from ..runtime.connection import RESERVED_EVENT_PREFIX
+from ..runtime.connection import RESERVED_EVENT_PREFIX, CloseCode
 
 __all__ = [
     "ATTACHED",
@@ -58,20 +57,6 @@ FRAME_TOO_LARGE = "frame_too_large"
 INTERNAL_ERROR = "internal_error"
 """Error type: the server's or the app's code failed; the message is ``internal error <id>``
 and the log holds the traceback under that id."""
-
-
-class CloseCode(IntEnum):
-    """Websocket close codes the server uses (see the module docstring)."""
-
-    NORMAL = 1000
-    ATTACH_FAILED = 1011
-    RELOADED = 1012
-    TOO_MANY_CLIENTS = 1013
-    INVALID_KEY = 4400
-    UNAUTHORIZED = 4401
-    FORBIDDEN = 4403
-    UNKNOWN_TYPE = 4404
-    TOO_SLOW = 4408
 
 
 def encode_frame(frame: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..cluster import Unauthorized
 from ..cluster.listener import WEBSOCKET_PREFIX, Receive, Scope, Send
-from ..runtime.routing import Elsewhere
+from ..runtime.gateway import Elsewhere
 from .protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -54,21 +54,21 @@ async def relay(
     import websockets
     from websockets.asyncio.client import connect
 
-    forwarder = objects.runtime.routing.forwarder
-    if owner.address is None or forwarder is None:
-        objects.runtime.routing.forget_owner((cls.type_name, key))
-        return False
+    gateway = objects.runtime.gateway
     # Both ride in the signed target: the owner trusts ``auth`` because only a node could
     # have signed it, and keeps it apart from the client's own ``query``.
     carried = {"query": to_json(query).decode(), "auth": to_json(auth).decode()}
     target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?{urlencode(carried, quote_via=quote)}"
+    headers = gateway.relay_headers(owner, target)
+    if headers is None or owner.address is None:
+        gateway.forget_owner(cls, key)
+        return False
     url = "ws" + owner.address.removeprefix("http") + target
     try:
-        headers = forwarder.signer.headers("GET", target, b"", owner.node_id)
         upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=5)
     except (OSError, TimeoutError, websockets.InvalidHandshake, Unauthorized) as exc:
         log.info("relay of %s:%s to %s failed: %r", cls.type_name, key, owner.node_id, exc)
-        objects.runtime.routing.forget_owner((cls.type_name, key))
+        gateway.forget_owner(cls, key)
         return False
     async with upstream:
         try:
@@ -76,7 +76,7 @@ async def relay(
         except websockets.ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else CloseCode.RELOADED
             if code == MOVED:
-                objects.runtime.routing.forget_owner((cls.type_name, key))
+                gateway.forget_owner(cls, key)
                 return False
             await _close(websocket, code, closed.rcvd.reason if closed.rcvd else "")
             return True

@@ -25,7 +25,7 @@ from .._exceptions import (
 )
 from ..pubsub import Message
 from ..runtime.connection import Connection
-from ..runtime.routing import Elsewhere
+from ..runtime.gateway import Elsewhere
 from .errors import error_body, internal_error
 from .outbox import Outbox, encode_broadcast
 from .protocol import (
@@ -118,7 +118,7 @@ class Session:
         try:
             # Broadcasts go straight into the outbox as they are delivered: no queue of the
             # pub/sub's and no task to wake per client and message (fan-out to thousands).
-            with self.objects.runtime.pubsub.listen(self.topic, self._push):
+            with self.objects.runtime.gateway.listen(self.topic, self._push):
                 try:
                     await self._attach_and_read(query, auth)
                 except Elsewhere as owner:
@@ -128,7 +128,7 @@ class Session:
                         task.cancel()
                     if self.conn is not None:
                         try:
-                            await self.objects.runtime.detach(self.conn)
+                            await self.objects.runtime.gateway.detach(self.conn)
                         except Exception:  # the client is gone either way; say why in the log
                             log.exception("%s: on_disconnect failed", self.topic)
         finally:
@@ -144,7 +144,7 @@ class Session:
 
     async def _attach_and_read(self, query: dict[str, str], auth: dict[str, Any]) -> None:
         try:
-            conn = await self.objects.runtime.attach(
+            conn = await self.objects.runtime.gateway.attach(
                 self.cls, self.key, self, query=query, auth=auth, relayed=self.relayed
             )
         except Elsewhere:
@@ -315,7 +315,7 @@ class Session:
     async def _event(self, ref: Any, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         try:
-            await self.objects.runtime.message(self.conn, frame)
+            await self.objects.runtime.gateway.message(self.conn, frame)
         except ObjectsError as exc:
             self._reply_error(ref, error_body(exc))
         except Exception as exc:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 from .._exceptions import ConnectionRejected, InvalidKey, UnknownObjectType
+from ..runtime.gateway import backoff
 from ..runtime.keys import validate_key
-from ..runtime.routing import backoff
 from .fly import REPLAY_STATUS, replay_target
 from .origins import origin_allowed
 from .protocol import CloseCode

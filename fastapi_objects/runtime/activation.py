@@ -22,6 +22,7 @@ from ..storage import Alarm, Checkpoint
 from .alarm_clock import AlarmClock
 from .alarms import uses_alarms
 from .clients import Clients
+from .connection import CloseCode
 from .gate import Gate
 from .idle import Idle
 from .object import DurableObject, EventSourced
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 # of them runs inside the running turn instead of waiting for it (which would never happen).
 _chain: ContextVar[tuple[Activation, ...]] = ContextVar("objects_call_chain", default=())
 _NO_OP_HOOKS = {DurableObject.on_activate, DurableObject.on_hibernate}
-RELOADED = 1012
-"""The websocket close code of clients whose instance was dropped: reconnect."""
 
 
 class Activation:
@@ -287,7 +286,9 @@ class Activation:
             # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls
             # failing with this close (a fenced-out commit) first get to send their errors.
             conn.activation = None
-            self.loop.call_soon(conn.close, RELOADED, f"{self.topic} was reloaded; reconnect")
+            self.loop.call_soon(
+                conn.close, CloseCode.RELOADED, f"{self.topic} was reloaded; reconnect"
+            )
         self.gate.fail_waiters(Stale)
 
     def attached(self) -> Clients:

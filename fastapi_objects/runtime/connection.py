@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic_core import to_json
@@ -23,6 +24,24 @@ def check_event(event: str) -> None:
             f"event {event!r}: names starting with {RESERVED_EVENT_PREFIX!r} are reserved for "
             "the protocol's own frames"
         )
+
+
+class CloseCode(IntEnum):
+    """Websocket close codes the server uses (``fastapi_objects.fastapi.protocol`` lists them).
+
+    Here, where both sides see them: the runtime closes clients with some (an instance
+    dropped, too many clients), the web integration with the others.
+    """
+
+    NORMAL = 1000
+    ATTACH_FAILED = 1011
+    RELOADED = 1012
+    TOO_MANY_CLIENTS = 1013
+    INVALID_KEY = 4400
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403
+    UNKNOWN_TYPE = 4404
+    TOO_SLOW = 4408
 
 
 class Transport(Protocol):
