@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConflictError, ObjectsError, Overloaded
 from ..storage import Alarm, Checkpoint
-from .alarm_clock import AlarmClock
-from .alarms import uses_alarms
+from .alarms import AlarmClock, uses_alarms
 from .clients import Clients
 from .connection import CloseCode
 from .gate import Gate

@@ -16,8 +16,7 @@ from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
 from .activation import Activation
-from .alarm_delivery import ALARM_CALL, AlarmDelivery
-from .alarms import uses_alarms
+from .alarms import ALARM_CALL, AlarmDelivery, uses_alarms
 from .calls import Calls
 from .committer import GroupCommitter
 from .connection import Connection, Transport

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import pydantic
 
 from ..storage import Alarm, AlarmWrite
-from .alarms import make_alarm
+from .alarms.schedule import make_alarm
 from .connection import check_event
 from .handle import _Handle, handle_class
 from .keys import snake_case, validate_type_name
@@ -17,7 +17,7 @@ from .methods import MethodSpec, discover
 
 if TYPE_CHECKING:
     from .activation import Activation
-    from .alarm_clock import AlarmClock
+    from .alarms import AlarmClock
     from .connection import Connection
     from .runtime import Runtime
 

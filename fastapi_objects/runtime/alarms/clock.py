@@ -8,11 +8,11 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from ..storage import Alarm, AlarmWrite
-from .alarms import completion, failure
+from ...storage import Alarm, AlarmWrite
+from .schedule import completion, failure
 
 if TYPE_CHECKING:
-    from .activation import Activation
+    from ..activation import Activation
 
 log = logging.getLogger("fastapi_objects")
 

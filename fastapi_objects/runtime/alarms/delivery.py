@@ -21,15 +21,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ObjectsError, UnknownObjectType
-from .._tasks import cancel_and_wait
-from ..cluster import ClusterNode
-from ..storage import Alarm, Storage
-from .alarms import uses_alarms
+from ..._exceptions import ObjectsError, UnknownObjectType
+from ..._tasks import cancel_and_wait
+from ...cluster import ClusterNode
+from ...storage import Alarm, Storage
+from .schedule import uses_alarms
 
 if TYPE_CHECKING:
-    from .activation import Activation
-    from .object import DurableObject
+    from ..activation import Activation
+    from ..object import DurableObject
 
 log = logging.getLogger("fastapi_objects")
 
