@@ -234,9 +234,7 @@ class Activation:
     def broadcast(self, event: str, payload: Any, exclude: str | None) -> None:
         """Publish ``event`` to the object's topic after the running turn commits."""
         host, topic = self.host, self.topic
-        self.turn().after.append(
-            lambda: host.publish_nowait(topic, event, payload, exclude=exclude)
-        )
+        self.turn().then(lambda: host.publish_nowait(topic, event, payload, exclude=exclude))
 
     # -- deletion and leaving memory -----------------------------------------------------------
 

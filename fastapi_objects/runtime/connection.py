@@ -109,7 +109,7 @@ class Connection:
         frame = {"topic": self.topic, "event": event, "payload": payload}
         turn = self.activation.running_turn() if self.activation is not None else None
         if turn is not None:
-            turn.after.append(lambda: self._transport.send(frame))
+            turn.then(lambda: self._transport.send(frame))
         else:
             self._transport.send(frame)
 

@@ -152,7 +152,7 @@ class DurableObject(Generic[S]):
 
     def record(self, kind: str, payload: Any = None) -> None:
         """Append a journal entry, committed together with this turn (dropped if it fails)."""
-        self._activation.turn().entries.append((kind, payload))
+        self._activation.turn().record(kind, payload)
 
     def broadcast(
         self, event: str, payload: Any = None, *, exclude: Connection | None = None
@@ -256,6 +256,4 @@ class EventSourced(DurableObject[S], Generic[S, E]):
     def emit(self, event: E) -> None:
         """Apply ``event`` to the state now and journal it with this turn."""
         self.state = self.apply(self.state, event)
-        self._activation.turn().entries.append(
-            ("event", self.event_adapter.dump_python(event, mode="json"))
-        )
+        self._activation.turn().record("event", self.event_adapter.dump_python(event, mode="json"))

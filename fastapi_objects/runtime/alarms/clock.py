@@ -44,7 +44,7 @@ class AlarmClock:
 
     def write(self, write: AlarmWrite) -> None:
         """Record an alarm change with the running turn."""
-        self._act.turn().alarms.append(write)
+        self._act.turn().alarm(write)
 
     def listed(self) -> list[Alarm]:
         """The alarms, with the running turn's changes applied."""
