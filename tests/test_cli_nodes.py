@@ -24,7 +24,9 @@ from fastapi_objects.cli import app as cli
 from fastapi_objects.storage import NodeProcess, open_storage, storage_metadata
 from tests.test_cli_manage import cells
 
-TTL = 1.5  # the nodes' node_ttl: heartbeats every 0.5 s
+# The nodes' node_ttl: heartbeats every 1.7 s, a lease of 4 s. (1.5 s, a lease of 1.2 s, ran
+# out under a loaded machine's stalls: the node dropped its objects in the middle of the test.)
+TTL = 5.0
 SMILE = "a:smile:2"  # a key, printed as it is (not as an emoji)
 
 
