@@ -181,6 +181,25 @@ async def test_after_a_crash_its_last_commit_counts_as_a_use(sql_backend: Backen
         await storage.close()
 
 
+async def test_an_expiry_its_class_dropped_is_no_longer_delivered(sql_backend: Backend) -> None:
+    class Kept(Cart):
+        type_name = "cart"
+        expire_after = None  # a later deploy keeps carts for good
+
+    async with _rt(sql_backend, Clock(-2 * HOUR)) as old:
+        await old.get(Cart, "k").add("x")
+    async with _rt(sql_backend, None, Kept) as rt:
+        for _ in range(500):
+            expiry = await _expiry(rt.storage, "k")
+            if expiry is not None and expiry.status == "failed":
+                break
+            await _sleep(0.02)
+        else:
+            pytest.fail(f"the expiry is still delivered: {expiry}")
+        assert rt.stats().thaws == 0  # the object was not even woken for it
+        assert await rt.get(Kept, "k").items() == ["x"]
+
+
 async def test_a_live_object_expires_unless_a_client_is_attached(backend: Backend) -> None:
     class Brief(Cart):
         type_name = "brief"

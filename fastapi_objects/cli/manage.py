@@ -259,11 +259,15 @@ async def _alarms(
 
 
 def _expiries(alarms: dict[tuple[str, str], list[Alarm]]) -> dict[tuple[str, str], Alarm]:
-    """Each object's expiry (the ``objects:expire`` alarm of a class with ``expire_after``)."""
+    """Each object's expiry (the ``objects:expire`` alarm of a class with ``expire_after``).
+
+    A failed one is an expiry its class dropped (it has no ``expire_after`` any more).
+    """
     from ..runtime.alarms.schedule import EXPIRE
 
     return {
-        ident: alarm for ident, found in alarms.items() for alarm in found if alarm.name == EXPIRE
+        ident: alarm for ident, found in alarms.items() for alarm in found
+        if alarm.name == EXPIRE and alarm.status == "pending"
     }
 
 

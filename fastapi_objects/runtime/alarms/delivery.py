@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +124,20 @@ class AlarmDelivery:
                 await self.deliver(alarm)
 
     async def _expire(self, alarm: Alarm) -> None:
-        """At its due time, have the object's owner delete it if it is still idle."""
+        """At its due time, have the object's owner delete it if it is still idle.
+
+        An expiry of a class that no longer has ``expire_after`` is marked failed instead, so
+        that no node takes it again (nor wakes the object for it).
+        """
+        cls = self._types.get(alarm.type)
+        if cls is not None and cls.expire_after is None:
+            try:
+                await self._storage.record_alarm_failure(replace(
+                    alarm, status="failed", last_error=f"{cls.__name__} has no expire_after",
+                ))
+            except ObjectsError as exc:
+                log.info("expiry %s:%s not dropped: %s", alarm.type, alarm.key, exc)
+            return
         await _sleep_until(alarm.due_at, RECHECK)
         await self.deliver(alarm)
 
