@@ -21,44 +21,28 @@ import tempfile
 import time
 from typing import Any
 
-from _common import Run, closed_loop, drop_schema, fresh_schema_name, revision, table
-from pydantic import BaseModel
+from _common import (  # the script's folder is on sys.path
+    Run,
+    add_loop_option,
+    closed_loop,
+    drop_schema,
+    fmt_ms,
+    fresh_schema_name,
+    log,
+    revision,
+    run_on_loop,
+    table,
+)
+from bench_sqlite import CALLERS, OBJECTS, Counter  # its counter, measured durable there
 
 from fastapi_objects.runtime import DurableObject, Runtime
 
-CALLERS = 64
-OBJECTS = 1_000
+Durable = Counter
 
 
-class CounterState(BaseModel):
-    value: int = 0
-
-
-class Durable(DurableObject[CounterState]):
-    type_name = "bench_durable"
-    idle_timeout = 3600.0  # nothing hibernates while a part runs
-
-    async def increment(self, by: int = 1) -> int:
-        self.state.value += by
-        return self.state.value
-
-
-class Memory(DurableObject[CounterState]):
+class Memory(Counter):
     type_name = "bench_memory"
-    idle_timeout = 3600.0
     persistence = "memory"
-
-    async def increment(self, by: int = 1) -> int:
-        self.state.value += by
-        return self.state.value
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _ms(ms: float) -> str:
-    return f"{ms * 1000:.0f} us" if ms < 1 else f"{ms:.2f} ms"
 
 
 async def _measure(
@@ -91,14 +75,15 @@ async def _database(
     ]:
         runs: dict[type[DurableObject[Any]], list[Run]] = {Durable: [], Memory: []}
         for cls in (Durable, Memory, Durable, Memory):  # alternating: the load moves
-            _log(f"{name}: {cls.__name__.lower()}, {what}")
+            log(f"{name}: {'memory' if cls is Memory else 'durable'}, {what}")
             runs[cls].append(await _measure(url, schema, cls, callers, objects, duration, warmup))
         durable = max(runs[Durable], key=lambda r: r.rate)
         memory = max(runs[Memory], key=lambda r: r.rate)
         for label, run in (("durable", durable), ("memory", memory)):
             rows.append([
                 f"{name}: {label} increment, {what}", f"{run.rate:,.0f} calls/s",
-                _ms(run.pct_ms(50)), _ms(run.pct_ms(99)), f"{run.cpu_us_per_call:,.0f} us",
+                fmt_ms(run.pct_ms(50)), fmt_ms(run.pct_ms(99)),
+                f"{run.cpu_us_per_call:,.0f} us",
             ])
         rows.append([
             f"{name}: memory / durable, {what}", f"{memory.rate / durable.rate:.1f}x calls/s",
@@ -112,7 +97,7 @@ async def main(args: argparse.Namespace) -> None:
     warmup = 0.5 if args.quick else 1.0
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    _log(f"fastapi_objects {revision()}, load average {load:.2f}")
+    log(f"fastapi_objects {revision()}, load average {load:.2f}")
     rows: list[list[str]] = []
     folder = tempfile.mkdtemp(prefix="bench_kinds_")
     try:
@@ -141,15 +126,9 @@ def _parse() -> argparse.Namespace:
                    help="also measure on this PostgreSQL (postgresql+asyncpg://...)")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per run (default 4)")
     p.add_argument("--quick", action="store_true", help="2 s per run")
-    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
-                   help="event loop (default uvloop, as uvicorn uses when it is installed)")
+    add_loop_option(p)
     return p.parse_args()
 
 
 if __name__ == "__main__":
-    ns = _parse()
-    if ns.loop == "uvloop":
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(main(ns))
+    run_on_loop(main, _parse())

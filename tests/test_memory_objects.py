@@ -4,7 +4,6 @@ stopping; journals and alarms are refused."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from fastapi_objects import DurableObject, EventSourced, Runtime, readonly
-from fastapi_objects.storage import Alarm, open_storage
+from fastapi_objects.storage import Alarm
 from tests._support import wait_until
 from tests.conftest import Backend
 
@@ -126,28 +125,18 @@ def test_class_definitions_that_cannot_work_are_refused() -> None:
             persistence = "disk"  # type: ignore[assignment]
 
 
-@pytest.fixture
-async def shared(backend: Backend) -> AsyncIterator[Backend]:
-    if backend.name == "memory":
-        pytest.skip("nodes share a durable database")
-    storage = open_storage(backend.url, schema=backend.schema)
-    await storage.create_tables()
-    await storage.close()
-    yield backend
-
-
 async def test_one_instance_in_a_cluster_forwarded_and_fresh_after_its_owner_stops(
-    shared: Backend,
+    durable: Backend,
 ) -> None:
-    async with _rt(shared, node_id="a") as a:
-        async with _rt(shared, node_id="b") as b:
+    async with _rt(durable, node_id="a") as a:
+        async with _rt(durable, node_id="b") as b:
             assert await a.get(Rate, "k").hit() == 1  # a owns it
             # Calls through b reach a's instance: one state, however many nodes.
             assert [await b.get(Rate, "k").hit() for _ in range(3)] == [2, 3, 4]
             assert await b.get(Rate, "k").node() == "a"
             assert b.stats().forwarded >= 4 and not b._host.activations
             assert await a.get(Rate, "k").hits() == 4
-        async with _rt(shared, node_id="c") as c:
+        async with _rt(durable, node_id="c") as c:
             assert await c.get(Rate, "k").node() == "a"
             await a.close()  # a stops: its instance ends and is released
             assert await c.get(Rate, "k").hit() == 1  # fresh, on c now
@@ -155,7 +144,7 @@ async def test_one_instance_in_a_cluster_forwarded_and_fresh_after_its_owner_sto
             assert (a.stats().commits, c.stats().commits) == (0, 0)
 
 
-async def test_what_a_durable_class_of_its_type_stored_is_not_read(shared: Backend) -> None:
+async def test_what_a_durable_class_of_its_type_stored_is_not_read(durable: Backend) -> None:
     class Durable(DurableObject[RateState]):
         type_name = "switched"
 
@@ -166,7 +155,7 @@ async def test_what_a_durable_class_of_its_type_stored_is_not_read(shared: Backe
     class Memory(Rate):
         type_name = "switched"  # the same type, made a memory object by a later deploy
 
-    async with _rt(shared, Durable) as rt:
+    async with _rt(durable, Durable) as rt:
         assert [await rt.get(Durable, "k").hit() for _ in range(2)] == [1, 2]
-    async with _rt(shared, Memory) as rt:
+    async with _rt(durable, Memory) as rt:
         assert await rt.get(Memory, "k").hit() == 1  # it starts fresh: memory objects read nothing
