@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import pydantic
 
 from ..storage import Alarm, AlarmWrite
-from .alarms.schedule import make_alarm
+from .alarms.schedule import check_alarm_name, make_alarm
 from .connection import check_event
 from .handle import _Handle, handle_class
 from .keys import snake_case, validate_type_name
+from .kinds import check_kind, refuse_in_memory
 from .methods import MethodSpec, discover
 
 if TYPE_CHECKING:
@@ -70,7 +71,10 @@ class DurableObject(Generic[S]):
     ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
     ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
     then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
-    ``objects.router`` and call the methods marked ``@client_callable``).
+    ``objects.router`` and call the methods marked ``@client_callable``), ``persistence``
+    (``"durable"``, or ``"memory"``: one live instance, nothing written, gone when it
+    hibernates) and ``expire_after`` (a ``timedelta``: a durable object left that long without
+    calls, clients or alarms is deleted).
     """
 
     type_name: ClassVar[str]
@@ -85,6 +89,8 @@ class DurableObject(Generic[S]):
     public: ClassVar[bool] = False  # True: browsers may attach through objects.router
     alarm_retries: ClassVar[int] = 6
     alarm_backoff: ClassVar[float] = 2.0
+    persistence: ClassVar[Literal["durable", "memory"]] = "durable"
+    expire_after: ClassVar[timedelta | None] = None
     __objects_methods__: ClassVar[dict[str, MethodSpec]]
     __objects_handle__: ClassVar[type[_Handle[Any]]]
 
@@ -106,6 +112,7 @@ class DurableObject(Generic[S]):
             raise TypeError(f"{cls.__name__}.placement must be 'local', 'hash' or 'region'")
         if cls.placement == "region" and not cls.region:
             raise TypeError(f"{cls.__name__}: placement = 'region' needs region = '<name>'")
+        check_kind(cls, event_sourced=issubclass(cls, EventSourced))
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -151,7 +158,11 @@ class DurableObject(Generic[S]):
     # -- helpers for methods -----------------------------------------------------------------
 
     def record(self, kind: str, payload: Any = None) -> None:
-        """Append a journal entry, committed together with this turn (dropped if it fails)."""
+        """Append a journal entry, committed together with this turn (dropped if it fails).
+
+        ``TypeError`` on a memory object: it keeps no journal.
+        """
+        refuse_in_memory(self, "record()")
         self._activation.turn().record(kind, payload)
 
     def broadcast(
@@ -187,15 +198,17 @@ class DurableObject(Generic[S]):
 
             self.set_alarm("reminder", delay=60, payload={"to": "ann"})
         """
+        clock = self._alarm_clock()
         alarm = make_alarm(
             self, name, at=at, delay=delay, every=every, cron=cron, payload=payload
         )
-        self._alarm_clock().write(AlarmWrite(name, alarm))
+        clock.write(AlarmWrite(name, alarm))
         return alarm
 
     def cancel_alarm(self, name: str = "default") -> None:
         """Delete the alarm ``name`` with this turn (nothing if there is none)."""
-        self._alarm_clock().write(AlarmWrite(name, None))
+        clock = self._alarm_clock()
+        clock.write(AlarmWrite(check_alarm_name(name), None))
 
     def delete(self) -> None:
         """Delete this object when the running turn ends: state, journal and alarms.
@@ -211,6 +224,7 @@ class DurableObject(Generic[S]):
         return self._alarm_clock().listed()
 
     def _alarm_clock(self) -> AlarmClock:
+        refuse_in_memory(self, "set_alarm(), cancel_alarm() and alarms()")
         clock = self._activation.alarms
         if clock is None:
             raise TypeError(f"{type(self).__name__} uses alarms but defines no on_alarm()")
