@@ -157,6 +157,33 @@ async def test_a_queue_reloaded_from_storage_goes_on_where_it_was(sql_backend: B
             j.id: 1 for j in [*claimed[:5], claimed[6]]}
 
 
+async def test_a_pool_runs_at_most_concurrency_jobs_and_keeps_long_ones_leased(
+    backend: Backend,
+) -> None:
+    running = 0
+    most = 0
+    ran: Counter[str] = Counter()
+    rt = _rt(backend)
+
+    @rt.worker("long", concurrency=3, lease=0.6)
+    async def handle(job: Claimed) -> None:
+        nonlocal running, most
+        ran[job.id] += 1
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(1.0)  # longer than the lease: only heartbeats keep it
+        running -= 1
+
+    async with rt:
+        q = rt.queue("long")
+        ids = await _enqueue(q, range(7))
+        async with asyncio.timeout(30):
+            while (await q.stats())["completed"] < 7:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    assert most == 3
+    assert ran == {job_id: 1 for job_id in ids}  # never claimed again while it ran
+
+
 async def test_workers_complete_every_job_once(backend: Backend) -> None:
     seen: Counter[str] = Counter()
     rt = _rt(backend)
