@@ -20,6 +20,7 @@ comes too late is refused by the claim's token, so each job completes once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ log = logging.getLogger("fastapi_objects")
 Handler = Callable[[Claimed], Awaitable[Any]]
 IDLE_POLL = 0.2  # seconds between claims while the queue has no job due
 RETRY_AFTER = 1.0  # seconds before claiming again after the queue could not be reached
+STOP_FLUSH = 5.0  # seconds a stopping pool waits to complete the jobs that returned
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,13 @@ class _Pool:
         for task in [*self._tasks, *self._jobs]:
             await cancel_and_wait(task)
         self._tasks.clear()
-        # What returned before the stop is completed rather than run again; a completion that
-        # was in flight and did commit is refused the second time, harmlessly.
+        # What returned before the stop is completed rather than run again (a completion that
+        # was in flight and did commit is refused the second time, harmlessly). Not for long:
+        # a job not completed is only run again when its lease ends.
         if self.sending or self.done:
-            await self._settle(self.queue.complete_many([*self.sending, *self.done]))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_FLUSH):
+                    await self._settle(self.queue.complete_many([*self.sending, *self.done]))
 
     async def _claim(self) -> None:
         worker, loop = self.worker, asyncio.get_running_loop()
