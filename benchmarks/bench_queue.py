@@ -330,7 +330,7 @@ async def part_jobs(where: Where, bare: BarePg | BareSqlite, args: argparse.Name
         _log(f"{where.name}: objects.queue workers, {nodes} node(s)")
         rate, note = await queue_work(where, f"work{nodes}", args.jobs, nodes)
         rep.notes.append(note)
-        rep.add(f"{where.name}: no-op jobs, {LOOPS} worker loops per node, {nodes} node(s)",
+        rep.add(f"{where.name}: no-op jobs, {LOOPS} worker slots per node, {nodes} node(s)",
                 f"{rate:,.0f} jobs/s = {rate / base:.2f}x bare", ">= 0.5x bare",
                 rate / base >= 0.5)
 
