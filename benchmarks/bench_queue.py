@@ -33,12 +33,15 @@ from dataclasses import dataclass
 import asyncpg
 from _common import (  # the script's folder is on sys.path
     Run,
+    add_loop_option,
     asyncpg_dsn,
     closed_loop,
     drop_schema,
     fresh_schema_name,
+    log,
     pg_execute,
     revision,
+    run_on_loop,
     table,
 )
 
@@ -49,10 +52,6 @@ DEFAULT_URL = os.environ.get("OBJECTS_BENCH_DATABASE_URL",
                              "postgresql+asyncpg://root@127.0.0.1:5432/test")
 PRODUCERS = 64
 LOOPS = 8  # worker loops, for the queue and for the bare tables
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -301,12 +300,12 @@ class Report:
 
 async def part_enqueue(where: Where, bare: BarePg | BareSqlite, args: argparse.Namespace,
                        rep: Report) -> None:
-    _log(f"{where.name}: bare job table, {PRODUCERS} producers")
+    log(f"{where.name}: bare job table, {PRODUCERS} producers")
     base = await bare.enqueue(args.duration, args.warmup)
-    _log(f"{where.name}: objects.queue, {PRODUCERS} producers")
+    log(f"{where.name}: objects.queue, {PRODUCERS} producers")
     many, note = await queue_enqueue(where, "enq64", PRODUCERS, args.duration, args.warmup)
     rep.notes.append(note)
-    _log(f"{where.name}: objects.queue, 1 producer")
+    log(f"{where.name}: objects.queue, 1 producer")
     one, note = await queue_enqueue(where, "enq1", 1, args.duration, args.warmup)
     rep.notes.append(note)
     rep.add(f"{where.name}: bare job table, INSERT per job, {PRODUCERS} producers",
@@ -322,12 +321,12 @@ async def part_enqueue(where: Where, bare: BarePg | BareSqlite, args: argparse.N
 async def part_jobs(where: Where, bare: BarePg | BareSqlite, args: argparse.Namespace,
                     rep: Report) -> None:
     what = "SKIP LOCKED" if isinstance(bare, BarePg) else "claim/delete"
-    _log(f"{where.name}: bare {what} table, {args.jobs} jobs, {LOOPS} loops")
+    log(f"{where.name}: bare {what} table, {args.jobs} jobs, {LOOPS} loops")
     base = await bare.work(args.jobs, LOOPS)
     rep.add(f"{where.name}: bare {what} job table, {LOOPS} loops", f"{base:,.0f} jobs/s",
             "(reference)", None)
     for nodes in (1, 2):
-        _log(f"{where.name}: objects.queue workers, {nodes} node(s)")
+        log(f"{where.name}: objects.queue workers, {nodes} node(s)")
         rate, note = await queue_work(where, f"work{nodes}", args.jobs, nodes)
         rep.notes.append(note)
         rep.add(f"{where.name}: no-op jobs, {LOOPS} worker slots per node, {nodes} node(s)",
@@ -338,7 +337,7 @@ async def part_jobs(where: Where, bare: BarePg | BareSqlite, args: argparse.Name
 async def main(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    _log(f"fastapi_objects {revision()}, SQLite {sqlite3.sqlite_version}, "
+    log(f"fastapi_objects {revision()}, SQLite {sqlite3.sqlite_version}, "
          f"load average {load:.2f}")
     rep = Report([], [])
     parts = [p for p in (part_enqueue, part_jobs) if p.__name__[5:] in args.only]
@@ -387,8 +386,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--only", default="enqueue,jobs", help="parts: enqueue,jobs")
     p.add_argument("--backends", default="sqlite,postgres", help="sqlite,postgres")
     p.add_argument("--dir", default=None, help="where the SQLite files go (default: temp dir)")
-    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
-                   help="event loop (default uvloop, as uvicorn uses when it is installed)")
+    add_loop_option(p)
     ns = p.parse_args()
     if ns.quick:
         ns.duration = 1.5
@@ -398,9 +396,4 @@ def _parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    ns = _parse()
-    if ns.loop == "uvloop":
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(main(ns))
+    run_on_loop(main, _parse())
