@@ -1,4 +1,4 @@
-"""Alarm lag and queue throughput, on PostgreSQL.
+"""Alarm lag, on PostgreSQL (queue throughput is measured by bench_queue.py).
 
 Alarms: 10,000 alarms due within one second over 1,000 objects.
 
@@ -8,11 +8,7 @@ objects stay active (the owner's timers fire them) and the objects hibernated fi
 node's poller finds and delivers them). The baseline in the same run is the loop's own timer
 lag for 10,000 ``call_at`` callbacks spread the same way.
 
-Jobs: N no-op jobs through ``objects.queue`` with workers on one node and on two (in one
-process), against a bare ``SELECT … FOR UPDATE SKIP LOCKED`` job-table loop (claim, then
-delete) through asyncpg with as many loops, in the same run.
-
-    .venv/bin/python benchmarks/bench_alarms.py [--objects 1000] [--per-object 10] [--jobs 2000]
+    .venv/bin/python benchmarks/bench_alarms.py [--objects 1000] [--per-object 10]
 """
 
 from __future__ import annotations
@@ -102,79 +98,10 @@ async def run(cls: type[Bell], objects: int, per_object: int, schema: str) -> st
         return _stats(LAGS, total, began)
 
 
-async def bare_jobs(schema: str, jobs: int, loops: int) -> float:
-    """Jobs/s of a bare SKIP LOCKED job table: claim with a lease, then delete."""
-    pool = await asyncpg.create_pool(PG.replace("postgresql+asyncpg", "postgresql"),
-                                     min_size=loops, max_size=loops)
-    table = f'"{schema}".bare_jobs'
-    async with pool.acquire() as conn:
-        await conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, payload jsonb, "
-                           "claimed_until timestamptz)")
-        await conn.execute(f"INSERT INTO {table} (payload) SELECT to_jsonb(g) "
-                           f"FROM generate_series(1, {jobs}) g")
-    claim = (f"UPDATE {table} SET claimed_until = now() + interval '30 seconds' WHERE id = "
-             f"(SELECT id FROM {table} WHERE claimed_until IS NULL ORDER BY id "
-             "FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id")
-
-    async def loop() -> None:
-        async with pool.acquire() as conn:
-            while (job := await conn.fetchval(claim)) is not None:
-                await conn.execute(f"DELETE FROM {table} WHERE id = $1", job)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(loop() for _ in range(loops)))
-    elapsed = time.perf_counter() - began
-    await pool.close()
-    return jobs / elapsed
-
-
-async def queue_jobs(schema: str, jobs: int, nodes: int, loops: int) -> float:
-    """Jobs/s through objects.queue with no-op workers spread over ``nodes`` runtimes."""
-    done = 0
-    finished = asyncio.Event()
-    runtimes = []
-    for i in range(nodes):
-        rt = Runtime(database_url=PG, schema=schema, node_id=f"n{i}-{uuid.uuid4().hex[:4]}",
-                     create_tables=True)
-
-        @rt.worker("bench", concurrency=loops // nodes, lease=30.0)
-        async def work(job: object) -> None:
-            nonlocal done
-            done += 1
-            if done == jobs:
-                finished.set()
-
-        runtimes.append(rt)
-    name = f"bench{nodes}"
-    async with runtimes[0]:
-        q = runtimes[0].queue(name)
-        # Enqueue first (not timed), with no worker running on that queue name yet.
-        for i in range(jobs):
-            await q.enqueue(i)
-        for rt in runtimes:
-            rt._workers.registered = [
-                type(w)(name, w.fn, w.concurrency, w.lease) for w in rt._workers.registered
-            ]
-        began = time.perf_counter()
-        runtimes[0]._workers.start()
-        others = runtimes[1:]
-        for rt in others:
-            await rt.start()
-        try:
-            async with asyncio.timeout(300):
-                await finished.wait()
-            elapsed = time.perf_counter() - began
-        finally:
-            for rt in others:
-                await rt.close()
-    return jobs / elapsed
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--per-object", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=2000)
     args = parser.parse_args()
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(PG.replace("postgresql+asyncpg", "postgresql"))
@@ -187,12 +114,6 @@ async def main() -> None:
         print(f"hibernated objects (the poller):  "
               f"{await run(SleepyBell, args.objects, args.per_object, schema)}")
         print("target: lag p99 <= 1 s")
-        bare = await bare_jobs(schema, args.jobs, 8)
-        one = await queue_jobs(schema, args.jobs, 1, 8)
-        two = await queue_jobs(schema, args.jobs, 2, 8)
-        print(f"jobs/s, {args.jobs} no-op jobs, 8 loops: bare SKIP LOCKED table {bare:.0f}; "
-              f"objects.queue on 1 node {one:.0f} ({one / bare:.2f}x), "
-              f"on 2 nodes {two:.0f} ({two / bare:.2f}x)")
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await admin.close()

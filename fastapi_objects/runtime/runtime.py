@@ -191,8 +191,8 @@ class Runtime:
         """A handle to the durable queue ``name``: ``await objects.queue("emails").enqueue(p)``.
 
         Methods: ``enqueue(payload, key=None, delay=0, max_attempts=5)``, ``claim``,
-        ``heartbeat``, ``complete``, ``fail``, ``retry(job_id)``, ``stats()``,
-        ``jobs(dead=False)``.
+        ``heartbeat``, ``complete`` (and ``claim_many``, ``heartbeat_many``, ``complete_many``:
+        a batch in one turn), ``fail``, ``retry(job_id)``, ``stats()``, ``jobs(dead=False)``.
         """
         return self.get(ObjectsQueue, name)
 
