@@ -22,6 +22,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from .._exceptions import ObjectsError
+from .._log import about
 from .channel import CHANNEL_PATH, MAX_FRAME, ChannelServer
 from .forward import Moved
 from .signing import Misdirected, Signer, Unauthorized
@@ -175,7 +176,7 @@ class Listener:
         except Exception as exc:
             error_id = uuid.uuid4().hex[:16]
             log.error("internal error %s in forwarded %s:%s.%s()", error_id, type, key, method,
-                      exc_info=exc)
+                      exc_info=exc, extra=about(type, key, self.signer.node_id))
             return 200, {"ok": False, "error": {"type": "internal_error",
                                                 "message": f"internal error {error_id}"}}
         return 200, {"ok": True, "result": result}

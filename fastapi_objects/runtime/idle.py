@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .._exceptions import ObjectsError
+from .._log import about
 from .turn import Stale
 
 if TYPE_CHECKING:
@@ -87,7 +88,8 @@ class Idle:
             try:
                 pending = await act.run_hook(act.instance.on_hibernate, snapshot=True)
             except Exception:
-                log.exception("%s: on_hibernate failed; its changes were rolled back", act.topic)
+                log.exception("%s: on_hibernate failed; its changes were rolled back", act.topic,
+                              extra=about(act.cls.type_name, act.key, act.host.node_id))
                 pending = None
             pending = pending or act.record.last
             if pending is not None:
