@@ -19,6 +19,7 @@ from ..settings import ObjectsSettings, Options
 from ..storage import Storage
 from .dependencies import check_routes
 from .errors import objects_error_handler
+from .metrics import metrics_router
 from .relay import internal_websocket_app
 from .websocket import serve_websocket
 
@@ -67,9 +68,12 @@ class Objects:
         *,
         authorize: Authorize | None = None,
         settings: ObjectsSettings | None = None,
+        tracer_provider: Any = None,
         **options: Unpack[Options],
     ) -> None:
-        self.runtime = Runtime(objects, database_url, settings=settings, **options)
+        self.runtime = Runtime(
+            objects, database_url, settings=settings, tracer_provider=tracer_provider, **options
+        )
         web = self.settings = self.runtime.settings
         self.prefix = web.prefix
         self.authorize = authorize
@@ -180,6 +184,21 @@ class Objects:
             await serve_websocket(self, websocket, type_name, key)
 
         return router
+
+    def metrics_router(
+        self, path: str = "/metrics", *, dependencies: Sequence[Any] | None = None,
+        public: bool = False,
+    ) -> APIRouter:
+        """A router serving this node's Prometheus metrics at ``path`` (the ``prometheus`` extra).
+
+        Example::
+
+            app.include_router(objects.metrics_router(dependencies=[Depends(scraper_only)]))
+
+        It refuses to mount unguarded: pass ``dependencies`` that protect it, or
+        ``public=True`` on purpose. Calls are counted from here on, so build it with the app.
+        """
+        return metrics_router(self.runtime, path, dependencies, public)
 
     async def serve_websocket(
         self, websocket: WebSocket, cls: type[DurableObject[Any]] | str, key: str

@@ -25,11 +25,22 @@ if TYPE_CHECKING:
     from .activation import Activation
     from .methods import MethodSpec
     from .object import DurableObject
+    from .observe import Observer
 
 R = TypeVar("R")
 
 DELETE_CALL = "objects:delete"
 """The internal method name a forwarded delete travels under (peers only)."""
+
+
+class Invoke(Protocol):
+    """``Calls.invoke``: run a validated call on the object's one live instance."""
+
+    def __call__(
+        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any],
+        *, forwarded: bool = False,
+    ) -> Awaitable[Any]:
+        """The call's result (``forwarded``: another node sent it here)."""
 
 
 class OnLive(Protocol):
@@ -61,8 +72,36 @@ class Calls:
         self.timers = timers
         self.object_type = object_type
         self.internal: dict[str, Internal] = {}  # methods peers call by reserved names
+        self.observer: Observer | None = None
+        self.invoke: Invoke = self.invoke_unobserved
+        """Run a validated call (``invoke_unobserved``, or ``observed`` under an observer)."""
 
-    async def invoke(
+    def observe(self, observer: Observer | None) -> None:
+        """Report every call to ``observer`` from now on (``None``: stop).
+
+        The observed path is swapped in, so that without an observer a call pays nothing for
+        observing, not even a check.
+        """
+        self.observer = observer
+        self.invoke = self.invoke_unobserved if observer is None else self.observed
+
+    async def observed(
+        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any],
+        *, forwarded: bool = False,
+    ) -> Any:
+        """``invoke_unobserved``, told to the observer: its start, then its end or error."""
+        observer = self.observer
+        assert observer is not None
+        token = observer.call(cls, key, spec, forwarded)
+        try:
+            result = await self.invoke_unobserved(cls, key, spec, args, forwarded=forwarded)
+        except BaseException as exc:
+            observer.call_end(token, cls, spec, exc)
+            raise
+        observer.call_end(token, cls, spec, None)
+        return result
+
+    async def invoke_unobserved(
         self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any],
         *, forwarded: bool = False,
     ) -> Any:
@@ -166,21 +205,30 @@ class Calls:
         return None if target is None else Elsewhere(target.node_id, target.address)
 
     async def serve_forwarded(
-        self, type_name: str, key: str, method: str, args: dict[str, Any]
+        self, type_name: str, key: str, method: str, args: dict[str, Any],
+        trace: dict[str, str] | None = None,
     ) -> Any:
         """Run a call another node forwarded here; its result as JSON.
 
         ``Moved`` (the caller looks again; nothing ran) when this node does not own the object.
+        ``trace``: the caller's trace context, continued here when traces are on.
         """
         if not self.routing.node.serving():  # whoever owns it now, it is not this node
             raise Moved(f"node {self.routing.node.node_id} has no valid lease")
-        internal = self.internal.get(method)
-        if internal is not None:
-            return await internal(type_name, key, args)
-        cls = self.object_type(type_name)
-        if method == DELETE_CALL:
-            await self.serve_here(cls, key, lambda act, held: act.destroy_held(held))
-            return True
-        spec = method_spec(cls, method)
-        result = await self.invoke(cls, key, spec, spec.validate(args), forwarded=True)
-        return spec.encode_result(result)
+        propagation = self.routing.propagation
+        token = None if trace is None or propagation is None else propagation.attach(trace)
+        try:
+            internal = self.internal.get(method)
+            if internal is not None:
+                return await internal(type_name, key, args)
+            cls = self.object_type(type_name)
+            if method == DELETE_CALL:
+                await self.serve_here(cls, key, lambda act, held: act.destroy_held(held))
+                return True
+            spec = method_spec(cls, method)
+            result = await self.invoke(cls, key, spec, spec.validate(args), forwarded=True)
+            return spec.encode_result(result)
+        finally:
+            if token is not None:
+                assert propagation is not None
+                propagation.detach(token)

@@ -103,6 +103,8 @@ class Idle:
                 act.cls.type_name, act.key, "hibernated", release_epoch=act.record.epoch
             )
             act.host.counters.hibernations += 1
+            if act.host.observer is not None:
+                act.host.observer.hibernated(act.cls.type_name)
             act.close()
         finally:
             act.gate.leave(False)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from ..storage import AlarmWrite, Storage
     from .activation import Activation
     from .committer import GroupCommitter
+    from .observe import Observer
     from .stats import Counters
     from .timers import Wheel
 
@@ -59,6 +60,7 @@ class ActivationHost(Protocol):
     committer: GroupCommitter
     counters: Counters
     timers: Wheel  # coarse timers: call deadlines, idle checks
+    observer: Observer | None  # metrics, traces (``observe.py``)
     public: Any  # what objects see as ``self.objects`` (the Runtime)
 
     @property

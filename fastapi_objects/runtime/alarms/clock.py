@@ -114,8 +114,10 @@ class AlarmClock:
             await act.instance.on_alarm(alarm)
             self.write(completion(alarm))
 
+        if act.host.observer is not None:
+            act.host.observer.alarm(act.cls.type_name, (now - alarm.due_at).total_seconds())
         try:
-            await act.run(turn, {}, held=held)
+            await act.run(turn, {}, held=held, name="on_alarm")
         except Exception as exc:
             if act.closed:
                 raise
