@@ -22,7 +22,7 @@ from fastapi_objects.runtime import Runtime
 from fastapi_objects.storage import open_storage
 from tests._observed import Nap, Stuck, Tally, node_app, two_nodes
 from tests._server import LiveServer
-from tests._support import wait_until
+from tests._support import uninstall, wait_until
 from tests.conftest import Backend
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -214,12 +214,7 @@ async def test_a_collector_for_a_registry_of_your_own(db_url: str) -> None:
 async def test_without_the_extra_asking_for_metrics_names_the_install(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sys
-
-    for name in [n for n in sys.modules if n.partition(".")[0] == "prometheus_client"]:
-        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    monkeypatch.delitem(sys.modules, "fastapi_objects.runtime.prometheus", raising=False)
+    uninstall(monkeypatch, "prometheus_client", "fastapi_objects.runtime.prometheus")
     runtime = Runtime(objects=[Tally], database_url=db_url)
     with pytest.raises(MissingDependency, match=r"pip install 'fastapi-objects\[prometheus\]'"):
         runtime.metrics()

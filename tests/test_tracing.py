@@ -30,7 +30,7 @@ from fastapi_objects import MissingDependency, Objects
 from fastapi_objects.runtime import Runtime
 from tests._observed import Tally, node_app, two_nodes
 from tests._server import LiveServer
-from tests._support import wait_until
+from tests._support import uninstall, wait_until
 from tests.conftest import Backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,10 +219,7 @@ def test_traces_follow_the_apps_global_tracer_provider() -> None:
 def test_asking_for_traces_without_the_extra_names_the_install(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in [n for n in sys.modules if n.partition(".")[0] == "opentelemetry"]:
-        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    monkeypatch.setitem(sys.modules, "opentelemetry", None)
-    monkeypatch.delitem(sys.modules, "fastapi_objects.runtime.tracing", raising=False)
+    uninstall(monkeypatch, "opentelemetry", "fastapi_objects.runtime.tracing")
     with pytest.raises(MissingDependency, match=r"pip install 'fastapi-objects\[otel\]'"):
         Runtime(objects=[Tally], database_url=db_url, tracing=True)
     runtime = Runtime(objects=[Tally], database_url=db_url)  # not asked: no traces, no error

@@ -50,7 +50,8 @@ class Objects:
     queued to one client, or a frame not taken within ``send_timeout`` seconds (default 30),
     before it is closed as too slow (4408). ``authorize(websocket, type_name, key)`` runs
     before every attach (sync or async; falsy rejects with close code 4401, a dict becomes
-    ``conn.auth``).
+    ``conn.auth``). ``tracer_provider``: an OpenTelemetry ``TracerProvider`` for this node's
+    spans instead of the global one (``tracing`` turns them on or off).
 
     The router reaches only types with ``public = True``, and client frames only their
     ``@client_callable`` methods; when public types exist and no ``authorize`` is set, the
@@ -58,7 +59,8 @@ class Objects:
 
     It holds its ``runtime`` (as a Starlette app holds its router) and offers the runtime's
     public methods: ``get``, ``call``, ``journal``, ``query``, ``type_stats``, ``stats``,
-    ``publish``, ``subscribe``, ``create_tables``, and ``async with objects:``.
+    ``publish``, ``subscribe``, ``create_tables``, and ``async with objects:``;
+    ``metrics_router()`` serves its Prometheus metrics.
     """
 
     def __init__(
