@@ -168,7 +168,7 @@ class Activation:
         try:
             try:
                 if readonly:
-                    observer = self.host.observer
+                    observer = self.host.spans
                     observed = None if observer is None else observer.turn(self, name)
                     try:
                         result = await fn(self.instance, **kwargs)
@@ -212,7 +212,7 @@ class Activation:
         if not record.state_text and not self.event_sourced:
             record.state_text = record.encode_state()  # the state to roll back to, made lazily
         turn = self._turn = Turn()
-        observer = self.host.observer
+        observer = self.host.spans
         observed = None if observer is None else observer.turn(self, name)
         try:
             result = await coro

@@ -77,6 +77,7 @@ class Host:
         )
         self.calls.internal[ALARM_CALL] = self.alarms.serve
         self.observer: Observer | None = None  # metrics, traces: see observe()
+        self.spans: Observer | None = None  # the observer, if it is told of every turn
         self._observers: list[Observer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,12 +131,14 @@ class Host:
         """Report to ``observer`` too from now on; ``propagation`` carries traces to peers.
 
         The parts that report get the runtime's one observer (``combine``): the call path,
-        the committer, and, through ``self.observer``, activations and thaws.
+        the committer, and, through ``self.observer``, activations and thaws; through
+        ``self.spans`` only if it makes spans, turns and the commits joining a batch (what
+        every turn would pay for otherwise).
         """
         self._observers.append(observer)
-        self.observer = combine(self._observers)
-        self.calls.observe(self.observer)
-        self.committer.observer = self.observer
+        combined = combine(self._observers)
+        self.observer = self.calls.observer = self.committer.observer = combined
+        self.spans = combined if combined.spans else None
         if propagation is not None:
             self.routing.propagation = propagation
 

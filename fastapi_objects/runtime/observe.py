@@ -5,7 +5,7 @@ parts that report: ``Calls`` (each call), ``Activation`` (each turn), ``Host`` (
 the group committer (each batch, and each turn's commit joining it), ``Idle`` (each
 hibernation) and ``AlarmClock`` (each alarm's lag). Without one, each of them checks
 ``is None`` and does nothing else, and the call path does not even do that
-(``Calls.observe`` swaps the observed path in).
+(``Calls.invoke`` checks it twice).
 
 A hook that lasts (call, turn, thaw, batch) returns a token that its ``*_end`` gets back, in
 the same task, so an observer may make its span the current one in between. The base class
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 class Observer:
     """Hooks called as a node works; each does nothing here."""
+
+    spans = False
+    """Whether it is told of turns and of commits joining a batch (the hooks every turn
+    pays for); an observer that makes no spans has no use for them."""
 
     def call(
         self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, forwarded: bool
@@ -79,6 +83,7 @@ class Observers(Observer):
     def __init__(self, *observers: Observer) -> None:
         self.observers = observers
         self._reversed = observers[::-1]
+        self.spans = any(o.spans for o in observers)
 
     def call(
         self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, forwarded: bool
@@ -159,10 +164,8 @@ def outcome(error: BaseException) -> str:
     return "cancelled"  # the caller went away (an overrun call_timeout is "timeout")
 
 
-def combine(observers: list[Observer]) -> Observer | None:
-    """The one observer a runtime holds for ``observers`` (``None`` when there is none)."""
-    if not observers:
-        return None
+def combine(observers: list[Observer]) -> Observer:
+    """The one observer a runtime holds for ``observers`` (at least one)."""
     return observers[0] if len(observers) == 1 else Observers(*observers)
 
 

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from .._exceptions import ObjectsError
 from .methods import method_spec
 from .queue import QUEUE_TYPE, ObjectsQueue
+from .turn import Stale
 
 if TYPE_CHECKING:
     from .host import Host
@@ -64,16 +65,16 @@ class ObjectsCollector(Collector):
     async def refresh(self) -> None:
         """Read the job counts of the queues this node holds, through their ``stats()``.
 
-        Not counted or traced as calls: nobody made them but the scrape.
+        A read-only turn on each queue's instance here, not a call: the scrape's reads are not
+        counted (nor traced) as calls anyone made.
         """
-        host = self._host
         spec = method_spec(ObjectsQueue, "stats")
         queues: dict[str, dict[str, int]] = {}
-        for type_name, name in list(host.activations):
+        for (type_name, name), act in list(self._host.activations.items()):
             if type_name == QUEUE_TYPE:
                 try:
-                    queues[name] = await host.calls.invoke_unobserved(ObjectsQueue, name, spec, {})
-                except ObjectsError:
+                    queues[name] = await act.call(spec, {})
+                except (ObjectsError, Stale):
                     continue  # it moved or is reloading: its new owner reports it
         self._queues = queues
 
@@ -91,12 +92,12 @@ class ObjectsCollector(Collector):
         for stats in list(metrics.calls.values()):
             labels = [stats.type_name, stats.method]
             errors = dict(stats.errors)
-            counts = list(stats.duration.counts)
-            calls.add_metric([*labels, "ok"], sum(counts) - sum(errors.values()))
+            duration = stats.duration()
+            calls.add_metric([*labels, "ok"], duration.count - sum(errors.values()))
             for kind, n in sorted(errors.items()):
                 calls.add_metric([*labels, kind], n)
-            durations.add_metric(labels, _buckets(stats.duration.bounds, counts),
-                                 stats.duration.sum)
+            durations.add_metric(labels, _buckets(duration.bounds, duration.counts),
+                                 duration.sum)
         yield calls
         yield durations
         yield _histogram("objects_commit_batch_size",

@@ -50,6 +50,8 @@ def configured() -> bool:
 class Tracing(Observer):
     """Spans of calls, turns, thaws and commit batches, and their context across nodes."""
 
+    spans = True
+
     def __init__(self, provider: trace.TracerProvider | None, node_id: str) -> None:
         from .. import __version__
 

@@ -61,6 +61,7 @@ class ActivationHost(Protocol):
     counters: Counters
     timers: Wheel  # coarse timers: call deadlines, idle checks
     observer: Observer | None  # metrics, traces (``observe.py``)
+    spans: Observer | None  # the observer, when it is told of every turn (traces)
     public: Any  # what objects see as ``self.objects`` (the Runtime)
 
     @property
