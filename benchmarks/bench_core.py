@@ -104,8 +104,14 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+METRICS = False  # --metrics: every runtime counts its calls for Prometheus
+
+
 def _runtime(url: str, schema: str, *objects: type[DurableObject[Any]]) -> Runtime:
-    return Runtime(objects=list(objects), database_url=url, schema=schema, create_tables=True)
+    rt = Runtime(objects=list(objects), database_url=url, schema=schema, create_tables=True)
+    if METRICS:
+        rt.metrics()
+    return rt
 
 
 def _time_commits(rt: Runtime) -> list[float]:
@@ -574,6 +580,7 @@ async def bench_memory(url: str, n: int, loop: str, rep: Report) -> float:
     # A fresh interpreter, so that memory freed by the other parts does not hide the RSS growth.
     proc = await asyncio.create_subprocess_exec(
         sys.executable, SCRIPT, "--database-url", url, "--loop", loop,
+        *(["--metrics"] if METRICS else []),
         "--memory-part", str(n), stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
@@ -659,6 +666,8 @@ def _check(ok: bool, message: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    global METRICS
+    METRICS = args.metrics
     url = args.database_url
     if args.memory_part:
         print(json.dumps(await memory_part(url, args.memory_part)))
@@ -755,6 +764,9 @@ def _parse() -> argparse.Namespace:
                    help="connection pool size of the baseline (default 32)")
     p.add_argument("--no-analyze", action="store_true",
                    help="skip ANALYZE after creating the rows (cold planner statistics)")
+    p.add_argument("--metrics", action="store_true",
+                   help="count every call for Prometheus (runtime.metrics(); the prometheus "
+                        "extra), to measure what metrics cost")
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
                    help="event loop (default uvloop, as uvicorn uses when it is installed)")
     p.add_argument("--memory-part", type=int, default=0, help=argparse.SUPPRESS)

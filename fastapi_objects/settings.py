@@ -139,6 +139,10 @@ class ObjectsSettings(BaseSettings):
     with ``fly-replay: instance=<machine>`` (Fly's proxy replays it there) instead of
     forwarding it; ``region=`` for a ``placement = "region"`` object elsewhere."""
 
+    tracing: bool | None = None
+    """OpenTelemetry spans of calls, turns, thaws and commits (the ``otel`` extra): ``None``
+    whenever the app configured a tracer provider, ``True`` always, ``False`` never."""
+
     prefix: str = "/objects"
     """Where ``objects.router`` mounts."""
     allowed_origins: list[str] | None = None
@@ -230,6 +234,7 @@ class Options(TypedDict, total=False):
     internal_port: int | None
     cluster_secret: str | None
     fly_replay: bool | None
+    tracing: bool | None
     prefix: str | None
     allowed_origins: list[str] | None
     max_frame_bytes: int | None

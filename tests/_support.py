@@ -18,6 +18,18 @@ async def wait_until(check: Callable[[], bool], within: float = 5.0, what: str =
         await asyncio.sleep(0.005)
 
 
+def uninstall(monkeypatch: pytest.MonkeyPatch, package: str, *users: str) -> None:
+    """Make ``package`` unimportable, as if it were not installed; ``users``: the modules
+    that import it, so that importing them again fails as it would."""
+    import sys
+
+    for name in [n for n in sys.modules if n.partition(".")[0] == package]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
+    for name in users:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
 async def steal(storage: object, type: str, key: str, node_id: str) -> None:
     """Give ``(type, key)`` to ``node_id`` behind its owner's back, bumping the epoch.
 

@@ -30,7 +30,9 @@ class Slow:
         self.release = asyncio.Event()
         self.ran: list[str] = []
 
-    async def __call__(self, type: str, key: str, method: str, args: dict[str, Any]) -> Any:
+    async def __call__(
+        self, type: str, key: str, method: str, args: dict[str, Any], trace: Any = None
+    ) -> Any:
         self.ran.append(key)
         if method == "slow":
             await self.release.wait()

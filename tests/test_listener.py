@@ -124,7 +124,9 @@ async def test_uvicorn_prints_access_lines_and_the_start_line_gives_the_pid(
 
 
 class _Echo:
-    async def __call__(self, type: str, key: str, method: str, args: dict[str, Any]) -> Any:
+    async def __call__(
+        self, type: str, key: str, method: str, args: dict[str, Any], trace: Any = None
+    ) -> Any:
         return key
 
 

@@ -6,7 +6,9 @@ signed like every internal request (``signing.py``: sender, receiver, time, nonc
 connection is authenticated once and its frames need no signature of their own (on Fly.io
 the private network is WireGuard). Frames are JSON, in binary frames:
 
-- call: ``{"id": n, "type": ..., "key": ..., "method": ..., "args": {...}}``;
+- call: ``{"id": n, "type": ..., "key": ..., "method": ..., "args": {...}, "trace"?: {...}}``
+  (``trace``: the caller's trace context as W3C headers, ``traceparent``...; a peer that
+  predates it ignores it, and a call without it is traced as a trace of its own);
 - reply: ``{"id": n, "status": 200 | 400 | 421, "ok": ..., "result" | "error": ...}``
   (421: the peer does not own the object or is leaving; nothing ran).
 

@@ -120,10 +120,16 @@ class Forwarder:
         return Channel(websocket, closed)
 
     async def call(
-        self, address: str, receiver: str, type: str, key: str, method: str, args: dict[str, Any]
+        self, address: str, receiver: str, type: str, key: str, method: str, args: dict[str, Any],
+        trace: dict[str, str] | None = None,
     ) -> Any:
-        """Run ``method`` on the owner; return its JSON result or raise what it raised."""
-        request = {"type": type, "key": key, "method": method, "args": args}
+        """Run ``method`` on the owner; return its JSON result or raise what it raised.
+
+        ``trace``: the caller's trace context (W3C headers), continued on the owner.
+        """
+        request: dict[str, Any] = {"type": type, "key": key, "method": method, "args": args}
+        if trace:
+            request["trace"] = trace
         channel = await self._channel(address, receiver)  # Moved when it cannot connect
         try:
             async with asyncio.timeout(self.timeout):

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from .._exceptions import ObjectsError
+from .._log import about
 from .channel import CHANNEL_PATH, MAX_FRAME, ChannelServer
 from .forward import Moved
 from .signing import Misdirected, Signer, Unauthorized
@@ -33,7 +34,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-CallHandler = Callable[[str, str, str, dict[str, Any]], Awaitable[Any]]
+CallHandler = Callable[[str, str, str, dict[str, Any], dict[str, str] | None], Awaitable[Any]]
+"""``(type, key, method, args, trace)``: run a forwarded call (``trace``: the caller's trace
+context as W3C headers, if it sent one); its JSON result."""
 
 WEBSOCKET_PREFIX = "/objects-internal/ws/"
 
@@ -156,12 +159,17 @@ class Listener:
             method, args = str(request["method"]), request["args"]
             if not isinstance(args, dict):
                 raise TypeError("args must be an object")
+            trace = request.get("trace")
+            if trace is not None and not (
+                isinstance(trace, dict) and all(isinstance(v, str) for v in trace.values())
+            ):
+                raise TypeError("trace must be an object of strings")
         except (ValueError, KeyError, TypeError) as exc:
             return 400, {"error": {"type": "invalid_frame", "message": f"bad call: {exc}"}}
         if self.leaving:
             return 421, {"error": {"type": "moved", "message": "this node is leaving"}}
         try:
-            result = await self.handle_call(type, key, method, args)
+            result = await self.handle_call(type, key, method, args, trace)
         except Moved as exc:
             moved = {"type": "moved", "message": str(exc), "owner": exc.owner,
                      "address": exc.address}
@@ -175,7 +183,7 @@ class Listener:
         except Exception as exc:
             error_id = uuid.uuid4().hex[:16]
             log.error("internal error %s in forwarded %s:%s.%s()", error_id, type, key, method,
-                      exc_info=exc)
+                      exc_info=exc, extra=about(type, key, self.signer.node_id))
             return 200, {"ok": False, "error": {"type": "internal_error",
                                                 "message": f"internal error {error_id}"}}
         return 200, {"ok": True, "result": result}

@@ -128,6 +128,10 @@ class ClusterNode:
         """Whether this node may serve its objects now (its lease has not lapsed)."""
         return self._loop is not None and self.loop.time() < self.lease_until
 
+    def lease_left(self) -> float:
+        """Seconds this node may still serve without another heartbeat (0 when it may not)."""
+        return max(0.0, self.lease_until - self.loop.time()) if self._loop is not None else 0.0
+
     async def ready(self) -> None:
         """Return once the node may serve; wait up to ``node_ttl`` for a lapsed lease.
 

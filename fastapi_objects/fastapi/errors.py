@@ -67,13 +67,16 @@ def error_body(exc: ObjectsError) -> dict[str, Any]:
     return {"type": exc.type, "message": exc.message}
 
 
-def internal_error(exc: BaseException, where: str) -> dict[str, Any]:
+def internal_error(
+    exc: BaseException, where: str, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Log ``exc`` with its traceback under a new id; return the error body a client may see.
 
-    ``where`` says what failed in the log line (``"counter:abc.increment()"``, ``"GET /x"``).
+    ``where`` says what failed in the log line (``"counter:abc.increment()"``, ``"GET /x"``);
+    ``extra``: the record's fields about the object (``_log.about``).
     """
     error_id = uuid.uuid4().hex[:16]
-    log.error("internal error %s in %s", error_id, where, exc_info=exc)
+    log.error("internal error %s in %s", error_id, where, exc_info=exc, extra=extra)
     return {"type": INTERNAL_ERROR, "message": f"internal error {error_id}"}
 
 

@@ -19,6 +19,7 @@ from ..settings import ObjectsSettings, Options
 from ..storage import Storage
 from .dependencies import check_routes
 from .errors import objects_error_handler
+from .metrics import metrics_router
 from .relay import internal_websocket_app
 from .websocket import serve_websocket
 
@@ -49,7 +50,8 @@ class Objects:
     queued to one client, or a frame not taken within ``send_timeout`` seconds (default 30),
     before it is closed as too slow (4408). ``authorize(websocket, type_name, key)`` runs
     before every attach (sync or async; falsy rejects with close code 4401, a dict becomes
-    ``conn.auth``).
+    ``conn.auth``). ``tracer_provider``: an OpenTelemetry ``TracerProvider`` for this node's
+    spans instead of the global one (``tracing`` turns them on or off).
 
     The router reaches only types with ``public = True``, and client frames only their
     ``@client_callable`` methods; when public types exist and no ``authorize`` is set, the
@@ -57,7 +59,8 @@ class Objects:
 
     It holds its ``runtime`` (as a Starlette app holds its router) and offers the runtime's
     public methods: ``get``, ``call``, ``journal``, ``query``, ``type_stats``, ``stats``,
-    ``publish``, ``subscribe``, ``create_tables``, and ``async with objects:``.
+    ``publish``, ``subscribe``, ``create_tables``, and ``async with objects:``;
+    ``metrics_router()`` serves its Prometheus metrics.
     """
 
     def __init__(
@@ -67,9 +70,12 @@ class Objects:
         *,
         authorize: Authorize | None = None,
         settings: ObjectsSettings | None = None,
+        tracer_provider: Any = None,
         **options: Unpack[Options],
     ) -> None:
-        self.runtime = Runtime(objects, database_url, settings=settings, **options)
+        self.runtime = Runtime(
+            objects, database_url, settings=settings, tracer_provider=tracer_provider, **options
+        )
         web = self.settings = self.runtime.settings
         self.prefix = web.prefix
         self.authorize = authorize
@@ -180,6 +186,21 @@ class Objects:
             await serve_websocket(self, websocket, type_name, key)
 
         return router
+
+    def metrics_router(
+        self, path: str = "/metrics", *, dependencies: Sequence[Any] | None = None,
+        public: bool = False,
+    ) -> APIRouter:
+        """A router serving this node's Prometheus metrics at ``path`` (the ``prometheus`` extra).
+
+        Example::
+
+            app.include_router(objects.metrics_router(dependencies=[Depends(scraper_only)]))
+
+        It refuses to mount unguarded: pass ``dependencies`` that protect it, or
+        ``public=True`` on purpose. Calls are counted from here on, so build it with the app.
+        """
+        return metrics_router(self.runtime, path, dependencies, public)
 
     async def serve_websocket(
         self, websocket: WebSocket, cls: type[DurableObject[Any]] | str, key: str

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, quote, urlencode
 from pydantic_core import from_json, to_json
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .._log import about
 from ..cluster import Unauthorized
 from ..cluster.listener import WEBSOCKET_PREFIX, Receive, Scope, Send
 from ..runtime.gateway import Elsewhere
@@ -67,7 +68,8 @@ async def relay(
     try:
         upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=5)
     except (OSError, TimeoutError, websockets.InvalidHandshake, Unauthorized) as exc:
-        log.info("relay of %s:%s to %s failed: %r", cls.type_name, key, owner.node_id, exc)
+        log.info("relay of %s:%s to %s failed: %r", cls.type_name, key, owner.node_id, exc,
+                 extra=about(cls.type_name, key, objects.node_id))
         gateway.forget_owner(cls, key)
         return False
     async with upstream:

@@ -23,6 +23,7 @@ from .._exceptions import (
     ObjectsError,
     Overloaded,
 )
+from .._log import about
 from ..pubsub import Message
 from ..runtime.connection import Connection
 from ..runtime.gateway import Elsewhere
@@ -63,6 +64,7 @@ class Session:
         self.cls = cls
         self.key = key
         self.topic = f"{cls.type_name}:{key}"
+        self.about = about(cls.type_name, key, objects.node_id)  # its log records' extra
         self.outbox = Outbox(objects.max_outbox, objects.max_outbox_bytes)
         # Until attached, frames wait here so that objects:attached goes first; broadcasts wait
         # as messages, since whether one excludes this client is known only once attached.
@@ -81,7 +83,8 @@ class Session:
         try:
             text = encode_frame(frame)
         except ValueError as exc:
-            error = internal_error(exc, f"{self.topic}: conn.send({frame.get('event')!r})")
+            error = internal_error(exc, f"{self.topic}: conn.send({frame.get('event')!r})",
+                                   self.about)
             text = encode_frame({"ref": None, "ok": False, "error": error})
         self._push(text)
 
@@ -130,7 +133,7 @@ class Session:
                         try:
                             await self.objects.runtime.gateway.detach(self.conn)
                         except Exception:  # the client is gone either way; say why in the log
-                            log.exception("%s: on_disconnect failed", self.topic)
+                            log.exception("%s: on_disconnect failed", self.topic, extra=self.about)
         finally:
             if moved is not None:  # the websocket stays open for the relay
                 writer.cancel()
@@ -157,7 +160,7 @@ class Session:
             return
         except Exception as exc:
             # A bug in on_connect: the client must not see a normal close (1000), nor its text.
-            error = internal_error(exc, f"{self.topic}: on_connect")
+            error = internal_error(exc, f"{self.topic}: on_connect", self.about)
             self.close(CloseCode.ATTACH_FAILED, f"attach failed: {error['message']}")
             return
         self._attached(conn)
@@ -308,7 +311,7 @@ class Session:
         except ObjectsError as exc:
             self._reply_error(ref, error_body(exc))
         except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}.{method}()"))
+            self._reply_error(ref, internal_error(exc, f"{self.topic}.{method}()", self.about))
         else:
             self._push(text)
 
@@ -319,7 +322,7 @@ class Session:
         except ObjectsError as exc:
             self._reply_error(ref, error_body(exc))
         except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}: on_message"))
+            self._reply_error(ref, internal_error(exc, f"{self.topic}: on_message", self.about))
         else:
             if ref is not None:
                 self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
@@ -328,7 +331,7 @@ class Session:
         try:
             text = encode_frame({"ref": ref, "ok": False, "error": error})
         except ValueError as exc:  # an app's error message that is not JSON text
-            error = internal_error(exc, f"{self.topic}: error reply")
+            error = internal_error(exc, f"{self.topic}: error reply", self.about)
             text = encode_frame({"ref": ref, "ok": False, "error": error})
         self._push(text)
 

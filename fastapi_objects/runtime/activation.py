@@ -141,7 +141,7 @@ class Activation:
         self, spec: MethodSpec, args: dict[str, Any], held: bool = False
     ) -> Awaitable[Any]:
         """Run one call as a turn (or inside the running turn, when re-entered)."""
-        return self.run(spec.fn, args, spec.readonly, held, spec)
+        return self.run(spec.fn, args, spec.readonly, held, spec, spec.name)
 
     async def run(
         self,
@@ -150,12 +150,14 @@ class Activation:
         readonly: bool = False,
         held: bool = False,
         spec: MethodSpec | None = None,
+        name: str = "turn",
     ) -> Any:
         """Run ``fn(instance, **kwargs)`` as a turn; return once its output may leave.
 
         ``held``: the caller already holds the gate as writer (it thawed the object), so the
         call that caused the thaw keeps its place ahead of the calls that queued meanwhile.
         ``spec``: the method called, whose result must be storable JSON like the state.
+        ``name``: what the turn runs (the method, or a hook), for its observer.
         """
         chain = _chain.get()
         if self in chain:
@@ -171,16 +173,26 @@ class Activation:
         try:
             try:
                 if readonly:
+                    observer = self.host.spans
+                    observed = None if observer is None else observer.turn(self, name)
                     try:
                         result = await fn(self.instance, **kwargs)
                         if spec is not None:
                             check_result(spec, result, self.topic)
+                    except BaseException as exc:
+                        if observer is not None:
+                            observer.turn_end(observed, exc)
+                        raise
                     finally:
                         self.gate.leave(True)
+                    if observer is not None:
+                        observer.turn_end(observed, None)
                     pending = self.record.last
                 else:
                     try:
-                        result, pending = await self._turn_of(fn(self.instance, **kwargs), spec)
+                        result, pending = await self._turn_of(
+                            fn(self.instance, **kwargs), spec, name
+                        )
                         if self.deleting:  # self.delete() in the turn: gone before it answers
                             await self.destroy()
                             pending = None
@@ -196,7 +208,7 @@ class Activation:
         return result
 
     async def _turn_of(
-        self, coro: Any, spec: MethodSpec | None = None
+        self, coro: Any, spec: MethodSpec | None = None, name: str = "turn"
     ) -> tuple[Any, PendingCommit | None]:
         """Run a mutating turn; roll its state back and publish nothing if it raises."""
         instance = self.instance
@@ -205,19 +217,25 @@ class Activation:
         if not record.state_text and not self.event_sourced:
             record.state_text = record.encode_state()  # the state to roll back to, made lazily
         turn = self._turn = Turn()
+        observer = self.host.spans
+        observed = None if observer is None else observer.turn(self, name)
         try:
             result = await coro
             if spec is not None:
                 check_result(spec, result, self.topic)
             pending = self.record.finish(turn) or self.record.last
-        except BaseException:
+        except BaseException as exc:
             if self.event_sourced:
                 instance.state = saved  # apply() is pure: the old state object is intact
             else:
                 instance.state = self.cls.state_model.model_validate_json(record.state_text)
+            if observer is not None:
+                observer.turn_end(observed, exc)
             raise
         finally:
             self._turn = None
+        if observer is not None:
+            observer.turn_end(observed, None)
         self.host.counters.turns += 1
         return result, pending
 
@@ -231,7 +249,7 @@ class Activation:
         if getattr(hook, "__func__", None) in _NO_OP_HOOKS:
             pending = record.last
         else:
-            _, pending = await self._turn_of(hook())
+            _, pending = await self._turn_of(hook(), name=hook.__name__)
         if snapshot and self.event_sourced and record.since_snapshot:
             pending = record.commit(Turn(), [], record.encode_state(), True)
         return pending

@@ -44,7 +44,7 @@ class Clients:
         self.connections[conn.id] = conn
         conn.activation = act
         try:
-            await act.run(lambda obj: obj.on_connect(conn), {}, held=held)
+            await act.run(lambda obj: obj.on_connect(conn), {}, held=held, name="on_connect")
         except BaseException:
             self.drop(conn)
             raise
@@ -52,7 +52,7 @@ class Clients:
     async def detach(self, conn: Connection) -> None:
         """Detach a client and run ``on_disconnect``."""
         self.drop(conn)
-        await self._act.run(lambda obj: obj.on_disconnect(conn), {})
+        await self._act.run(lambda obj: obj.on_disconnect(conn), {}, name="on_disconnect")
 
     def drop(self, conn: Connection) -> None:
         """Forget ``conn``; the last one leaving restarts the idle time (and frees this part)."""

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import ConflictError, ObjectsError, StorageUnavailable
 from .._tasks import cancel_and_wait
 from ..storage import AlarmWrite, Commit, StatusUpdate, Storage
+
+if TYPE_CHECKING:
+    from .observe import Observer
 
 
 class CommitOwner(Protocol):
@@ -46,7 +49,7 @@ def merge_alarms(earlier: list[AlarmWrite], later: list[AlarmWrite]) -> list[Ala
 class PendingCommit:
     """Turns of one object waiting to be durable, merged into one fenced ``Commit``."""
 
-    __slots__ = ("after", "commit", "done", "error", "owner", "waiters")
+    __slots__ = ("after", "commit", "done", "error", "links", "owner", "waiters")
 
     def __init__(self, owner: CommitOwner, commit: Commit) -> None:
         self.owner = owner
@@ -55,6 +58,7 @@ class PendingCommit:
         self.after: list[Callable[[], None]] = []
         self.error: ObjectsError | None = None
         self.done = False
+        self.links: list[Any] | None = None  # the calls it carries, when traced
 
     def merge(self, commit: Commit) -> None:
         """Fold a later turn of the same object into this pending commit."""
@@ -121,6 +125,7 @@ class GroupCommitter:
         self._idle.set()
         self.batches = 0
         self.commits = 0
+        self.observer: Observer | None = None
 
     def start(self) -> None:
         """Start the writer task."""
@@ -202,6 +207,8 @@ class GroupCommitter:
             status_waiters, self._status_waiters = self._status_waiters, []
             for pending in batch:
                 pending.owner.queued = None
+            observer = self.observer if batch else None  # statuses alone: no commit to tell
+            token = None if observer is None else observer.batch(batch)
             try:
                 flags = await self.storage.commit(
                     [p.commit for p in batch], statuses, self.node_id
@@ -215,6 +222,8 @@ class GroupCommitter:
                 failure = StorageUnavailable.hiding("commit failed", repr(exc))
             else:
                 failure = None
+            if observer is not None:
+                observer.batch_end(token, batch, flags.count(False))
             self.batches += 1
             self.commits += len(batch)
             for fut in status_waiters:

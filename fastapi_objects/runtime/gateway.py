@@ -74,11 +74,19 @@ class Gateway:
         return None if node is None else node.machine
 
     def relay_headers(self, owner: Elsewhere, target: str) -> dict[str, str] | None:
-        """Signed headers for a websocket relay to ``owner`` at ``target``; ``None``: no way."""
+        """Signed headers for a websocket relay to ``owner`` at ``target``; ``None``: no way.
+
+        With traces on they carry the current trace context too (W3C ``traceparent``...): the
+        client's trace goes on on the owner.
+        """
         forwarder = self._routing.forwarder
         if owner.address is None or forwarder is None:
             return None
-        return forwarder.signer.headers("GET", target, b"", owner.node_id)
+        headers = forwarder.signer.headers("GET", target, b"", owner.node_id)
+        propagation = self._routing.propagation
+        if propagation is not None:
+            headers.update(propagation.inject() or {})
+        return headers
 
     def forget_owner(self, cls: type[DurableObject[Any]], key: str) -> None:
         """The owner this node remembered was wrong (it moved or died): look again next time."""

@@ -23,6 +23,7 @@ from .committer import GroupCommitter
 from .connection import Connection, Transport
 from .keys import validate_key
 from .object import DurableObject
+from .observe import Observer, Propagation, combine
 from .placement import choose
 from .queue import QUEUE_TYPE
 from .routing import Elsewhere, Router
@@ -77,6 +78,9 @@ class Host:
             self.calls.serve_here, self.spawn,
         )
         self.calls.internal[ALARM_CALL] = self.alarms.serve
+        self.observer: Observer | None = None  # metrics, traces: see observe()
+        self.spans: Observer | None = None  # the observer, if it is told of every turn
+        self._observers: list[Observer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -124,6 +128,21 @@ class Host:
         await self.routing.stop()
         self.timers.close()
         self._loop = None
+
+    def observe(self, observer: Observer, propagation: Propagation | None = None) -> None:
+        """Report to ``observer`` too from now on; ``propagation`` carries traces to peers.
+
+        The parts that report get the runtime's one observer (``combine``): the call path,
+        the committer, and, through ``self.observer``, activations and thaws; through
+        ``self.spans`` only if it makes spans, turns and the commits joining a batch (what
+        every turn would pay for otherwise).
+        """
+        self._observers.append(observer)
+        combined = combine(self._observers)
+        self.observer = self.calls.observer = self.committer.observer = combined
+        self.spans = combined if combined.spans else None
+        if propagation is not None:
+            self.routing.propagation = propagation
 
     def lease_lost(self) -> None:
         """This node may no longer serve: drop every activation (its state may be stale)."""
@@ -190,6 +209,8 @@ class Host:
             making_room = self._make_room()
         act = Activation(self, cls, key)  # created holding its own gate
         self.activations[ident] = act
+        observer = self.observer
+        token = None if observer is None else observer.thaw(cls.type_name, key)
         try:
             if making_room is not None:  # the object waits for its room, holding its gate
                 await asyncio.wait([making_room])
@@ -201,10 +222,14 @@ class Host:
                 raise Stale
             act.record.epoch = claim.epoch
             await act.load(checkpoint, alarms)
-        except BaseException:
+        except BaseException as exc:
             act.close()
             act.gate.leave(False)
+            if observer is not None:
+                observer.thaw_end(token, cls.type_name, exc)
             raise
+        if observer is not None:
+            observer.thaw_end(token, cls.type_name, None)
         return act
 
     def _make_room(self) -> asyncio.Task[None]:
@@ -292,7 +317,7 @@ class Host:
         if act is None or act.closed:
             raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue")
         try:
-            await act.run(lambda obj: obj.on_message(conn, frame), {})
+            await act.run(lambda obj: obj.on_message(conn, frame), {}, name="on_message")
         except Stale:
             raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue") from None
 

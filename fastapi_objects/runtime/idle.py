@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .._exceptions import ObjectsError
+from .._log import about
 from .turn import Stale
 
 if TYPE_CHECKING:
@@ -106,7 +107,8 @@ class Idle:
             try:
                 pending = await act.run_hook(act.instance.on_hibernate, snapshot=True)
             except Exception:
-                log.exception("%s: on_hibernate failed; its changes were rolled back", act.topic)
+                log.exception("%s: on_hibernate failed; its changes were rolled back", act.topic,
+                              extra=about(act.cls.type_name, act.key, act.host.node_id))
                 pending = None
             if expiry is not None:
                 pending = expiry.hibernating() or pending
@@ -122,6 +124,8 @@ class Idle:
                 act.cls.type_name, act.key, "hibernated", release_epoch=act.record.epoch
             )
             act.host.counters.hibernations += 1
+            if act.host.observer is not None:
+                act.host.observer.hibernated(act.cls.type_name)
             act.close()
         finally:
             act.gate.leave(False)

@@ -98,6 +98,9 @@ class Record:
         )
         self.rev, self.journal_rev = new_rev, journal_rev
         pending = act.host.committer.submit(self, commit)
+        spans = act.host.spans
+        if spans is not None:
+            spans.committing(pending)
         if commit.alarms and act.alarms is not None:
             act.alarms.committing(commit.alarms)
         if turn.after:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import OutcomeUnknown
 from ..cluster import ClusterNode, ClusterSecret, Forwarder, Listener, Moved, Signer
-from ..cluster.listener import ASGIApp
+from ..cluster.listener import ASGIApp, CallHandler, Receive, Scope, Send
 from ..settings import ObjectsSettings
 from ..storage import Claim, Storage
+from .observe import Propagation
 
 log = logging.getLogger("fastapi_objects")
 
@@ -57,13 +58,12 @@ class Router:
             settings.internal_host,
         )
         self.websocket_app: ASGIApp | None = None  # the web integration's relay endpoint
+        self.propagation: Propagation | None = None  # trace context to peers, when tracing
         self.listener: Listener | None = None
         self.forwarder: Forwarder | None = None
         self._owners: dict[Ident, Elsewhere] = {}
 
-    async def start(
-        self, handle_call: Callable[[str, str, str, dict[str, Any]], Awaitable[Any]]
-    ) -> None:
+    async def start(self, handle_call: CallHandler) -> None:
         """Serve the internal listener (durable storage only), then register and heartbeat."""
         address = None
         if self.networked:
@@ -71,10 +71,26 @@ class Router:
             self.forwarder = Forwarder(self.signer, timeout=60.0)
             self.listener = Listener(
                 self.settings.internal_host, self.settings.internal_port, self.signer,
-                handle_call, self.websocket_app,
+                handle_call, self._relays(),
             )
             address = await self.listener.start()
         await self.node.start(address)
+
+    def _relays(self) -> ASGIApp | None:
+        """The relay endpoint, continuing each relayed client's trace when traces are on."""
+        app, propagation = self.websocket_app, self.propagation
+        if app is None or propagation is None:
+            return app
+
+        async def traced(scope: Scope, receive: Receive, send: Send) -> None:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            token = propagation.attach(dict(headers))
+            try:
+                await app(scope, receive, send)
+            finally:
+                propagation.detach(token)
+
+        return traced
 
     def leave(self) -> None:
         """Start a graceful stop: forwarded calls are answered "moved" from now on."""
@@ -128,8 +144,9 @@ class Router:
             self.forget_owner((type, key))
             await self.node.deaths.bury([owner.node_id])
             raise Moved(f"node {owner.node_id} has exited")
+        trace = None if self.propagation is None else self.propagation.inject()
         call = asyncio.ensure_future(
-            self.forwarder.call(owner.address, owner.node_id, type, key, method, args)
+            self.forwarder.call(owner.address, owner.node_id, type, key, method, args, trace)
         )
         death = self.node.death_of(owner.node_id)
         try:

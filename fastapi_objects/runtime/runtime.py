@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack
 
 from .._exceptions import UnknownObjectType
 from ..pubsub import PubSub, Subscription, open_pubsub
@@ -32,10 +32,14 @@ from .host import Host
 from .keys import validate_key
 from .methods import method_spec
 from .object import DurableObject
+from .observe import new_collector, start_tracing
 from .queries import object_query
 from .queue import ObjectsQueue
 from .stats import RuntimeStats
 from .workers import Handler, Worker, Workers
+
+if TYPE_CHECKING:
+    from .prometheus import ObjectsCollector
 
 T = TypeVar("T", bound=DurableObject[Any])
 
@@ -53,6 +57,8 @@ class Runtime:
     Options (``database_url``, ``pubsub_url``, ``schema``, ``node_ttl``...) are the fields of
     ``ObjectsSettings``: given here, else ``OBJECTS_<NAME>`` in the environment, else the
     project's ``.env``, else the default (``sqlite+aiosqlite:///./objects.db`` for storage).
+    ``tracer_provider``: an OpenTelemetry ``TracerProvider`` for this node's spans, instead
+    of the global one.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class Runtime:
         database_url: str | None = None,
         *,
         settings: ObjectsSettings | None = None,
+        tracer_provider: Any = None,
         **options: Unpack[Options],
     ) -> None:
         if settings is None:
@@ -97,6 +104,11 @@ class Runtime:
         self.gateway = Gateway(self._host, self.pubsub)
         """The web integration's way into this node (``fastapi_objects.fastapi`` only)."""
         self._workers = Workers(self)
+        self._tracer_provider = tracer_provider
+        self._traced: bool | None = None  # decided at the first start (see _trace)
+        if settings.tracing or tracer_provider is not None:
+            self._trace()  # asked for: MissingDependency now rather than at the start
+        self._collector: ObjectsCollector | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -117,8 +129,28 @@ class Runtime:
         """The event loop the runtime was started on (``RuntimeError`` before the start)."""
         return self._host.loop
 
+    def _trace(self) -> None:
+        """Decide once whether this node makes spans (see ``observe.start_tracing``)."""
+        if self._traced is None:
+            tracing = start_tracing(self.settings.tracing, self._tracer_provider, self.node_id)
+            if tracing is not None:
+                self._host.observe(tracing, propagation=tracing)
+            self._traced = tracing is not None
+
+    def metrics(self) -> ObjectsCollector:
+        """This node's Prometheus collector (the ``prometheus`` extra), counting from now on.
+
+        ``registry.register(objects.runtime.metrics())`` for a registry of your own; the
+        families are listed in the README. Calls are counted from the first ``metrics()``
+        (``Objects.metrics_router()`` makes it), so ask before the app serves.
+        """
+        if self._collector is None:
+            self._collector = new_collector(self._host)
+        return self._collector
+
     async def start(self) -> None:
         """Connect to storage, start the group committer, and join the cluster as a node."""
+        self._trace()
         await self.storage.start()
         if self.create_tables_on_start:
             await self.storage.create_tables()

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ..storage import AlarmWrite, Storage
     from .activation import Activation
     from .committer import GroupCommitter
+    from .observe import Observer
     from .stats import Counters
     from .timers import Wheel
 
@@ -60,6 +61,8 @@ class ActivationHost(Protocol):
     committer: GroupCommitter
     counters: Counters
     timers: Wheel  # coarse timers: call deadlines, idle checks
+    observer: Observer | None  # metrics, traces (``observe.py``)
+    spans: Observer | None  # the observer, when it is told of every turn (traces)
     public: Any  # what objects see as ``self.objects`` (the Runtime)
     clock: Callable[[], datetime]  # wall time (UTC) for expiries; tests give another
 

@@ -8,6 +8,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ..._log import about
 from ...storage import Alarm, AlarmWrite
 from .schedule import RESERVED, completion, failure
 
@@ -116,8 +117,10 @@ class AlarmClock:
             await act.instance.on_alarm(alarm)
             self.write(completion(alarm))
 
+        if act.host.observer is not None:
+            act.host.observer.alarm(act.cls.type_name, (now - alarm.due_at).total_seconds())
         try:
-            await act.run(turn, {}, held=held)
+            await act.run(turn, {}, held=held, name="on_alarm")
         except Exception as exc:
             if act.closed:
                 raise
@@ -125,7 +128,8 @@ class AlarmClock:
             failed = failure(alarm, f"{type(exc).__name__}: {exc}", cls.alarm_retries,
                              cls.alarm_backoff)
             log.warning("%s: alarm %r failed (%s); %s", act.topic, name, failed.last_error,
-                        "gave up" if failed.status == "failed" else f"retry {failed.retry_count}")
+                        "gave up" if failed.status == "failed" else f"retry {failed.retry_count}",
+                        extra=about(cls.type_name, act.key, act.host.node_id))
             if self.state.get(name) == alarm:
                 self.state[name] = failed
             await act.host.storage.record_alarm_failure(failed)

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..._exceptions import ObjectsError, UnknownObjectType
+from ..._log import about
 from ..._tasks import cancel_and_wait
 from ...cluster import ClusterNode
 from ...storage import Alarm, Storage
@@ -158,7 +159,8 @@ class AlarmDelivery:
                     cls, alarm.key, _fire(alarm.name, alarm.scheduled_at), ALARM_CALL, args, bool
                 )
         except (ObjectsError, TimeoutError) as exc:  # the lease runs out; another poll retries
-            log.info("alarm %s:%s/%s not delivered: %s", alarm.type, alarm.key, alarm.name, exc)
+            log.info("alarm %s:%s/%s not delivered: %s", alarm.type, alarm.key, alarm.name, exc,
+                     extra=about(alarm.type, alarm.key, self._node.node_id))
             return False
         self.delivered += ran
         return bool(ran)
