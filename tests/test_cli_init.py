@@ -522,15 +522,16 @@ def test_a_project_at_version_1_gets_one_new_revision_per_version(project: Path)
 def test_a_database_at_version_3_keeps_its_objects_through_the_upgrade(project: Path) -> None:
     # A project and its database as the release before version 4 left them.
     run("init")
-    storage_revision(project, 4).unlink()
+    for version in range(4, LATEST_VERSION + 1):
+        storage_revision(project, version).unlink()
     done = run_real("objects", "migrate", cwd=project)
     assert done.returncode == 0, done.stderr
     asyncio.run(_store_counter("sqlite+aiosqlite:///./objects.db", "a", 5))
     nodes = CliRunner().invoke(cli, ["nodes"])
     assert nodes.exit_code == 1 and "storage version 4 is not migrated" in nodes.stderr
 
-    out = run("init")  # the upgrade: one new revision, the old ones frozen
-    assert out.count("created: migrations/versions/") == 1
+    out = run("init")  # the upgrade: one new revision per version, the old ones frozen
+    assert out.count("created: migrations/versions/") == LATEST_VERSION - 3
     v3 = storage_revision(project, 3).name.split("_")[0]
     assert f"(storage tables version 4) follows {v3}" in out
     v4 = storage_revision(project, 4).read_text()
@@ -542,7 +543,7 @@ def test_a_database_at_version_3_keeps_its_objects_through_the_upgrade(project: 
     assert durable_call("a", 1) == 6  # the version-3 object, thawed by the upgraded app
 
     # Down to version 3 and up again: the columns go and come back; the objects stay.
-    assert run_real("alembic", "downgrade", "-1", cwd=project).returncode == 0
+    assert run_real("alembic", "downgrade", v3, cwd=project).returncode == 0
     assert "pid_started" not in _node_columns(project / "objects.db")
     assert run_real("alembic", "upgrade", "head", cwd=project).returncode == 0
     assert {"boot_id", "pid_namespace", "pid", "pid_started"} <= _node_columns(
