@@ -49,7 +49,8 @@ class Objects:
 
     It holds its ``runtime`` (as a Starlette app holds its router) and offers the runtime's
     public methods: ``get``, ``call``, ``journal``, ``query``, ``type_stats``, ``stats``,
-    ``publish``, ``subscribe``, ``create_tables``, and ``async with objects:``.
+    ``publish``, ``subscribe``, ``create_tables``, ``delete``, ``edit``, ``restore``,
+    ``history``, ``connections``, and ``async with objects:``.
     """
 
     def __init__(
@@ -85,6 +86,10 @@ class Objects:
         self.create_tables = runtime.create_tables
         self.queue = runtime.queue
         self.delete = runtime.delete
+        self.edit = runtime.edit
+        self.restore = runtime.restore
+        self.history = runtime.history
+        self.connections = runtime.connections
         self.worker = runtime.worker
         self.start = runtime.start
         self.close = runtime.close

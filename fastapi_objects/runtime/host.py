@@ -21,8 +21,10 @@ from .alarms import uses_alarms
 from .calls import Calls
 from .committer import GroupCommitter
 from .connection import Connection, Transport
+from .history import HistoryPruner
 from .keys import validate_key
 from .object import DurableObject
+from .operator import Operator
 from .placement import choose
 from .routing import Elsewhere, Router
 from .stats import Counters, RuntimeStats
@@ -39,8 +41,9 @@ class Host:
     """The node's live objects and the way calls reach them (here, or forwarded).
 
     Its parts: the group committer, the thawer, the router (the cluster seam), ``calls``
-    (the call paths), ``alarms`` (the alarm poller) and ``timers`` (call deadlines and idle
-    checks on one loop timer).
+    (the call paths), ``alarms`` (the alarm poller), ``operator`` (edits and restores, as
+    turns), ``history`` (pruning kept states) and ``timers`` (call deadlines and idle checks
+    on one loop timer).
     """
 
     def __init__(
@@ -72,6 +75,10 @@ class Host:
             self.calls.serve_here, self.spawn,
         )
         self.calls.internal[ALARM_CALL] = self.alarms.serve
+        self.operator = Operator(
+            storage, self.calls, self.activations, self.routing, self.object_type
+        )
+        self.history = HistoryPruner(storage, types)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -98,6 +105,7 @@ class Host:
         self.thawer.start()
         await self.routing.start(self.calls.serve_forwarded)
         self.alarms.start()
+        self.history.start()
 
     async def stop(self) -> None:
         """Leave gracefully: hibernate every live object (releasing it), commit, deregister.
@@ -107,6 +115,7 @@ class Host:
         """
         self.routing.leave()
         await self.alarms.stop()
+        await self.history.stop()
         await asyncio.gather(
             *(act.idle.hibernate(force=True) for act in list(self.activations.values())),
             return_exceptions=True,

@@ -43,6 +43,22 @@ def _state_model(cls: type) -> type[pydantic.BaseModel] | None:
     return None
 
 
+def _history_option(cls: type) -> timedelta | None:
+    """The class's ``history`` window, if it sets one (a method named so is not the option)."""
+    value = getattr(cls, "history", None)
+    if value is None or callable(value) or isinstance(value, staticmethod | classmethod):
+        return None
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise TypeError(f"{cls.__name__}.history must be a positive timedelta, e.g. "
+                        "timedelta(days=7)")
+    if issubclass(cls, EventSourced):
+        raise TypeError(
+            f"{cls.__name__}: event-sourced objects restore from their journal; "
+            "history is for snapshot objects"
+        )
+    return value
+
+
 class DurableObject(Generic[S]):
     """A keyed, singleton, durable object whose state is a pydantic model.
 
@@ -67,7 +83,9 @@ class DurableObject(Generic[S]):
     ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
     ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
     ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
-    then marked failed), ``public`` (browsers may attach through ``objects.router``).
+    then marked failed), ``public`` (browsers may attach through ``objects.router``),
+    ``history`` (a ``timedelta``: keep each committed state that long, for
+    ``objects.restore``; event-sourced objects restore from their journal without it).
     """
 
     type_name: ClassVar[str]
@@ -82,6 +100,9 @@ class DurableObject(Generic[S]):
     public: ClassVar[bool] = True  # reachable from the web router's websocket endpoint
     alarm_retries: ClassVar[int] = 6
     alarm_backoff: ClassVar[float] = 2.0
+    # `history = timedelta(days=7)` keeps committed states (restore). Not declared here: a
+    # base attribute would hide the app's own methods named `history` (see _history_option).
+    __objects_history__: ClassVar[timedelta | None] = None
     __objects_methods__: ClassVar[dict[str, MethodSpec]]
     __objects_handle__: ClassVar[type[_Handle[Any]]]
 
@@ -103,6 +124,7 @@ class DurableObject(Generic[S]):
             raise TypeError(f"{cls.__name__}.placement must be 'local', 'hash' or 'region'")
         if cls.placement == "region" and not cls.region:
             raise TypeError(f"{cls.__name__}: placement = 'region' needs region = '<name>'")
+        cls.__objects_history__ = _history_option(cls)
 
     # -- hooks -------------------------------------------------------------------------------
 
