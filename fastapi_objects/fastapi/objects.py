@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self, Unpack
 
-from fastapi import APIRouter
+from fastapi import APIRouter, params
 from starlette.applications import Starlette
 from starlette.responses import FileResponse
 from starlette.websockets import WebSocket
@@ -160,6 +160,27 @@ class Objects:
             await serve_websocket(self, websocket, type_name, key)
 
         return router
+
+    def inspector_router(
+        self,
+        *,
+        dependencies: Sequence[params.Depends] | None = None,
+        prefix: str = "/objects/inspector",
+        public: bool = False,
+    ) -> APIRouter:
+        """The inspector: a page and a JSON API to see and steer objects, for operators.
+
+        Every route sits behind ``dependencies`` (your admin check); it refuses to mount
+        without them unless ``public=True`` says so on purpose. Example::
+
+            app.include_router(objects.inspector_router(dependencies=[Depends(require_admin)]))
+
+        The first dependency returning a name (a ``str``, or a user object's ``username``,
+        ``name``, ``email``, ``id`` or ``sub``) is who made an edit or a restore, journaled.
+        """
+        from .inspector import inspector_router
+
+        return inspector_router(self, dependencies=dependencies, prefix=prefix, public=public)
 
     async def serve_websocket(
         self, websocket: WebSocket, cls: type[DurableObject[Any]] | str, key: str

@@ -15,6 +15,7 @@ import jsonpointer
 import pydantic
 
 from .._exceptions import InvalidEdit
+from .methods import describe_errors
 from .storable import storable_json
 
 EDIT = "objects:edit"
@@ -84,10 +85,7 @@ def validated(model: type[pydantic.BaseModel], data: Any, topic: str) -> pydanti
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'state'}: {e['msg']}"
-            for e in exc.errors(include_url=False)[:5]
-        )
+        problems = describe_errors(exc, "state", 5)
         raise InvalidEdit(
             f"{topic}: the edited state does not fit {model.__name__}: {problems}"
         ) from None
