@@ -6,7 +6,6 @@ The app runs in a real uvicorn server (its own thread and loop) and owns the obj
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fastapi_objects.cli import app as cli
-from tests._server import LiveServer
+from tests._server import ServerFromSyncCode
 from tests.test_cli_manage import cells, fails, run
 
 LEAGUE = '''\
@@ -81,27 +80,11 @@ def league(
     sys.modules.pop("league", None)
 
 
-class Served:
-    """The app served by uvicorn in its own thread, driven from this (synchronous) test."""
-
-    def __init__(self, app: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = LiveServer(app)
-        self.loop.run_until_complete(self.server.start())
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(self.server.run(coro))
-
-    def stop(self) -> None:
-        self.loop.run_until_complete(self.server.stop())
-        self.loop.close()
-
-
 def test_history_lists_kept_states_and_restore_runs_on_the_owner(
     league: tuple[Any, list[str]],
 ) -> None:
     module, options = league
-    served = Served(module.app)
+    served = ServerFromSyncCode(module.app)
     try:
         objects, player = module.objects, module.Player
         for _ in range(3):

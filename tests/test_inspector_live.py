@@ -1,8 +1,8 @@
 """The inspector over real uvicorn servers: the live view (Server-Sent Events) and a cluster.
 
-One node on SQLite and PostgreSQL; two nodes sharing PostgreSQL, where the inspector of one
-shows the other's attached clients, follows the object's broadcasts and sends edits and
-restores to the owner.
+One node, and two nodes sharing a database, where the inspector of one shows the other's
+attached clients, follows the object's broadcasts and sends edits and restores to the owner;
+on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -101,11 +101,13 @@ async def _active(objects: Objects) -> list[tuple[str, str]]:
 
 
 async def test_on_a_cluster_the_owner_answers_for_its_clients_and_runs_the_edits(
-    pg_url: str, pg_schema: str,
+    sql_backend: Backend,
 ) -> None:
-    options = {"database_url": pg_url, "schema": pg_schema, "create_tables": True}
-    app_a, a = make_app(**options, node_id="node-a")
-    app_b, b = make_app(**options, node_id="node-b")
+    """On PostgreSQL broadcasts reach every node; on SQLite (a pub/sub of each process's own)
+    the live view of node-b listens on node-a, the owner."""
+    url, schema = sql_backend.url, sql_backend.schema
+    app_a, a = make_app(url, schema=schema, create_tables=True, node_id="node-a")
+    app_b, b = make_app(url, schema=schema, create_tables=True, node_id="node-b")
     async with (
         LiveServer(app_a) as server_a, LiveServer(app_b) as server_b,
         httpx2.AsyncClient(base_url=server_b.url, auth=ADMIN) as http,

@@ -129,13 +129,21 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 def internal_websocket_app(objects: Objects) -> Any:
-    """The owner's end of a relay: the internal listener hands it signed upgrades."""
+    """The owner's end of a relay: the internal listener hands it signed upgrades.
+
+    Also the owner's end of the inspector's live view (``?watch=1``: ``inspector/live.py``).
+    """
+    from .inspector.live import WATCH, serve_watch
     from .websocket import serve_relayed
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         type_name, _, key = scope["path"][len(WEBSOCKET_PREFIX):].partition("/")
-        raw = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("params", ["{}"])
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if WATCH in query:  # the inspector's live view of another node: no client attaches
+            await serve_watch(objects, websocket, type_name, key)
+            return
+        raw = query.get("params", ["{}"])
         try:
             params = from_json(raw[0])
         except ValueError:

@@ -9,8 +9,7 @@ logged-in admin's cookies cannot be used to edit behind their back. Bodies are r
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,12 +17,12 @@ import pydantic
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..._exceptions import InvalidEdit, PubSubClosed, SubscriptionOverflow
+from ..._exceptions import InvalidEdit
 from ...runtime.keys import validate_key
 from ...runtime.methods import describe_errors
 from ...runtime.queue import ObjectsQueue
-from ..protocol import decode_frame, encode_frame
-from . import views
+from ..protocol import decode_frame
+from . import live, views
 from .models import (
     Edited,
     HistoryPage,
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
     from ..objects import Objects
 
 PATCH_TYPES = ("application/json-patch+json", "application/json")
-KEEPALIVE = 15.0
-"""Seconds between comment lines on an idle live view (proxies drop silent streams)."""
 
 Limit = Annotated[int, Query(ge=1, le=views.MAX_PAGE)]
 
@@ -161,9 +158,9 @@ def api_routes(objects: Objects, who: Callable[..., str | None]) -> APIRouter:
     async def inspector_live(type_name: str, key: str) -> StreamingResponse:
         """The object's broadcasts as they happen (Server-Sent Events); it is not woken."""
         cls = runtime.object_type(type_name)
-        topic = f"{cls.type_name}:{validate_key(key)}"
         return StreamingResponse(
-            _stream(objects, topic), media_type="text/event-stream",
+            live.stream(objects, cls.type_name, validate_key(key)),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
@@ -195,25 +192,6 @@ def api_routes(objects: Objects, who: Callable[..., str | None]) -> APIRouter:
         return Retried(retried=await runtime.get(ObjectsQueue, name).retry(job))
 
     return router
-
-
-async def _stream(objects: Objects, topic: str) -> AsyncIterator[str]:
-    """Each broadcast on ``topic`` as an SSE ``data:`` line holding a websocket-style frame."""
-    async with objects.subscribe(topic, max_queue=objects.max_outbox) as sub:
-        yield "retry: 2000\nevent: ready\ndata: {}\n\n"  # subscribed: what follows arrives
-        while True:
-            try:
-                message = await asyncio.wait_for(sub.get(), KEEPALIVE)
-            except TimeoutError:
-                yield ": keepalive\n\n"
-                continue
-            except (PubSubClosed, SubscriptionOverflow):
-                return  # shutting down, or too slow: EventSource reconnects
-            frame = {"topic": message.topic, "event": message.event, "payload": message.payload}
-            try:
-                yield f"data: {encode_frame(frame)}\n\n"
-            except ValueError:  # not strict JSON: the websocket clients got an error frame
-                continue
 
 
 def _if_match(value: str | None) -> int:

@@ -58,12 +58,33 @@
   }
 
   const when = (iso) => iso.replace("T", " ").slice(0, 19);
+  const short = (text, most) => (text.length > most ? text.slice(0, most - 3) + "..." : text);
+
+  // A journal entry as a row of the journal table (who made an operator's change first).
+  function journalRow(body, entry, index) {
+    const row = body.insertRow(index);
+    cell(row, String(entry.rev), "num");
+    cell(row, when(entry.at));
+    cell(row, entry.kind);
+    const payload = row.insertCell();
+    if (entry.payload && typeof entry.payload === "object" && entry.payload.by) {
+      const by = document.createElement("span");
+      by.className = "tag";
+      by.textContent = "by " + entry.payload.by;
+      payload.append(by, " ");
+    }
+    const code = document.createElement("code");
+    code.textContent = short(JSON.stringify(entry.payload), 120);
+    payload.append(code);
+  }
 
   function objectPage(root) {
     const url = api + "/objects/" + segments(root.dataset.type, root.dataset.key);
     const stateView = document.getElementById("state");
     const editor = document.getElementById("editor");
     const draft = document.getElementById("draft");
+    const journal = document.querySelector("#journal tbody");
+    const history = document.querySelector("#history tbody");
     let state = JSON.parse(stateView.textContent);
     let rev = Number(root.dataset.rev);
     let editing = null; // {state, rev} the draft started from
@@ -75,10 +96,43 @@
       document.getElementById("rev").textContent = String(rev);
     }
 
+    // After any change: the state, the journal's new entries, the kept states.
     async function refresh() {
       const found = await send("GET", url);
       show(found.state, found.rev);
+      const top = journal.rows.length ? Number(journal.rows[0].cells[0].textContent) : 0;
+      const added = await send("GET", url + "/journal?after=" + top);
+      added.entries.forEach((entry) => journalRow(journal, entry, 0));
+      if (added.entries.length) {
+        document.getElementById("journal").hidden = false;
+        const empty = document.getElementById("journal-empty");
+        if (empty) empty.remove();
+      }
+      if (history) {
+        const kept = await send("GET", url + "/history?limit=20");
+        history.replaceChildren();
+        kept.revisions.forEach((k) => {
+          const row = history.insertRow();
+          cell(row, String(k.rev), "num");
+          cell(row, when(k.at));
+          cell(row, String(k.state_version), "num");
+          const action = row.insertCell();
+          if (k.rev === rev) {
+            action.textContent = "current";
+          } else {
+            const button = document.createElement("button");
+            button.className = "restore";
+            button.dataset.rev = String(k.rev);
+            button.textContent = "Restore";
+            action.append(button);
+          }
+        });
+      }
     }
+    let refreshing = Promise.resolve(); // one at a time: each reads after the last one shown
+    const refreshSoon = () => {
+      refreshing = refreshing.then(refresh).catch((err) => say(err.message));
+    };
 
     document.getElementById("edit").addEventListener("click", () => {
       editing = { state: state, rev: rev };
@@ -114,6 +168,7 @@
         editor.hidden = true;
         editing = null;
         say("saved as rev " + done.rev, true);
+        refreshSoon();
       } catch (err) {
         say(err.message);
       }
@@ -124,13 +179,17 @@
         const done = await send("POST", url + "/restore", body);
         show(done.state, done.rev);
         say("restored rev " + done.restored + ": now at rev " + done.rev, true);
+        refreshSoon();
       } catch (err) {
         say(err.message);
       }
     }
-    document.querySelectorAll("button.restore").forEach((button) => {
-      button.addEventListener("click", () => restore({ rev: Number(button.dataset.rev) }));
-    });
+    if (history) {
+      history.addEventListener("click", (event) => {
+        const button = event.target.closest("button.restore");
+        if (button) restore({ rev: Number(button.dataset.rev) });
+      });
+    }
     const restoreForm = document.getElementById("restore-form");
     if (restoreForm) {
       restoreForm.addEventListener("submit", (event) => {
@@ -139,7 +198,7 @@
       });
     }
 
-    // The live view: every broadcast, newest first; the state shown follows the commits.
+    // The live view: every broadcast, newest first; the page follows the commits.
     const log = document.getElementById("live");
     const badge = document.getElementById("live-status");
     const stream = ObjectsClient.watch(url + "/live");
@@ -159,7 +218,7 @@
       body.textContent = JSON.stringify(payload);
       item.append(time, name, body);
       log.prepend(item);
-      refresh().catch(() => {});
+      refreshSoon();
     });
 
     // Older journal entries, a page at a time, below the ones shown.
@@ -170,16 +229,7 @@
       older.addEventListener("click", async () => {
         const from = Math.max(0, after - page);
         const found = await send("GET", url + "/journal?after=" + from + "&limit=" + (after - from));
-        const body = document.querySelector("#journal tbody");
-        found.entries.reverse().forEach((entry) => {
-          const row = body.insertRow();
-          cell(row, String(entry.rev), "num");
-          cell(row, when(entry.at));
-          cell(row, entry.kind);
-          const code = document.createElement("code");
-          code.textContent = JSON.stringify(entry.payload);
-          row.insertCell().append(code);
-        });
+        found.entries.reverse().forEach((entry) => journalRow(journal, entry, -1));
         after = from;
         if (after === 0) older.remove();
       });
