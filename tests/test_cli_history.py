@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fastapi_objects.cli import app as cli
 from tests._server import ServerFromSyncCode
-from tests.test_cli_manage import cells, fails, run
+from tests.test_cli_manage import app_module, cells, fails, migrated, run
 
 LEAGUE = '''\
 import os
@@ -60,22 +60,8 @@ def league(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Any, list[str]]]:
     """The app module ``league`` and the CLI options naming its database (tables migrated)."""
-    (tmp_path / "league.py").write_text(LEAGUE)
-    monkeypatch.chdir(tmp_path)
-    for name in ("OBJECTS_DATABASE_URL", "OBJECTS_SCHEMA", "DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    if request.param == "sqlite":
-        url, schema = f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}", None
-    else:
-        url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
-    monkeypatch.setenv("OBJECTS_DATABASE_URL", url)
-    options = ["--database-url", url]
-    if schema:
-        monkeypatch.setenv("OBJECTS_SCHEMA", schema)
-        options += ["--schema", schema]
-    assert "ready" in run("migrate", *options)
-    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
-    sys.modules.pop("league", None)
+    app_module("league", LEAGUE, tmp_path, monkeypatch)
+    _, _, options = migrated(request, tmp_path, monkeypatch)
     yield importlib.import_module("league"), options
     sys.modules.pop("league", None)
 

@@ -19,7 +19,7 @@ import typer
 from ._console import console
 from ._errors import CliError, reported
 from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, load_runtime, open_target
-from .manage import KeyArgument, TypeArgument, _check_type, _target, _time
+from .manage import KeyArgument, TypeArgument, YesOption, _check_type, _target, _time
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -90,7 +90,7 @@ def restore(
         str | None,
         typer.Option(metavar="TIME", help="The time to go back to, ISO 8601 (UTC if no offset)."),
     ] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
     app: AppOption = None,
     database_url: DatabaseUrlOption = None,
     schema: SchemaOption = None,
