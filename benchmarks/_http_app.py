@@ -44,7 +44,7 @@ class TickerState(BaseModel):
 
 class Ticker(DurableObject[TickerState]):
     idle_timeout = 600.0
-    public = True  # the fan-out clients attach to it
+    public = True  # the fan-out clients attach to it (they call nothing)
 
     async def tick(self, t: float) -> int:
         self.state.ticks += 1

@@ -1,12 +1,14 @@
-"""The durable objects of the example app: ``ChatRoom``, ``Counter`` and a per-user ``Cart``.
+"""The example app's durable objects: ``ChatRoom``, ``ChatName``, ``Counter`` and ``Cart``.
 
 Each is a plain class: state is a pydantic model, public ``async def`` methods are callable
-from routes (``Depends(get_object(...))``) and from browsers (websocket frames), and every
-turn that changed the state is committed before its caller hears back.
+from routes (``Depends(get_object(...))``), and every turn that changed the state is committed
+before its caller hears back. Browsers reach only what a class opens to them: ``public = True``
+to attach over a websocket, ``@client_callable`` on each method a page may call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any
@@ -19,6 +21,7 @@ from fastapi_objects import (
     DurableObject,
     InvalidArguments,
     UnknownMethod,
+    client_callable,
     readonly,
 )
 
@@ -40,13 +43,16 @@ class Counter(DurableObject[CounterState]):
     """A number everyone can bump; every change is broadcast to attached browsers."""
 
     idle_timeout = idle_timeout(30.0)
+    public = True  # the home page attaches to it
 
+    @client_callable
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
         return self.state.value
 
     @readonly
+    @client_callable
     async def get(self) -> int:
         return self.state.value
 
@@ -78,11 +84,14 @@ class ChatRoom(DurableObject[ChatRoomState]):
     """
 
     idle_timeout = idle_timeout(30.0)
+    public = True  # room pages attach to it
 
     async def on_connect(self, conn: Connection) -> None:
-        name = str(conn.params.get("name", "")).strip()
-        if not 1 <= len(name) <= MAX_NAME:
-            raise ConnectionRejected(f"choose a name of 1 to {MAX_NAME} characters", code=4403)
+        # The app's authorize bound this name to the visitor's session (ChatName): it is
+        # conn.auth, not the query string, which a client could fill with anyone's name.
+        name = conn.auth.get("name")
+        if not isinstance(name, str):
+            raise ConnectionRejected("choose a name first", code=4403)
         conn.state = {"name": name, "typing": False}
         conn.tags.add("member")
         conn.send("welcome", {
@@ -115,17 +124,20 @@ class ChatRoom(DurableObject[ChatRoomState]):
             raise UnknownMethod(f"chat rooms understand 'typing' and 'say', not {frame['event']!r}")
 
     async def post(self, name: str, text: str) -> ChatMessage:
-        """Post as ``name`` without a websocket (the HTTP API uses it)."""
-        name = name.strip()
-        if not 1 <= len(name) <= MAX_NAME:
-            raise InvalidArguments(f"name must be 1 to {MAX_NAME} characters")
-        return self._post(name, text)
+        """Post as ``name`` without a websocket: for the HTTP API, which checked the name.
+
+        Not ``@client_callable``: a websocket client posts with the ``say`` event, under the
+        name its connection was given.
+        """
+        return self._post(check_name(name), text)
 
     @readonly
+    @client_callable
     async def history(self, limit: int = 50) -> list[ChatMessage]:
         return self.state.messages[-limit:] if limit > 0 else []
 
     @readonly
+    @client_callable
     async def present(self) -> list[dict[str, str]]:
         return self._present()
 
@@ -152,6 +164,42 @@ class ChatRoom(DurableObject[ChatRoomState]):
             if c.state.get("typing") or not typing_only
         ]
         return sorted(people, key=lambda p: (p["name"].lower(), p["id"]))
+
+
+# -- ChatName --------------------------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    """A display name as shown: stripped, 1 to ``MAX_NAME`` characters (``InvalidArguments``)."""
+    name = name.strip()
+    if not 1 <= len(name) <= MAX_NAME or not name.isprintable():
+        raise InvalidArguments(f"a name is 1 to {MAX_NAME} printable characters")
+    return name
+
+
+def name_key(name: str) -> str:
+    """The ``ChatName`` key of a display name: "Ann" and "ann " are one name."""
+    return hashlib.sha256(name.strip().casefold().encode()).hexdigest()
+
+
+class ChatNameState(BaseModel):
+    session: str | None = None  # the session that holds the name
+
+
+class ChatName(DurableObject[ChatNameState]):
+    """A display name, held by the first session that used it: nobody else posts under it.
+
+    Keyed by ``name_key(name)``; server code only (not public), called by the app's
+    ``authorize`` and its HTTP API before they let a session speak as that name.
+    """
+
+    idle_timeout = idle_timeout(10.0)
+
+    async def claim(self, session: str) -> bool:
+        """Hold the name for ``session`` if nobody does; whether ``session`` holds it now."""
+        if self.state.session is None:
+            self.state.session = session
+        return self.state.session == session
 
 
 # -- Cart ------------------------------------------------------------------------------------

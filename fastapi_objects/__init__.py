@@ -43,7 +43,15 @@ from ._exceptions import (
 if TYPE_CHECKING:
     from .fastapi import Objects, get_object
     from .pubsub import Message
-    from .runtime import DurableObject, EventSourced, Handle, Runtime, RuntimeStats, readonly
+    from .runtime import (
+        DurableObject,
+        EventSourced,
+        Handle,
+        Runtime,
+        RuntimeStats,
+        client_callable,
+        readonly,
+    )
     from .runtime.connection import Connection
     from .runtime.queue import Claimed as Job
     from .settings import ObjectsSettings
@@ -66,6 +74,7 @@ _LAZY = {
     "Runtime": ".runtime",
     "RuntimeStats": ".runtime",
     "TypeStats": ".storage",
+    "client_callable": ".runtime",
     "get_object": ".fastapi",
     "readonly": ".runtime",
 }
@@ -110,6 +119,7 @@ __all__ = [
     "UnknownMethod",
     "UnknownObjectType",
     "UnstorableValue",
+    "client_callable",
     "get_object",
     "readonly",
 ]

@@ -36,15 +36,41 @@ come from bugs: clients see them as ``internal_error`` with an id that is in the
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class ObjectsError(Exception):
-    """Base class of every error raised by fastapi_objects."""
+    """Base class of every error raised by fastapi_objects.
+
+    ``message`` is what clients see. ``detail``, when set (``hiding``), is what only the log
+    and the operator's CLI see: a driver's message may hold SQL, a statement's parameters
+    (another caller's key and state, in a group commit) or where the database is; a failed
+    forward names nodes and their private addresses.
+    """
 
     type: str = "objects_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail
+
+    @classmethod
+    def hiding(cls, what: str, detail: object) -> Self:
+        """``what`` failed, with an error id for clients; ``detail`` is logged under that id.
+
+        Example: ``raise StorageUnavailable.hiding("storage refused the transaction", exc)``
+        gives clients ``storage refused the transaction (error 3f2a...; details in the
+        server's log)``, and the log ``error 3f2a... (storage_unavailable): storage refused
+        the transaction: <the driver's message>``.
+        """
+        import logging  # here: the CLI's --help imports this module, and counts milliseconds
+        import uuid
+
+        error_id = uuid.uuid4().hex[:16]
+        text = f"{what}: {detail}"
+        logging.getLogger("fastapi_objects").warning("error %s (%s): %s", error_id, cls.type, text)
+        return cls(f"{what} (error {error_id}; details in the server's log)", detail=text)
 
 
 class ObjectNotFound(ObjectsError):
@@ -144,7 +170,10 @@ class Overloaded(ObjectsError):
 
 
 class StorageUnavailable(ObjectsError):
-    """The database could not be reached, or the commit failed; the outcome was not acknowledged."""
+    """The database could not be reached, or the commit failed; the outcome was not acknowledged.
+
+    A driver's own words stay in the log (``ObjectsError.hiding``), never in ``message``.
+    """
 
     type = "storage_unavailable"
 

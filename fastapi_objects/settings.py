@@ -108,6 +108,9 @@ class ObjectsSettings(BaseSettings):
     """Create missing tables on start; default: on SQLite and memory, not on PostgreSQL."""
     max_batch: int = Field(default=512, ge=1, le=10_000)
     """Most objects' commits in one transaction."""
+    max_active: int = Field(default=100_000, ge=1)
+    """Most objects live on this node at once; past it the least recently used idle ones
+    hibernate to make room (``Overloaded`` only when none can)."""
 
     node_ttl: float = Field(default=10.0, gt=0.3, le=3600)
     """Seconds after its last heartbeat that a node counts as dead (heartbeat every ttl/3)."""
@@ -146,6 +149,13 @@ class ObjectsSettings(BaseSettings):
     """Concurrent calls per websocket connection."""
     max_outbox: int = Field(default=1024, ge=1)
     """Frames queued to one client before it is closed as too slow (4408)."""
+    max_outbox_bytes: int = Field(default=8 << 20, ge=1024)
+    """Characters of JSON text (bytes, for ASCII) queued to one client before it is closed as
+    too slow (4408): a client that stops reading holds at most this much of the server's
+    memory."""
+    send_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds one frame may take to leave for a client (it is not reading: the network
+    pushes back) before the client is closed as too slow (4408)."""
 
     _database_url_source: str = PrivateAttr(default=_DEFAULT_SOURCE)
 
@@ -211,6 +221,7 @@ class Options(TypedDict, total=False):
     schema: str | None
     create_tables: bool | None
     max_batch: int | None
+    max_active: int | None
     node_ttl: float | None
     node_id: str | None
     region: str | None
@@ -224,3 +235,5 @@ class Options(TypedDict, total=False):
     max_frame_bytes: int | None
     max_calls_in_flight: int | None
     max_outbox: int | None
+    max_outbox_bytes: int | None
+    send_timeout: float | None

@@ -15,6 +15,7 @@ from fastapi_objects import (
     DurableObject,
     Handle,
     Objects,
+    client_callable,
     get_object,
     readonly,
 )
@@ -26,21 +27,32 @@ class CounterState(BaseModel):
 
 class Counter(DurableObject[CounterState]):
     idle_timeout = 30.0
+    public = True
 
+    @client_callable
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
         return self.state.value
 
     @readonly
+    @client_callable
     async def get(self) -> int:
         return self.state.value
 
+    async def admin_reset(self) -> int:
+        """For server routes only: not ``@client_callable``."""
+        self.state.value = 0
+        self.broadcast("changed", {"value": 0})
+        return 0
+
+    @client_callable
     async def fail(self) -> None:
         self.state.value += 1000
         self.broadcast("changed", {"value": self.state.value})
         raise ValueError("refused on purpose")
 
+    @client_callable
     async def slow(self, seconds: float) -> str:
         """Hold the turn for ``seconds``, or until ``release_slow`` lets it go."""
         ident = f"{self.objects.node_id}/{self.key}"
@@ -84,9 +96,10 @@ class Room(DurableObject[RoomState]):
     """Rejects clients without a name; keeps presence in connection state."""
 
     idle_timeout = 0.3
+    public = True
 
     async def on_connect(self, conn: Connection) -> None:
-        name = conn.params.get("name")
+        name = conn.auth.get("name") or conn.query.get("name")
         if not name:
             raise ConnectionRejected("a name is required", code=4403)
         conn.state = {"name": name}
@@ -101,12 +114,14 @@ class Room(DurableObject[RoomState]):
         if frame["event"] == "typing":
             self.broadcast("typing", {"name": conn.state["name"]}, exclude=conn)
 
+    @client_callable
     async def say(self, text: str) -> int:
         self.state.messages.append(text)
         self.broadcast("message", {"text": text})
         return len(self.state.messages)
 
     @readonly
+    @client_callable
     async def history(self) -> list[str]:
         return self.state.messages
 

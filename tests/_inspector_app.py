@@ -40,6 +40,7 @@ class Score(BaseModel):
 class Counter(DurableObject[Score]):
     history = timedelta(days=7)
     idle_timeout = 30.0
+    public = True  # the browser tests attach a client to it
 
     async def increment(self, by: int = 1) -> int:
         self.state.value += by

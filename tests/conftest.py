@@ -122,6 +122,19 @@ def sql_backend(backend: Backend) -> Iterator[Backend]:
 
 
 @pytest.fixture
+async def durable(backend: Backend) -> AsyncIterator[Backend]:
+    """A durable backend (SQLite, PostgreSQL) with its tables, for nodes that share it."""
+    from fastapi_objects.storage import open_storage
+
+    if backend.name == "memory":
+        pytest.skip("nodes share a durable database")
+    storage = open_storage(backend.url, schema=backend.schema)
+    await storage.create_tables()
+    await storage.close()
+    yield backend
+
+
+@pytest.fixture
 def db_url(tmp_path: Path) -> str:
     """A fresh SQLite file for one test."""
     return f"sqlite+aiosqlite:///{tmp_path / 'objects.db'}"

@@ -159,6 +159,28 @@ def test_two_pages_chat_with_presence_and_typing(
     expect(alice.page.locator("#present")).not_to_contain_text("Bob")
 
 
+def test_a_name_taken_by_another_visitor_asks_for_another(
+    server: AppProcess, visitors: Callable[[str], Visitor]
+) -> None:
+    expect = _expect()
+    room, name = f"names-{uuid.uuid4().hex[:6]}", f"Kim-{uuid.uuid4().hex[:4]}"
+    kim, other = visitors("kim"), visitors("other")
+    kim.page.goto(f"/rooms/{room}?name={name}")
+    expect(kim.page.locator("#status")).to_have_text("live")
+    other.page.goto(f"/rooms/{room}?name={name}")  # the name is Kim's: refused, asked again
+    expect(other.page.locator("#join")).to_be_visible()
+    expect(other.page.locator("#join-error")).to_contain_text("belongs to another visitor")
+    other.shot("name-taken")
+    other.page.locator("#name").fill("Lee")
+    other.page.locator("#join button").click()
+    expect(other.page.locator("#status")).to_have_text("live")
+    other.page.locator("#text").fill("I am Lee")
+    other.page.locator("#text").press("Enter")
+    line = kim.page.locator("#messages li").filter(has_text="I am Lee")
+    expect(line.locator(".who")).to_have_text("Lee")
+    expect(kim.page.locator("#present")).to_contain_text("Lee")
+
+
 def test_the_counter_updates_live_in_both_pages(
     server: AppProcess, visitors: Callable[[str], Visitor]
 ) -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 
 from fastapi_objects import DurableObject, Runtime
-from fastapi_objects.cluster import Signer, derived_secret
+from fastapi_objects.cluster import Signer
 from fastapi_objects.cluster.channel import CHANNEL_PATH
 
 EXAMPLES = 200
@@ -73,9 +73,9 @@ async def channel(tmp_path: Path) -> AsyncIterator[ClientConnection]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'fuzz.db'}"
     async with Runtime(objects=[Target], database_url=url, node_id="owner",
                        create_tables=True) as rt:
-        address = rt.routing.node.address
+        address = rt._host.routing.node.address
         assert address is not None
-        signer = Signer(derived_secret(url, None), "peer")
+        signer = Signer((await rt.storage.cluster_secret()).encode(), "peer")
         headers = signer.headers("GET", CHANNEL_PATH + "?", b"", "owner")
         ws_url = "ws" + address.removeprefix("http") + CHANNEL_PATH
         async with connect(ws_url, additional_headers=headers, max_size=None) as ws:

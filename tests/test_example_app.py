@@ -212,11 +212,15 @@ def test_counter_websocket_speaks_the_standard_frames(client: TestClient) -> Non
 
 def test_chat_room_history_presence_typing_and_exclude(client: TestClient) -> None:
     url = "/objects/chat_room/lounge/ws"
+    with client.websocket_connect(url) as sessionless, \
+            pytest.raises(WebSocketDisconnect) as info:
+        sessionless.receive_json()
+    assert info.value.code == 4401  # no session cookie yet: the page was never loaded
+    posted = client.post("/api/rooms/lounge/messages", json={"name": "curl", "text": "first"})
+    assert posted.status_code == 201 and posted.json()["text"] == "first"
     with client.websocket_connect(url) as nameless, pytest.raises(WebSocketDisconnect) as info:
         nameless.receive_json()
     assert info.value.code == 4403
-    posted = client.post("/api/rooms/lounge/messages", json={"name": "curl", "text": "first"})
-    assert posted.status_code == 201 and posted.json()["text"] == "first"
 
     with client.websocket_connect(url + "?name=Alice") as alice:
         attached = alice.receive_json()
@@ -277,6 +281,7 @@ def test_a_room_hibernates_when_empty_and_thaws_with_its_history(
 ) -> None:
     monkeypatch.setattr(ChatRoom, "idle_timeout", 0.3)
     with TestClient(create_app(db_url)) as client:
+        assert client.get("/rooms/den").status_code == 200  # the page: a session cookie
         with _attach(client, "/objects/chat_room/den/ws?name=Ann") as ws:
             ws.receive_json()
             ws.send_json({"ref": "1", "event": "say", "payload": {"text": "remember me"}})
@@ -300,16 +305,17 @@ def test_carts_are_per_session_and_sleep_between_visits(
     monkeypatch.setattr(Cart, "idle_timeout", 0.3)
     with TestClient(create_app(db_url)) as client:
         first = client.get("/api/cart")
-        assert first.json() == {"lines": [], "total_cents": 0, "wakeups": 1}
+        assert first.json() == {"lines": [], "total_cents": 0, "wakeups": 0}
         mine = first.cookies[SESSION_COOKIE]
         added = client.post("/api/cart/items", json={"sku": "espresso", "quantity": 2}).json()
         assert added["lines"] == [
             {"sku": "espresso", "name": "Espresso", "quantity": 2, "cents": 500}]
+        assert added["wakeups"] == 1
         bad = client.post("/api/cart/items", json={"sku": "caviar"})
         assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_arguments"
 
         client.cookies.clear()  # a second visitor
-        assert client.get("/api/cart").json()["lines"] == []
+        assert client.post("/api/cart/items", json={"sku": "cookie"}).json()["lines"]
         theirs = client.cookies[SESSION_COOKIE]
         assert theirs != mine
 
@@ -320,13 +326,99 @@ def test_carts_are_per_session_and_sleep_between_visits(
         assert back["lines"][0]["quantity"] == 2 and back["wakeups"] == 2
         assert client.delete("/api/cart/items/espresso").json()["lines"] == []
 
-        with _attach(client, f"/objects/cart/{mine}/ws") as ws:
-            ws.send_json({"ref": "v", "call": "view", "args": {}})
-            assert ws.receive_json()["result"]["wakeups"] == 2
-        with client.websocket_connect(f"/objects/cart/{theirs}/ws") as ws, \
-                pytest.raises(WebSocketDisconnect) as info:
+        for key in (mine, theirs):  # the page reaches carts over HTTP only: not public
+            with client.websocket_connect(f"/objects/cart/{key}/ws") as ws, \
+                    pytest.raises(WebSocketDisconnect) as info:
+                ws.receive_json()
+            assert info.value.code == 4403
+
+
+def _visitor(app_client: TestClient) -> TestClient:
+    """A second browser on the same app: cookies of its own."""
+    other = TestClient(app_client.app)
+    other.portal = app_client.portal  # the running app (its lifespan is the first client's)
+    assert other.get("/").status_code == 200
+    return other
+
+
+def _refused(client: TestClient, url: str) -> WebSocketDisconnect:
+    with client.websocket_connect(url) as ws, pytest.raises(WebSocketDisconnect) as info:
+        ws.receive_json()
+    return info.value
+
+
+def test_a_name_belongs_to_the_session_that_used_it_first(client: TestClient) -> None:
+    assert client.get("/").status_code == 200
+    posted = client.post("/api/rooms/lounge/messages", json={"name": "Ann", "text": "hi"})
+    assert posted.status_code == 201
+    other = _visitor(client)
+    for name in ("Ann", " ann ", "ANN"):  # over HTTP: another browser cannot speak as Ann
+        forged = other.post("/api/rooms/lounge/messages", json={"name": name, "text": "x"})
+        assert forged.status_code == 403 and "another visitor" in forged.text, forged.text
+    refused = _refused(other, "/objects/chat_room/lounge/ws?name=Ann")  # nor over a websocket
+    assert refused.code == 4403 and "another visitor" in refused.reason
+    with _attach(other, "/objects/chat_room/lounge/ws?name=Bea") as ws:
+        welcome = ws.receive_json()["payload"]
+        ws.send_json({"ref": "p", "call": "post", "args": {"name": "Ann", "text": "forged"}})
+        assert ws.receive_json()["error"]["type"] == "forbidden"  # not @client_callable
+        ws.send_json({"ref": "s", "event": "say", "payload": {"text": "as myself"}})
+        said = _until_reply(ws, "s")
+        assert [f["payload"]["name"] for f in said if f.get("event") == "message"] == ["Bea"]
+    assert [p["name"] for p in welcome["present"]] == ["Bea"]
+    with _attach(client, "/objects/chat_room/lounge/ws?name=Ann") as ws:  # Ann's own browser
+        assert ws.receive_json()["event"] == "welcome"
+    history = client.get("/api/rooms/lounge/messages").json()
+    assert [(m["name"], m["text"]) for m in history] == [("Ann", "hi"), ("Bea", "as myself")]
+
+
+@pytest.mark.parametrize("room", ["Lounge", "no_underscores", "-dash-first", "x" * 41])
+def test_the_rooms_api_and_websockets_apply_the_room_name_rule(
+    client: TestClient, room: str
+) -> None:
+    assert client.get("/").status_code == 200
+    assert client.get(f"/api/rooms/{room}/messages").status_code in (404, 422)
+    posted = client.post(f"/api/rooms/{room}/messages", json={"name": "Ann", "text": "hi"})
+    assert posted.status_code in (404, 422)
+    assert _refused(client, f"/objects/chat_room/{room}/ws?name=Ann").code == 4400
+    assert client.get("/api/rooms").json() == []
+    stored = {row["type"] for row in client.get("/api/stats").json()["stored"]}
+    assert "chat_room" not in stored
+
+
+def test_junk_rooms_cannot_push_active_rooms_off_the_home_page(client: TestClient) -> None:
+    assert client.get("/").status_code == 200
+    for n in range(60):  # more than the page shows; all sort before "lounge"
+        junk = client.post(f"/api/rooms/0-junk-{n:02d}/messages",
+                           json={"name": "spam", "text": f"junk {n}"})
+        assert junk.status_code == 201
+    for n in range(30):  # attached, never posted: nothing stored, nothing listed
+        with _attach(client, f"/objects/chat_room/00-empty-{n}/ws?name=lurker") as ws:
             ws.receive_json()
-        assert info.value.code == 4401
+    posted = client.post("/api/rooms/lounge/messages", json={"name": "Ann", "text": "real"})
+    assert posted.status_code == 201
+    rooms = client.get("/api/rooms").json()
+    assert rooms[0]["name"] == "lounge" and rooms[0]["last"]["text"] == "real"
+    assert len(rooms) <= 20 and not [r for r in rooms if r["name"].startswith("00-empty")]
+    assert "#lounge" in client.get("/").text
+
+
+def test_no_cart_is_made_for_a_look(client: TestClient) -> None:
+    def carts() -> int:
+        rows = client.get("/api/stats").json()["stored"]
+        return sum(int(row["count"]) for row in rows if row["type"] == "cart")
+
+    empty = {"lines": [], "total_cents": 0, "wakeups": 0}
+    anonymous = TestClient(client.app)
+    anonymous.portal = client.portal
+    for _ in range(20):  # cookie-less GETs: no session is even minted for them
+        anonymous.cookies.clear()
+        assert anonymous.get("/api/cart").json() == empty
+        assert anonymous.delete("/api/cart/items/cookie").json() == empty
+    assert client.get("/").status_code == 200  # a visitor with a session, no cart yet
+    assert client.get("/api/cart").json() == empty
+    assert carts() == 0 and client.get("/api/stats").json()["active"] <= 1  # the counter at most
+    assert client.post("/api/cart/items", json={"sku": "cookie"}).json()["wakeups"] == 1
+    assert carts() == 1
 
 
 def test_healthz_does_not_depend_on_any_object(db_url: str, tmp_path: Path) -> None:
@@ -348,6 +440,11 @@ def test_healthz_fails_when_the_database_has_no_tables(
     with TestClient(create_app(pg_url)) as client:
         health = client.get("/healthz")
         assert health.status_code == 503 and health.json()["ok"] is False
+        # The health check is public: where the database is stays in the log.
+        url = make_url(pg_url)
+        for internal in (pg_schema, str(url.host), str(url.database), "postgresql", "[SQL"):
+            assert internal not in health.text, internal
+        assert "error " in health.json()["error"]  # the id the log has the reason under
 
 
 # -- as a real process: python -m example_app ------------------------------------------------

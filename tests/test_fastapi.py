@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
-from fastapi_objects import DurableObject, Handle, Objects, get_object
+from fastapi_objects import DurableObject, Handle, Objects, client_callable, get_object
 from fastapi_objects.storage import open_storage
 from tests._apps import SLOW_RUNNING, Counter, make_app, release_slow
 from tests._support import steal
@@ -52,7 +52,9 @@ class S1Counter(DurableObject[_S1State]):
 
     type_name = "counter"
     idle_timeout = 30.0
+    public = True
 
+    @client_callable
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
@@ -88,11 +90,14 @@ def test_section_one_code_works_as_written_and_persists(
         assert isinstance(app.state.objects, Objects)
         with client.websocket_connect("/objects/counter/abc/ws") as ws:
             assert ws.receive_json()["event"] == "objects:attached"
-            ws.send_json({"ref": 1, "call": "get", "args": {}})
-            assert ws.receive_json() == {"ref": 1, "ok": True, "result": 6}
+            ws.send_json({"ref": 1, "call": "get", "args": {}})  # not @client_callable
+            assert ws.receive_json()["error"]["type"] == "forbidden"
+            ws.send_json({"ref": 2, "call": "increment", "args": {}})
+            assert ws.receive_json()["payload"] == {"value": 7}
+            assert ws.receive_json() == {"ref": 2, "ok": True, "result": 7}
     # A new process on the same database sees the acknowledged state.
     with TestClient(_section_one_app()) as client:
-        assert client.post("/counters/abc/increment").json() == {"value": 7}
+        assert client.post("/counters/abc/increment").json() == {"value": 8}
 
 
 def test_make_app_routes_and_state(client: TestClient) -> None:
@@ -330,14 +335,21 @@ def _poll(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_storage_unavailable_is_503_when_the_database_is_down() -> None:
+def test_storage_unavailable_is_503_when_the_database_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # The pub/sub would also need PostgreSQL at start; keep it in-process to reach a call.
     app, objects = make_app(CLOSED_PORT_URL, create_tables=False, pubsub_url="memory://down")
     with TestClient(app) as client:
         response = client.post("/counters/a/increment")
         assert "storage unavailable" in _error(response, 503, "storage_unavailable")
         assert response.headers["retry-after"] == "1"
-        assert "127.0.0.1:1" in response.json()["error"]["message"]
+        # Where the database is goes to the log, under the id the client got; not to clients.
+        message = response.json()["error"]["message"]
+        assert "127.0.0.1" not in message and "postgresql" not in message
+        error_id = message.split("(error ", 1)[1][:16]
+        assert f"error {error_id} (storage_unavailable): " in caplog.text
+        assert "127.0.0.1:1" in caplog.text
         _error(client.get("/counters/a"), 503, "storage_unavailable")
     assert objects.stats().active == 0
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from fastapi_objects import Connection, DurableObject, Objects
+from fastapi_objects import Connection, DurableObject, Objects, client_callable
 from tests._support import strict_json
 
 EXAMPLES = 300
@@ -33,18 +33,29 @@ class _State(BaseModel):
 class Target(DurableObject[_State]):
     """Methods of several shapes for the fuzzer to call, right or wrong."""
 
+    public = True
+
+    @client_callable
     async def echo(self, value: Any = None) -> Any:
         return value
 
+    @client_callable
     async def add(self, by: float) -> float:
         self.state.total += by
         return self.state.total
 
+    @client_callable
     async def shout(self, event: str, payload: Any = None) -> None:
         self.broadcast(event, payload)
 
+    @client_callable
     async def fail(self) -> None:
         raise RuntimeError("a bug")
+
+    async def wipe(self) -> None:
+        """For server code only: a client frame must never run it."""
+        self.state.total = -1.0
+        self.broadcast("wiped")
 
     async def on_message(self, conn: Connection, frame: dict[str, Any]) -> None:
         conn.send("heard", frame.get("payload"))
@@ -69,7 +80,9 @@ _json = st.recursive(
     max_leaves=12,
 )
 _methods = st.one_of(
-    st.sampled_from(["echo", "add", "shout", "fail", "on_connect", "broadcast", "_state"]),
+    st.sampled_from(
+        ["echo", "add", "shout", "fail", "wipe", "on_connect", "broadcast", "_state"]
+    ),
     st.text(max_size=12),
     _json,
 )
@@ -157,6 +170,7 @@ def test_no_frame_breaks_the_connection_or_gets_a_reply_that_is_not_json(
             while True:
                 frame = strict(ws.receive_text())
                 assert isinstance(frame, dict), frame
+                assert frame.get("event") != "wiped", "a client ran a method not marked for it"
                 if "ok" in frame:
                     assert frame["ok"] in (True, False), frame
                     if frame["ok"] is False:

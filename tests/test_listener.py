@@ -63,7 +63,7 @@ async def test_a_node_changes_no_logging_state(
     before_loggers, before_levels = _logging_state()
     runtime = Runtime(objects=[Counter], database_url=f"sqlite:///{tmp_path / 'x.db'}")
     async with runtime:
-        assert runtime.routing.listener is not None  # the internal listener is serving
+        assert runtime._host.routing.listener is not None  # the internal listener is serving
         await runtime.get(Counter, "a").increment(1)
     after_loggers, after_levels = _logging_state()
     assert after_levels == before_levels

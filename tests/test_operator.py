@@ -344,7 +344,7 @@ async def test_a_restore_and_an_edit_on_another_node_run_on_the_owner(
 ) -> None:
     async with _runtime(sql_backend, node_id="a") as a, _runtime(sql_backend, node_id="b") as b:
         await _scored(a, "k", 3)  # a owns player:k
-        conn = await a.attach(Player, "k", Frames(), {"name": "viewer"})
+        conn = await a.gateway.attach(Player, "k", Frames(), query={"name": "viewer"})
         conn.tags.add("watcher")
         conn.state = {"seat": 4}
         # b asks a who is attached, without waking anything of its own.
@@ -373,4 +373,4 @@ async def test_a_restore_and_an_edit_on_another_node_run_on_the_owner(
         assert [(m.event, m.payload) for m in messages] == [
             ("objects:restore", {"rev": 4, "restored": 1}), ("objects:edit", {"rev": 5})
         ]
-        await a.detach(conn)
+        await a.gateway.detach(conn)

@@ -145,7 +145,9 @@ async def test_long_dead_nodes_are_pruned_and_their_objects_taken_over(
     storage: Storage,
 ) -> None:
     await storage.register_node("gone", None, None, None)
-    await storage.claim("counter", "k", "gone", TTL)
+    held = await storage.claim("counter", "k", "gone", TTL)
+    # A committed object (one never committed leaves no owner row once pruned: test_capacity)
+    assert await storage.commit([_commit("k", 0, held.epoch, 1)], node_id="gone") == [True]
     await asyncio.sleep(0.3)
     await storage.register_node("a", None, None, None)
     assert await storage.prune_nodes(0.2) == 1  # "gone" only: "a" heartbeat is fresh

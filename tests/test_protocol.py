@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
-from fastapi_objects import Connection, DurableObject, Objects
+from fastapi_objects import Connection, DurableObject, Objects, client_callable
 from fastapi_objects.fastapi.protocol import decode_frame, encode_frame
 from tests._support import strict_json
 
@@ -33,8 +33,10 @@ class _State(BaseModel):
 class Loose(DurableObject[_State]):
     """An object whose code sends what JSON cannot carry, or fails."""
 
+    public = True
+
     async def on_connect(self, conn: Connection) -> None:
-        if conn.params.get("mode") == "bug":
+        if conn.query.get("mode") == "bug":
             raise RuntimeError("on_connect secret-7")
         conn.send("hello", {"you": conn.id})
         self.broadcast("joined", {"who": conn.id}, exclude=conn)
@@ -45,19 +47,24 @@ class Loose(DurableObject[_State]):
         if frame["event"] == "nan":
             conn.send("nan", {"x": float("nan")})
 
+    @client_callable
     async def infinite(self) -> float:
         return float("inf")
 
+    @client_callable
     async def spread(self) -> None:
         self.broadcast("spread", {"x": [1.0, -math.inf]})
 
+    @client_callable
     async def echo(self, value: Any) -> Any:
         return value
 
+    @client_callable
     async def whisper(self, event: str) -> None:
         for conn in self.connections():
             conn.send(event)
 
+    @client_callable
     async def increment(self) -> int:
         self.state.value += 1
         self.broadcast("changed", {"value": self.state.value})

@@ -48,6 +48,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "UnknownMethod",
         "UnknownObjectType",
         "UnstorableValue",
+        "client_callable",
         "get_object",
         "readonly",
     ]

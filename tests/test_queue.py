@@ -111,7 +111,8 @@ def test_queues_are_not_reachable_from_browsers(db_url: str) -> None:
         client.websocket_connect("/objects/objects_queue/emails/ws") as ws,
     ):
         ws.receive_json()
-    assert closed.value.code == 4404
+    assert closed.value.code == 4403
+    assert "not public" in closed.value.reason
 
 
 def test_the_cli_lists_dead_jobs_and_revives_them(db_url: str) -> None:

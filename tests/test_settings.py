@@ -27,14 +27,16 @@ BIN = Path(sys.executable).parent
 
 README_OBJECTS = '''\
 from pydantic import BaseModel
-from fastapi_objects import DurableObject, readonly
+from fastapi_objects import DurableObject, client_callable, readonly
 
 class CounterState(BaseModel):
     value: int = 0
 
 class Counter(DurableObject[CounterState]):
     idle_timeout = 30.0
+    public = True
 
+    @client_callable
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
@@ -43,6 +45,9 @@ class Counter(DurableObject[CounterState]):
     @readonly
     async def get(self) -> int:
         return self.state.value
+
+    async def reset(self) -> None:
+        self.state.value = 0
 '''
 
 README_MAIN = '''\

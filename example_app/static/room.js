@@ -43,13 +43,29 @@
       names.length === 1 ? `${names[0]} is typing…` : `${names.join(", ")} are typing…`;
   }
 
+  function askForName(why) {
+    $("#room-body").hidden = true;
+    $("#join").hidden = false;
+    $("#join-error").hidden = !why;
+    $("#join-error").textContent = why || "";
+    $("#name").focus();
+  }
+
+  let socket = null;
   function join(name) {
     myName = name;
     localStorage.setItem(NAME_KEY, name);
     $("#join").hidden = true;
     $("#room-body").hidden = false;
-    const socket = ObjectsClient.connect(
+    if (socket) socket.close();
+    socket = ObjectsClient.connect(
       `/objects/chat_room/${room}/ws?name=${encodeURIComponent(name)}`);
+    // The server binds a name to the first browser that uses it: a taken name is refused.
+    socket.ready.catch((err) => {
+      if (err.type !== "refused") return;
+      localStorage.removeItem(NAME_KEY);
+      askForName(err.message);
+    });
     socket.on("welcome", (p) => {
       me = p.you;
       renderHistory(p.history);
@@ -68,6 +84,11 @@
 
     // Typing: tell the room when we start, and when we stop (idle 2 s, or sent).
     const input = $("#text");
+    if (input.dataset.wired) {
+      input.focus();
+      return;
+    }
+    input.dataset.wired = "1";
     let typing = false;
     let idle = null;
     function setTyping(on) {
@@ -96,17 +117,13 @@
     input.focus();
   }
 
+  $("#join").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("#name").value.trim();
+    if (name) join(name.slice(0, 24));
+  });
   const fromUrl = new URLSearchParams(location.search).get("name");
   const known = (fromUrl || localStorage.getItem(NAME_KEY) || "").trim();
-  if (known) {
-    join(known.slice(0, 24));
-  } else {
-    $("#join").hidden = false;
-    $("#name").focus();
-    $("#join").addEventListener("submit", (event) => {
-      event.preventDefault();
-      const name = $("#name").value.trim();
-      if (name) join(name.slice(0, 24));
-    });
-  }
+  if (known) join(known.slice(0, 24));
+  else askForName("");
 })();

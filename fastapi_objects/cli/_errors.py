@@ -59,8 +59,8 @@ def _describe(exc: Exception) -> str | None:
     """The message for an error a user can cause, or ``None`` for a bug (re-raised)."""
     if isinstance(exc, CliError):
         return str(exc)
-    if isinstance(exc, ObjectsError):
-        return exc.message
+    if isinstance(exc, ObjectsError):  # the operator's terminal: the driver's word too
+        return getattr(exc, "detail", None) or exc.message
     # An Alembic or SQLAlchemy error can only come from a command that loaded them.
     if "alembic.util" in sys.modules:
         from alembic.util import CommandError

@@ -68,6 +68,7 @@ def resolve(app: str | None, database_url: str | None, schema: str | None) -> Ta
     """Pick the database: ``--database-url``, then ``--app``, then the settings."""
     from pydantic import ValidationError
 
+    from ..runtime.queue import QUEUE_TYPE
     from ..settings import ObjectsSettings
 
     runtime = load_runtime(app) if app else None
@@ -88,7 +89,9 @@ def resolve(app: str | None, database_url: str | None, schema: str | None) -> Ta
     else:
         source = settings.database_url_source
     # The app's own types (built-in ones, such as queues, have commands of their own).
-    types = {n: c for n, c in runtime.types.items() if c.public} if runtime is not None else None
+    types = (
+        {n: c for n, c in runtime.types.items() if n != QUEUE_TYPE} if runtime is not None else None
+    )
     return Target(url, db_schema, types, source, node_ttl)
 
 

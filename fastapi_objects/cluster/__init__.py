@@ -3,6 +3,7 @@
 - ``node.py``: registration, heartbeats, and the lease that lets a node serve;
 - ``death.py``: proving a crashed node of the same machine dead, so as not to wait ``node_ttl``;
 - ``signing.py``: HMAC signatures of internal requests;
+- ``secret.py``: the key they are signed with (set, or the cluster's own in the database);
 - ``channel.py``: the call channel between two nodes (a signed websocket, many calls on it);
 - ``forward.py``: the client that sends a call to the object's owner over a channel;
 - ``listener.py``: the internal listener that receives channels and relayed websockets
@@ -17,15 +18,16 @@ from __future__ import annotations
 from .forward import Forwarder, Moved
 from .listener import Listener, is_loopback
 from .node import ClusterNode
-from .signing import Signer, Unauthorized, derived_secret
+from .secret import ClusterSecret
+from .signing import Signer, Unauthorized
 
 __all__ = [
     "ClusterNode",
+    "ClusterSecret",
     "Forwarder",
     "Listener",
     "Moved",
     "Signer",
     "Unauthorized",
-    "derived_secret",
     "is_loopback",
 ]

@@ -15,7 +15,11 @@ from typing import Any
 
 from .._exceptions import ForwardFailed, ObjectsError, OutcomeUnknown, RemoteError
 from .channel import CHANNEL_PATH, Channel, ChannelClosed
-from .signing import Signer
+from .signing import Signer, Unauthorized
+
+# What a client hears when a call could not be forwarded; which node, where and why go to the
+# log (ObjectsError.hiding): nodes' ids and private addresses are not for clients.
+_NOT_HANDED = "the call could not be handed to the node that owns the object, and did not run"
 
 
 class Moved(Exception):
@@ -87,7 +91,10 @@ class Forwarder:
         import websockets
         from websockets.asyncio.client import connect
 
-        headers = self.signer.headers("GET", CHANNEL_PATH + "?", b"", receiver)
+        try:
+            headers = self.signer.headers("GET", CHANNEL_PATH + "?", b"", receiver)
+        except Unauthorized as exc:  # this node does not know the cluster's secret yet
+            raise ForwardFailed.hiding(_NOT_HANDED, exc) from exc
         url = "ws" + address.removeprefix("http") + CHANNEL_PATH
         try:  # replies of any size (the peer is authenticated); calls are checked when sent
             websocket = await connect(
@@ -97,8 +104,8 @@ class Forwarder:
         except websockets.InvalidStatus as exc:
             response = exc.response
             if response.status_code == 401:
-                raise ForwardFailed(
-                    f"{receiver} at {address} refused this node's call channel: "
+                raise ForwardFailed.hiding(
+                    _NOT_HANDED, f"{receiver} at {address} refused this node's call channel: "
                     f"{response.body.decode(errors='replace')[:200]}"
                 ) from exc
             raise Moved(f"{address} refused a call channel ({response.status_code})") from exc
@@ -124,14 +131,14 @@ class Forwarder:
         except ChannelClosed as exc:
             if exc.ran_nothing:
                 raise Moved(f"{receiver} at {address}: {exc}") from exc
-            raise OutcomeUnknown(
-                f"{type}:{key}.{method}() was sent to its owner {receiver} at {address} and "
-                f"{exc} before the answer: it may or may not have run"
+            raise OutcomeUnknown.hiding(
+                f"{type}:{key}.{method}() was sent to the object's owner, whose channel closed "
+                "before the answer: it may or may not have run", f"{receiver} at {address}: {exc}"
             ) from exc
         except TimeoutError as exc:
-            raise OutcomeUnknown(
-                f"{type}:{key}.{method}() was sent to its owner {receiver} at {address}, which "
-                f"did not answer within {self.timeout:g}s: it may or may not have run"
+            raise OutcomeUnknown.hiding(
+                f"{type}:{key}.{method}() was sent to the object's owner, which did not answer "
+                f"within {self.timeout:g}s: it may or may not have run", f"{receiver} at {address}"
             ) from exc
         self.forwarded += 1
         status = reply.get("status")
@@ -141,8 +148,8 @@ class Forwarder:
                 f"{receiver} does not own {type}:{key}", found.get("owner"), found.get("address")
             )
         if status != 200:
-            raise ForwardFailed(
-                f"{receiver} at {address} answered {status} to a forwarded call: "
+            raise ForwardFailed.hiding(
+                _NOT_HANDED, f"{receiver} at {address} answered {status} to a forwarded call: "
                 f"{str(reply.get('error'))[:200]}"
             )
         if reply.get("ok"):

@@ -29,25 +29,15 @@ class Misdirected(Unauthorized):
     """A well-signed request for another node (answered 421: the sender looks again).
 
     The address now belongs to a different node: the one meant stopped, and another process
-    took its port.
+    took its port. The answer names no node: the sender knows whom it meant.
     """
-
-
-def derived_secret(database_url: str, schema: str | None) -> bytes:
-    """The secret of nodes on loopback when none is configured: derived from the database.
-
-    Only processes of this machine can reach a loopback listener, and any of them that knows
-    the database URL can change the data anyway; a non-loopback listener needs a real secret.
-    """
-    return hmac.new(b"fastapi_objects/cluster", f"{database_url}|{schema}".encode(),
-                    hashlib.sha256).digest()
 
 
 class Signer:
     """Signs this node's requests and verifies the ones it receives."""
 
-    def __init__(self, secret: bytes, node_id: str, max_age: float = 30.0) -> None:
-        self._secret = secret
+    def __init__(self, secret: bytes | None, node_id: str, max_age: float = 30.0) -> None:
+        self.secret = secret  # None until the node knows it (secret.py): it signs nothing
         self.node_id = node_id
         self.max_age = max_age
         # nonce -> when it stops mattering; insertion order is (nearly) expiry order, so the
@@ -59,7 +49,9 @@ class Signer:
         message = b"\n".join(
             part.encode() for part in (method.upper(), path, sender, receiver, stamp, nonce)
         )
-        return hmac.new(self._secret, message + b"\n" + body, hashlib.sha256).hexdigest()
+        if self.secret is None:
+            raise Unauthorized("this node does not know the cluster's secret yet")
+        return hmac.new(self.secret, message + b"\n" + body, hashlib.sha256).hexdigest()
 
     def headers(self, method: str, path: str, body: bytes, receiver: str) -> dict[str, str]:
         """The headers that sign a request from this node to ``receiver``."""
@@ -81,10 +73,11 @@ class Signer:
         except KeyError as exc:
             raise Unauthorized(f"unsigned internal request (no {exc.args[0]} header)") from None
         expected = self._mac(method, path, body, sender, receiver, stamp, nonce)
-        if not hmac.compare_digest(expected, signature):
+        # compare_digest takes ASCII text only (a header of other bytes made it raise).
+        if not signature.isascii() or not hmac.compare_digest(expected, signature):
             raise Unauthorized("bad signature: is OBJECTS_CLUSTER_SECRET the same on every node?")
         if receiver != self.node_id:
-            raise Misdirected(f"request is for node {receiver!r}, this is {self.node_id!r}")
+            raise Misdirected("this request is for another node (it stopped; look again)")
         try:
             sent = float(stamp)
         except ValueError:

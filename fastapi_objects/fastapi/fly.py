@@ -33,10 +33,11 @@ def replay_target(
         return None
     if cls.placement == "region" and settings.region != cls.region:
         return f"region={cls.region}"
-    owner = objects.runtime.locate(cls, key)
+    gateway = objects.runtime.gateway
+    owner = gateway.locate(cls, key)
     if owner is None:
         return None
-    node = objects.runtime.routing.node.live.get(owner.node_id)
-    if node is None or node.machine is None or node.machine == settings.machine:
+    machine = gateway.machine_of(owner.node_id)
+    if machine is None or machine == settings.machine:
         return None  # unknown machine: forward instead
-    return f"instance={node.machine}"
+    return f"instance={machine}"

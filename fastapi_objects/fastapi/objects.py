@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +24,9 @@ from .websocket import serve_websocket
 
 Verdict = bool | dict[str, Any]
 Authorize = Callable[[WebSocket, str, str], Verdict | Awaitable[Verdict]]
-"""``authorize(websocket, type_name, key)``: truthy allows; a dict lands in ``conn.params``."""
+"""``authorize(websocket, type_name, key)``: truthy allows; a dict becomes ``conn.auth``."""
+
+log = logging.getLogger("fastapi_objects")
 
 _CLIENT_JS = Path(__file__).parent / "static" / "objects.js"
 
@@ -40,12 +43,17 @@ class Objects:
     Options are the fields of ``ObjectsSettings`` (arguments here, then ``OBJECTS_<NAME>``
     environment variables, then the project's ``.env``); besides the storage and cluster ones
     the web ones are ``prefix`` of the router (default ``/objects``), ``allowed_origins``
-    (``None`` allows any; else the ``Origin`` header must be listed, or list ``"*"``),
-    ``max_frame_bytes`` per client frame (default 1 MiB), ``max_calls_in_flight`` per
-    connection (default 32) and ``max_outbox`` frames queued to one client before it is dropped
-    as too slow (default 1024). ``authorize(websocket, type_name, key)`` runs before every
-    attach (sync or async; falsy rejects with close code 4401, a dict is merged into
-    ``conn.params``).
+    (origins allowed besides the app's own; ``["*"]`` allows any), ``max_frame_bytes`` per
+    client frame (default 1 MiB), ``max_calls_in_flight`` per connection (default 32) and
+    ``max_outbox`` frames (default 1024) or ``max_outbox_bytes`` of JSON text (default 8 MiB)
+    queued to one client, or a frame not taken within ``send_timeout`` seconds (default 30),
+    before it is closed as too slow (4408). ``authorize(websocket, type_name, key)`` runs
+    before every attach (sync or async; falsy rejects with close code 4401, a dict becomes
+    ``conn.auth``).
+
+    The router reaches only types with ``public = True``, and client frames only their
+    ``@client_callable`` methods; when public types exist and no ``authorize`` is set, the
+    start logs a warning naming them.
 
     It holds its ``runtime`` (as a Starlette app holds its router) and offers the runtime's
     public methods: ``get``, ``call``, ``journal``, ``query``, ``type_stats``, ``stats``,
@@ -70,9 +78,11 @@ class Objects:
         self.max_frame_bytes = web.max_frame_bytes
         self.max_calls_in_flight = web.max_calls_in_flight
         self.max_outbox = web.max_outbox
+        self.max_outbox_bytes = web.max_outbox_bytes
+        self.send_timeout = web.send_timeout
         self._router: APIRouter | None = None
         # Clients that attach on another node are relayed here (the owner) through this.
-        self.runtime.routing.websocket_app = internal_websocket_app(self)
+        self.runtime.gateway.accept_relays(internal_websocket_app(self))
         # The runtime's public methods, as this app's own (one object, one set of names).
         runtime = self.runtime
         self.get = runtime.get
@@ -91,7 +101,6 @@ class Objects:
         self.history = runtime.history
         self.connections = runtime.connections
         self.worker = runtime.worker
-        self.start = runtime.start
         self.close = runtime.close
 
     @property
@@ -104,8 +113,24 @@ class Objects:
         """The storage backend (for listings and tools; calls go through ``get``)."""
         return self.runtime.storage
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
+        """Start the runtime (as ``async with objects:`` and the lifespan do)."""
         await self.runtime.start()
+        self._warn_if_open()
+
+    def _warn_if_open(self) -> None:
+        if self.authorize is not None or self._router is None:
+            return  # guarded, or no router included: nothing is reachable by name
+        public = sorted(n for n, cls in self.runtime.types.items() if cls.public)
+        if public:
+            log.warning(
+                "fastapi_objects: no authorize= is set: any client may attach to the public "
+                "types %s (by any key) and call their @client_callable methods",
+                ", ".join(public),
+            )
+
+    async def __aenter__(self) -> Self:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -123,7 +148,7 @@ class Objects:
                     yield
         """
         self.install(app)
-        async with self.runtime:
+        async with self:
             yield
 
     def install(self, app: Starlette) -> None:

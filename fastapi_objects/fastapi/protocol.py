@@ -11,9 +11,11 @@ Close codes (``CloseCode``)::
     1013 TOO_MANY_CLIENTS  the object has max_connections clients already
     4400 INVALID_KEY       the key in the URL is not a valid key
     4401 UNAUTHORIZED      ``authorize`` said no
-    4403 FORBIDDEN         the Origin is not allowed, or on_connect rejected the client
+    4403 FORBIDDEN         the type is not public, the Origin is not allowed, or on_connect
+                           rejected the client
     4404 UNKNOWN_TYPE      no object type of that name
-    4408 TOO_SLOW          the client fell ``max_outbox`` frames behind
+    4408 TOO_SLOW          the client fell ``max_outbox`` frames or ``max_outbox_bytes``
+                           behind, or did not take a frame within ``send_timeout``
 
 Codes 4400-4499 other than 4408 are refusals: retrying the same attach cannot help.
 """
@@ -21,15 +23,15 @@ Codes 4400-4499 other than 4408 are refusals: retrying the same attach cannot he
 from __future__ import annotations
 
 import math
-from enum import IntEnum
 from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from ..runtime.connection import RESERVED_EVENT_PREFIX
+from ..runtime.connection import RESERVED_EVENT_PREFIX, CloseCode
 
 __all__ = [
     "ATTACHED",
+    "FORBIDDEN",
     "FRAME_TOO_LARGE",
     "INTERNAL_ERROR",
     "INVALID_FRAME",
@@ -46,26 +48,15 @@ ATTACHED = RESERVED_EVENT_PREFIX + "attached"
 INVALID_FRAME = "invalid_frame"
 """Error type: the frame is not JSON, not an object, or not a call/event of the right shape."""
 
+FORBIDDEN = "forbidden"
+"""Error type: the frame calls a method that is not ``@client_callable``; nothing ran."""
+
 FRAME_TOO_LARGE = "frame_too_large"
 """Error type: the frame is over ``max_frame_bytes``."""
 
 INTERNAL_ERROR = "internal_error"
 """Error type: the server's or the app's code failed; the message is ``internal error <id>``
 and the log holds the traceback under that id."""
-
-
-class CloseCode(IntEnum):
-    """Websocket close codes the server uses (see the module docstring)."""
-
-    NORMAL = 1000
-    ATTACH_FAILED = 1011
-    RELOADED = 1012
-    TOO_MANY_CLIENTS = 1013
-    INVALID_KEY = 4400
-    UNAUTHORIZED = 4401
-    FORBIDDEN = 4403
-    UNKNOWN_TYPE = 4404
-    TOO_SLOW = 4408
 
 
 def encode_frame(frame: dict[str, Any]) -> str:

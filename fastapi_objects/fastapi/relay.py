@@ -1,12 +1,15 @@
 """Websockets across nodes: a client attached on a node that does not own the object.
 
-The edge node (where the client connected) checks the client as always (key, type, Origin,
-``authorize``), then opens a signed websocket to the owner's internal listener and relays
-frames both ways, unchanged. On the owner the client is an ordinary session: ``on_connect``,
-``on_message``, ``on_disconnect``, ``conn.state``, ``conn.send``, calls and the
-``objects:attached`` frame behave exactly as for a local client. When the owner closes the
-session the client gets the same close code; when the owner dies mid-session the client gets
-1012 (reconnect) and, reconnecting, lands on the new owner.
+The edge node (where the client connected) checks the client as always (key, ``public``,
+Origin, ``authorize``), then opens a signed websocket to the owner's internal listener and
+relays frames both ways, unchanged. The owner's end (``/objects-internal/ws/...``) checks none
+of those again: it rests on the signature alone (the cluster secret), as calls between nodes
+do, and an unsigned or wrongly signed upgrade gets 401 and reaches nothing. The owner still
+lets the client call only ``@client_callable`` methods. On the owner the client is an ordinary
+session: ``on_connect``, ``on_message``, ``on_disconnect``, ``conn.state``, ``conn.send``,
+calls and the ``objects:attached`` frame behave exactly as for a local client. When the owner
+closes the session the client gets the same close code; when the owner dies mid-session the
+client gets 1012 (reconnect) and, reconnecting, lands on the new owner.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from urllib.parse import parse_qs, quote, urlencode
 from pydantic_core import from_json, to_json
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..cluster import Unauthorized
 from ..cluster.listener import WEBSOCKET_PREFIX, Receive, Scope, Send
-from ..runtime.routing import Elsewhere
+from ..runtime.gateway import Elsewhere
 from .protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -38,7 +42,8 @@ async def relay(
     websocket: WebSocket,
     cls: type[DurableObject[Any]],
     key: str,
-    params: dict[str, Any],
+    query: dict[str, str],
+    auth: dict[str, Any],
     owner: Elsewhere,
 ) -> bool:
     """Relay ``websocket`` to the owner's session until either side closes.
@@ -49,19 +54,21 @@ async def relay(
     import websockets
     from websockets.asyncio.client import connect
 
-    forwarder = objects.runtime.routing.forwarder
-    if owner.address is None or forwarder is None:
-        objects.runtime.routing.forget_owner((cls.type_name, key))
+    gateway = objects.runtime.gateway
+    # Both ride in the signed target: the owner trusts ``auth`` because only a node could
+    # have signed it, and keeps it apart from the client's own ``query``.
+    carried = {"query": to_json(query).decode(), "auth": to_json(auth).decode()}
+    target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?{urlencode(carried, quote_via=quote)}"
+    headers = gateway.relay_headers(owner, target)
+    if headers is None or owner.address is None:
+        gateway.forget_owner(cls, key)
         return False
-    query = urlencode({"params": to_json(params).decode()}, quote_via=quote)
-    target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?{query}"
-    headers = forwarder.signer.headers("GET", target, b"", owner.node_id)
     url = "ws" + owner.address.removeprefix("http") + target
     try:
         upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=5)
-    except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+    except (OSError, TimeoutError, websockets.InvalidHandshake, Unauthorized) as exc:
         log.info("relay of %s:%s to %s failed: %r", cls.type_name, key, owner.node_id, exc)
-        objects.runtime.routing.forget_owner((cls.type_name, key))
+        gateway.forget_owner(cls, key)
         return False
     async with upstream:
         try:
@@ -69,16 +76,16 @@ async def relay(
         except websockets.ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else CloseCode.RELOADED
             if code == MOVED:
-                objects.runtime.routing.forget_owner((cls.type_name, key))
+                gateway.forget_owner(cls, key)
                 return False
             await _close(websocket, code, closed.rcvd.reason if closed.rcvd else "")
             return True
         await websocket.send_text(str(first))
-        await _pump(websocket, upstream)
+        await _pump(websocket, upstream, objects.send_timeout)
     return True
 
 
-async def _pump(websocket: WebSocket, upstream: Any) -> None:
+async def _pump(websocket: WebSocket, upstream: Any, send_timeout: float) -> None:
     import websockets
 
     async def client_to_owner() -> None:
@@ -95,10 +102,13 @@ async def _pump(websocket: WebSocket, upstream: Any) -> None:
     async def owner_to_client() -> tuple[int, str]:
         try:
             async for frame in upstream:
-                if isinstance(frame, bytes):
-                    await websocket.send_bytes(frame)
-                else:
-                    await websocket.send_text(frame)
+                # A client that stops reading is closed here too: else this relay would wait
+                # on it for good, and the owner's close (4408) would never get through.
+                sent = websocket.send_bytes(frame) if isinstance(frame, bytes) else (
+                    websocket.send_text(frame))
+                await asyncio.wait_for(sent, send_timeout)
+        except TimeoutError:
+            return (CloseCode.TOO_SLOW, "client too slow: a frame was not taken in time")
         except websockets.ConnectionClosedError:
             pass  # the owner went away without a close: it died or was cut off
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -139,16 +149,20 @@ def internal_websocket_app(objects: Objects) -> Any:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         type_name, _, key = scope["path"][len(WEBSOCKET_PREFIX):].partition("/")
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if WATCH in query:  # the inspector's live view of another node: no client attaches
+        carried = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if WATCH in carried:  # the inspector's live view of another node: no client attaches
             await serve_watch(objects, websocket, type_name, key)
             return
-        raw = query.get("params", ["{}"])
-        try:
-            params = from_json(raw[0])
-        except ValueError:
-            params = {}
-        await serve_relayed(objects, websocket, type_name, key,
-                            params if isinstance(params, dict) else {})
+        query = {str(k): str(v) for k, v in _json_object(carried, "query").items()}
+        auth = _json_object(carried, "auth")
+        await serve_relayed(objects, websocket, type_name, key, query, auth)
 
     return app
+
+
+def _json_object(carried: dict[str, list[str]], name: str) -> dict[str, Any]:
+    try:
+        value = from_json(carried.get(name, ["{}"])[0])
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

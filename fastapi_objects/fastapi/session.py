@@ -1,11 +1,12 @@
 """One attached client's session: its frames in, its replies and broadcasts out (DESIGN §3).
 
-Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event", "payload"}``
-(a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
+Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "event",
+"payload"}`` (a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
 "objects:attached", "payload": {"connection": id}}`` once attached, then ``{"ref", "ok": true,
-"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts
-``{"topic", "event", "payload"}``. Frames are strict JSON text: a binary frame, like any
-malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
+"result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts ``{"topic",
+"event", "payload"}``. A call may run only a method marked ``@client_callable`` (else a
+``forbidden`` error frame, and nothing runs). Frames are strict JSON text: a binary frame, like
+any malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from .._exceptions import (
     ConnectionRejected,
     ObjectsError,
     Overloaded,
-    SubscriptionOverflow,
 )
-from ..pubsub import Message, Subscription
+from ..pubsub import Message
 from ..runtime.connection import Connection
-from ..runtime.routing import Elsewhere
+from ..runtime.gateway import Elsewhere
 from .errors import error_body, internal_error
+from .outbox import Outbox, encode_broadcast
 from .protocol import (
     ATTACHED,
+    FORBIDDEN,
     FRAME_TOO_LARGE,
     INVALID_FRAME,
     RESERVED_EVENT_PREFIX,
@@ -42,27 +44,6 @@ if TYPE_CHECKING:
     from .objects import Objects
 
 log = logging.getLogger("fastapi_objects")
-
-_last_broadcast: tuple[Message | None, str] = (None, "")
-
-
-def _encode_broadcast(message: Message) -> str:
-    # Fan-out hands the same Message to every client of a topic: encode it once, not N times.
-    # The cache is read once into a local: runtimes in other threads (several servers in one
-    # process) share it, and a second read could return another thread's frame.
-    global _last_broadcast
-    cached, text = _last_broadcast
-    if cached is not message:
-        frame = {"topic": message.topic, "event": message.event, "payload": message.payload}
-        try:
-            text = encode_frame(frame)
-        except ValueError as exc:
-            # Already committed and published: the clients hear that a frame was refused.
-            error = internal_error(exc, f"broadcast {message.topic!r}/{message.event!r}")
-            text = encode_frame({"ref": None, "ok": False, "error": error})
-        _last_broadcast = (message, text)
-    return text
-
 
 class Session:
     """One attached client: a reader (this task), a writer task and a broadcast forwarder."""
@@ -82,14 +63,16 @@ class Session:
         self.cls = cls
         self.key = key
         self.topic = f"{cls.type_name}:{key}"
-        # Unbounded queue, bounded by _push: a close marker must always fit.
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outbox = Outbox(objects.max_outbox, objects.max_outbox_bytes)
         # Until attached, frames wait here so that objects:attached goes first; broadcasts wait
         # as messages, since whether one excludes this client is known only once attached.
         self.held: list[str | Message] | None = []
         self.close_with: tuple[int, str] | None = None
         self.conn: Connection | None = None
         self.calls: set[asyncio.Task[None]] = set()
+        self.writer: asyncio.Task[None] | None = None
+        self.sending_since: float | None = None  # when the send under way began
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- Transport (what the runtime calls) --------------------------------------------------
 
@@ -103,47 +86,49 @@ class Session:
         self._push(text)
 
     def close(self, code: int, reason: str) -> None:
-        """Close after the frames already queued."""
+        """Close after the frames already queued (a client too slow: at once, dropping them)."""
         if self.close_with is None:
             self.close_with = (code, reason[:120])
-            self.outbox.put_nowait(None)
+            # A client too slow is not reading what waits: free that memory now.
+            self.outbox.end(drop=code == CloseCode.TOO_SLOW)
 
     def _push(self, item: str | Message) -> None:
         if self.close_with is not None:
             return
         held = self.held
-        queued = len(held) if held is not None else self.outbox.qsize()
-        if queued >= self.objects.max_outbox:
-            self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
-        elif held is not None:
-            held.append(item)
-        elif isinstance(item, str):
-            self.outbox.put_nowait(item)
-        elif self.conn is None or item.exclude != self.conn.id:
-            self.outbox.put_nowait(_encode_broadcast(item))
+        if held is not None:
+            if len(held) < self.objects.max_outbox:
+                held.append(item)
+                return
+        elif isinstance(item, Message):
+            if self.conn is not None and item.exclude == self.conn.id:
+                return
+            if self.outbox.put(encode_broadcast(item)):
+                return
+        elif self.outbox.put(item):
+            return
+        self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
 
     # -- the session -------------------------------------------------------------------------
 
-    async def run(self, params: dict[str, Any]) -> Elsewhere | None:
+    async def run(self, query: dict[str, str], auth: dict[str, Any]) -> Elsewhere | None:
         """Serve the client until it leaves; ``Elsewhere`` (nothing sent) if not the owner."""
-        writer = asyncio.create_task(self._write())
+        writer = self.writer = asyncio.create_task(self._write())
         moved: Elsewhere | None = None
         try:
-            async with self.objects.subscribe(
-                self.topic, max_queue=self.objects.max_outbox
-            ) as sub:
-                forwarder = asyncio.create_task(self._forward(sub))
+            # Broadcasts go straight into the outbox as they are delivered: no queue of the
+            # pub/sub's and no task to wake per client and message (fan-out to thousands).
+            with self.objects.runtime.gateway.listen(self.topic, self._push):
                 try:
-                    await self._attach_and_read(params)
+                    await self._attach_and_read(query, auth)
                 except Elsewhere as owner:
                     moved = owner
                 finally:
-                    forwarder.cancel()
                     for task in list(self.calls):
                         task.cancel()
                     if self.conn is not None:
                         try:
-                            await self.objects.runtime.detach(self.conn)
+                            await self.objects.runtime.gateway.detach(self.conn)
                         except Exception:  # the client is gone either way; say why in the log
                             log.exception("%s: on_disconnect failed", self.topic)
         finally:
@@ -157,10 +142,10 @@ class Session:
                     writer.cancel()
         return moved
 
-    async def _attach_and_read(self, params: dict[str, Any]) -> None:
+    async def _attach_and_read(self, query: dict[str, str], auth: dict[str, Any]) -> None:
         try:
-            conn = await self.objects.runtime.attach(
-                self.cls, self.key, self, params, relayed=self.relayed
+            conn = await self.objects.runtime.gateway.attach(
+                self.cls, self.key, self, query=query, auth=auth, relayed=self.relayed
             )
         except Elsewhere:
             raise  # another node owns it: serve_websocket relays the client there
@@ -201,24 +186,57 @@ class Session:
             self._push(item)
 
     async def _write(self) -> None:
+        """Send what the outbox holds, in order; then close.
+
+        A send normally completes at once (the server's transport takes the bytes); it waits
+        only when the network pushes back. A watchdog, not a timer per frame, closes a client
+        whose send waited past ``send_timeout``.
+        """
         ws = self.websocket
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self.objects.send_timeout, self._watch)
         try:
             while True:
                 text = await self.outbox.get()
                 if text is None:
                     break
+                self.sending_since = loop.time()
                 await ws.send_text(text)
+                self.sending_since = None
             code, reason = self.close_with or (CloseCode.NORMAL, "")
             await ws.close(code, reason)
+        except asyncio.CancelledError:
+            if self.close_with is None or self.close_with[0] != CloseCode.TOO_SLOW:
+                raise
+            await self._abort()  # the watchdog stopped a send the client never took
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client is already gone
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
 
-    async def _forward(self, sub: Subscription) -> None:
+    def _watch(self) -> None:
+        """Every ``send_timeout``: close the client if a send has waited that long."""
+        timeout = self.objects.send_timeout
+        loop = asyncio.get_running_loop()
+        since = self.sending_since
+        if since is not None and loop.time() - since >= timeout:
+            self.close(CloseCode.TOO_SLOW, f"client too slow: a frame was not taken within "
+                       f"{timeout:g}s")
+            if self.writer is not None:
+                self.writer.cancel()
+            return
+        wait = timeout if since is None else timeout - (loop.time() - since)
+        self._watchdog = loop.call_later(wait, self._watch)
+
+    async def _abort(self) -> None:
+        # The close frame queues behind what the client has not read (the server's
+        # keep-alive pings end a client that never reads again).
+        code, reason = self.close_with or (CloseCode.TOO_SLOW, "")
         try:
-            async for message in sub:
-                self._push(message)
-        except SubscriptionOverflow:
-            self.close(CloseCode.TOO_SLOW, "client too slow: broadcasts backed up")
+            await self.websocket.close(code, reason)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
 
     # -- incoming frames ---------------------------------------------------------------------
 
@@ -250,6 +268,9 @@ class Session:
                 # Its reply could not be matched to it: refuse it rather than run it blind.
                 self._error(None, INVALID_FRAME, 'a call needs a "ref" (a string or a number) '
                             "to match its reply")
+            elif not self._client_callable(method):
+                self._error(ref, FORBIDDEN, f"{self.cls.type_name}.{method}() is not callable "
+                            "from clients (only methods marked @client_callable are)")
             else:
                 self._spawn(ref, self._call(ref, method, args))
         elif "event" in frame:
@@ -263,6 +284,11 @@ class Session:
                 self._spawn(ref, self._event(ref, frame))
         else:
             self._error(ref, INVALID_FRAME, 'a frame needs "call" (with "args") or "event"')
+
+    def _client_callable(self, method: str) -> bool:
+        # A name that is no method at all goes on, to be answered unknown_method.
+        spec = self.cls.__objects_methods__.get(method)
+        return spec is None or spec.client_callable
 
     def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> None:
         if len(self.calls) >= self.objects.max_calls_in_flight:
@@ -289,7 +315,7 @@ class Session:
     async def _event(self, ref: Any, frame: dict[str, Any]) -> None:
         assert self.conn is not None
         try:
-            await self.objects.runtime.message(self.conn, frame)
+            await self.objects.runtime.gateway.message(self.conn, frame)
         except ObjectsError as exc:
             self._reply_error(ref, error_body(exc))
         except Exception as exc:

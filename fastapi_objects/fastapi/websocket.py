@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 from .._exceptions import ConnectionRejected, InvalidKey, UnknownObjectType
+from ..runtime.gateway import backoff
 from ..runtime.keys import validate_key
-from ..runtime.routing import backoff
 from .fly import REPLAY_STATUS, replay_target
+from .origins import origin_allowed
 from .protocol import CloseCode
 from .relay import MOVED, relay
 from .session import Session
@@ -32,20 +33,19 @@ log = logging.getLogger("fastapi_objects")
 async def serve_websocket(
     objects: Objects, websocket: WebSocket, cls: type[DurableObject[Any]] | str, key: str
 ) -> None:
-    """Accept ``websocket``, check it, attach it to ``(cls, key)`` and serve it until it leaves."""
-    refused: tuple[int, str] | None = None
+    """Accept ``websocket``, check it, attach it to ``(cls, key)`` and serve it until it leaves.
+
+    ``cls`` given by name (``objects.router``) must be ``public``; a class given by an app's
+    own route is what that route exposes. Then the ``Origin`` (``origins.py``), then
+    ``authorize``.
+    """
+    target, refused = _public_type(objects, cls) if isinstance(cls, str) else (cls, None)
     try:
-        if isinstance(cls, str):
-            cls = objects.runtime.object_type(cls)
-            if not cls.public:  # built-in types (queues) are not for browsers
-                raise UnknownObjectType(f"unknown object type {cls.type_name!r}")
         key = validate_key(key)
-    except UnknownObjectType as exc:
-        refused = (CloseCode.UNKNOWN_TYPE, exc.message)
     except InvalidKey as exc:
-        refused = (CloseCode.INVALID_KEY, exc.message)
-    if refused is None and not isinstance(cls, str):
-        replay = replay_target(objects, cls, key, websocket.headers)
+        refused = refused or (CloseCode.INVALID_KEY, exc.message)
+    if refused is None and target is not None:
+        replay = replay_target(objects, target, key, websocket.headers)
         if replay is not None and "websocket.http.response" in websocket.scope.get(
             "extensions", {}
         ):
@@ -56,19 +56,18 @@ async def serve_websocket(
             await websocket.send({"type": "websocket.http.response.body", "body": b""})
             return
     await websocket.accept()
-    if refused is not None or isinstance(cls, str):
-        code, reason = refused or (CloseCode.UNKNOWN_TYPE, "unknown type")
+    if refused is None and not origin_allowed(websocket.headers, objects.allowed_origins):
+        refused = (CloseCode.FORBIDDEN, "origin not allowed: this page's site may not attach "
+                   "(see allowed_origins)")
+    if refused is not None or target is None:
+        code, reason = refused or (CloseCode.UNKNOWN_TYPE, "unknown object type")
         await websocket.close(code, reason[:120])
         return
-    origin = websocket.headers.get("origin")
-    allowed = objects.allowed_origins
-    if allowed is not None and "*" not in allowed and origin not in allowed:
-        await websocket.close(CloseCode.FORBIDDEN, f"origin {origin!r} is not allowed"[:120])
-        return
-    params: dict[str, Any] = dict(websocket.query_params)
+    query = dict(websocket.query_params)
+    auth: dict[str, Any] = {}
     if objects.authorize is not None:
         try:
-            verdict = objects.authorize(websocket, cls.type_name, key)
+            verdict = objects.authorize(websocket, target.type_name, key)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
         except ConnectionRejected as exc:
@@ -78,13 +77,13 @@ async def serve_websocket(
             await websocket.close(CloseCode.UNAUTHORIZED, "unauthorized")
             return
         if isinstance(verdict, dict):
-            params.update(verdict)
+            auth = dict(verdict)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + cls.call_timeout
+    deadline = loop.time() + target.call_timeout
     attempt = 0
     while True:
-        owner = await Session(objects, websocket, cls, key).run(params)
-        if owner is None or await relay(objects, websocket, cls, key, params, owner):
+        owner = await Session(objects, websocket, target, key).run(query, auth)
+        if owner is None or await relay(objects, websocket, target, key, query, auth, owner):
             return
         if loop.time() > deadline:  # the owner stayed unreachable (dying, not yet taken over)
             await websocket.close(CloseCode.ATTACH_FAILED, "attach failed: owner unreachable")
@@ -93,10 +92,32 @@ async def serve_websocket(
         attempt += 1
 
 
+def _public_type(
+    objects: Objects, type_name: str
+) -> tuple[type[DurableObject[Any]] | None, tuple[int, str] | None]:
+    """The class a browser asked for by name, or why it may not attach to it.
+
+    The reasons name no other type: a browser learns nothing about what else is registered.
+    """
+    try:
+        cls = objects.runtime.object_type(type_name)
+    except UnknownObjectType:
+        return None, (CloseCode.UNKNOWN_TYPE, f"unknown object type {type_name[:40]!a}")
+    if not cls.public:
+        return None, (CloseCode.FORBIDDEN, f"object type {type_name!a} is not public: "
+                      "browsers may not attach to it")
+    return cls, None
+
+
 async def serve_relayed(
-    objects: Objects, websocket: WebSocket, type_name: str, key: str, params: dict[str, Any]
+    objects: Objects, websocket: WebSocket, type_name: str, key: str,
+    query: dict[str, str], auth: dict[str, Any],
 ) -> None:
-    """The owner's end of a relayed client (checked on the node it connected to)."""
+    """The owner's end of a relayed client (checked on the node it connected to).
+
+    The relay is signed with the cluster secret: the edge node already checked the type's
+    ``public``, the ``Origin`` and ``authorize``, and ``auth`` is what its ``authorize`` said.
+    """
     await websocket.accept()
     try:
         cls = objects.runtime.object_type(type_name)
@@ -107,7 +128,6 @@ async def serve_relayed(
     except InvalidKey as exc:
         await websocket.close(CloseCode.INVALID_KEY, exc.message[:120])
         return
-    if await Session(objects, websocket, cls, key, relayed=True).run(params) is not None:
+    session = Session(objects, websocket, cls, key, relayed=True)
+    if await session.run(query, auth) is not None:
         await websocket.close(MOVED, "not the owner")
-
-

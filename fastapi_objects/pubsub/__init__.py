@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 from .._exceptions import PubSubClosed, SubscriptionOverflow
 from .base import Backend, PubSub
 from .messages import Message, decode_message, encode_message
-from .subscription import Subscription
+from .subscription import Listener, Subscription
 
 __all__ = [
     "Backend",
+    "Listener",
     "Message",
     "PubSub",
     "PubSubClosed",

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._exceptions import ObjectsError, PubSubClosed
 from .messages import Message, encode_message, logger
-from .subscription import Subscription
+from .subscription import Listener, Subscription
 
 # Past this many messages waiting for the backend, the oldest are dropped (and logged): the
 # publisher runs inside the runtime's commit loop and must never block or grow memory forever.
@@ -63,7 +63,7 @@ class PubSub:
     def __init__(self, backend: Backend, node_id: str) -> None:
         self.backend = backend
         self.node_id = node_id
-        self._topics: dict[str, dict[Subscription, None]] = {}
+        self._topics: dict[str, dict[Subscription | Listener, None]] = {}
         # Ordered outbox: (message, encoded, future of an awaiting ``publish`` or None).
         self._outbox: deque[tuple[Message, bytes, asyncio.Future[None] | None]] = deque()
         self._wakeup = asyncio.Event()
@@ -161,7 +161,20 @@ class PubSub:
         self._topics.setdefault(topic, {})[subscription] = None
         return subscription
 
-    def _unsubscribe(self, subscription: Subscription) -> None:
+    def listen(self, topic: str, callback: Callable[[Message], None]) -> Listener:
+        """Call ``callback(message)`` for each message on ``topic``, as it is delivered.
+
+        Delivery is synchronous, in publishing order (local messages inside
+        ``publish_nowait``, remote ones as the backend reads them): the callback must not
+        block. Close the returned ``Listener`` to stop.
+        """
+        if self._closed:
+            raise PubSubClosed(f"cannot listen to {topic!r}: the pub/sub is closed")
+        listener = Listener(self, topic, callback)
+        self._topics.setdefault(topic, {})[listener] = None
+        return listener
+
+    def _unsubscribe(self, subscription: Subscription | Listener) -> None:
         subscriptions = self._topics.get(subscription.topic)
         if subscriptions is not None:
             subscriptions.pop(subscription, None)

@@ -78,7 +78,7 @@ class PostgresBackend(Backend):
             await self._listen()
         except (OSError, asyncpg.PostgresError) as exc:
             await self.disconnect()
-            raise StorageUnavailable(f"pub/sub cannot reach PostgreSQL: {exc!r}") from exc
+            raise StorageUnavailable.hiding("pub/sub cannot reach PostgreSQL", repr(exc)) from exc
         self._tasks = [
             asyncio.create_task(self._supervise(), name="objects-pubsub-listen"),
             asyncio.create_task(self._read(on_message), name="objects-pubsub-read"),

@@ -45,7 +45,9 @@ class RedisBackend(Backend):
         except (OSError, RedisError) as exc:
             await self.disconnect()
             where = f"{urlsplit(self.url).hostname}:{urlsplit(self.url).port or 6379}"
-            raise StorageUnavailable(f"pub/sub cannot reach Redis at {where}: {exc!r}") from exc
+            raise StorageUnavailable.hiding(
+                "pub/sub cannot reach Redis", f"{where}: {exc!r}"
+            ) from exc
         self._task = asyncio.create_task(self._read(on_message), name="objects-pubsub-read")
 
     async def disconnect(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,43 @@ from .messages import Message, logger
 
 if TYPE_CHECKING:
     from .base import PubSub
+
+
+class Listener:
+    """A callback called with each message published on one topic, as it is delivered.
+
+    For subscribers that keep a queue of their own (a websocket session's outbox): no queue
+    and no task to wake per message. A callback that raises is logged and stays subscribed.
+    Close it (or leave its ``with`` block) to unsubscribe.
+    """
+
+    def __init__(self, pubsub: PubSub, topic: str, callback: Callable[[Message], None]) -> None:
+        self.topic = topic
+        self._pubsub = pubsub
+        self._callback = callback
+        self.closed = False
+
+    def _put(self, message: Message) -> None:
+        if not self.closed:
+            try:
+                self._callback(message)
+            except Exception:
+                logger.exception("a listener of %r failed", self.topic)
+
+    def close(self) -> None:
+        """Unsubscribe."""
+        if not self.closed:
+            self.closed = True
+            self._pubsub._unsubscribe(self)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class Subscription:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from .handle import Handle
-from .methods import readonly
+from .methods import client_callable, readonly
 from .object import DurableObject, EventSourced
 from .runtime import Runtime
 from .stats import RuntimeStats
 
-__all__ = ["DurableObject", "EventSourced", "Handle", "Runtime", "RuntimeStats", "readonly"]
+__all__ = [
+    "DurableObject",
+    "EventSourced",
+    "Handle",
+    "Runtime",
+    "RuntimeStats",
+    "client_callable",
+    "readonly",
+]

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConflictError, ObjectsError, Overloaded
 from ..storage import Alarm, Checkpoint
-from .alarm_clock import AlarmClock
-from .alarms import uses_alarms
+from .alarms import AlarmClock, uses_alarms
 from .clients import Clients
+from .connection import CloseCode
 from .gate import Gate
 from .idle import Idle
 from .object import DurableObject, EventSourced
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 # of them runs inside the running turn instead of waiting for it (which would never happen).
 _chain: ContextVar[tuple[Activation, ...]] = ContextVar("objects_call_chain", default=())
 _NO_OP_HOOKS = {DurableObject.on_activate, DurableObject.on_hibernate}
-RELOADED = 1012
-"""The websocket close code of clients whose instance was dropped: reconnect."""
 
 
 class Activation:
@@ -236,9 +234,7 @@ class Activation:
     def broadcast(self, event: str, payload: Any, exclude: str | None) -> None:
         """Publish ``event`` to the object's topic after the running turn commits."""
         host, topic = self.host, self.topic
-        self.turn().after.append(
-            lambda: host.publish_nowait(topic, event, payload, exclude=exclude)
-        )
+        self.turn().then(lambda: host.publish_nowait(topic, event, payload, exclude=exclude))
 
     # -- deletion and leaving memory -----------------------------------------------------------
 
@@ -287,7 +283,9 @@ class Activation:
             # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls
             # failing with this close (a fenced-out commit) first get to send their errors.
             conn.activation = None
-            self.loop.call_soon(conn.close, RELOADED, f"{self.topic} was reloaded; reconnect")
+            self.loop.call_soon(
+                conn.close, CloseCode.RELOADED, f"{self.topic} was reloaded; reconnect"
+            )
         self.gate.fail_waiters(Stale)
 
     def attached(self) -> Clients:

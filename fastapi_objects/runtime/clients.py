@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._exceptions import ConnectionRejected
+from .connection import CloseCode
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -38,7 +39,7 @@ class Clients:
                 act.gate.leave(False)
             raise ConnectionRejected(
                 f"{act.topic} already has {limit} clients attached (max_connections)",
-                code=TOO_MANY_CLIENTS,
+                code=CloseCode.TOO_MANY_CLIENTS,
             )
         self.connections[conn.id] = conn
         conn.activation = act
@@ -62,7 +63,3 @@ class Clients:
                 act.clients = None
                 if not act.closed:
                     act.idle.touch()
-
-
-TOO_MANY_CLIENTS = 1013
-"""The websocket close code of an attach refused because ``max_connections`` are attached."""

@@ -212,7 +212,7 @@ class GroupCommitter:
             except Exception as exc:  # never let the writer die
                 log.exception("group commit failed")
                 flags = [False] * len(batch)
-                failure = StorageUnavailable(f"commit failed: {exc!r}")
+                failure = StorageUnavailable.hiding("commit failed", repr(exc))
             else:
                 failure = None
             self.batches += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic_core import to_json
@@ -25,6 +26,24 @@ def check_event(event: str) -> None:
         )
 
 
+class CloseCode(IntEnum):
+    """Websocket close codes the server uses (``fastapi_objects.fastapi.protocol`` lists them).
+
+    Here, where both sides see them: the runtime closes clients with some (an instance
+    dropped, too many clients), the web integration with the others.
+    """
+
+    NORMAL = 1000
+    ATTACH_FAILED = 1011
+    RELOADED = 1012
+    TOO_MANY_CLIENTS = 1013
+    INVALID_KEY = 4400
+    UNAUTHORIZED = 4401
+    FORBIDDEN = 4403
+    UNKNOWN_TYPE = 4404
+    TOO_SLOW = 4408
+
+
 class Transport(Protocol):
     """How the runtime reaches a client; the web integration implements it."""
 
@@ -39,18 +58,30 @@ class Connection:
     """A client attached to an object, with its own small state and tags.
 
     ``state`` is JSON (at most 16 KB encoded; assign a new dict to change it) and lives as
-    long as the connection; ``tags`` group connections for ``self.connections(tag=...)``;
-    ``params`` holds what the client sent when attaching (query parameters) and what the
-    app's ``authorize`` returned.
+    long as the connection; ``tags`` group connections for ``self.connections(tag=...)``.
+
+    Two dicts say who the client is, and they are never mixed: ``query`` holds the attach
+    URL's query parameters, which the client chose (untrusted: a display name, a filter), and
+    ``auth`` holds what the app's ``authorize`` returned (a dict; ``{}`` when it returned
+    ``True`` or there is none), which the client cannot forge. A ``?role=admin`` lands in
+    ``query``, never in ``auth``.
     """
 
-    __slots__ = ("_state", "_transport", "activation", "id", "params", "tags", "topic")
+    __slots__ = ("_state", "_transport", "activation", "auth", "id", "query", "tags", "topic")
 
-    def __init__(self, topic: str, transport: Transport, params: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        topic: str,
+        transport: Transport,
+        *,
+        query: dict[str, str] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.topic = topic
         self.tags: set[str] = set()
-        self.params: dict[str, Any] = params or {}
+        self.query: dict[str, str] = query or {}
+        self.auth: dict[str, Any] = auth or {}
         self._state: dict[str, Any] = {}
         self._transport = transport
         self.activation: Activation | None = None
@@ -78,7 +109,7 @@ class Connection:
         frame = {"topic": self.topic, "event": event, "payload": payload}
         turn = self.activation.running_turn() if self.activation is not None else None
         if turn is not None:
-            turn.after.append(lambda: self._transport.send(frame))
+            turn.then(lambda: self._transport.send(frame))
         else:
             self._transport.send(frame)
 

@@ -11,13 +11,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._exceptions import StorageUnavailable, UnknownObjectType
+from .._exceptions import Overloaded, StorageUnavailable, UnknownObjectType
 from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
 from .activation import Activation
-from .alarm_delivery import ALARM_CALL, AlarmDelivery
-from .alarms import uses_alarms
+from .alarms import ALARM_CALL, AlarmDelivery, uses_alarms
 from .calls import Calls
 from .committer import GroupCommitter
 from .connection import Connection, Transport
@@ -26,6 +25,7 @@ from .keys import validate_key
 from .object import DurableObject
 from .operator import Operator
 from .placement import choose
+from .queue import QUEUE_TYPE
 from .routing import Elsewhere, Router
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 R = TypeVar("R")
+EVICTION_SAMPLE = 32
+"""How many of the longest-live objects ``max_active`` eviction looks at (an approximate LRU)."""
 
 class Host:
     """The node's live objects and the way calls reach them (here, or forwarded).
@@ -67,6 +69,7 @@ class Host:
         self.counters = Counters()
         self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}
+        self.leaving = 0  # activations hibernating to make room (max_active)
         self.calls = Calls(
             self.activations, self.on_live, self.routing, self.timers, self.object_type
         )
@@ -142,7 +145,7 @@ class Host:
         """The registered class for ``type_name``, or ``UnknownObjectType``."""
         cls = self.types.get(type_name)
         if cls is None:
-            known = ", ".join(sorted(n for n, c in self.types.items() if c.public)) or "none"
+            known = ", ".join(sorted(n for n in self.types if n != QUEUE_TYPE)) or "none"
             raise UnknownObjectType(f"unknown object type {type_name!r} (registered: {known})")
         return cls
 
@@ -189,9 +192,14 @@ class Host:
         this attempt meanwhile then find the owner the claim named.
         """
         ident = (cls.type_name, key)
+        making_room = None
+        if len(self.activations) - self.leaving >= self.settings.max_active:
+            making_room = self._make_room()
         act = Activation(self, cls, key)  # created holding its own gate
         self.activations[ident] = act
         try:
+            if making_room is not None:  # the object waits for its room, holding its gate
+                await asyncio.wait([making_room])
             claim, checkpoint, alarms = await self.thawer.thaw(
                 cls.type_name, key, uses_alarms(cls)
             )
@@ -206,17 +214,50 @@ class Host:
             raise
         return act
 
+    def _make_room(self) -> asyncio.Task[None]:
+        """At ``max_active``: hibernate the least recently used idle object (``Overloaded``).
+
+        The LRU is approximated as Redis does: among the ``EVICTION_SAMPLE`` objects live the
+        longest (the registry keeps activation order), the idle one used least recently goes.
+        The new object waits for it to have left (so a storm of new keys cannot outrun the
+        cap); the objects already on their way out count as room made (``leaving``).
+        """
+        candidates = []
+        for act in self.activations.values():
+            if not act.busy() and not act.idle.leaving:
+                candidates.append(act)
+            if len(candidates) >= EVICTION_SAMPLE:
+                break
+        if not candidates:
+            raise Overloaded(
+                f"node {self.node_id} holds max_active={self.settings.max_active} objects, all "
+                "busy; retry later (or raise max_active)",
+                retry_after=1.0,
+            )
+        victim = min(candidates, key=lambda act: act.idle.last_used)
+        self.leave(victim, True)
+        self.counters.evictions += 1
+        return self.spawn(victim.idle.hibernate(evict=True))
+
+    def leave(self, act: Activation, leaving: bool) -> None:
+        """Count ``act`` as on its way out of memory to make room (or no longer)."""
+        if act.idle.leaving != leaving:
+            act.idle.leaving = leaving
+            self.leaving += 1 if leaving else -1
+
     def forget(self, act: Activation) -> None:
         """Remove a closed activation from the registry (if it is still the registered one)."""
         ident = (act.cls.type_name, act.key)
         if self.activations.get(ident) is act:
             del self.activations[ident]
+        self.leave(act, False)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task owned by the runtime (cancelled on close)."""
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def publish_nowait(
         self, topic: str, event: str, payload: Any, *, exclude: str | None = None
@@ -231,8 +272,9 @@ class Host:
         cls: type[DurableObject[Any]],
         key: str,
         transport: Transport,
-        params: dict[str, Any] | None = None,
         *,
+        query: dict[str, str] | None = None,
+        auth: dict[str, Any] | None = None,
         relayed: bool = False,
     ) -> Connection:
         """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject).
@@ -242,7 +284,7 @@ class Host:
         this one named as the owner (so the database decides, not this node's memory).
         """
         key = validate_key(key)
-        conn = Connection(f"{cls.type_name}:{key}", transport, params)
+        conn = Connection(f"{cls.type_name}:{key}", transport, query=query, auth=auth)
         if relayed:
             self.counters.relayed += 1
         async with asyncio.timeout(cls.call_timeout):
@@ -278,5 +320,5 @@ class Host:
             active=len(self.activations), thaws=c.thaws, hibernations=c.hibernations,
             turns=c.turns, commits=self.committer.commits, batches=self.committer.batches,
             conflicts=c.conflicts, forwarded=forwarder.forwarded if forwarder else 0,
-            takeovers=self.routing.node.takeovers, relayed=c.relayed,
+            takeovers=self.routing.node.takeovers, relayed=c.relayed, evictions=c.evictions,
         )

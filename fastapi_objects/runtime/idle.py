@@ -23,11 +23,12 @@ class Idle:
     else it goes back into the wheel for the time left.
     """
 
-    __slots__ = ("_act", "last_used", "scheduled", "slot")
+    __slots__ = ("_act", "last_used", "leaving", "scheduled", "slot")
 
     def __init__(self, act: Activation) -> None:
         self._act = act
         self.last_used = act.loop.time()
+        self.leaving = False  # chosen to hibernate to make room (max_active)
         self.scheduled = False
         self.slot = 0
 
@@ -62,10 +63,11 @@ class Idle:
             return
         act.host.spawn(self.hibernate())
 
-    async def hibernate(self, force: bool = False) -> None:
+    async def hibernate(self, force: bool = False, evict: bool = False) -> None:
         """Run ``on_hibernate``, make everything durable and leave memory.
 
-        Unless ``force`` (shutdown), it gives up if a call or a client arrived meanwhile.
+        Unless ``force`` (shutdown), it gives up if a call or a client arrived meanwhile;
+        ``evict`` (room for another object, ``max_active``) does not wait for ``idle_timeout``.
         """
         act = self._act
         try:
@@ -77,8 +79,9 @@ class Idle:
             timeout = act.cls.idle_timeout
             if not force and (
                 act.in_flight or act.clients is not None or act.gate.queued
-                or idle_for < timeout  # a call slipped in before us
+                or (idle_for < timeout and not evict)  # a call slipped in before us
             ):
+                act.host.leave(act, False)
                 self.start(max(timeout - idle_for, 0.01))
                 return
             try:

@@ -37,15 +37,40 @@ def readonly(fn: F) -> F:
     return fn
 
 
-class MethodSpec:
-    """How to call one method: its parameters, validator and result encoder."""
+def client_callable(fn: F) -> F:
+    """Let websocket clients call this method (server code calls any method anyway).
 
-    __slots__ = ("_result", "_validate", "_validator", "fn", "name", "params", "readonly")
+    A client frame ``{"ref", "call": name, "args"}`` may run only methods marked so, on types
+    with ``public = True``; any other is refused with a ``forbidden`` error frame and runs
+    nothing. Combines with ``@readonly`` in either order.
+
+    Example::
+
+        @client_callable
+        async def increment(self, by: int = 1) -> int:
+            self.state.value += by
+            return self.state.value
+    """
+    fn.__objects_client_callable__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+class MethodSpec:
+    """How to call one method: its parameters, validator and result encoder.
+
+    ``readonly`` and ``client_callable`` are what its decorators said.
+    """
+
+    __slots__ = (
+        "_result", "_validate", "_validator", "client_callable", "fn", "name", "params",
+        "readonly",
+    )
 
     def __init__(self, owner: type, name: str, fn: Callable[..., Awaitable[Any]]) -> None:
         self.fn = fn
         self.name = name
         self.readonly: bool = getattr(fn, "__objects_readonly__", False)
+        self.client_callable: bool = getattr(fn, "__objects_client_callable__", False)
         signature = inspect.signature(fn)
         hints = get_type_hints(fn, include_extras=True)
         fields: dict[str, Any] = {}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import pydantic
 
 from ..storage import Alarm, AlarmWrite
-from .alarms import make_alarm
+from .alarms.schedule import make_alarm
 from .connection import check_event
 from .handle import _Handle, handle_class
 from .keys import snake_case, validate_type_name
@@ -17,7 +17,7 @@ from .methods import MethodSpec, discover
 
 if TYPE_CHECKING:
     from .activation import Activation
-    from .alarm_clock import AlarmClock
+    from .alarms import AlarmClock
     from .connection import Connection
     from .runtime import Runtime
 
@@ -64,6 +64,8 @@ class DurableObject(Generic[S]):
 
     Public ``async def`` methods are callable through a ``Handle``; calls run one turn at a time
     and each turn that changed ``self.state`` is committed before its caller gets the result.
+    Browsers reach nothing unless the class says so: ``public = True`` to attach, and
+    ``@client_callable`` on each method a client frame may call.
 
     Example::
 
@@ -83,9 +85,10 @@ class DurableObject(Generic[S]):
     ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
     ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
     ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
-    then marked failed), ``public`` (browsers may attach through ``objects.router``),
-    ``history`` (a ``timedelta``: keep each committed state that long, for
-    ``objects.restore``; event-sourced objects restore from their journal without it).
+    then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
+    ``objects.router`` and call the methods marked ``@client_callable``), ``history`` (a
+    ``timedelta``: keep each committed state that long, for ``objects.restore``;
+    event-sourced objects restore from their journal).
     """
 
     type_name: ClassVar[str]
@@ -97,7 +100,7 @@ class DurableObject(Generic[S]):
     max_connections: ClassVar[int] = 32_768
     placement: ClassVar[Literal["local", "hash", "region"]] = "local"
     region: ClassVar[str | None] = None
-    public: ClassVar[bool] = True  # reachable from the web router's websocket endpoint
+    public: ClassVar[bool] = False  # True: browsers may attach through objects.router
     alarm_retries: ClassVar[int] = 6
     alarm_backoff: ClassVar[float] = 2.0
     # `history = timedelta(days=7)` keeps committed states (restore). Not declared here: a
@@ -171,7 +174,7 @@ class DurableObject(Generic[S]):
 
     def record(self, kind: str, payload: Any = None) -> None:
         """Append a journal entry, committed together with this turn (dropped if it fails)."""
-        self._activation.turn().entries.append((kind, payload))
+        self._activation.turn().record(kind, payload)
 
     def broadcast(
         self, event: str, payload: Any = None, *, exclude: Connection | None = None
@@ -275,6 +278,4 @@ class EventSourced(DurableObject[S], Generic[S, E]):
     def emit(self, event: E) -> None:
         """Apply ``event`` to the state now and journal it with this turn."""
         self.state = self.apply(self.state, event)
-        self._activation.turn().entries.append(
-            ("event", self.event_adapter.dump_python(event, mode="json"))
-        )
+        self._activation.turn().record("event", self.event_adapter.dump_python(event, mode="json"))

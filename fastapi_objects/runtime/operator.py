@@ -213,7 +213,7 @@ def _journaled(
 ) -> dict[str, Any]:
     """Journal the change with the turn, tell attached clients after its commit; the answer."""
     new_rev = act.record.rev + 1  # the turn commits: it journals an entry
-    act.turn().entries.append((kind, entry))
+    act.turn().record(kind, entry)
     act.broadcast(kind, {"rev": new_rev, **extra}, None)
     return {"rev": new_rev, "state": state, **extra}
 

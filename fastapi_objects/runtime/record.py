@@ -56,7 +56,7 @@ class Record:
         entries = [
             (kind, storable_json(payload, f"{topic}: journal entry {kind!r}"))
             for kind, payload in turn.entries
-        ]
+        ] if turn.entries else []
         if act.event_sourced:
             if not entries and not turn.alarms:
                 return None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._exceptions import OutcomeUnknown
-from ..cluster import ClusterNode, Forwarder, Listener, Moved, Signer, derived_secret, is_loopback
+from ..cluster import ClusterNode, ClusterSecret, Forwarder, Listener, Moved, Signer
 from ..cluster.listener import ASGIApp
 from ..settings import ObjectsSettings
 from ..storage import Claim, Storage
@@ -50,25 +50,16 @@ class Router:
             machine=settings.machine, on_lease_lost=on_lease_lost,
         )
         self.networked = not storage.url.startswith("memory")
+        self.signer = Signer(None, node_id)
+        configured = settings.cluster_secret
+        self.secret = ClusterSecret(
+            storage, self.signer, configured.get_secret_value() if configured else None,
+            settings.internal_host,
+        )
         self.websocket_app: ASGIApp | None = None  # the web integration's relay endpoint
         self.listener: Listener | None = None
         self.forwarder: Forwarder | None = None
         self._owners: dict[Ident, Elsewhere] = {}
-
-    def signer(self) -> Signer:
-        """A signer with the cluster secret (or, on loopback only, one derived from the DB)."""
-        settings = self.settings
-        if settings.cluster_secret is not None:
-            secret = settings.cluster_secret.get_secret_value().encode()
-        elif is_loopback(settings.internal_host):
-            secret = derived_secret(settings.database_url, settings.db_schema)
-        else:
-            raise ValueError(
-                f"the internal listener would listen on {settings.internal_host}, which other "
-                "machines can reach: set OBJECTS_CLUSTER_SECRET (the same on every node; on "
-                "Fly.io `fly secrets set OBJECTS_CLUSTER_SECRET=$(openssl rand -hex 32)`)"
-            )
-        return Signer(secret, self.node.node_id)
 
     async def start(
         self, handle_call: Callable[[str, str, str, dict[str, Any]], Awaitable[Any]]
@@ -76,11 +67,11 @@ class Router:
         """Serve the internal listener (durable storage only), then register and heartbeat."""
         address = None
         if self.networked:
-            signer = self.signer()
-            self.forwarder = Forwarder(signer, timeout=60.0)
+            await self.secret.start()
+            self.forwarder = Forwarder(self.signer, timeout=60.0)
             self.listener = Listener(
-                self.settings.internal_host, self.settings.internal_port, signer, handle_call,
-                self.websocket_app,
+                self.settings.internal_host, self.settings.internal_port, self.signer,
+                handle_call, self.websocket_app,
             )
             address = await self.listener.start()
         await self.node.start(address)
@@ -97,6 +88,7 @@ class Router:
 
     async def stop_serving(self) -> None:
         """Stop the listener and the forwarding client."""
+        await self.secret.stop()
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None
@@ -147,9 +139,10 @@ class Router:
             if not call.done():
                 call.cancel()
                 self.forget_owner((type, key))
-                raise OutcomeUnknown(
-                    f"{type}:{key}.{method}() was sent to its owner {owner.node_id}, which "
-                    "stopped heartbeating before it answered: it may or may not have run"
+                raise OutcomeUnknown.hiding(
+                    f"{type}:{key}.{method}() was sent to the object's owner, which stopped "
+                    "heartbeating before it answered: it may or may not have run",
+                    f"owner {owner.node_id} at {owner.address}",
                 )
             return call.result()
         except Moved as moved:

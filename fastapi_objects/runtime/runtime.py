@@ -1,6 +1,7 @@
 """``Runtime``: durable objects without any web framework — the public surface of a node.
 
-The engine (activations, committer, thawer, routing) is the ``Host`` it holds.
+The engine (activations, committer, thawer, routing) is the ``Host`` it holds; the web
+integration reaches the node through ``gateway`` only.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ from ..storage import (
 )
 from ..storage.urls import redact
 from ._log import announce
-from .connection import Connection, Transport
+from .gateway import Gateway
 from .handle import Handle
 from .host import Host
 from .keys import validate_key
-from .methods import MethodSpec, method_spec
+from .methods import method_spec
 from .object import DurableObject
 from .queries import object_query
 from .queue import ObjectsQueue
-from .routing import Elsewhere, Router
 from .stats import RuntimeStats
 from .workers import Handler, Worker, Workers
 
@@ -95,6 +95,8 @@ class Runtime:
         )
         self.register(ObjectsQueue)  # the built-in queue type (objects.queue(name))
         self._host = Host(self, settings, self.node_id, self.storage, self.pubsub, self.types)
+        self.gateway = Gateway(self._host, self.pubsub)
+        """The web integration's way into this node (``fastapi_objects.fastapi`` only)."""
         self._workers = Workers(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -116,14 +118,6 @@ class Runtime:
         """The event loop the runtime was started on (``RuntimeError`` before the start)."""
         return self._host.loop
 
-    @property
-    def routing(self) -> Router:
-        """The seam to the cluster (owners, forwarding, the internal listener).
-
-        For the web integration's relays and ``fly-replay``, not for application code.
-        """
-        return self._host.routing
-
     async def start(self) -> None:
         """Connect to storage, start the group committer, and join the cluster as a node."""
         await self.storage.start()
@@ -135,7 +129,7 @@ class Runtime:
         schema = self.settings.db_schema
         announce(
             "fastapi_objects: node %s (pid %d, internal %s), storage %s%s (%s), pubsub %s",
-            self.node_id, os.getpid(), self.routing.node.address or "none",
+            self.node_id, os.getpid(), self._host.routing.node.address or "none",
             redact(self.database_url), f", schema {schema}" if schema else "",
             self.settings.database_url_source, redact(self.pubsub_url),
         )
@@ -184,13 +178,7 @@ class Runtime:
     ) -> Any:
         """Call ``method`` by name with keyword ``args``, validating both."""
         spec = method_spec(cls, method)
-        return await self.invoke(cls, validate_key(key), spec, spec.validate(args))
-
-    async def invoke(
-        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any]
-    ) -> Any:
-        """Run a validated call on the object's one live instance, here or on its owner."""
-        return await self._host.calls.invoke(cls, key, spec, args)
+        return await self._host.calls.invoke(cls, validate_key(key), spec, spec.validate(args))
 
     async def delete(self, cls: type[DurableObject[Any]], key: str) -> None:
         """Delete the object ``(cls, key)`` for good: state, journal and alarms.
@@ -269,10 +257,6 @@ class Runtime:
 
         return register
 
-    def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
-        """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O)."""
-        return self._host.calls.locate(cls, key)
-
     async def publish(self, topic: str, event: str, payload: Any = None) -> None:
         """Publish ``event`` on ``topic`` (e.g. ``"counter:abc:debug"``) to every node.
 
@@ -287,32 +271,6 @@ class Runtime:
         rather than slowing the publisher down.
         """
         return self.pubsub.subscribe(topic, max_queue=max_queue)
-
-    # -- attached clients --------------------------------------------------------------------
-
-    async def attach(
-        self,
-        cls: type[DurableObject[Any]],
-        key: str,
-        transport: Transport,
-        params: dict[str, Any] | None = None,
-        *,
-        relayed: bool = False,
-    ) -> Connection:
-        """Attach a client to ``(cls, key)``, thawing it; runs ``on_connect`` (may reject).
-
-        Raises ``Elsewhere`` when another node owns the object (the web integration relays
-        the client there); ``relayed``: the client comes from such a relay.
-        """
-        return await self._host.attach(cls, key, transport, params, relayed=relayed)
-
-    async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
-        """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""
-        await self._host.message(conn, frame)
-
-    async def detach(self, conn: Connection) -> None:
-        """Detach a client; runs ``on_disconnect``. Idempotent."""
-        await self._host.detach(conn)
 
     # -- reading without thawing -------------------------------------------------------------
 

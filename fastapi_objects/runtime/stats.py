@@ -14,6 +14,7 @@ class Counters:
     turns: int = 0
     conflicts: int = 0
     relayed: int = 0
+    evictions: int = 0
 
 
 
@@ -34,3 +35,5 @@ class RuntimeStats:
     """Objects this node claimed after another node had owned them."""
     relayed: int = 0
     """Websocket clients attached here through another node's relay."""
+    evictions: int = 0
+    """Objects hibernated before their idle timeout to make room (``max_active``)."""

@@ -20,14 +20,35 @@ class Stale(Exception):
 
 
 class Turn:
-    """What a running turn produced besides state: journal entries and post-commit actions."""
+    """What a running turn produced besides state: journal entries and post-commit actions.
+
+    Most turns produce neither: the lists are made on the first ``record``/``then``/``alarm``.
+    """
 
     __slots__ = ("after", "alarms", "entries")
 
     def __init__(self) -> None:
-        self.entries: list[tuple[str, Any]] = []
-        self.after: list[Any] = []
-        self.alarms: list[AlarmWrite] = []
+        self.entries: list[tuple[str, Any]] | tuple[()] = ()
+        self.after: list[Any] | tuple[()] = ()
+        self.alarms: list[AlarmWrite] | tuple[()] = ()
+
+    def record(self, kind: str, payload: Any) -> None:
+        """A journal entry, committed with the turn."""
+        if not self.entries:
+            self.entries = []
+        self.entries.append((kind, payload))
+
+    def then(self, action: Any) -> None:
+        """An action to run once the turn's commit is durable (a broadcast, a send)."""
+        if not self.after:
+            self.after = []
+        self.after.append(action)
+
+    def alarm(self, write: AlarmWrite) -> None:
+        """An alarm set, moved or cancelled by the turn, written with its commit."""
+        if not self.alarms:
+            self.alarms = []
+        self.alarms.append(write)
 
 
 class ActivationHost(Protocol):
@@ -47,7 +68,10 @@ class ActivationHost(Protocol):
     def forget(self, act: Activation) -> None:
         """Remove a closed activation from the registry."""
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def leave(self, act: Activation, leaving: bool) -> None:
+        """Count ``act`` as on its way out of memory to make room (or no longer)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task owned by the node."""
 
     def publish_nowait(

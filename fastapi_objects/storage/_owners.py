@@ -25,9 +25,12 @@ Ident = tuple[str, str]
 class SQLOwners:
     """The statements over ``objects_nodes`` and ``objects_owners``, for one dialect."""
 
-    def __init__(self, nodes: sa.Table, owners: sa.Table, *, postgres: bool) -> None:
+    def __init__(
+        self, nodes: sa.Table, owners: sa.Table, checkpoints: sa.Table, *, postgres: bool
+    ) -> None:
         self.nodes = nodes
         self.owners = owners
+        self.checkpoints = checkpoints
         self.postgres = postgres
         self._insert = postgresql.insert if postgres else sqlite.insert
         dialect = postgresql.dialect() if postgres else sqlite.dialect()  # type: ignore[no-untyped-call]
@@ -110,9 +113,17 @@ class SQLOwners:
         ]
 
     def prune(self, conn: sa.Connection, dead_for: float) -> int:
-        """Delete the rows of nodes dead for longer than ``dead_for`` seconds."""
-        n = self.nodes
+        """Delete the rows of nodes dead for longer than ``dead_for`` seconds.
+
+        And the owner rows of objects never committed that no registered node holds (their
+        node crashed before releasing them): nothing else ever deletes them.
+        """
+        n, o, cp = self.nodes, self.owners, self.checkpoints
         result = conn.execute(sa.delete(n).where(n.c.heartbeat_at < self.cutoff(dead_for)))
+        conn.execute(sa.delete(o).where(
+            sa.or_(o.c.node_id.is_(None), ~sa.exists().where(n.c.node_id == o.c.node_id)),
+            ~sa.exists().where(cp.c.type == o.c.type, cp.c.key == o.c.key),
+        ))
         return int(result.rowcount)
 
     def claim(

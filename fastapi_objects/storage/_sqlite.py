@@ -15,9 +15,10 @@ driver's cursor (``connection.connection.driver_connection``) for fixed statemen
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -25,6 +26,20 @@ import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
 R = TypeVar("R")
+
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], bool, asyncio.AbstractEventLoop,
+             "asyncio.Future[Any]"]
+
+
+def _succeed(done: asyncio.Future[Any], result: Any) -> None:
+    if not done.done():  # the caller may have been cancelled
+        done.set_result(result)
+
+
+def _fail(done: asyncio.Future[Any], exc: BaseException) -> None:
+    if not done.done():
+        done.set_exception(exc)
 
 
 def _dumps(value: object) -> str:
@@ -53,14 +68,19 @@ class SQLiteWorker:
 
     def __init__(self, path: str, name: str) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"objects-sqlite-{name}")
+        self.name = f"objects-sqlite-{name}"
+        # A thread of its own fed by a SimpleQueue: a ThreadPoolExecutor's submit (locks, a
+        # semaphore, a concurrent future chained to an asyncio one) was a tenth of the
+        # process's samples under a busy loop, once per batch.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._raw: sqlite3.Connection | None = None
         self._conn: sa.Connection | None = None
 
     def _open(self) -> sa.Connection:
         raw = self._raw = open_sqlite(self.path)
         engine = sa.create_engine(
-            "sqlite://", creator=lambda: raw, poolclass=StaticPool,
+            "sqlite://", creator=lambda: raw, poolclass=StaticPool, hide_parameters=True,
             json_serializer=_dumps, json_deserializer=pydantic_core.from_json,
         )
         self._conn = engine.connect()
@@ -69,7 +89,24 @@ class SQLiteWorker:
     async def run(self, fn: Callable[..., R], *args: Any, write: bool = False) -> R:
         """Run ``fn(connection, *args)`` in this worker's thread (``write``: as a transaction)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn, args, write)
+        done: asyncio.Future[R] = loop.create_future()
+        if self._thread is None:
+            # A daemon: a CLI command that never closes its storage must still exit.
+            self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._thread.start()
+        self._jobs.put((fn, args, write, loop, done))
+        return await done
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, write, loop, done = job
+            try:
+                result = self._call(fn, args, write)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_fail, done, exc)
+            else:
+                loop.call_soon_threadsafe(_succeed, done, result)
+        self._close()  # the last job: the connection closes in the thread that used it
 
     def _call(self, fn: Callable[..., R], args: tuple[Any, ...], write: bool) -> R:
         conn = self._conn if self._conn is not None else self._open()
@@ -91,10 +128,11 @@ class SQLiteWorker:
 
     async def close(self) -> None:
         """Close the connection (in its thread) and stop the thread."""
-        if self._conn is not None or self._raw is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        thread, self._thread = self._thread, None
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -122,10 +122,18 @@ class PostgresWrites:
             sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
             sa.bindparam("statuses", type_=text),
         )
+        # A released object that was never committed leaves no owner row behind (a client
+        # attaching to random keys must not grow the table for good); the others keep theirs
+        # (its epoch), with no owner.
         self._release = sa.text(
-            f"UPDATE {o} o SET node_id = NULL FROM unnest(:types, :keys, :epochs) "
-            "AS v(type, key, epoch) WHERE o.type = v.type AND o.key = v.key "
-            "AND o.node_id = :node AND o.epoch = v.epoch"
+            "WITH v AS MATERIALIZED (SELECT * FROM unnest(:types, :keys, :epochs) "
+            "AS v(type, key, epoch)), "
+            f"gone AS (DELETE FROM {o} o USING v WHERE o.type = v.type AND o.key = v.key "
+            "AND o.node_id = :node AND o.epoch = v.epoch AND NOT EXISTS (SELECT 1 FROM "
+            f"{cp} c WHERE c.type = o.type AND c.key = o.key) RETURNING o.type, o.key) "
+            f"UPDATE {o} o SET node_id = NULL FROM v WHERE o.type = v.type AND o.key = v.key "
+            "AND o.node_id = :node AND o.epoch = v.epoch AND NOT EXISTS "
+            "(SELECT 1 FROM gone g WHERE g.type = o.type AND g.key = o.key)"
         ).bindparams(
             sa.bindparam("types", type_=text), sa.bindparam("keys", type_=text),
             sa.bindparam("epochs", type_=big), sa.bindparam("node", type_=sa.Text()),
@@ -189,7 +197,7 @@ class PostgresWrites:
         try:
             conn = self._free.pop() if self._free else await self._connect()
         except Exception as exc:
-            raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc!r}") from exc
+            raise StorageUnavailable.hiding("cannot connect to PostgreSQL", repr(exc)) from exc
         args = [params[n] for n in order]
         for attempt in range(1, _ATTEMPTS + 1):
             try:
@@ -205,15 +213,15 @@ class PostgresWrites:
                 # abort and nothing of it was applied: run it again.
                 if attempt == _ATTEMPTS:
                     self._free.append(conn)
-                    raise StorageUnavailable(
-                        f"PostgreSQL kept aborting the statement: {exc!r}"
+                    raise StorageUnavailable.hiding(
+                        "PostgreSQL kept aborting the statement", repr(exc)
                     ) from exc
                 await asyncio.sleep(0.005 * attempt)
             except BaseException as exc:
                 conn.terminate()  # broken, or left mid-statement: never reuse it
                 if isinstance(exc, Exception):
-                    raise StorageUnavailable(
-                        f"PostgreSQL refused or lost the statement: {exc!r}"
+                    raise StorageUnavailable.hiding(
+                        "PostgreSQL refused or lost the statement", repr(exc)
                     ) from exc
                 raise
             else:

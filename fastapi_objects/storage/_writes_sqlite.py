@@ -47,6 +47,12 @@ _JOURNAL = (
     "INSERT INTO objects_journal (type, key, rev, kind, payload, at) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _STATUS = "UPDATE objects_checkpoints SET status = ?3 WHERE type = ?1 AND key = ?2"
+# A released object that was never committed leaves no owner row behind; the others keep
+# theirs (its epoch), with no owner.
+_FORGET = (
+    "DELETE FROM objects_owners WHERE type = ?1 AND key = ?2 AND epoch = ?3 AND node_id = ?4 "
+    "AND NOT EXISTS (SELECT 1 FROM objects_checkpoints c WHERE c.type = ?1 AND c.key = ?2)"
+)
 _RELEASE = (
     "UPDATE objects_owners SET node_id = NULL "
     "WHERE type = ?1 AND key = ?2 AND epoch = ?3 AND node_id = ?4"
@@ -104,7 +110,9 @@ class SQLiteWrites:
         if statuses:
             raw.executemany(_STATUS, [(s.type, s.key, s.status) for s in statuses])
         if releases and node_id is not None:
-            raw.executemany(_RELEASE, [(*r, node_id) for r in releases])
+            released = [(*r, node_id) for r in releases]
+            raw.executemany(_FORGET, released)
+            raw.executemany(_RELEASE, released)
         return done
 
 

@@ -137,6 +137,14 @@ class Storage(ABC):
         """
 
     @abstractmethod
+    async def cluster_secret(self) -> str:
+        """The random secret that signs calls between this cluster's nodes (made on first use).
+
+        Every node sharing the database reads the same one (``OBJECTS_CLUSTER_SECRET``, when
+        set, is used instead).
+        """
+
+    @abstractmethod
     async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
         """Take ownership of an object and bump its epoch, if it is free.
 

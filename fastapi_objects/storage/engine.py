@@ -37,6 +37,8 @@ def engine_options(url: str) -> tuple[str, dict[str, Any]]:
     """The URL as the driver takes it, and the engine options for it."""
     url = normalize_url(url)
     options: dict[str, Any] = {
+        # A statement's parameters are keys and states: never in an error message or a log.
+        "hide_parameters": True,
         "json_serializer": _dumps,
         "json_deserializer": pydantic_core.from_json,
     }

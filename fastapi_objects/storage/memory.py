@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -41,6 +42,7 @@ class MemoryStorage(Storage):
         self._owners: dict[tuple[str, str], tuple[str | None, int]] = {}
         self._alarms: dict[tuple[str, str, str], tuple[Alarm, float]] = {}  # alarm, taken until
         self._history: dict[tuple[str, str], dict[int, KeptState]] = {}  # by rev
+        self._secret: str | None = None
 
     async def create_tables(self) -> None:
         """Nothing to create."""
@@ -104,7 +106,10 @@ class MemoryStorage(Storage):
                 self._checkpoints[(s.type, s.key)] = replace(old, status=s.status)
             owner = self._owners.get((s.type, s.key))
             if s.release_epoch is not None and owner == (node_id, s.release_epoch):
-                self._owners[(s.type, s.key)] = (None, s.release_epoch)
+                if (s.type, s.key) in self._checkpoints:
+                    self._owners[(s.type, s.key)] = (None, s.release_epoch)
+                else:  # never committed: no owner row left behind
+                    del self._owners[(s.type, s.key)]
         return result
 
     # -- kept states ---------------------------------------------------------------------------
@@ -211,7 +216,16 @@ class MemoryStorage(Storage):
         dead = [i for i, n in self._nodes.items() if n.heartbeat_at < cutoff]
         for node_id in dead:
             del self._nodes[node_id]
+        for ident, (owner, _) in list(self._owners.items()):  # never committed, nobody's
+            if ident not in self._checkpoints and (owner is None or owner not in self._nodes):
+                del self._owners[ident]
         return len(dead)
+
+    async def cluster_secret(self) -> str:
+        """A secret of this storage's own (its nodes share one process)."""
+        if self._secret is None:
+            self._secret = secrets.token_hex(32)
+        return self._secret
 
     async def deregister_node(self, node_id: str) -> None:
         """Release the node's objects and forget it."""

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
+from ._cluster import cluster_secret
 from ._history import SQLHistory
 from ._owners import SQLOwners
 from ._rows import checkpoint_of, to_utc, utc
@@ -69,6 +70,7 @@ class SQLStorage(Storage):
         self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
         self.journal = self.metadata.tables[prefix + "objects_journal"]
         owners = self.metadata.tables[prefix + "objects_owners"]
+        self._cluster = self.metadata.tables[prefix + "objects_cluster"]
         self._alarms = SQLAlarms(
             self.metadata.tables[prefix + "objects_alarms"], postgres=not self._sqlite
         )
@@ -76,7 +78,8 @@ class SQLStorage(Storage):
             self.metadata.tables[prefix + "objects_history"], postgres=not self._sqlite
         )
         self._owners = SQLOwners(
-            self.metadata.tables[prefix + "objects_nodes"], owners, postgres=not self._sqlite
+            self.metadata.tables[prefix + "objects_nodes"], owners, self.checkpoints,
+            postgres=not self._sqlite,
         )
         self._writer: SQLiteWorker | None = None
         self._reader: SQLiteWorker | None = None
@@ -141,13 +144,15 @@ class SQLStorage(Storage):
             raise
         except (sa.exc.OperationalError, sa.exc.InterfaceError, sqlite3.OperationalError,
                 OSError, TimeoutError) as exc:
-            raise StorageUnavailable(f"storage unavailable ({redact(self.url)}): {exc}") from exc
+            raise StorageUnavailable.hiding(
+                "storage unavailable", f"{redact(self.url)}: {exc}"
+            ) from exc
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
-                raise StorageUnavailable(f"storage connection lost: {exc}") from exc
-            raise StorageUnavailable(f"storage refused the transaction: {exc.orig}") from exc
+                raise StorageUnavailable.hiding("storage connection lost", exc) from exc
+            raise StorageUnavailable.hiding("storage refused the transaction", exc) from exc
         except sqlite3.Error as exc:
-            raise StorageUnavailable(f"storage refused the transaction: {exc}") from exc
+            raise StorageUnavailable.hiding("storage refused the transaction", exc) from exc
 
     async def create_tables(self) -> None:
         """Create the tables of every version (and the schema) when missing.
@@ -161,7 +166,7 @@ class SQLStorage(Storage):
                 await self._write(self._create_tables)
                 return
             except StorageUnavailable as exc:
-                if "already exists" not in exc.message or attempt == 2:
+                if "already exists" not in (exc.detail or "") or attempt == 2:
                     raise
 
     def _create_tables(self, conn: sa.Connection) -> None:
@@ -253,6 +258,10 @@ class SQLStorage(Storage):
     async def prune_nodes(self, dead_for: float) -> int:
         """Delete long-dead nodes' rows."""
         return await self._write(self._owners.prune, dead_for)
+
+    async def cluster_secret(self) -> str:
+        """The cluster's random secret (``objects_cluster``), made by the first node to ask."""
+        return await self._write(cluster_secret, self._cluster, not self._sqlite)
 
     async def claim(self, type: str, key: str, node_id: str, ttl: float) -> Claim:
         """Own ``(type, key)`` if it is free."""

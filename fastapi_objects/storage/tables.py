@@ -137,7 +137,16 @@ def _v3(metadata: sa.MetaData) -> list[sa.Table]:
 
 
 def _v4(metadata: sa.MetaData) -> list[sa.Table]:
-    return []  # columns only: _v4_columns
+    # Values every node of the cluster shares and only the app can read: the random secret
+    # that signs calls between nodes when OBJECTS_CLUSTER_SECRET is not set.
+    cluster = sa.Table(
+        PREFIX + "cluster",
+        metadata,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    return [cluster]
 
 
 def _v4_columns() -> dict[str, list[sa.Column[Any]]]:

@@ -159,7 +159,7 @@ def api_routes(objects: Objects, who: Callable[..., str | None]) -> APIRouter:
         """The object's broadcasts as they happen (Server-Sent Events); it is not woken."""
         cls = runtime.object_type(type_name)
         return StreamingResponse(
-            live.stream(objects, cls.type_name, validate_key(key)),
+            live.stream(objects, cls, validate_key(key)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

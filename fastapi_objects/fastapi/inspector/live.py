@@ -19,12 +19,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..._exceptions import InvalidKey, ObjectsError, PubSubClosed, SubscriptionOverflow
 from ...cluster.listener import WEBSOCKET_PREFIX
+from ...runtime.gateway import Elsewhere
 from ...runtime.keys import validate_key
-from ...storage import NodeInfo
 from ..protocol import CloseCode, encode_frame
 
 if TYPE_CHECKING:
     from ...pubsub import Message
+    from ...runtime.object import DurableObject
     from ..objects import Objects
 
 KEEPALIVE = 15.0
@@ -35,7 +36,9 @@ WATCH = "watch"
 """The query parameter that asks a node's internal listener for a watch, not a session."""
 
 
-async def stream(objects: Objects, type_name: str, key: str) -> AsyncIterator[str]:
+async def stream(
+    objects: Objects, cls: type[DurableObject[Any]], key: str
+) -> AsyncIterator[str]:
     """The object's broadcasts as SSE ``data:`` lines holding websocket-style frames.
 
     Starts with a ``ready`` event once it listens wherever the object's broadcasts are
@@ -43,12 +46,12 @@ async def stream(objects: Objects, type_name: str, key: str) -> AsyncIterator[st
     (``EventSource`` then reconnects).
     """
     frames = _Outbox(objects.max_outbox)
-    topic = f"{type_name}:{key}"
+    topic = f"{cls.type_name}:{key}"
     async with objects.subscribe(topic, max_queue=objects.max_outbox) as sub:
         tasks = [asyncio.create_task(_local(sub, frames))]
         try:
             if objects.runtime.pubsub_url.startswith("memory://"):
-                follower = _Follower(objects, type_name, key, frames)
+                follower = _Follower(objects, cls, key, frames)
                 await follower.look()  # before "ready": an owner elsewhere listens already
                 tasks.append(asyncio.create_task(follower.run()))
             yield "retry: 2000\nevent: ready\ndata: {}\n\n"
@@ -103,9 +106,12 @@ def _encoded(message: Message) -> str | None:
 class _Follower:
     """Listens on the node that holds the object, and follows it when it moves."""
 
-    def __init__(self, objects: Objects, type_name: str, key: str, frames: _Outbox) -> None:
-        self._objects = objects
-        self._ident = (type_name, key)
+    def __init__(
+        self, objects: Objects, cls: type[DurableObject[Any]], key: str, frames: _Outbox
+    ) -> None:
+        self._gateway = objects.runtime.gateway
+        self._cls = cls
+        self._key = key
         self._frames = frames
         self._owner: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -120,20 +126,18 @@ class _Follower:
 
     async def look(self) -> None:
         """Listen on the object's owner when another live node holds it (and only then)."""
-        runtime = self._objects.runtime
         try:
-            owner = (await runtime.storage.owners([self._ident])).get(self._ident)
+            owner = await self._gateway.holder(self._cls, self._key)
         except ObjectsError:
             return  # the database is away: look again later
-        node = runtime.routing.node.live.get(owner) if owner is not None else None
-        if node is None or node.address is None or owner == runtime.node_id:
+        if owner is None:
             self._drop()
             return
-        if self._owner != owner or self._task is None or self._task.done():
+        if self._owner != owner.node_id or self._task is None or self._task.done():
             self._drop()
             listening = asyncio.get_running_loop().create_future()
-            self._owner = owner
-            self._task = asyncio.create_task(self._listen(node, listening))
+            self._owner = owner.node_id
+            self._task = asyncio.create_task(self._listen(owner, listening))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(listening), 5.0)
 
@@ -142,22 +146,20 @@ class _Follower:
             self._task.cancel()
         self._task, self._owner = None, None
 
-    async def _listen(self, node: NodeInfo, listening: asyncio.Future[None]) -> None:
+    async def _listen(self, owner: Elsewhere, listening: asyncio.Future[None]) -> None:
         import websockets
         from websockets.asyncio.client import connect
 
-        forwarder = self._objects.runtime.routing.forwarder
-        if forwarder is None or node.address is None:
-            return
-        type_name, key = self._ident
-        target = f"{WEBSOCKET_PREFIX}{type_name}/{key}?{WATCH}=1"
-        headers = forwarder.signer.headers("GET", target, b"", node.node_id)
-        url = "ws" + node.address.removeprefix("http") + target
+        target = f"{WEBSOCKET_PREFIX}{self._cls.type_name}/{self._key}?{WATCH}=1"
+        headers = self._gateway.relay_headers(owner, target)
         try:
-            async with connect(url, additional_headers=headers, open_timeout=5) as owner:
-                await owner.recv()  # it subscribed
+            if headers is None or owner.address is None:
+                return
+            url = "ws" + owner.address.removeprefix("http") + target
+            async with connect(url, additional_headers=headers, open_timeout=5) as upstream:
+                await upstream.recv()  # it subscribed
                 listening.set_result(None)
-                async for text in owner:
+                async for text in upstream:
                     self._frames.push(str(text))
         except (OSError, TimeoutError, websockets.WebSocketException):
             pass  # it stopped or moved: the next look finds where it went

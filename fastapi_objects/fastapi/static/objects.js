@@ -13,6 +13,13 @@
 // id) at that moment; after a drop it is a new promise for the next attach, and it rejects
 // only when the client gives up (a refusal such as 4403, or close()).
 //
+// What a page may reach is the server's choice: only object types with `public = True`
+// (others close 4403, "not public"), only methods marked `@client_callable` (others reject
+// with an ObjectsError of type "forbidden"; nothing ran), and only from the app's own origin
+// unless the server lists others in `allowed_origins` (others close 4403). Query parameters
+// of the URL reach the object as `conn.query` (the client's own word); what the app's
+// `authorize` vouches for is `conn.auth`, which the page cannot set.
+//
 // Reconnects with exponential backoff and jitter. Calls made before the client is attached
 // wait for it (up to callTimeout) and are sent once it is; calls in flight when the
 // connection drops are rejected, never re-sent, so a call is applied at most once.

@@ -9,12 +9,12 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from .._exceptions import ObjectsError
-from ..storage import Alarm, AlarmWrite
-from .alarms import completion, failure
+from ..._exceptions import ObjectsError
+from ...storage import Alarm, AlarmWrite
+from .schedule import completion, failure
 
 if TYPE_CHECKING:
-    from .activation import Activation
+    from ..activation import Activation
 
 log = logging.getLogger("fastapi_objects")
 
@@ -46,7 +46,7 @@ class AlarmClock:
 
     def write(self, write: AlarmWrite) -> None:
         """Record an alarm change with the running turn."""
-        self._act.turn().alarms.append(write)
+        self._act.turn().alarm(write)
 
     def listed(self) -> list[Alarm]:
         """The alarms, with the running turn's changes applied."""

@@ -21,15 +21,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ObjectsError, UnknownObjectType
-from .._tasks import cancel_and_wait
-from ..cluster import ClusterNode
-from ..storage import Alarm, Storage
-from .alarms import uses_alarms
+from ..._exceptions import ObjectsError, UnknownObjectType
+from ..._tasks import cancel_and_wait
+from ...cluster import ClusterNode
+from ...storage import Alarm, Storage
+from .schedule import uses_alarms
 
 if TYPE_CHECKING:
-    from .activation import Activation
-    from .object import DurableObject
+    from ..activation import Activation
+    from ..object import DurableObject
 
 log = logging.getLogger("fastapi_objects")
 
@@ -61,7 +61,7 @@ class AlarmDelivery:
         activations: dict[tuple[str, str], Activation],
         route: Route,
         serve_here: Route,
-        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], object],
     ) -> None:
         self._types = types
         self._storage = storage

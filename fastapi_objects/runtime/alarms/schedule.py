@@ -14,12 +14,12 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import MissingDependency
-from ..storage import Alarm, AlarmWrite
-from .storable import check_storable
+from ..._exceptions import MissingDependency
+from ...storage import Alarm, AlarmWrite
+from ..storable import check_storable
 
 if TYPE_CHECKING:
-    from .object import DurableObject
+    from ..object import DurableObject
 
 MAX_NAME = 128
 
