@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -10,7 +11,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -230,3 +231,34 @@ def rss_bytes() -> int:
     """This process's resident set size (Linux)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- what every script prints and parses ----------------------------------------------------
+
+
+def log(msg: str) -> None:
+    """Print a progress line with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def fmt_ms(ms: float) -> str:
+    """Milliseconds as ``us`` below one, else ``ms``."""
+    return f"{ms * 1000:.0f} us" if ms < 1 else f"{ms:.2f} ms"
+
+
+def add_loop_option(parser: argparse.ArgumentParser) -> None:
+    """``--loop uvloop|asyncio``, for ``run_on_loop``."""
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="event loop (default uvloop, as uvicorn uses when it is installed)")
+
+
+def run_on_loop(
+    main: Callable[[argparse.Namespace], Coroutine[object, object, None]],
+    args: argparse.Namespace,
+) -> None:
+    """Run ``main(args)`` on the event loop ``--loop`` names."""
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(main(args))

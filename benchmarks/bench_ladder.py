@@ -34,11 +34,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from _common import (  # the script's folder is on sys.path
+    add_loop_option,
     closed_loop,
     drop_schema,
     fresh_schema_name,
     pg_execute,
     revision,
+    run_on_loop,
     table,
 )
 from pydantic import BaseModel
@@ -284,15 +286,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--backends", default="memory,sqlite,postgres",
                    help="comma-separated: memory, sqlite, postgres (default all three)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per rung (default 3)")
-    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
-                   help="event loop (default uvloop, as uvicorn uses when it is installed)")
+    add_loop_option(p)
     return p.parse_args()
 
 
 if __name__ == "__main__":
-    ns = _parse()
-    if ns.loop == "uvloop":
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(main(ns))
+    run_on_loop(main, _parse())

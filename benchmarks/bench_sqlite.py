@@ -22,7 +22,16 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
-from _common import Run, closed_loop, revision, table  # the script's folder is on sys.path
+from _common import (  # the script's folder is on sys.path
+    Run,
+    add_loop_option,
+    closed_loop,
+    fmt_ms,
+    log,
+    revision,
+    run_on_loop,
+    table,
+)
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -44,13 +53,6 @@ class Counter(DurableObject[CounterState]):
         self.state.value += by
         return self.state.value
 
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _ms(ms: float) -> str:
-    return f"{ms * 1000:.0f} us" if ms < 1 else f"{ms:.2f} ms"
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -231,7 +233,7 @@ async def bench_runtime(
     p50 = ordered[len(ordered) // 2] * 1000 if ordered else float("nan")
     most = ordered[-1] * 1000 if ordered else float("nan")
     note = (f"{name}: {stats.commits / max(stats.batches, 1):.1f} objects per transaction, "
-            f"storage.commit() p50 {_ms(p50)} max {_ms(most)}, "
+            f"storage.commit() p50 {fmt_ms(p50)} max {fmt_ms(most)}, "
             f"{run.cpu_us_per_call:,.0f} us of CPU per call, machine {run.machine_busy:.0%} "
             f"busy; the stored sum equals every acknowledged call ({stored:,})")
     return run, note
@@ -246,26 +248,26 @@ async def main(args: argparse.Namespace) -> None:
     folder = tempfile.mkdtemp(prefix="bench_sqlite_", dir=args.dir)
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    _log(f"fastapi_objects {revision()}, SQLite {sqlite3.sqlite_version}, files in {folder}, "
+    log(f"fastapi_objects {revision()}, SQLite {sqlite3.sqlite_version}, files in {folder}, "
          f"load average {load:.2f}")
     rows: list[list[str]] = []
     notes: list[str] = []
     try:
-        _log("probe: bare sqlite3 group commit")
+        log("probe: bare sqlite3 group commit")
         probe = await bench_probe(folder, duration, warmup)
-        _log("baseline: SQLAlchemy commit per call")
+        log("baseline: SQLAlchemy commit per call")
         base1 = await bench_baseline(folder, "baseline1", duration, warmup)
-        _log("runtime: 64 callers over 1,000 objects")
+        log("runtime: 64 callers over 1,000 objects")
         keys = [f"c{i}" for i in range(OBJECTS)]
         durable, note = await bench_runtime(folder, "durable", keys, CALLERS, duration, warmup)
         notes.append(note)
-        _log("runtime: one caller")
+        log("runtime: one caller")
         single, note = await bench_runtime(folder, "single", keys[:100], 1, duration, warmup)
         notes.append(note)
-        _log("runtime: 64 callers on one object")
+        log("runtime: 64 callers on one object")
         hot, note = await bench_runtime(folder, "hot", ["hot"], CALLERS, duration, warmup)
         notes.append(note)
-        _log("baseline again")
+        log("baseline again")
         base2 = await bench_baseline(folder, "baseline2", duration, warmup)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -273,7 +275,7 @@ async def main(args: argparse.Namespace) -> None:
 
     def row(name: str, run: Run, value: str, target: str, ok: bool | None) -> None:
         verdict = "" if ok is None else ("PASS" if ok else "MISS")
-        rows.append([name, value, _ms(run.pct_ms(50)), _ms(run.pct_ms(99)),
+        rows.append([name, value, fmt_ms(run.pct_ms(50)), fmt_ms(run.pct_ms(99)),
                      target, verdict])
 
     row("probe: bare sqlite3 group commit, 64 callers over 1,000 keys", probe,
@@ -304,15 +306,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=4.0, help="seconds per figure (default 4)")
     p.add_argument("--quick", action="store_true", help="2 s per figure")
     p.add_argument("--dir", default=None, help="where the SQLite files go (default: the temp dir)")
-    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
-                   help="event loop (default uvloop, as uvicorn uses when it is installed)")
+    add_loop_option(p)
     return p.parse_args()
 
 
 if __name__ == "__main__":
-    ns = _parse()
-    if ns.loop == "uvloop":
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(main(ns))
+    run_on_loop(main, _parse())

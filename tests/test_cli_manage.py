@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,11 @@ from fastapi_objects.cli import app as cli
 from fastapi_objects.cli import manage
 from fastapi_objects.storage.base import STATUSES
 
+HOUR = timedelta(hours=1)
+
 SHOP = '''\
 import os
+from datetime import timedelta
 
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -44,6 +48,14 @@ class Counter(DurableObject[CounterState]):
 
 class CartState(BaseModel):
     items: list[str] = []
+
+
+class Visit(DurableObject[CartState]):
+    expire_after = timedelta(hours=1)
+
+    async def see(self, page: str) -> int:
+        self.state.items.append(page)
+        return len(self.state.items)
 
 
 class Cart(DurableObject[CartState]):
@@ -192,6 +204,29 @@ def test_show_state_and_journal_tail(stored: list[str]) -> None:
     assert cells(tail, "3")[3] == '{"by":3}'
     with pytest.raises(AssertionError):
         cells(tail, "2")
+
+
+def test_ls_and_show_say_when_an_expiring_object_expires(stored: list[str]) -> None:
+    async def populate() -> None:
+        visit = importlib.import_module("shop").Visit
+        async with Objects(objects=[visit]) as objects:  # the database of OBJECTS_* (stored)
+            await objects.get(visit, "v1").see("home")
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    asyncio.run(populate())
+    after = datetime.now(UTC)
+    out = run("ls", "visit", *stored)
+    assert "┃ updated (UTC)       ┃ expires (UTC)       ┃ state" in out
+
+    def parse(text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+    assert before + HOUR <= parse(cells(out, "v1")[6]) <= after + HOUR
+    show = run("show", "visit", "v1", *stored)
+    line = next(line for line in show.splitlines() if line.startswith("expires (UTC)"))
+    assert parse(line.removeprefix("expires (UTC)").strip()) == parse(cells(out, "v1")[6])
+    assert "objects:expire" not in show and "alarms" not in show  # not one of its alarms
+    assert "expires" not in run("ls", "counter", *stored)  # counters never expire
 
 
 def test_rm_asks_then_purges(stored: list[str]) -> None:

@@ -53,6 +53,16 @@ class Plain(DurableObject[Profile]):
         return self.state.score
 
 
+class Fleeting(DurableObject[Profile]):
+    """A memory object: nothing written, so nothing an operator can edit or restore."""
+
+    persistence = "memory"
+
+    async def score_up(self, by: int = 1) -> int:
+        self.state.score += by
+        return self.state.score
+
+
 class Short(DurableObject[Profile]):
     """States kept for one second: pruned while the test watches."""
 
@@ -88,7 +98,7 @@ class Till(EventSourced[Ledger, Added]):
         return self.state.total
 
 
-TYPES: list[type[DurableObject[Any]]] = [Player, Plain, Short, Till]
+TYPES: list[type[DurableObject[Any]]] = [Player, Plain, Short, Till, Fleeting]
 
 
 def _runtime(backend: Backend, **options: Any) -> Runtime:
@@ -237,6 +247,11 @@ async def test_restores_that_cannot_be_are_refused(rt: Runtime) -> None:
     await _scored(rt, "p", 2, Plain)
     with pytest.raises(InvalidEdit, match="keeps no history"):
         await rt.restore(Plain, "p", rev=1)
+    await rt.get(Fleeting, "m").score_up()
+    for refused in (rt.restore(Fleeting, "m", rev=1),
+                    rt.edit(Fleeting, "m", [{"op": "remove", "path": "/tags"}], rev=1)):
+        with pytest.raises(InvalidEdit, match="is a memory object"):
+            await refused
     assert await _rev(rt, Player, "a") == 2 and await rt.journal(Player, "a") == []
 
 
@@ -313,6 +328,11 @@ def test_history_is_a_positive_timedelta_of_snapshot_objects() -> None:
             history = timedelta(0)
     with pytest.raises(TypeError, match="restore from their journal"):
         class Sourced(Till):
+            history = timedelta(days=1)
+
+    with pytest.raises(TypeError, match="memory object keeps nothing"):
+        class Fleeting(DurableObject[Profile]):
+            persistence = "memory"
             history = timedelta(days=1)
 
     class Chat(DurableObject[Profile]):  # a method named history is the app's own

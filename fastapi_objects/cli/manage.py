@@ -1,7 +1,8 @@
 """``objects ls``, ``show``, ``rm`` and ``stats``: look at stored objects without thawing them.
 
 ``ls`` and ``show`` name each object's owner: the node holding it live, or ``-`` when no node
-does (released on hibernation or a graceful stop, or never claimed).
+does (released on hibernation or a graceful stop, or never claimed), and when an object of a
+class with ``expire_after`` expires unless it is used before (its ``objects:expire`` alarm).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ._errors import CliError, reported
 from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_target, resolve
 
 if TYPE_CHECKING:
+    from ..storage import Alarm
     from ..storage.sql import SQLStorage
 
 # storage.base.STATUSES, spelled out so that `objects --help` need not import the storage layer
@@ -71,19 +73,22 @@ async def _ls(
         page = await storage.query(
             ObjectQuery(type=type_name, status=status, key_prefix=prefix, limit=limit)
         )
-        owners = await storage.owners([(cp.type, cp.key) for cp in page.items])  # one query
+        idents = [(cp.type, cp.key) for cp in page.items]
+        owners = await storage.owners(idents)  # one query
+        expiries = _expiries(await _alarms(storage, idents))  # and one
     out = console()
     if not page.items:
         out.print(f"no {type_name} objects match")
         return
-    table = Table(
-        "key", "status", "owner", "rev", "version", "updated (UTC)", "state", title=type_name
-    )
+    columns = ["key", "status", "owner", "rev", "version", "updated (UTC)"]
+    table = Table(*columns, *(["expires (UTC)"] if expiries else []), "state", title=type_name)
     for cp in page.items:
         state = json.dumps(cp.state, separators=(",", ":"))
+        expiry = expiries.get((cp.type, cp.key))
         table.add_row(
             cp.key, cp.status, owners.get((cp.type, cp.key), NO_OWNER), str(cp.rev),
             str(cp.state_version), _time(cp.updated_at),
+            *([_expires(expiry, cp.status)] if expiries else []),
             state if len(state) <= 60 else state[:59] + "…",
         )
     out.print(table)
@@ -118,7 +123,9 @@ async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
             raise CliError(f"no object {type_name}:{key}")
         entries = await storage.read_journal(type_name, key, max(0, cp.journal_rev - tail))
         owner = (await storage.owners([(type_name, key)])).get((type_name, key), NO_OWNER)
-        alarms = await _alarms(storage, type_name, key)
+        alarms = (await _alarms(storage, [(type_name, key)])).get((type_name, key), [])
+    expiry = _expiries({(type_name, key): alarms}).get((type_name, key))
+    alarms = [alarm for alarm in alarms if alarm is not expiry]
     out = console()
     fields = Table.grid(padding=(0, 2))
     for name, value in [
@@ -127,6 +134,7 @@ async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
         ("state version", cp.state_version), ("journal rev", cp.journal_rev),
         ("snapshot rev", cp.snapshot_rev), ("created (UTC)", _time(cp.created_at)),
         ("updated (UTC)", _time(cp.updated_at)),
+        *([("expires (UTC)", _expires(expiry, cp.status))] if expiry is not None else []),
     ]:
         fields.add_row(name, str(value))
     out.print(fields)
@@ -239,14 +247,41 @@ async def _check_type(storage: SQLStorage, target: Target, type_name: str) -> No
         )
 
 
-async def _alarms(storage: SQLStorage, type_name: str, key: str) -> list[Any]:
-    """The object's alarms, or none on a database without the version-3 tables."""
+async def _alarms(
+    storage: SQLStorage, idents: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[Alarm]]:
+    """The objects' alarms, or none on a database without the version-3 tables."""
     from .._exceptions import StorageUnavailable
 
     try:
-        return await storage.load_alarms(type_name, key)
+        return await storage.load_alarms_many(idents)
     except StorageUnavailable:
-        return []
+        return {}
+
+
+def _expiries(alarms: dict[tuple[str, str], list[Alarm]]) -> dict[tuple[str, str], Alarm]:
+    """Each object's expiry (the ``objects:expire`` alarm of a class with ``expire_after``).
+
+    A failed one is an expiry its class dropped (it has no ``expire_after`` any more).
+    """
+    from ..runtime.alarms.schedule import EXPIRE
+
+    return {
+        ident: alarm for ident, found in alarms.items() for alarm in found
+        if alarm.name == EXPIRE and alarm.status == "pending"
+    }
+
+
+def _expires(expiry: Alarm | None, status: str) -> str:
+    """When the object expires: its expiry's due time, unless it is used before.
+
+    An active object's stored time is the one it had when its owner last wrote it: every use
+    since moves it, so that is a lower bound.
+    """
+    if expiry is None:
+        return "-"
+    due = _time(expiry.due_at)
+    return f"{due} or later (active)" if status == "active" else due
 
 
 def _time(value: datetime) -> str:

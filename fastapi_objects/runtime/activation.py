@@ -6,9 +6,10 @@ returns, so the next turn runs on the new state at once (pipelining). What is he
 output: the caller waits for its turn's commit, and a turn that changed nothing (or a read-only
 call) waits for the latest commit whose state it could have seen.
 
-An activation owns its parts: ``idle`` (when to hibernate, and hibernating), ``alarms`` (its
-alarm clock, for classes with ``on_alarm``) and ``clients`` (attached connections, made on
-the first attach and dropped with the last).
+An activation owns its parts: ``record`` (what its turns made, on its way to storage: a
+variant per kind of object), ``idle`` (when to hibernate, and hibernating), ``alarms`` (its
+alarm clock, for classes with ``on_alarm``), ``expiry`` (for classes with ``expire_after``)
+and ``clients`` (attached connections, made on the first attach and dropped with the last).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from ..storage import Alarm, Checkpoint
 from .alarms import AlarmClock, uses_alarms
 from .clients import Clients
 from .connection import CloseCode
+from .expiry import Expiry
 from .gate import Gate
 from .idle import Idle
 from .object import DurableObject, EventSourced
-from .record import Record
+from .record import record_for
 from .states import decode_state, new_state, replay
 from .storable import check_result
 from .turn import ActivationHost, Stale, Turn
@@ -44,8 +46,8 @@ class Activation:
     """The live instance of ``(type, key)`` on this node."""
 
     __slots__ = (
-        "_turn", "alarms", "clients", "closed", "cls", "deleting", "event_sourced", "gate",
-        "host", "idle", "in_flight", "instance", "key", "loop", "record", "topic",
+        "_turn", "alarms", "clients", "closed", "cls", "deleting", "event_sourced", "expiry",
+        "gate", "host", "idle", "in_flight", "instance", "key", "loop", "record", "topic",
     )
 
     def __init__(self, host: ActivationHost, cls: type[DurableObject[Any]], key: str) -> None:
@@ -61,9 +63,10 @@ class Activation:
         self.gate = Gate(held=True)  # the loader holds the gate until thawed
         self._turn: Turn | None = None
         self.instance: DurableObject[Any]
-        self.record = Record(self)
+        self.record = record_for(self)
         self.idle = Idle(self)
         self.alarms = AlarmClock(self) if uses_alarms(cls) else None
+        self.expiry = Expiry(self) if cls.expire_after is not None else None
         self.clients: Clients | None = None
 
     # -- thaw --------------------------------------------------------------------------------
@@ -75,7 +78,7 @@ class Activation:
         instance.key = self.key
         instance.objects = self.host.public
         instance._activation = self
-        if cp is None:
+        if cp is None or cls.persistence == "memory":  # (memory: nothing stored is read)
             instance.state = new_state(cls, self.topic)
         else:
             record.rev, record.journal_rev = cp.rev, cp.journal_rev
@@ -87,6 +90,8 @@ class Activation:
                     self.host.storage, cls, self.key, instance.state, after_rev=cp.snapshot_rev
                 )
         self.instance = instance
+        if self.expiry is not None:
+            self.expiry.load(cp, alarms)
         if self.alarms is not None:  # before on_activate, which may set or cancel alarms
             await self.alarms.load(alarms)
         await self.run_hook(instance.on_activate)

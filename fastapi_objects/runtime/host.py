@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import Overloaded, StorageUnavailable, UnknownObjectType
@@ -16,7 +17,7 @@ from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
 from .activation import Activation
-from .alarms import ALARM_CALL, AlarmDelivery, uses_alarms
+from .alarms import ALARM_CALL, AlarmDelivery, keeps_alarms
 from .calls import Calls
 from .committer import GroupCommitter
 from .connection import Connection, Transport
@@ -67,6 +68,7 @@ class Host:
         self.routing = Router(storage, settings, node_id, self.lease_lost)
         self.thawer = Thawer(storage, self.routing.node.thaw_many)
         self.counters = Counters()
+        self.clock: Callable[[], datetime] = _utc_now  # expiries' wall time (tests move it)
         self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}
         self.leaving = 0  # activations hibernating to make room (max_active)
@@ -201,7 +203,7 @@ class Host:
             if making_room is not None:  # the object waits for its room, holding its gate
                 await asyncio.wait([making_room])
             claim, checkpoint, alarms = await self.thawer.thaw(
-                cls.type_name, key, uses_alarms(cls)
+                cls.type_name, key, keeps_alarms(cls)
             )
             self.routing.claimed(ident, claim)
             if not claim.granted:
@@ -321,4 +323,9 @@ class Host:
             turns=c.turns, commits=self.committer.commits, batches=self.committer.batches,
             conflicts=c.conflicts, forwarded=forwarder.forwarded if forwarder else 0,
             takeovers=self.routing.node.takeovers, relayed=c.relayed, evictions=c.evictions,
+            expired=c.expired,
         )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,4 +1,8 @@
-"""An activation's idle timer, and hibernation: leaving memory when nothing needs it."""
+"""An activation's idle timer, and hibernation: leaving memory when nothing needs it.
+
+An object of a class with ``expire_after`` that is idle past it is deleted instead
+(``runtime/expiry.py``).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ class Idle:
     else it goes back into the wheel for the time left.
     """
 
-    __slots__ = ("_act", "last_used", "leaving", "scheduled", "slot")
+    __slots__ = ("_act", "last_used", "leaving", "scheduled", "slot", "timeout")
 
     def __init__(self, act: Activation) -> None:
         self._act = act
@@ -31,13 +35,17 @@ class Idle:
         self.leaving = False  # chosen to hibernate to make room (max_active)
         self.scheduled = False
         self.slot = 0
+        cls = act.cls
+        # Idle this long, it leaves memory: hibernated, or deleted if it expires sooner.
+        self.timeout = cls.idle_timeout if cls.expire_after is None else min(
+            cls.idle_timeout, cls.expire_after.total_seconds()
+        )
 
     def start(self, delay: float | None = None) -> None:
-        """Check again after ``delay`` (default: the class's ``idle_timeout``)."""
+        """Check again after ``delay`` (default: ``timeout``)."""
         if not self.scheduled:
             self.scheduled = True
-            act = self._act
-            act.host.timers.add(self, act.cls.idle_timeout if delay is None else delay)
+            self._act.host.timers.add(self, self.timeout if delay is None else delay)
 
     def stop(self) -> None:
         """Leave the wheel (the activation closed)."""
@@ -56,7 +64,7 @@ class Idle:
         act = self._act
         if act.closed:
             return
-        timeout = act.cls.idle_timeout
+        timeout = self.timeout
         idle_for = act.loop.time() - self.last_used
         if act.busy() or idle_for < timeout:
             self.start(timeout if act.busy() else timeout - idle_for)
@@ -68,6 +76,7 @@ class Idle:
 
         Unless ``force`` (shutdown), it gives up if a call or a client arrived meanwhile;
         ``evict`` (room for another object, ``max_active``) does not wait for ``idle_timeout``.
+        An object past its ``expire_after`` is deleted instead (without ``on_hibernate``).
         """
         act = self._act
         try:
@@ -76,7 +85,7 @@ class Idle:
             return
         try:
             idle_for = act.loop.time() - self.last_used
-            timeout = act.cls.idle_timeout
+            timeout = self.timeout
             if not force and (
                 act.in_flight or act.clients is not None or act.gate.queued
                 or (idle_for < timeout and not evict)  # a call slipped in before us
@@ -84,11 +93,23 @@ class Idle:
                 act.host.leave(act, False)
                 self.start(max(timeout - idle_for, 0.01))
                 return
+            expiry = act.expiry
+            if expiry is not None and expiry.expired():
+                try:
+                    await expiry.delete()
+                except ObjectsError as exc:
+                    log.warning("%s expired but was not deleted: %s", act.topic, exc.message)
+                    if not act.closed:  # (storage unavailable) try again later
+                        act.host.leave(act, False)
+                        self.start()
+                return
             try:
                 pending = await act.run_hook(act.instance.on_hibernate, snapshot=True)
             except Exception:
                 log.exception("%s: on_hibernate failed; its changes were rolled back", act.topic)
                 pending = None
+            if expiry is not None:
+                pending = expiry.hibernating() or pending
             pending = pending or act.record.last
             if pending is not None:
                 try:

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import pydantic
 
 from ..storage import Alarm, AlarmWrite
-from .alarms.schedule import make_alarm
+from .alarms.schedule import check_alarm_name, make_alarm
 from .connection import check_event
 from .handle import _Handle, handle_class
 from .keys import snake_case, validate_type_name
+from .kinds import check_kind, refuse_in_memory
 from .methods import MethodSpec, discover
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ def _history_option(cls: type) -> timedelta | None:
             f"{cls.__name__}: event-sourced objects restore from their journal; "
             "history is for snapshot objects"
         )
+    if getattr(cls, "persistence", "durable") == "memory":
+        raise TypeError(f"{cls.__name__}: a memory object keeps nothing, so no history")
     return value
 
 
@@ -86,9 +89,12 @@ class DurableObject(Generic[S]):
     ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
     ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
     then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
-    ``objects.router`` and call the methods marked ``@client_callable``), ``history`` (a
-    ``timedelta``: keep each committed state that long, for ``objects.restore``;
-    event-sourced objects restore from their journal).
+    ``objects.router`` and call the methods marked ``@client_callable``), ``persistence``
+    (``"durable"``, or ``"memory"``: one live instance, nothing written, gone when it
+    hibernates), ``expire_after`` (a ``timedelta``: a durable object left that long without
+    calls, clients or alarms is deleted) and ``history`` (a ``timedelta``: keep each
+    committed state that long, for ``objects.restore``; event-sourced objects restore from
+    their journal).
     """
 
     type_name: ClassVar[str]
@@ -103,6 +109,8 @@ class DurableObject(Generic[S]):
     public: ClassVar[bool] = False  # True: browsers may attach through objects.router
     alarm_retries: ClassVar[int] = 6
     alarm_backoff: ClassVar[float] = 2.0
+    persistence: ClassVar[Literal["durable", "memory"]] = "durable"
+    expire_after: ClassVar[timedelta | None] = None
     # `history = timedelta(days=7)` keeps committed states (restore). Not declared here: a
     # base attribute would hide the app's own methods named `history` (see _history_option).
     __objects_history__: ClassVar[timedelta | None] = None
@@ -127,6 +135,7 @@ class DurableObject(Generic[S]):
             raise TypeError(f"{cls.__name__}.placement must be 'local', 'hash' or 'region'")
         if cls.placement == "region" and not cls.region:
             raise TypeError(f"{cls.__name__}: placement = 'region' needs region = '<name>'")
+        check_kind(cls, event_sourced=issubclass(cls, EventSourced))
         cls.__objects_history__ = _history_option(cls)
 
     # -- hooks -------------------------------------------------------------------------------
@@ -173,7 +182,11 @@ class DurableObject(Generic[S]):
     # -- helpers for methods -----------------------------------------------------------------
 
     def record(self, kind: str, payload: Any = None) -> None:
-        """Append a journal entry, committed together with this turn (dropped if it fails)."""
+        """Append a journal entry, committed together with this turn (dropped if it fails).
+
+        ``TypeError`` on a memory object: it keeps no journal.
+        """
+        refuse_in_memory(self, "record()")
         self._activation.turn().record(kind, payload)
 
     def broadcast(
@@ -209,15 +222,17 @@ class DurableObject(Generic[S]):
 
             self.set_alarm("reminder", delay=60, payload={"to": "ann"})
         """
+        clock = self._alarm_clock()
         alarm = make_alarm(
             self, name, at=at, delay=delay, every=every, cron=cron, payload=payload
         )
-        self._alarm_clock().write(AlarmWrite(name, alarm))
+        clock.write(AlarmWrite(name, alarm))
         return alarm
 
     def cancel_alarm(self, name: str = "default") -> None:
         """Delete the alarm ``name`` with this turn (nothing if there is none)."""
-        self._alarm_clock().write(AlarmWrite(name, None))
+        clock = self._alarm_clock()
+        clock.write(AlarmWrite(check_alarm_name(name), None))
 
     def delete(self) -> None:
         """Delete this object when the running turn ends: state, journal and alarms.
@@ -233,6 +248,7 @@ class DurableObject(Generic[S]):
         return self._alarm_clock().listed()
 
     def _alarm_clock(self) -> AlarmClock:
+        refuse_in_memory(self, "set_alarm(), cancel_alarm() and alarms()")
         clock = self._activation.alarms
         if clock is None:
             raise TypeError(f"{type(self).__name__} uses alarms but defines no on_alarm()")

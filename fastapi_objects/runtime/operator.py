@@ -102,6 +102,9 @@ class Operator:
     async def _route(
         self, cls: type[DurableObject[Any]], key: str, method: str, args: dict[str, Any]
     ) -> dict[str, Any]:
+        if cls.persistence == "memory":  # no rev, no history: nothing an operator can name
+            raise InvalidEdit(f"{cls.__name__} is a memory object: it has no rev to edit under "
+                              "and nothing kept to restore")
         turn = self._turns[method]
         try:
             async with asyncio.timeout(cls.call_timeout):

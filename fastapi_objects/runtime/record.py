@@ -137,3 +137,56 @@ class Record:
         if self.queued is not None:
             self._act.host.committer.discard(self.queued, error)
             self.queued = None
+
+
+class MemoryRecord(Record):
+    """The record of a memory object (``persistence = "memory"``): nothing is ever written.
+
+    A turn's state is still encoded (it is what a raising turn rolls back to, and stays
+    storable JSON like any state), but no commit is made: the answer and the broadcasts leave
+    as soon as the turn ends.
+    """
+
+    __slots__ = ()
+
+    def finish(self, turn: Turn) -> PendingCommit | None:
+        """Keep the turn's state as the one to roll back to; send its broadcasts now."""
+        self.state_text = self.encode_state()
+        for action in turn.after:
+            action()
+        return None
+
+    def commit(
+        self, turn: Turn, entries: list[tuple[str, bytes]], state: bytes | None, snapshot: bool
+    ) -> PendingCommit:
+        """Never: a memory object has nothing to commit."""
+        raise AssertionError(f"{self.topic}: a memory object does not commit")
+
+
+class ExpiringRecord(Record):
+    """The record of a class with ``expire_after``: its commits also keep the expiry alarm.
+
+    An activation's first commit writes the object's expiry when storage holds none (a new
+    object, or one stored before its class had ``expire_after``), so that an object whose node
+    crashes before it hibernates still expires (``runtime/expiry.py``).
+    """
+
+    __slots__ = ()
+
+    def commit(
+        self, turn: Turn, entries: list[tuple[str, bytes]], state: bytes | None, snapshot: bool
+    ) -> PendingCommit:
+        """Queue the commit, with the expiry alarm when storage has none yet."""
+        expiry = self._act.expiry
+        assert expiry is not None
+        if expiry.alarm is None:
+            turn.alarm(expiry.write(self.rev + 1, expiry.now()))
+        return super().commit(turn, entries, state, snapshot)
+
+
+def record_for(act: Activation) -> Record:
+    """The record an activation of its class needs: durable, expiring or memory."""
+    cls = act.cls
+    if cls.persistence == "memory":
+        return MemoryRecord(act)
+    return Record(act) if cls.expire_after is None else ExpiringRecord(act)

@@ -15,6 +15,7 @@ class Counters:
     conflicts: int = 0
     relayed: int = 0
     evictions: int = 0
+    expired: int = 0
 
 
 
@@ -37,3 +38,5 @@ class RuntimeStats:
     """Websocket clients attached here through another node's relay."""
     evictions: int = 0
     """Objects hibernated before their idle timeout to make room (``max_active``)."""
+    expired: int = 0
+    """Objects this node deleted because they were idle past their ``expire_after``."""

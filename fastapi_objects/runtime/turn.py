@@ -6,7 +6,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
+    from datetime import datetime
 
     from ..storage import AlarmWrite, Storage
     from .activation import Activation
@@ -60,6 +61,7 @@ class ActivationHost(Protocol):
     counters: Counters
     timers: Wheel  # coarse timers: call deadlines, idle checks
     public: Any  # what objects see as ``self.objects`` (the Runtime)
+    clock: Callable[[], datetime]  # wall time (UTC) for expiries; tests give another
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

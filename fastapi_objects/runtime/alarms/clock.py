@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..._exceptions import ObjectsError
 from ...storage import Alarm, AlarmWrite
-from .schedule import completion, failure
+from .schedule import RESERVED, completion, failure
 
 if TYPE_CHECKING:
     from ..activation import Activation
@@ -23,7 +23,8 @@ class AlarmClock:
     """The part of an activation that holds its alarms (classes with ``on_alarm`` only).
 
     ``state`` holds the object's alarms as committed or being committed; one loop timer
-    fires the earliest pending one, as a turn.
+    fires the earliest pending one, as a turn. The runtime's own alarms (``objects:``, the
+    expiry) are not among them: the activation's other parts keep those.
     """
 
     __slots__ = ("_act", "_timer", "state")
@@ -41,7 +42,7 @@ class AlarmClock:
         act = self._act
         if stored is None:
             stored = await act.host.storage.load_alarms(act.cls.type_name, act.key)
-        self.state = {alarm.name: alarm for alarm in stored}
+        self.state = {a.name: a for a in stored if not a.name.startswith(RESERVED)}
         self.arm()
 
     def write(self, write: AlarmWrite) -> None:
@@ -63,6 +64,8 @@ class AlarmClock:
     def committing(self, writes: list[AlarmWrite]) -> None:
         """A turn's alarm writes went to the committer: hold them and re-arm the timer."""
         for write in writes:
+            if write.name.startswith(RESERVED):
+                continue
             if write.alarm is None:
                 self.state.pop(write.name, None)
             else:

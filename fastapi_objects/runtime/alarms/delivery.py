@@ -11,6 +11,10 @@ of an object's alarms is due the object is woken (thawed, which arms the owner's
 its alarms), and just after each alarm's due time it is delivered once more unless this node
 holds the object live (its timer fires it): the object may have gone back to sleep meanwhile,
 and a delivery of an occurrence that already ran changes nothing.
+
+An object's expiry (``objects:expire``, ``runtime/expiry.py``) is taken and delivered the same
+way, but only at its due time, live or not: its owner then deletes the object, or moves the
+expiry to the object's last use plus ``expire_after``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +30,7 @@ from ..._exceptions import ObjectsError, UnknownObjectType
 from ..._tasks import cancel_and_wait
 from ...cluster import ClusterNode
 from ...storage import Alarm, Storage
-from .schedule import uses_alarms
+from .schedule import EXPIRE, keeps_alarms
 
 if TYPE_CHECKING:
     from ..activation import Activation
@@ -74,8 +79,8 @@ class AlarmDelivery:
         self.delivered = 0
 
     def start(self) -> None:
-        """Poll, if any registered class uses alarms."""
-        if any(uses_alarms(cls) for cls in self._types.values()):
+        """Poll, if any registered class has alarms (``on_alarm``, ``expire_after``)."""
+        if any(keeps_alarms(cls) for cls in self._types.values()):
             self._task = asyncio.get_running_loop().create_task(self._poll(), name="objects-alarms")
 
     async def stop(self) -> None:
@@ -100,7 +105,10 @@ class AlarmDelivery:
                 continue
             per_object: dict[tuple[str, str], list[Alarm]] = {}
             for alarm in due:
-                per_object.setdefault((alarm.type, alarm.key), []).append(alarm)
+                if alarm.name == EXPIRE:
+                    self._spawn(self._expire(alarm))
+                else:
+                    per_object.setdefault((alarm.type, alarm.key), []).append(alarm)
             for alarms in per_object.values():
                 self._spawn(self._on_time(sorted(alarms, key=lambda a: a.due_at)))
 
@@ -114,6 +122,24 @@ class AlarmDelivery:
             await _sleep_until(alarm.due_at, RECHECK)
             if not self._live_here(alarm):  # it may have gone back to sleep
                 await self.deliver(alarm)
+
+    async def _expire(self, alarm: Alarm) -> None:
+        """At its due time, have the object's owner delete it if it is still idle.
+
+        An expiry of a class that no longer has ``expire_after`` is marked failed instead, so
+        that no node takes it again (nor wakes the object for it).
+        """
+        cls = self._types.get(alarm.type)
+        if cls is not None and cls.expire_after is None:
+            try:
+                await self._storage.record_alarm_failure(replace(
+                    alarm, status="failed", last_error=f"{cls.__name__} has no expire_after",
+                ))
+            except ObjectsError as exc:
+                log.info("expiry %s:%s not dropped: %s", alarm.type, alarm.key, exc)
+            return
+        await _sleep_until(alarm.due_at, RECHECK)
+        await self.deliver(alarm)
 
     def _live_here(self, alarm: Alarm) -> bool:
         """Whether this node holds the alarm's object live: its own timer fires the alarm."""
@@ -150,11 +176,12 @@ def _fire(name: str, scheduled_at: datetime) -> Callable[[Activation, bool], Awa
     """Run the occurrence on an activation (the gate ``held`` by a thaw, or not)."""
 
     async def fire(act: Activation, held: bool) -> bool:
-        if act.alarms is None:  # the class has no on_alarm (any more)
+        part = act.expiry if name == EXPIRE else act.alarms
+        if part is None:  # the class has no on_alarm (or expire_after) any more
             if held:
                 act.gate.leave(False)
             return False
-        return await act.alarms.fire(name, scheduled_at, held)
+        return await part.fire(name, scheduled_at, held)
 
     return fire
 

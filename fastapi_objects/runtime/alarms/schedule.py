@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from ..object import DurableObject
 
 MAX_NAME = 128
+RESERVED = "objects:"
+"""Alarm names of the runtime's own start with it (user alarms may not)."""
+EXPIRE = RESERVED + "expire"
+"""The alarm of a class with ``expire_after``: when the object expires (``runtime/expiry.py``)."""
 
 
 def _seconds(value: float | timedelta | None, what: str) -> float | None:
@@ -60,8 +64,7 @@ def make_alarm(
     """Validate ``set_alarm``'s arguments into the alarm to store."""
     if not uses_alarms(type(owner)):
         raise TypeError(f"{type(owner).__name__} sets an alarm but defines no on_alarm()")
-    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
-        raise ValueError(f"alarm name must be a string of 1 to {MAX_NAME} characters")
+    check_alarm_name(name)
     if sum(x is not None for x in (at, delay, cron)) > 1:
         raise ValueError("give at most one of at=, delay= and cron=")
     interval = _seconds(every, "every")
@@ -83,6 +86,20 @@ def make_alarm(
         type=type(owner).type_name, key=owner.key, name=name, due_at=due, scheduled_at=due,
         payload=payload, every=interval, cron=cron,
     )
+
+
+def check_alarm_name(name: str) -> str:
+    """Return ``name`` if a user alarm may have it, else ``ValueError``."""
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+        raise ValueError(f"alarm name must be a string of 1 to {MAX_NAME} characters")
+    if name.startswith(RESERVED):
+        raise ValueError(f"alarm names starting with {RESERVED!r} are the runtime's: {name!r}")
+    return name
+
+
+def keeps_alarms(cls: type[DurableObject[Any]]) -> bool:
+    """Whether ``cls`` has stored alarms: ``on_alarm``'s, or its expiry (``expire_after``)."""
+    return uses_alarms(cls) or cls.expire_after is not None
 
 
 def completion(alarm: Alarm) -> AlarmWrite:
