@@ -140,6 +140,74 @@ async def _heartbeat_age(url: str, schema: str, node_id: str) -> float:
     return float(age)
 
 
+@dataclass
+class Failover:
+    """What callers saw around a ``kill -9`` of the owner (times by this process's clock)."""
+
+    killed: float
+    answered: list[tuple[str, float, float]]  # (node called, sent, answered) of each success
+    failed: list[tuple[str, float, str]]  # (node called, failed at, why) of each failure
+    heartbeat_age: float  # n1's heartbeat age at the kill, by the database's clock
+    log: str  # n2's stderr
+
+    def first_after_kill(self) -> float | None:
+        """When the first call sent after the kill was answered (``None``: none was)."""
+        after = [done for _, sent, done in self.answered if sent >= self.killed]
+        return min(after) if after else None
+
+
+async def run_failover(
+    url: str, ttl: float, callers: int, entry: tuple[str, ...] = ("n2",), *,
+    settle: float = 0.0,
+) -> Failover:
+    """Kill n1, the owner of a hot object, with SIGKILL while callers use it through ``entry``.
+
+    ``callers`` sequential callers per node of ``entry`` call ``POST /counters/fo/increment``
+    there (n2 forwards to n1). It stops once a call sent after the kill was answered, and
+    ``settle`` seconds more, or ``ttl + 20`` seconds after the kill.
+    """
+    async with _schema(url, "failover") as schema, \
+            Cluster(_env(url, schema), ["n1", "n2"], ttl=ttl) as cluster:
+        assert (await cluster.post("n1", "/counters/fo/increment")).status_code == 200
+        answered: list[tuple[str, float, float]] = []
+        failed: list[tuple[str, float, str]] = []
+        stop = asyncio.Event()
+        async with httpx2.AsyncClient(timeout=ttl + 60) as http:
+
+            async def caller(node: str) -> None:
+                target = cluster[node].url + "/counters/fo/increment"
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    try:
+                        response = await http.post(target)
+                    except httpx2.HTTPError as exc:
+                        failed.append((node, time.monotonic(), type(exc).__name__))
+                        await asyncio.sleep(0.01)
+                        continue
+                    if response.status_code == 200:
+                        answered.append((node, sent, time.monotonic()))
+                    else:
+                        failed.append((node, time.monotonic(),
+                                       f"{response.status_code} {response.text[:80]}"))
+                        await asyncio.sleep(0.01)
+
+            tasks = [asyncio.create_task(caller(node)) for node in entry for _ in range(callers)]
+            await asyncio.sleep(1.0)  # forwarding in steady state
+            age = await _heartbeat_age(url, schema, "n1")
+            cluster["n1"].signal(signal.SIGKILL)
+            run = Failover(time.monotonic(), answered, failed, age, "")
+            deadline = run.killed + ttl + 20
+            first: float | None = None
+            while first is None and time.monotonic() < deadline:
+                first = run.first_after_kill()
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(settle)
+            stop.set()
+            await asyncio.gather(*tasks)
+        run.log = cluster["n2"].stderr()
+    return run
+
+
 async def bench_failover(url: str, ttl: float, callers: int, rep: Report) -> None:
     """Kill the owner of a hot object with SIGKILL while callers on another node use it.
 
@@ -150,45 +218,11 @@ async def bench_failover(url: str, ttl: float, callers: int, rep: Report) -> Non
     when the database lets another node claim: ``node_ttl`` after n1's last heartbeat (read
     just before the kill).
     """
-    async with _schema(url, "failover") as schema, \
-            Cluster(_env(url, schema), ["n1", "n2"], ttl=ttl) as cluster:
-        assert (await cluster.post("n1", "/counters/fo/increment")).status_code == 200
-        n2 = cluster["n2"].url + "/counters/fo/increment"
-        answered: list[tuple[float, float]] = []  # (sent, returned) of successes
-        failed: list[str] = []
-        stop = asyncio.Event()
-        async with httpx2.AsyncClient(timeout=ttl + 60) as http:
-
-            async def caller() -> None:
-                while not stop.is_set():
-                    sent = time.monotonic()
-                    try:
-                        response = await http.post(n2)
-                    except httpx2.HTTPError as exc:
-                        failed.append(type(exc).__name__)
-                        await asyncio.sleep(0.01)
-                        continue
-                    if response.status_code == 200:
-                        answered.append((sent, time.monotonic()))
-                    else:
-                        failed.append(f"{response.status_code} {response.text[:80]}")
-                        await asyncio.sleep(0.01)
-
-            tasks = [asyncio.create_task(caller()) for _ in range(callers)]
-            await asyncio.sleep(1.0)  # forwarding in steady state
-            before = len(answered)
-            age = await _heartbeat_age(url, schema, "n1")
-            cluster["n1"].signal(signal.SIGKILL)
-            killed = time.monotonic()
-            deadline = killed + ttl + 20
-            first: float | None = None
-            while first is None and time.monotonic() < deadline:
-                after = [done for sent, done in answered if sent >= killed]
-                first = min(after) if after else None
-                await asyncio.sleep(0.005)
-            stop.set()
-            await asyncio.gather(*tasks)
-        log = cluster["n2"].stderr()
+    run = await run_failover(url, ttl, callers)
+    killed, age, log = run.killed, run.heartbeat_age, run.log
+    before = sum(1 for _, sent, _ in run.answered if sent < killed)
+    failed = [why for _, _, why in run.failed]
+    first = run.first_after_kill()
     proven = "(proven by this node)" in log  # n2's takeover line says how it knew
     floor = 0.0 if proven else max(ttl - age, 0.0)
     for failure in failed:  # an internal error names an id that is in the node's log

@@ -202,6 +202,7 @@ class Opts:
     warmup: float
     analyze: bool
     pool: int
+    callers: int = CALLERS  # closed-loop callers of the baseline, the probe and figure 2
 
 
 async def _analyze(o: Opts, table: str) -> None:
@@ -232,7 +233,7 @@ async def bench_baseline(o: Opts) -> Run:
 
     try:
         await _analyze(o, f'"{schema}".counters')
-        return await closed_loop(CALLERS, o.duration, call, warmup=o.warmup)
+        return await closed_loop(o.callers, o.duration, call, warmup=o.warmup)
     finally:
         await engine.dispose()
         await drop_schema(o.url, schema)
@@ -312,7 +313,7 @@ async def bench_probe(o: Opts, *, fresh: bool) -> Run:
 
     task = asyncio.create_task(writer())
     try:
-        run = await closed_loop(CALLERS, o.duration, call, warmup=o.warmup)
+        run = await closed_loop(o.callers, o.duration, call, warmup=o.warmup)
         stored = await conn.fetchval(f"SELECT sum((state->>'value')::bigint) FROM {table}")
     finally:
         task.cancel()
@@ -360,7 +361,7 @@ async def bench_durable(o: Opts, *, fresh: bool = False) -> tuple[Run, str]:
                 acked += 1
 
             seconds = _time_commits(rt)
-            run = await closed_loop(CALLERS, o.duration, call, warmup=o.warmup)
+            run = await closed_loop(o.callers, o.duration, call, warmup=o.warmup)
             note = _writer_note("2f" if fresh else "2", seconds, o.duration + o.warmup, rt)
         stored = await _sum_values(o.url, schema)
     finally:

@@ -10,8 +10,11 @@ Every error the library raises on purpose is an ``ObjectsError``::
     ├── InvalidCall               the call itself is wrong; nothing ran
     │   ├── UnknownMethod
     │   ├── InvalidArguments      arguments failed validation against the method signature
-    │   └── UnstorableValue       the turn's state, journal or result is not storable JSON;
+    │   ├── UnstorableValue       the turn's state, journal or result is not storable JSON;
     │                             the turn was rolled back
+    │   └── InvalidEdit           an operator's edit or restore cannot apply (a malformed
+    │                             patch, a result the state model refuses); nothing changed
+    ├── StaleRevision             an edit named a rev the object has moved past (If-Match)
     ├── ConflictError             the commit's expected_rev did not match: ownership lost
     ├── CallTimeout               the call overran its timeout; the turn was rolled back
     ├── Overloaded                the object's queue is full; retry after ``retry_after`` seconds
@@ -120,6 +123,24 @@ class UnstorableValue(InvalidCall):
     """
 
     type = "unstorable_value"
+
+
+class InvalidEdit(InvalidCall):
+    """An edit's JSON Patch or a restore cannot apply, or its result breaks the state model.
+
+    It ran as a turn on the object's owner and was rolled back: nothing changed.
+    """
+
+    type = "invalid_edit"
+
+
+class StaleRevision(ObjectsError):
+    """An edit was made against a rev the object has moved past: reload it, edit again.
+
+    What HTTP calls a failed ``If-Match`` precondition (412). Nothing changed.
+    """
+
+    type = "stale_revision"
 
 
 class ConflictError(ObjectsError):

@@ -105,3 +105,36 @@ class LiveServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class ServerFromSyncCode:
+    """A ``LiveServer`` driven from synchronous code (a CLI test, Playwright's sync API).
+
+    Example::
+
+        served = ServerFromSyncCode(app)
+        served.run(objects.get(Counter, "a").increment())   # on the server's loop
+        served.stop()
+    """
+
+    def __init__(self, app: ASGIApp, **config: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = LiveServer(app, **config)
+        self.url = self.server.url
+        self.loop.run_until_complete(self.server.start())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the server's event loop and wait for its result.
+
+        Straight to the server's thread: it works even where this thread runs a loop of its
+        own (Playwright's sync API does).
+        """
+        assert self.server.loop is not None, "the server is not running"
+        return asyncio.run_coroutine_threadsafe(coro, self.server.loop).result(timeout=60)
+
+    def stop(self) -> None:
+        """Stop the server (its lifespan shutdown runs) and close the driving loop."""
+        try:
+            self.loop.run_until_complete(self.server.stop())
+        finally:
+            self.loop.close()

@@ -522,15 +522,16 @@ def test_a_project_at_version_1_gets_one_new_revision_per_version(project: Path)
 def test_a_database_at_version_3_keeps_its_objects_through_the_upgrade(project: Path) -> None:
     # A project and its database as the release before version 4 left them.
     run("init")
-    storage_revision(project, 4).unlink()
+    for version in range(4, LATEST_VERSION + 1):
+        storage_revision(project, version).unlink()
     done = run_real("objects", "migrate", cwd=project)
     assert done.returncode == 0, done.stderr
     asyncio.run(_store_counter("sqlite+aiosqlite:///./objects.db", "a", 5))
     nodes = CliRunner().invoke(cli, ["nodes"])
     assert nodes.exit_code == 1 and "storage version 4 is not migrated" in nodes.stderr
 
-    out = run("init")  # the upgrade: one new revision, the old ones frozen
-    assert out.count("created: migrations/versions/") == 1
+    out = run("init")  # the upgrade: one new revision per version, the old ones frozen
+    assert out.count("created: migrations/versions/") == LATEST_VERSION - 3
     v3 = storage_revision(project, 3).name.split("_")[0]
     assert f"(storage tables version 4) follows {v3}" in out
     v4 = storage_revision(project, 4).read_text()
@@ -542,12 +543,45 @@ def test_a_database_at_version_3_keeps_its_objects_through_the_upgrade(project: 
     assert durable_call("a", 1) == 6  # the version-3 object, thawed by the upgraded app
 
     # Down to version 3 and up again: the columns go and come back; the objects stay.
-    assert run_real("alembic", "downgrade", "-1", cwd=project).returncode == 0
+    assert run_real("alembic", "downgrade", v3, cwd=project).returncode == 0
     assert "pid_started" not in _node_columns(project / "objects.db")
     assert run_real("alembic", "upgrade", "head", cwd=project).returncode == 0
     assert {"boot_id", "pid_namespace", "pid", "pid_started"} <= _node_columns(
         project / "objects.db"
     )
+    assert durable_call("a", 1) == 7
+
+
+def test_a_database_at_version_4_gets_the_history_table_and_keeps_its_objects(
+    project: Path,
+) -> None:
+    # A project and its database as the release before version 5 (kept history) left them.
+    run("init")
+    storage_revision(project, 5).unlink()
+    done = run_real("objects", "migrate", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "objects_history" not in _tables(project / "objects.db")
+    assert durable_call("a", 5) == 5
+    history = CliRunner().invoke(cli, ["history", "counter", "a"])
+    assert history.exit_code == 1 and "storage version 5 is not migrated" in history.stderr
+
+    out = run("init")
+    assert out.count("created: migrations/versions/") == 1
+    v4 = storage_revision(project, 4).name.split("_")[0]
+    assert f"(storage tables version 5) follows {v4}" in out
+    assert "create_storage_tables(version=5, schema=None)" in storage_revision(
+        project, 5
+    ).read_text()
+    done = run_real("objects", "migrate", cwd=project)
+    assert done.returncode == 0, done.stderr
+    check = run_real("alembic", "check", cwd=project)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "objects_history" in _tables(project / "objects.db")
+    assert durable_call("a", 1) == 6
+
+    assert run_real("alembic", "downgrade", "-1", cwd=project).returncode == 0
+    assert "objects_history" not in _tables(project / "objects.db")
+    assert run_real("alembic", "upgrade", "head", cwd=project).returncode == 0
     assert durable_call("a", 1) == 7
 
 
@@ -565,6 +599,11 @@ async def _store_counter(url: str, key: str, value: int) -> None:
         )])
     finally:
         await storage.close()
+
+
+def _tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def _node_columns(db: Path) -> set[str]:

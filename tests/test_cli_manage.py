@@ -69,15 +69,40 @@ app = FastAPI(lifespan=objects.lifespan)
 '''
 
 
+def app_module(name: str, source: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Module ``name`` in ``folder``, the current folder, importable; no database variable set."""
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.chdir(folder)
+    for variable in ("OBJECTS_DATABASE_URL", "OBJECTS_SCHEMA", "DATABASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
+    sys.modules.pop(name, None)
+
+
+def migrated(
+    request: pytest.FixtureRequest, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str | None, list[str]]:
+    """A migrated SQLite file or PostgreSQL schema (``request.param``), in the environment.
+
+    Returns its URL, its schema and the CLI options that name it.
+    """
+    if request.param == "sqlite":
+        url, schema = f"sqlite+aiosqlite:///{folder / 'objects.db'}", None
+    else:
+        url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
+    monkeypatch.setenv("OBJECTS_DATABASE_URL", url)
+    options = ["--database-url", url]
+    if schema:
+        monkeypatch.setenv("OBJECTS_SCHEMA", schema)
+        options += ["--schema", schema]
+    assert "ready" in run("migrate", *options)
+    return url, schema, options
+
+
 @pytest.fixture
 def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An app module ``shop`` in the current folder (its runtime reads OBJECTS_DATABASE_URL)."""
-    (tmp_path / "shop.py").write_text(SHOP)
-    monkeypatch.chdir(tmp_path)
-    for name in ("OBJECTS_DATABASE_URL", "OBJECTS_SCHEMA", "DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
-    sys.modules.pop("shop", None)
+    app_module("shop", SHOP, tmp_path, monkeypatch)
     yield tmp_path
     sys.modules.pop("shop", None)
 
@@ -91,16 +116,7 @@ def stored(
     The database is also in OBJECTS_DATABASE_URL (for ``shop``'s runtime, as an app reads it);
     returns the CLI options that name it.
     """
-    if request.param == "sqlite":
-        url, schema = f"sqlite+aiosqlite:///{shop / 'objects.db'}", None
-    else:
-        url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
-    monkeypatch.setenv("OBJECTS_DATABASE_URL", url)
-    options = ["--database-url", url]
-    if schema:
-        monkeypatch.setenv("OBJECTS_SCHEMA", schema)
-        options += ["--schema", schema]
-    assert "ready" in run("migrate", *options)
+    url, schema, options = migrated(request, shop, monkeypatch)
 
     async def populate() -> None:
         counter = importlib.import_module("shop").Counter

@@ -50,6 +50,17 @@ def test_the_wheel_carries_the_templates(wheel: Path) -> None:
     assert not any(name.startswith("templates/") for name in names)
 
 
+def test_the_wheel_carries_the_inspectors_page(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    package = ROOT / "fastapi_objects"
+    assets = [p for p in (package / "fastapi" / "inspector").rglob("*")
+              if p.is_file() and p.suffix in (".html", ".js", ".css")]
+    assert len(assets) >= 10
+    for path in [*assets, package / "fastapi" / "static" / "objects.js"]:
+        assert f"fastapi_objects/{path.relative_to(package).as_posix()}" in names, path
+
+
 def test_objects_init_and_migrate_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)

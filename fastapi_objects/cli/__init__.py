@@ -1,4 +1,4 @@
-"""The ``objects`` command line: ``init`` a project, ``migrate`` it, inspect objects and nodes.
+"""The ``objects`` command line: ``init`` a project, ``migrate`` it, inspect and restore objects.
 
 Run ``objects --help``; each command is described in ``docs/cli.md``.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from .history import history, restore
 from .init import init
 from .manage import ls, rm, show, stats
 from .migrate import migrate
@@ -26,6 +27,8 @@ app.command()(migrate)
 app.command()(ls)
 app.command()(show)
 app.command()(rm)
+app.command()(history)
+app.command()(restore)
 app.command()(stats)
 app.command()(nodes)
 app.add_typer(queue, name="queue")

@@ -154,9 +154,11 @@ def load_runtime(spec: str) -> Runtime:
 # version was migrated; and what the version holds, for the error that asks for it.
 _VERSION_MARKS = {
     1: ("objects_checkpoints", None), 2: ("objects_nodes", None), 3: ("objects_alarms", None),
-    4: ("objects_nodes", "boot_id"),
+    4: ("objects_nodes", "boot_id"), 5: ("objects_history", None),
 }
-_VERSION_HOLDS = {2: "nodes and owners", 3: "alarms", 4: "the nodes' processes"}
+_VERSION_HOLDS = {
+    2: "nodes and owners", 3: "alarms", 4: "the nodes' processes", 5: "kept history",
+}
 
 
 @asynccontextmanager

@@ -28,6 +28,7 @@ STATUSES = ("active", "hibernated")
 NO_OWNER = "-"  # no node holds the object: released (hibernated, node stopped) or never claimed
 TypeArgument = Annotated[str, typer.Argument(metavar="TYPE", help="Object type, e.g. counter.")]
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help="Object key.")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
 @reported
@@ -162,7 +163,7 @@ async def _show(target: Target, type_name: str, key: str, tail: int) -> None:
 def rm(
     type_name: TypeArgument,
     key: KeyArgument,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
     app: AppOption = None,
     database_url: DatabaseUrlOption = None,
     schema: SchemaOption = None,

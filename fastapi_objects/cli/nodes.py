@@ -9,7 +9,7 @@ what it still owns is taken over by the next node that touches it.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -20,7 +20,6 @@ from ._target import AppOption, DatabaseUrlOption, SchemaOption, Target, open_ta
 
 if TYPE_CHECKING:
     from ..storage import NodeInfo
-    from ..storage.sql import SQLStorage
 
 
 @reported
@@ -48,7 +47,7 @@ async def _nodes(target: Target, ttl: float) -> None:
 
     async with open_target(target, version=4) as storage:
         found = await storage.nodes(ttl)
-        now = await _database_now(storage)
+        now = await storage.clock()  # heartbeats' clock: ages are right whatever ours says
     out = console()
     if not found:
         out.print("no nodes registered: no app is running on this database")
@@ -71,21 +70,6 @@ async def _nodes(target: Target, ttl: float) -> None:
         f"{alive} alive, {len(found) - alive} dead (dead: no heartbeat for {ttl:g} s, or "
         "proven dead by a node of its machine)"
     )
-
-
-async def _database_now(storage: SQLStorage) -> datetime:
-    """The clock heartbeats are stamped with: PostgreSQL's, else (SQLite) this machine's.
-
-    Ages are then right even when this machine's clock and the database's disagree.
-    """
-    if storage.engine.dialect.name != "postgresql":
-        return datetime.now(UTC)
-    import sqlalchemy as sa
-
-    async with storage.engine.connect() as conn:
-        now = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
-    assert isinstance(now, datetime)
-    return now
 
 
 def _age(node: NodeInfo, now: datetime) -> float:

@@ -26,6 +26,7 @@ from .._exceptions import (
     ObjectsError,
     Overloaded,
     PubSubClosed,
+    StaleRevision,
     StorageUnavailable,
     SubscriptionOverflow,
 )
@@ -39,6 +40,7 @@ _STATUS: list[tuple[type[ObjectsError], int]] = [
     (InvalidQuery, 400),
     (ObjectNotFound, 404),
     (InvalidCall, 422),
+    (StaleRevision, 412),
     (ConflictError, 409),
     (CallTimeout, 504),
     (Overloaded, 503),

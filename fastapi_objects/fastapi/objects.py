@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self, Unpack
 
-from fastapi import APIRouter
+from fastapi import APIRouter, params
 from starlette.applications import Starlette
 from starlette.responses import FileResponse
 from starlette.websockets import WebSocket
@@ -61,6 +61,9 @@ class Objects:
     public methods: ``get``, ``call``, ``journal``, ``query``, ``type_stats``, ``stats``,
     ``publish``, ``subscribe``, ``create_tables``, and ``async with objects:``;
     ``metrics_router()`` serves its Prometheus metrics.
+
+    ``publish``, ``subscribe``, ``create_tables``, ``delete``, ``edit``, ``restore``,
+    ``history``, ``connections``, and ``async with objects:``.
     """
 
     def __init__(
@@ -101,6 +104,10 @@ class Objects:
         self.create_tables = runtime.create_tables
         self.queue = runtime.queue
         self.delete = runtime.delete
+        self.edit = runtime.edit
+        self.restore = runtime.restore
+        self.history = runtime.history
+        self.connections = runtime.connections
         self.worker = runtime.worker
         self.close = runtime.close
 
@@ -201,6 +208,27 @@ class Objects:
         ``public=True`` on purpose. Calls are counted from here on, so build it with the app.
         """
         return metrics_router(self.runtime, path, dependencies, public)
+
+    def inspector_router(
+        self,
+        *,
+        dependencies: Sequence[params.Depends] | None = None,
+        prefix: str = "/objects/inspector",
+        public: bool = False,
+    ) -> APIRouter:
+        """The inspector: a page and a JSON API to see and steer objects, for operators.
+
+        Every route sits behind ``dependencies`` (your admin check); it refuses to mount
+        without them unless ``public=True`` says so on purpose. Example::
+
+            app.include_router(objects.inspector_router(dependencies=[Depends(require_admin)]))
+
+        The first dependency returning a name (a ``str``, or a user object's ``username``,
+        ``name``, ``email``, ``id`` or ``sub``) is who made an edit or a restore, journaled.
+        """
+        from .inspector import inspector_router
+
+        return inspector_router(self, dependencies=dependencies, prefix=prefix, public=public)
 
     async def serve_websocket(
         self, websocket: WebSocket, cls: type[DurableObject[Any]] | str, key: str

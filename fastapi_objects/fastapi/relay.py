@@ -141,13 +141,20 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 def internal_websocket_app(objects: Objects) -> Any:
-    """The owner's end of a relay: the internal listener hands it signed upgrades."""
+    """The owner's end of a relay: the internal listener hands it signed upgrades.
+
+    Also the owner's end of the inspector's live view (``?watch=1``: ``inspector/live.py``).
+    """
+    from .inspector.live import WATCH, serve_watch
     from .websocket import serve_relayed
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         type_name, _, key = scope["path"][len(WEBSOCKET_PREFIX):].partition("/")
         carried = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if WATCH in carried:  # the inspector's live view of another node: no client attaches
+            await serve_watch(objects, websocket, type_name, key)
+            return
         query = {str(k): str(v) for k, v in _json_object(carried, "query").items()}
         auth = _json_object(carried, "auth")
         await serve_relayed(objects, websocket, type_name, key, query, auth)

@@ -3,9 +3,9 @@
 The runtime knows no HTTP; the web layer (``fastapi_objects.fastapi``) knows no routing
 internals. What it needs of the node is here, and only here: attached clients (``attach``,
 ``message``, ``detach``), broadcasts as they are delivered (``listen``), where an object lives
-(``locate``, ``machine_of`` for Fly.io's replay), what a relay to another node needs (signed
-headers, and forgetting an owner that moved), and the node's internal websocket endpoint
-(``accept_relays``). ``Runtime.gateway`` is it; application code has no use for it.
+(``locate``, ``holder``, ``machine_of`` for Fly.io's replay), what a relay to another node
+needs (signed headers, and forgetting an owner that moved), and the node's internal websocket
+endpoint (``accept_relays``). ``Runtime.gateway`` is it; application code has no use for it.
 """
 
 from __future__ import annotations
@@ -67,6 +67,19 @@ class Gateway:
     def locate(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
         """Where a call for ``(cls, key)`` would go, from what this node knows (no I/O)."""
         return self._host.calls.locate(cls, key)
+
+    async def holder(self, cls: type[DurableObject[Any]], key: str) -> Elsewhere | None:
+        """The other live node holding ``(cls, key)`` now, by the database; ``None``: none.
+
+        For a view of an object's broadcasts where they stay on its owner's node (a pub/sub
+        of one process): ``None`` when no node holds it, this one does, or its owner is dead.
+        """
+        ident = (cls.type_name, key)
+        owner = (await self._host.storage.owners([ident])).get(ident)
+        node = self._routing.node.live.get(owner) if owner is not None else None
+        if node is None or node.address is None or owner == self._host.node_id:
+            return None
+        return Elsewhere(node.node_id, node.address)
 
     def machine_of(self, node_id: str) -> str | None:
         """The machine of a live node (``None``: unknown, or not live)."""

@@ -21,9 +21,11 @@ from .alarms import ALARM_CALL, AlarmDelivery, keeps_alarms
 from .calls import Calls
 from .committer import GroupCommitter
 from .connection import Connection, Transport
+from .history import HistoryPruner
 from .keys import validate_key
 from .object import DurableObject
 from .observe import Observer, Propagation, combine
+from .operator import Operator
 from .placement import choose
 from .queue import QUEUE_TYPE
 from .routing import Elsewhere, Router
@@ -43,8 +45,9 @@ class Host:
     """The node's live objects and the way calls reach them (here, or forwarded).
 
     Its parts: the group committer, the thawer, the router (the cluster seam), ``calls``
-    (the call paths), ``alarms`` (the alarm poller) and ``timers`` (call deadlines and idle
-    checks on one loop timer).
+    (the call paths), ``alarms`` (the alarm poller), ``operator`` (edits and restores, as
+    turns), ``history`` (pruning kept states) and ``timers`` (call deadlines and idle checks
+    on one loop timer).
     """
 
     def __init__(
@@ -81,6 +84,10 @@ class Host:
         self.observer: Observer | None = None  # metrics, traces: see observe()
         self.spans: Observer | None = None  # the observer, if it is told of every turn
         self._observers: list[Observer] = []
+        self.operator = Operator(
+            storage, self.calls, self.activations, self.routing, self.object_type
+        )
+        self.history = HistoryPruner(storage, types)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -107,6 +114,7 @@ class Host:
         self.thawer.start()
         await self.routing.start(self.calls.serve_forwarded)
         self.alarms.start()
+        self.history.start()
 
     async def stop(self) -> None:
         """Leave gracefully: hibernate every live object (releasing it), commit, deregister.
@@ -116,6 +124,7 @@ class Host:
         """
         self.routing.leave()
         await self.alarms.stop()
+        await self.history.stop()
         await asyncio.gather(
             *(act.idle.hibernate(force=True) for act in list(self.activations.values())),
             return_exceptions=True,

@@ -129,7 +129,7 @@ class MethodSpec:
         try:
             model = self._validate(args)
         except pydantic.ValidationError as exc:
-            raise InvalidArguments(f"{self.name}(): {_describe(exc)}") from None
+            raise InvalidArguments(f"{self.name}(): {describe_errors(exc)}") from None
         return model.__dict__  # type: ignore[no-any-return]  # the fields, by name (a fresh dict)
 
     def encode_result(self, result: Any) -> Any:
@@ -166,9 +166,12 @@ def discover(owner: type, base: type) -> dict[str, MethodSpec]:
     return specs
 
 
-def _describe(exc: pydantic.ValidationError) -> str:
+def describe_errors(
+    exc: pydantic.ValidationError, whole: str = "arguments", most: int | None = None
+) -> str:
+    """A validation error in one line: ``where: what`` for each problem (``most`` of them)."""
     parts = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "arguments"
+    for error in exc.errors(include_url=False)[:most]:
+        where = ".".join(str(p) for p in error["loc"]) or whole
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)

@@ -44,6 +44,24 @@ def _state_model(cls: type) -> type[pydantic.BaseModel] | None:
     return None
 
 
+def _history_option(cls: type) -> timedelta | None:
+    """The class's ``history`` window, if it sets one (a method named so is not the option)."""
+    value = getattr(cls, "history", None)
+    if value is None or callable(value) or isinstance(value, staticmethod | classmethod):
+        return None
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise TypeError(f"{cls.__name__}.history must be a positive timedelta, e.g. "
+                        "timedelta(days=7)")
+    if issubclass(cls, EventSourced):
+        raise TypeError(
+            f"{cls.__name__}: event-sourced objects restore from their journal; "
+            "history is for snapshot objects"
+        )
+    if getattr(cls, "persistence", "durable") == "memory":
+        raise TypeError(f"{cls.__name__}: a memory object keeps nothing, so no history")
+    return value
+
+
 class DurableObject(Generic[S]):
     """A keyed, singleton, durable object whose state is a pydantic model.
 
@@ -73,8 +91,10 @@ class DurableObject(Generic[S]):
     then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
     ``objects.router`` and call the methods marked ``@client_callable``), ``persistence``
     (``"durable"``, or ``"memory"``: one live instance, nothing written, gone when it
-    hibernates) and ``expire_after`` (a ``timedelta``: a durable object left that long without
-    calls, clients or alarms is deleted).
+    hibernates), ``expire_after`` (a ``timedelta``: a durable object left that long without
+    calls, clients or alarms is deleted) and ``history`` (a ``timedelta``: keep each
+    committed state that long, for ``objects.restore``; event-sourced objects restore from
+    their journal).
     """
 
     type_name: ClassVar[str]
@@ -91,6 +111,9 @@ class DurableObject(Generic[S]):
     alarm_backoff: ClassVar[float] = 2.0
     persistence: ClassVar[Literal["durable", "memory"]] = "durable"
     expire_after: ClassVar[timedelta | None] = None
+    # `history = timedelta(days=7)` keeps committed states (restore). Not declared here: a
+    # base attribute would hide the app's own methods named `history` (see _history_option).
+    __objects_history__: ClassVar[timedelta | None] = None
     __objects_methods__: ClassVar[dict[str, MethodSpec]]
     __objects_handle__: ClassVar[type[_Handle[Any]]]
 
@@ -113,6 +136,7 @@ class DurableObject(Generic[S]):
         if cls.placement == "region" and not cls.region:
             raise TypeError(f"{cls.__name__}: placement = 'region' needs region = '<name>'")
         check_kind(cls, event_sourced=issubclass(cls, EventSourced))
+        cls.__objects_history__ = _history_option(cls)
 
     # -- hooks -------------------------------------------------------------------------------
 

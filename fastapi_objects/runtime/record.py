@@ -95,6 +95,7 @@ class Record:
             state=state, state_version=act.cls.state_version if state is not None else None,
             snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=entries,
             epoch=self.epoch, alarms=merge_alarms([], turn.alarms) if turn.alarms else [],
+            history=act.cls.__objects_history__ is not None,
         )
         self.rev, self.journal_rev = new_rev, journal_rev
         pending = act.host.committer.submit(self, commit)

@@ -19,6 +19,7 @@ from ..pubsub import PubSub, Subscription, open_pubsub
 from ..settings import ObjectsSettings, Options
 from ..storage import (
     JournalEntry,
+    KeptState,
     ObjectPage,
     Storage,
     TypeStats,
@@ -218,6 +219,47 @@ class Runtime:
         next call starts the object fresh. Inside a turn, use ``self.delete()``.
         """
         await self._host.calls.delete(cls, validate_key(key))
+
+    # -- operator actions, as turns on the owner ---------------------------------------------
+
+    async def edit(
+        self, cls: type[DurableObject[Any]], key: str, patch: Any, *, rev: int, by: Any = None
+    ) -> dict[str, Any]:
+        """Apply an RFC 6902 JSON Patch to the state, if the object is still at ``rev``.
+
+        A turn on the object's owner (fenced and gated like any call): the patched state is
+        validated by the state model (``InvalidEdit`` otherwise), ``StaleRevision`` if the
+        object moved past ``rev``; journaled as ``objects:edit`` with the patch, its undo and
+        ``by`` (who made it), and broadcast. Returns ``{"rev", "state"}`` after the commit.
+        """
+        return await self._host.operator.edit(cls, validate_key(key), patch, rev, by)
+
+    async def restore(
+        self, cls: type[DurableObject[Any]], key: str, *, rev: int | None = None,
+        at: datetime | str | None = None, by: Any = None,
+    ) -> dict[str, Any]:
+        """Restore the state the object held at ``rev`` (or at the time ``at``).
+
+        From the states kept by the class's ``history`` option, or, for an event-sourced
+        object, from its journal (``rev`` is then a journal rev: snapshot plus events). A
+        journaled turn on the owner (``objects:restore``), broadcast to attached clients, and
+        itself undoable. Returns ``{"rev", "restored", "state"}``.
+        """
+        return await self._host.operator.restore(cls, validate_key(key), rev, at, by)
+
+    async def history(
+        self, cls: type[DurableObject[Any]], key: str, before_rev: int | None = None,
+        limit: int = 100,
+    ) -> list[KeptState]:
+        """The object's kept states (``history`` option), newest first, without thawing it."""
+        return await self.storage.history(cls.type_name, validate_key(key), before_rev, limit)
+
+    async def connections(self, cls: type[DurableObject[Any]], key: str) -> list[dict[str, Any]]:
+        """The clients attached to the object (id, tags, state), asked of its owner.
+
+        Never wakes it: an object no node holds has none.
+        """
+        return await self._host.operator.connections(cls, validate_key(key))
 
     def queue(self, name: str) -> Handle[ObjectsQueue]:
         """A handle to the durable queue ``name``: ``await objects.queue("emails").enqueue(p)``.

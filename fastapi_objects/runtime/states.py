@@ -6,8 +6,9 @@ from typing import Any
 
 import pydantic
 
-from .._exceptions import CorruptState, ObjectNotFound
-from ..storage import Storage
+from .._exceptions import CorruptState, InvalidEdit, ObjectNotFound
+from ..storage import Checkpoint, JournalEntry, Storage
+from .edits import EDIT, RESTORE, apply_patch
 from .object import DurableObject, EventSourced
 
 
@@ -58,8 +59,27 @@ async def replay(
         entries = await storage.read_journal(cls.type_name, key, after_rev=after_rev)
     except ValueError as exc:
         raise CorruptState(f"{topic}: a journal entry is not valid JSON ({exc})") from exc
+    return apply_entries(cls, topic, state, entries)
+
+
+def apply_entries(
+    cls: type[EventSourced[Any, Any]], topic: str, state: Any, entries: list[JournalEntry]
+) -> tuple[Any, int]:
+    """Apply journal entries to ``state``: events, and operators' edits and restores.
+
+    An edit or restore of an event-sourced object is journaled with the patch it made, so
+    replaying the journal makes the same state. Returns the state and the events applied.
+    """
     applied = 0
     for entry in entries:
+        if entry.kind in (EDIT, RESTORE):
+            patch = entry.payload.get("patch") if isinstance(entry.payload, dict) else None
+            try:
+                state = apply_patch(cls.state_model, state, patch or [], topic)
+            except InvalidEdit as exc:
+                message = f"{topic}: journal entry rev {entry.rev}: {exc.message}"
+                raise CorruptState(message) from None
+            continue
         if entry.kind != "event":
             continue
         try:
@@ -72,3 +92,21 @@ async def replay(
         state = cls.apply(state, event)
         applied += 1
     return state, applied
+
+
+async def read_state(
+    storage: Storage, cls: type[DurableObject[Any]], key: str
+) -> tuple[Checkpoint, Any] | None:
+    """An object's stored checkpoint and its current state, without thawing it.
+
+    The checkpoint's state, migrated; for an event-sourced object, plus the journal after its
+    snapshot. ``None`` when the object was never committed.
+    """
+    cp = await storage.load(cls.type_name, key)
+    if cp is None:
+        return None
+    topic = f"{cls.type_name}:{key}"
+    state = decode_state(cls, topic, cp.state, cp.state_version)
+    if issubclass(cls, EventSourced) and cp.journal_rev > cp.snapshot_rev:
+        state, _ = await replay(storage, cls, key, state, after_rev=cp.snapshot_rev)
+    return cp, state

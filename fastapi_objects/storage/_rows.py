@@ -25,6 +25,14 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def to_utc(value: datetime) -> datetime:
+    """``value`` in UTC, a naive one taken as UTC: how times are compared with stored ones.
+
+    SQLite stores times as UTC text and drops a parameter's offset, so compare in UTC.
+    """
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def checkpoint_of(m: Any, decode: Decode = _same) -> Checkpoint:
     """The checkpoint in row ``m`` (a mapping of column names)."""
     return Checkpoint(

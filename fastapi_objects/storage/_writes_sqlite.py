@@ -19,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from ._alarms import SQLAlarms, alarm_writes
+from ._history import SQLITE_INSERT as _HISTORY
+from ._history import kept
 from ._writes import Ident, _entries, _text
 from .base import Commit, StatusUpdate
 
@@ -96,6 +98,12 @@ class SQLiteWrites:
         ]
         if entries:
             raw.executemany(_JOURNAL, entries)
+        history = [
+            (c.type, c.key, c.new_rev, _text(c.state), c.state_version, stamp)
+            for c in kept(commits, done)
+        ]
+        if history:
+            raw.executemany(_HISTORY, history)
         stores, deletes = alarm_writes(commits, done)
         if stores or deletes:
             self.alarms.write(conn, stores, deletes)

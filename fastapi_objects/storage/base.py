@@ -6,6 +6,7 @@ import base64
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from .records import (
     DECLARED_DEAD,
@@ -17,6 +18,7 @@ from .records import (
     Claim,
     Commit,
     JournalEntry,
+    KeptState,
     NodeInfo,
     NodeProcess,
     ObjectPage,
@@ -34,6 +36,7 @@ __all__ = [
     "Commit",
     "JSON",
     "JournalEntry",
+    "KeptState",
     "NodeInfo",
     "NodeProcess",
     "ObjectPage",
@@ -218,6 +221,35 @@ class Storage(ABC):
         for the next delivery; returns whether the occurrence was still there.
         """
 
+    # -- kept states, for restore (storage version 5) --------------------------------------------
+
+    @abstractmethod
+    async def history(
+        self, type: str, key: str, before_rev: int | None = None, limit: int = 100
+    ) -> list[KeptState]:
+        """The object's kept states, newest first, without the states themselves.
+
+        ``before_rev``: only those older than it (the next page of a long history).
+        """
+
+    @abstractmethod
+    async def kept_state(
+        self, type: str, key: str, *, rev: int | None = None, at: datetime | None = None
+    ) -> KeptState | None:
+        """The newest kept state at or before ``rev``, or committed at or before ``at``."""
+
+    @abstractmethod
+    async def prune_history(self, type: str, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` kept states of ``type`` committed before ``before``.
+
+        Each object's newest state of those stays: it is the state the object held at
+        ``before``, so a restore to any time since still finds it. Returns how many went.
+        """
+
+    async def clock(self) -> datetime:
+        """The time by the clock the storage stamps heartbeats with (here: this machine's)."""
+        return datetime.now(UTC)
+
     @abstractmethod
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The node owning each object of ``idents`` (released or unowned ones are absent)."""
@@ -232,11 +264,11 @@ class Storage(ABC):
 
     @abstractmethod
     async def delete(self, type: str, key: str) -> bool:
-        """Purge an object, its journal and its alarms; return whether it existed."""
+        """Purge an object, its journal, alarms and history; return whether it existed."""
 
     @abstractmethod
     async def destroy(self, type: str, key: str, node_id: str, epoch: int) -> bool:
-        """Delete an object for good as its owner: state, journal, alarms and ownership.
+        """Delete an object for good as its owner: state, journal, alarms, history, ownership.
 
         Fenced: only while ``node_id`` owns it at ``epoch`` (else nothing changes and the
         answer is ``False``). The next call finds no object and starts it fresh.

@@ -18,6 +18,7 @@ from .base import (
     Claim,
     Commit,
     JournalEntry,
+    KeptState,
     NodeInfo,
     NodeProcess,
     ObjectPage,
@@ -40,6 +41,7 @@ class MemoryStorage(Storage):
         self._nodes: dict[str, NodeInfo] = {}
         self._owners: dict[tuple[str, str], tuple[str | None, int]] = {}
         self._alarms: dict[tuple[str, str, str], tuple[Alarm, float]] = {}  # alarm, taken until
+        self._history: dict[tuple[str, str], dict[int, KeptState]] = {}  # by rev
         self._secret: str | None = None
 
     async def create_tables(self) -> None:
@@ -88,6 +90,10 @@ class MemoryStorage(Storage):
                     self._alarms.pop((c.type, c.key, write.name), None)
                 else:
                     self._alarms[(c.type, c.key, write.name)] = (write.alarm, 0.0)
+            if c.history and c.state is not None:
+                self._history.setdefault(ident, {})[c.new_rev] = KeptState(
+                    c.new_rev, now, version, state
+                )
             first = c.journal_rev - len(c.entries) + 1
             self._journal.setdefault(ident, []).extend(
                 JournalEntry(first + i, kind, from_json(payload), now)
@@ -105,6 +111,37 @@ class MemoryStorage(Storage):
                 else:  # never committed: no owner row left behind
                     del self._owners[(s.type, s.key)]
         return result
+
+    # -- kept states ---------------------------------------------------------------------------
+
+    async def history(
+        self, type: str, key: str, before_rev: int | None = None, limit: int = 100
+    ) -> list[KeptState]:
+        """Kept states, newest first, without their states."""
+        kept = sorted(self._history.get((type, key), {}).values(), key=lambda k: -k.rev)
+        return [
+            replace(k, state=None) for k in kept if before_rev is None or k.rev < before_rev
+        ][:limit]
+
+    async def kept_state(
+        self, type: str, key: str, *, rev: int | None = None, at: datetime | None = None
+    ) -> KeptState | None:
+        """The newest kept state at or before ``rev`` (or ``at``)."""
+        found = [
+            k for k in self._history.get((type, key), {}).values()
+            if (rev is None or k.rev <= rev) and (at is None or k.at <= at)
+        ]
+        return copy.deepcopy(max(found, key=lambda k: k.rev)) if found else None
+
+    async def prune_history(self, type: str, before: datetime, limit: int) -> int:
+        """Delete kept states older than ``before`` but each object's newest of those."""
+        pruned = 0
+        for (t, _), kept in self._history.items():
+            old = sorted(r for r, k in kept.items() if t == type and k.at < before)
+            for rev in old[:-1][: limit - pruned]:
+                del kept[rev]
+                pruned += 1
+        return pruned
 
     # -- alarms --------------------------------------------------------------------------------
 
@@ -265,6 +302,7 @@ class MemoryStorage(Storage):
     async def delete(self, type: str, key: str) -> bool:
         """Forget the object, its journal and its alarms."""
         self._journal.pop((type, key), None)
+        self._history.pop((type, key), None)
         for ident in [i for i in self._alarms if i[:2] == (type, key)]:
             del self._alarms[ident]
         return self._checkpoints.pop((type, key), None) is not None

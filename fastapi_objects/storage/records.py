@@ -72,6 +72,20 @@ class Alarm:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptState:
+    """A state kept for restore: what the object held at ``rev``, committed at ``at``.
+
+    Listings (``Storage.history``) leave ``state`` out (``None``); ``Storage.kept_state``
+    reads it.
+    """
+
+    rev: int
+    at: datetime
+    state_version: int
+    state: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
 class AlarmWrite:
     """Part of a commit: store ``alarm`` under ``name``, or delete that alarm (``None``)."""
 
@@ -104,6 +118,8 @@ class Commit:
     """The ownership epoch the writer holds; ``None`` commits without the ownership fence."""
     alarms: list[AlarmWrite] = field(default_factory=list)
     """Alarms set, moved or deleted by the turns, written only if the commit applies."""
+    history: bool = False
+    """Keep ``state`` (when not ``None``) as the state at ``new_rev``, for restore."""
 
 
 @dataclass(frozen=True, slots=True)

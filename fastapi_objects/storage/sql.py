@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
 from ._cluster import cluster_secret
+from ._history import SQLHistory
 from ._owners import SQLOwners
-from ._rows import checkpoint_of, utc
+from ._rows import checkpoint_of, to_utc, utc
 from ._sqlite import SQLiteWorker
 from ._thaw_pg import PostgresThaw
 from ._writes import PostgresWrites, _ident
@@ -27,6 +28,7 @@ from .base import (
     Claim,
     Commit,
     JournalEntry,
+    KeptState,
     NodeInfo,
     NodeProcess,
     ObjectPage,
@@ -71,6 +73,9 @@ class SQLStorage(Storage):
         self._cluster = self.metadata.tables[prefix + "objects_cluster"]
         self._alarms = SQLAlarms(
             self.metadata.tables[prefix + "objects_alarms"], postgres=not self._sqlite
+        )
+        self._history = SQLHistory(
+            self.metadata.tables[prefix + "objects_history"], postgres=not self._sqlite
         )
         self._owners = SQLOwners(
             self.metadata.tables[prefix + "objects_nodes"], owners, self.checkpoints,
@@ -210,9 +215,12 @@ class SQLStorage(Storage):
         if isinstance(writes, PostgresWrites):  # one statement: atomic on its own
             if commits:
                 then = None
-                if any(c.alarms for c in commits):
+                if any(c.alarms or c.history for c in commits):
+                    history = self._history
+
                     async def then(conn: Any, applied: set[tuple[str, str]]) -> None:
                         await alarms.write_asyncpg(conn, *alarm_writes(commits, applied))
+                        await history.write_asyncpg(conn, commits, applied, now)
                 done = await writes.commit(commits, now, node_id, then)
             if statuses:
                 await writes.statuses(statuses)
@@ -338,6 +346,31 @@ class SQLStorage(Storage):
         """Store a failed delivery's retry state."""
         return await self._write(self._alarms.record_failure, alarm)
 
+    # -- kept states ---------------------------------------------------------------------------
+
+    async def history(
+        self, type: str, key: str, before_rev: int | None = None, limit: int = 100
+    ) -> list[KeptState]:
+        """Kept states, newest first, without their states."""
+        return await self._read(self._history.list, type, key, before_rev, limit)
+
+    async def kept_state(
+        self, type: str, key: str, *, rev: int | None = None, at: datetime | None = None
+    ) -> KeptState | None:
+        """The newest kept state at or before ``rev`` (or ``at``)."""
+        return await self._read(self._history.find, type, key, rev, at)
+
+    async def prune_history(self, type: str, before: datetime, limit: int) -> int:
+        """Delete superseded kept states older than ``before`` (one statement)."""
+        return await self._write(self._history.prune, type, before, limit)
+
+    async def clock(self) -> datetime:
+        """PostgreSQL's clock (heartbeats are stamped with it); on SQLite, this machine's."""
+        if self._sqlite:
+            return datetime.now(UTC)
+        now = await self._read(_first, sa.select(sa.func.clock_timestamp()))
+        return utc(now[0])
+
     async def owners(self, idents: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The owning node of each object."""
         return await self._read(self._owners.owners_of, idents)
@@ -359,9 +392,9 @@ class SQLStorage(Storage):
         if query.state_version is not None:
             stmt = stmt.where(cp.c.state_version == query.state_version)
         if query.updated_after is not None:
-            stmt = stmt.where(cp.c.updated_at > _to_utc(query.updated_after))
+            stmt = stmt.where(cp.c.updated_at > to_utc(query.updated_after))
         if query.updated_before is not None:
-            stmt = stmt.where(cp.c.updated_at < _to_utc(query.updated_before))
+            stmt = stmt.where(cp.c.updated_at < to_utc(query.updated_before))
         if query.cursor is not None:
             after_type, after_key = decode_cursor(query.cursor)
             stmt = stmt.where(sa.tuple_(cp.c.type, cp.c.key) > sa.tuple_(after_type, after_key))
@@ -402,8 +435,9 @@ class SQLStorage(Storage):
         return True
 
     def _purge(self, conn: sa.Connection, type: str, key: str) -> bool:
-        cp, j, a = self.checkpoints, self.journal, self._alarms.table
+        cp, j, a, h = self.checkpoints, self.journal, self._alarms.table, self._history.table
         conn.execute(sa.delete(j).where(j.c.type == type, j.c.key == key))
+        conn.execute(sa.delete(h).where(h.c.type == type, h.c.key == key))
         conn.execute(sa.delete(a).where(a.c.type == type, a.c.key == key))
         result = conn.execute(sa.delete(cp).where(cp.c.type == type, cp.c.key == key))
         return bool(result.rowcount == 1)
@@ -416,8 +450,3 @@ def _first(conn: sa.Connection, stmt: sa.Executable) -> Any:
 def _all(conn: sa.Connection, stmt: sa.Executable) -> Sequence[Any]:
     return conn.execute(stmt).all()
 
-
-def _to_utc(value: datetime) -> datetime:
-    # SQLite stores times as UTC text and drops a parameter's offset, so compare in UTC;
-    # a naive time is taken as UTC, as the rows are written.
-    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)

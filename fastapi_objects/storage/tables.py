@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-LATEST_VERSION = 4
+LATEST_VERSION = 5
 PREFIX = "objects_"
 
 
@@ -160,8 +160,26 @@ def _v4_columns() -> dict[str, list[sa.Column[Any]]]:
     ]}
 
 
+def _v5(metadata: sa.MetaData) -> list[sa.Table]:
+    # Kept states, for restore: a row per commit that wrote the state of an object whose class
+    # sets `history`, written with the commit, pruned once older than the class's window.
+    # Objects without the option write nothing here.
+    history = sa.Table(
+        PREFIX + "history",
+        metadata,
+        sa.Column("type", sa.String(64), primary_key=True),
+        sa.Column("key", _key_type(), primary_key=True),
+        sa.Column("rev", sa.BigInteger(), primary_key=True),
+        sa.Column("state", json_type(), nullable=False),
+        sa.Column("state_version", sa.Integer(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_objects_history_at", "type", "at"),  # pruning, and restore by time
+    )
+    return [history]
+
+
 _VERSIONS: dict[int, Callable[[sa.MetaData], list[sa.Table]]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5,
 }
 _COLUMNS: dict[int, Callable[[], dict[str, list[sa.Column[Any]]]]] = {4: _v4_columns}
 """Columns a version adds to the tables of earlier versions, by table name."""

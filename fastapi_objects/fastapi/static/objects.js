@@ -23,6 +23,13 @@
 // Reconnects with exponential backoff and jitter. Calls made before the client is attached
 // wait for it (up to callTimeout) and are sent once it is; calls in flight when the
 // connection drops are rejected, never re-sent, so a call is applied at most once.
+//
+//   const stream = ObjectsClient.watch("/objects/inspector/api/objects/counter/abc/live");
+//   stream.on("*", (payload, frame) => log(frame.event, payload));   // read-only
+//
+// `watch` follows a stream of the same frames sent as Server-Sent Events (the inspector's
+// live view): on() and onStatus() as above, "open" once the server listens; it reconnects
+// by itself (EventSource).
 (function (global) {
   "use strict";
 
@@ -36,23 +43,51 @@
     }
   }
 
-  class ObjectSocket {
+  // What sockets and streams share: handlers by event name ("*": every event), and a status.
+  class Emitter {
+    constructor() {
+      this.handlers = new Map();
+      this.statusHandlers = [];
+      this.status = "connecting";
+      this.lastClose = null;
+    }
+
+    emit(frame) {
+      (this.handlers.get(frame.event) || []).forEach((fn) => fn(frame.payload, frame));
+      (this.handlers.get("*") || []).forEach((fn) => fn(frame.payload, frame));
+    }
+
+    on(event, fn) {
+      if (!this.handlers.has(event)) this.handlers.set(event, []);
+      this.handlers.get(event).push(fn);
+      return () => this.handlers.set(event, this.handlers.get(event).filter((f) => f !== fn));
+    }
+
+    onStatus(fn) {
+      this.statusHandlers.push(fn);
+      fn(this.status, this.lastClose);
+    }
+
+    setStatus(status) {
+      this.status = status;
+      this.statusHandlers.forEach((fn) => fn(status, this.lastClose));
+    }
+  }
+
+  class ObjectSocket extends Emitter {
     constructor(url, options) {
+      super();
       this.url = ObjectSocket.absolute(url);
       this.options = Object.assign(
         { minBackoff: 250, maxBackoff: 10000, callTimeout: 30000, reconnect: true },
         options || {}
       );
-      this.handlers = new Map();
-      this.statusHandlers = [];
       this.pending = new Map();
       this.waiting = [];
       this.nextRef = 1;
       this.attempt = 0;
-      this.status = "connecting";
       this.connection = null;
       this.closedByUser = false;
-      this.lastClose = null;
       this.newReady();
       this.open();
     }
@@ -148,8 +183,7 @@
         if (frame.ok) resolve(frame.result);
         else reject(new ObjectsError(frame.error.type, frame.error.message));
       } else if (frame.event !== undefined) {
-        (this.handlers.get(frame.event) || []).forEach((fn) => fn(frame.payload, frame));
-        (this.handlers.get("*") || []).forEach((fn) => fn(frame.payload, frame));
+        this.emit(frame);
       } else if (frame.ok === false) {
         (this.handlers.get("error") || []).forEach((fn) => fn(frame.error, frame));
       }
@@ -193,31 +227,43 @@
       return this.request({ event: event, payload: payload === undefined ? null : payload });
     }
 
-    on(event, fn) {
-      if (!this.handlers.has(event)) this.handlers.set(event, []);
-      this.handlers.get(event).push(fn);
-      return () => this.handlers.set(event, this.handlers.get(event).filter((f) => f !== fn));
-    }
-
-    onStatus(fn) {
-      this.statusHandlers.push(fn);
-      fn(this.status, this.lastClose);
-    }
-
-    setStatus(status) {
-      this.status = status;
-      this.statusHandlers.forEach((fn) => fn(status, this.lastClose));
-    }
-
     close() {
       this.closedByUser = true;
       this.ws.close(1000);
     }
   }
 
+  // A read-only stream of frames over Server-Sent Events: "open" on the server's "ready"
+  // event (it listens from then on), "connecting" while EventSource reconnects.
+  class ObjectStream extends Emitter {
+    constructor(url) {
+      super();
+      this.source = new EventSource(url);
+      this.source.addEventListener("ready", () => this.setStatus("open"));
+      this.source.onerror = () =>
+        this.setStatus(this.source.readyState === 2 ? "closed" : "connecting");
+      this.source.onmessage = (event) => {
+        let frame;
+        try {
+          frame = JSON.parse(event.data);
+        } catch (err) {
+          return;
+        }
+        if (frame.event !== undefined) this.emit(frame);
+      };
+    }
+
+    close() {
+      this.source.close();
+      this.setStatus("closed");
+    }
+  }
+
   global.ObjectsClient = {
     connect: (url, options) => new ObjectSocket(url, options),
+    watch: (url) => new ObjectStream(url),
     ObjectSocket: ObjectSocket,
+    ObjectStream: ObjectStream,
     ObjectsError: ObjectsError,
   };
 })(typeof window !== "undefined" ? window : globalThis);

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ..._exceptions import ObjectsError
 from ..._log import about
 from ...storage import Alarm, AlarmWrite
 from .schedule import RESERVED, completion, failure
@@ -132,6 +134,10 @@ class AlarmClock:
                         extra=about(cls.type_name, act.key, act.host.node_id))
             if self.state.get(name) == alarm:
                 self.state[name] = failed
+            last = act.record.last
+            if last is not None:  # the turn that set the alarm may still be committing
+                with contextlib.suppress(ObjectsError):
+                    await last.wait()
             await act.host.storage.record_alarm_failure(failed)
             self.arm()
             return False
