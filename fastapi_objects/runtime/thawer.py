@@ -1,10 +1,10 @@
 """Batched activation: one claim-and-read for every object waiting to thaw.
 
 A takeover, a restart or a deploy thaws thousands of objects at once. Thawed one by one, each
-costs a claim, a read and a status write, and a read of its alarms; batched like commits, a
-whole wave of them costs one round trip (``Storage.thaw_many``: the claim, marking the
-granted objects active and reading their checkpoints), and a second for the alarms of the
-classes that have them. While one batch is in flight the next one fills up.
+costs a claim and a read, and a read of its alarms; batched like commits, a whole wave of
+them costs one round trip (``Storage.thaw_many``: the claim and the granted objects'
+checkpoints), and a second for the alarms of the classes that have them. While one batch is
+in flight the next one fills up.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ class Storage(ABC):
     async def thaw_many(
         self, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
     ) -> dict[tuple[str, str], Thawed]:
-        """Claim objects and read the checkpoints of the granted ones, marked ``active``.
+        """Claim objects and read the checkpoints of the granted ones.
 
         What a thaw batch needs, in one round trip where the backend can (SQL: one
         statement, or one transaction on SQLite's writer). Each object gets ``(claim,
@@ -172,12 +172,6 @@ class Storage(ABC):
         claims = await self.claim_many(idents, node_id, ttl)
         granted = [ident for ident in idents if claims[ident].granted]
         loaded = await self.load_many(granted) if granted else {}
-        waking = [
-            StatusUpdate(cp.type, cp.key, "active") for cp in loaded.values()
-            if cp.status != "active"
-        ]
-        if waking:
-            await self.commit([], waking)
         return {ident: (claims[ident], loaded.get(ident)) for ident in idents}
 
     async def load_many(

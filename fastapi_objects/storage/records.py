@@ -124,7 +124,7 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
-    """An unfenced status change (``hibernated`` on hibernation; a thaw's claim marks active).
+    """An unfenced status change (``active`` on thaw, ``hibernated`` on hibernation).
 
     ``release_epoch``: also give up ownership, if the writer's node still holds it at that
     epoch (hibernation releases the object so that any node may activate it next).

@@ -278,7 +278,7 @@ class SQLStorage(Storage):
     async def thaw_many(
         self, idents: Sequence[tuple[str, str]], node_id: str, ttl: float
     ) -> dict[tuple[str, str], Thawed]:
-        """Claim, mark active and read the granted objects: one statement, or one transaction."""
+        """Claim and read the granted objects: one statement, or one transaction."""
         if self._thaw is not None:
             return await self._thaw.thaw_many(idents, node_id, ttl)
         return await self._write(self._thaw_sqlite, idents, node_id, ttl)
@@ -298,11 +298,6 @@ class SQLStorage(Storage):
         rows = conn.execute(
             sa.select(*columns).where(sa.tuple_(cp.c.type, cp.c.key).in_(granted))
         ).all()
-        conn.execute(
-            sa.update(cp)
-            .where(sa.tuple_(cp.c.type, cp.c.key).in_(granted), cp.c.status != "active")
-            .values(status="active")
-        )
         for r in rows:
             ident = (r.type, r.key)
             try:
