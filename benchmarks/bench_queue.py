@@ -46,7 +46,7 @@ from _common import (  # the script's folder is on sys.path
 )
 
 from fastapi_objects.runtime import Runtime
-from fastapi_objects.runtime.queue import Claimed
+from fastapi_objects.runtime.queues import Claimed
 
 DEFAULT_URL = os.environ.get("OBJECTS_BENCH_DATABASE_URL",
                              "postgresql+asyncpg://root@127.0.0.1:5432/test")

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
         readonly,
     )
     from .runtime.connection import Connection
-    from .runtime.queue import Claimed as Job
+    from .runtime.queues import Claimed as Job
     from .settings import ObjectsSettings
     from .storage import Alarm, JournalEntry, ObjectPage, TypeStats
 
@@ -65,7 +65,7 @@ _LAZY = {
     "DurableObject": ".runtime",
     "EventSourced": ".runtime",
     "Handle": ".runtime",
-    "Job": ".runtime.queue:Claimed",  # what a worker function receives
+    "Job": ".runtime.queues:Claimed",  # what a worker function receives
     "JournalEntry": ".storage",
     "Message": ".pubsub",
     "ObjectPage": ".storage",

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi_objects.runtime import Runtime
-from fastapi_objects.runtime.queue import Claimed
+from fastapi_objects.runtime.queues import Claimed
 
 
 async def _main(url: str, schema: str | None) -> None:

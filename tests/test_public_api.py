@@ -60,11 +60,11 @@ def test_all_is_pinned_and_sorted() -> None:
 def test_the_types_the_api_hands_out_are_public() -> None:
     # What on_alarm, a worker function, journal(), query() and type_stats() receive or return.
     from fastapi_objects import runtime, storage
-    from fastapi_objects.runtime import queue
+    from fastapi_objects.runtime import queues
 
     assert fastapi_objects.Alarm is storage.Alarm
-    assert fastapi_objects.Job is queue.Claimed
-    assert runtime.workers.Handler.__args__[0] is fastapi_objects.Job  # type: ignore[attr-defined]
+    assert fastapi_objects.Job is queues.Claimed
+    assert queues.Handler.__args__[0] is fastapi_objects.Job  # type: ignore[attr-defined]
     assert fastapi_objects.JournalEntry is storage.JournalEntry
     assert fastapi_objects.ObjectPage is storage.ObjectPage
     assert fastapi_objects.TypeStats is storage.TypeStats

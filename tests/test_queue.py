@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from fastapi_objects import Handle, InvalidArguments, Runtime, UnstorableValue
-from fastapi_objects.runtime.queue import Claimed, ObjectsQueue
+from fastapi_objects.runtime.queues import Claimed, ObjectsQueue
 from tests._apps import make_app
 from tests._support import wait_until
 from tests.conftest import Backend

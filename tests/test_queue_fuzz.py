@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastapi_objects import Runtime, UnstorableValue
-from fastapi_objects.runtime import queue as queue_module
-from fastapi_objects.runtime.queue import ObjectsQueue, QueueEvent, QueueState
+from fastapi_objects.runtime.queues import ObjectsQueue, QueueEvent, QueueState
+from fastapi_objects.runtime.queues import queue as queue_module
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BACKOFF = ObjectsQueue.backoff

@@ -1,4 +1,4 @@
-"""A queue's state (runtime/queue_state.py) and the persistent map it is made of (runtime/_pmap.py).
+"""A queue's state (runtime/queues/state.py) and the persistent map it is made of (_pmap.py).
 
 ``apply`` must be pure: the runtime goes back to the old state object when a turn raises, so
 every event must leave it exactly as it was. The stored JSON of a queue must not change (old
@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic_core import to_json
 
-from fastapi_objects.runtime._pmap import PMap
-from fastapi_objects.runtime.queue_state import Job, JobIndex, QueueEvent, QueueState, apply_event
+from fastapi_objects.runtime.queues._pmap import PMap
+from fastapi_objects.runtime.queues.state import Job, JobIndex, QueueEvent, QueueState, apply_event
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

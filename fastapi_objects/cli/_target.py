@@ -68,7 +68,7 @@ def resolve(app: str | None, database_url: str | None, schema: str | None) -> Ta
     """Pick the database: ``--database-url``, then ``--app``, then the settings."""
     from pydantic import ValidationError
 
-    from ..runtime.queue import QUEUE_TYPE
+    from ..runtime.queues import QUEUE_TYPE
     from ..settings import ObjectsSettings
 
     runtime = load_runtime(app) if app else None

@@ -40,7 +40,7 @@ def ls_jobs(
 async def _ls(target: Target, name: str, dead: bool) -> None:
     from rich.table import Table
 
-    from ..runtime.queue import QUEUE_TYPE, ObjectsQueue, QueueEvent, QueueState
+    from ..runtime.queues import QUEUE_TYPE, ObjectsQueue, QueueEvent, QueueState
 
     async with open_target(target) as storage:
         cp = await storage.load(QUEUE_TYPE, name)

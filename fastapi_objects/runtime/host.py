@@ -27,7 +27,7 @@ from .object import DurableObject
 from .observe import Observer, Propagation, combine
 from .operator import Operator
 from .placement import choose
-from .queue import QUEUE_TYPE
+from .queues import QUEUE_TYPE
 from .routing import Elsewhere, Router
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer

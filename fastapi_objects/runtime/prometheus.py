@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from .._exceptions import ObjectsError
 from .methods import method_spec
-from .queue import QUEUE_TYPE, ObjectsQueue
+from .queues import QUEUE_TYPE, ObjectsQueue
 from .turn import Stale
 
 if TYPE_CHECKING:

@@ -35,9 +35,8 @@ from .methods import method_spec
 from .object import DurableObject
 from .observe import new_collector, start_tracing
 from .queries import object_query
-from .queue import ObjectsQueue
+from .queues import Handler, ObjectsQueue, Worker, Workers
 from .stats import RuntimeStats
-from .workers import Handler, Worker, Workers
 
 if TYPE_CHECKING:
     from .prometheus import ObjectsCollector

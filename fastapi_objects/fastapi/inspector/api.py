@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..._exceptions import InvalidEdit
 from ...runtime.keys import validate_key
 from ...runtime.methods import describe_errors
-from ...runtime.queue import ObjectsQueue
+from ...runtime.queues import ObjectsQueue
 from ..protocol import decode_frame
 from . import live, views
 from .models import (

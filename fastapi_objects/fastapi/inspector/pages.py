@@ -20,7 +20,7 @@ from starlette.templating import Jinja2Templates
 
 from ..._exceptions import InvalidQuery, ObjectsError
 from ...runtime.object import EventSourced
-from ...runtime.queue import QUEUE_TYPE
+from ...runtime.queues import QUEUE_TYPE
 from ..errors import status_for
 from . import views
 

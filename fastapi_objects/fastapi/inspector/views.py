@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..._exceptions import ObjectNotFound
 from ...runtime.keys import validate_key
 from ...runtime.object import EventSourced
-from ...runtime.queue import QUEUE_TYPE, ObjectsQueue, QueueState
+from ...runtime.queues import QUEUE_TYPE, ObjectsQueue, QueueState
 from ...runtime.states import read_state
 from ...storage import STATUSES
 from .models import (

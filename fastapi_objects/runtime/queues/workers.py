@@ -27,13 +27,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ObjectsError
-from .._tasks import cancel_and_wait
+from ..._exceptions import ObjectsError
+from ..._tasks import cancel_and_wait
 from .queue import MAX_BATCH, Claimed, ObjectsQueue
 
 if TYPE_CHECKING:
-    from .handle import Handle
-    from .runtime import Runtime
+    from ..handle import Handle
+    from ..runtime import Runtime
 
 log = logging.getLogger("fastapi_objects")
 

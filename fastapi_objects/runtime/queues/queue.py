@@ -19,9 +19,9 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from .methods import readonly
-from .object import EventSourced
-from .queue_state import Claimed, Job, JobIndex, QueueEvent, QueueState, apply_event
+from ..methods import readonly
+from ..object import EventSourced
+from .state import Claimed, Job, JobIndex, QueueEvent, QueueState, apply_event
 
 __all__ = ["MAX_BATCH", "QUEUE_TYPE", "Claimed", "Job", "ObjectsQueue", "QueueEvent", "QueueState"]
 
