@@ -33,6 +33,7 @@ import httpx2
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
+ROUNDS = 3  # alternating rounds of (m) and the objects route
 LUA = """
 wrk.method = "POST"
 request = function()
@@ -141,10 +142,17 @@ def run_backend(url: str, duration: int, clients: int) -> dict[str, object]:
         wrk(port, "/counters/k", 2)  # warm up: thaw the 1,000 objects
         results: dict[str, object] = {
             "(a) no object, no database": wrk(port, "/plain/k", duration),
-            "(m) the same route on an in-memory object": wrk(port, "/memory/k", duration),
             "(b) SQLAlchemy UPDATE..RETURNING": wrk(port, "/baseline/k", duration),
-            "objects: POST /counters/{key}/increment": wrk(port, "/counters/k", duration),
         }
+        # The ratio that matters, objects / (m), from rounds that alternate the two: the
+        # machine's load moves within a run, and a ratio of neighbours moves with it less.
+        rounds = [(wrk(port, "/memory/k", duration), wrk(port, "/counters/k", duration))
+                  for _ in range(ROUNDS)]
+        rounds.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
+        memory, objs = rounds[len(rounds) // 2]  # the round with the median ratio
+        results["(m) the same route on an in-memory object"] = memory
+        results["objects: POST /counters/{key}/increment"] = objs
+        results["ratios"] = [pair[1]["rps"] / pair[0]["rps"] for pair in rounds]
         if clients:
             results["fanout"] = fanout(port, clients, max(duration, 5))
     finally:
@@ -160,7 +168,7 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
     print(f"{'endpoint':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     rps = {}
     for name, r in results.items():
-        if name == "fanout":
+        if name in ("fanout", "ratios"):
             continue
         assert isinstance(r, dict)
         rps[name] = r["rps"]
@@ -168,6 +176,10 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
     memory = rps["(m) the same route on an in-memory object"]
     base = rps["(b) SQLAlchemy UPDATE..RETURNING"]
     objs = rps["objects: POST /counters/{key}/increment"]
+    ratios = results["ratios"]
+    assert isinstance(ratios, list)
+    print(f"objects / (m) in {len(ratios)} alternating rounds: "
+          + ", ".join(f"{r:.2f}" for r in ratios) + " (the median round is shown above)")
     print(f"objects / (m) = {objs / memory:.2f} (target >= 0.6): "
           f"{'PASS' if objs >= 0.6 * memory else 'MISS'}")
     print(f"objects / (b) = {objs / base:.1f}x (target >= 3x): "
