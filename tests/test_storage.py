@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -384,6 +385,35 @@ async def test_create_tables_is_idempotent(storage: Storage, backend: Backend) -
         assert (await _load(other, "a")).state == {"value": 5}
     finally:
         await other.close()
+
+
+async def test_nodes_starting_at_once_all_create_the_tables(
+    sql_backend: Backend, tmp_path: Path
+) -> None:
+    """Nodes starting together on a fresh database (``uvicorn --workers N``, a fleet's first
+    deploy) race to create the schema and the tables: every one of them starts, each time."""
+    import asyncio
+    import uuid
+
+    for round in range(4):
+        if sql_backend.name == "sqlite":
+            url, schema = f"sqlite+aiosqlite:///{tmp_path / f'race{round}.db'}", None
+        else:  # a schema nobody made yet: its CREATE SCHEMA races too
+            url, schema = sql_backend.url, f"t_{uuid.uuid4().hex[:12]}"
+        stores = [open_storage(url, schema=schema) for _ in range(6)]
+        try:
+            await asyncio.gather(*(store.create_tables() for store in stores))
+            assert await stores[0].commit([_create("a", {"value": round})]) == [True]
+            assert (await _load(stores[-1], "a")).state == {"value": round}
+        finally:
+            for store in stores:
+                await store.close()
+            if schema is not None:
+                import asyncpg
+
+                conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                await conn.close()
 
 
 async def test_commits_are_durable_for_a_second_connection(

@@ -157,21 +157,20 @@ class SQLStorage(Storage):
     async def create_tables(self) -> None:
         """Create the tables of every version (and the schema) when missing.
 
-        Several processes starting at once (``uvicorn --workers N``) race between "is it
-        there?" and "create it": the loser finds the tables made and looks again (SQLite
-        checks and creates under its write lock, so it never races).
+        Several processes starting at once (``uvicorn --workers N``, a fleet's first deploy)
+        must not race between "is it there?" and "create it": PostgreSQL's ``IF NOT EXISTS``
+        is no guard against a concurrent creation (a unique violation in its catalog), so the
+        creations queue on a transaction-scoped advisory lock. SQLite checks and creates under
+        its write lock.
         """
-        for attempt in range(3):
-            try:
-                await self._write(self._create_tables)
-                return
-            except StorageUnavailable as exc:
-                if "already exists" not in (exc.detail or "") or attempt == 2:
-                    raise
+        await self._write(self._create_tables)
 
     def _create_tables(self, conn: sa.Connection) -> None:
-        if self.schema and not self._sqlite:
-            conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        if not self._sqlite:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                         {"name": "fastapi_objects: create_tables"})
+            if self.schema:
+                conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
         self.metadata.create_all(conn, checkfirst=True)
         add_missing_columns(conn, self.metadata)  # tables an older release created
 

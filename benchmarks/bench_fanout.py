@@ -1,0 +1,139 @@
+"""Websocket fan-out over several nodes: N clients spread evenly over K uvicorn nodes.
+
+    python benchmarks/bench_fanout.py [--clients 10000] [--nodes 3] [--interval 0.01]
+
+Starts K uvicorn processes of benchmarks/_http_app.py on one PostgreSQL schema (a cluster:
+they find each other through the database), makes the first node own one ``Ticker`` object,
+and attaches N raw websocket clients to it, N/K through each node (``_ws_fanout.py``, one load
+process per node). Clients of the other nodes are relayed to the owner. The script then makes
+one durable broadcast every ``--interval`` seconds through the owner and measures delivery
+latency to every client. The same N clients on ONE node are measured in the same run, as the
+baseline. All processes (nodes, load generators, PostgreSQL) share this machine's cores: the
+figure is what the owner's fan-out costs, not what K machines would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx2
+from bench_http import HERE, PYTHON, drop, free_port, prepare
+
+PATH = "/objects/ticker/hot/ws"
+
+
+def start_node(url: str, schema: str, port: int) -> subprocess.Popen[bytes]:
+    """One uvicorn process of the benchmark app, a node of the cluster on ``schema``."""
+    env = dict(os.environ, BENCH_DATABASE_URL=url, BENCH_SCHEMA=schema, PYTHONPATH=str(HERE))
+    return subprocess.Popen(
+        [PYTHON, "-m", "uvicorn", "_http_app:app", "--port", str(port), "--workers", "1",
+         "--no-access-log", "--log-level", "warning"], env=env,
+    )
+
+
+def wait_ready(port: int) -> None:
+    for _ in range(300):
+        try:
+            httpx2.post(f"http://127.0.0.1:{port}/plain/x/increment").raise_for_status()
+            return
+        except httpx2.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"the node on port {port} did not start")
+
+
+def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> dict[str, Any]:
+    """Serve ``nodes`` nodes, spread ``clients`` over them, broadcast; return the figures."""
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(prepare(url, schema))
+    ports = [free_port() for _ in range(nodes)]
+    servers = [start_node(url, schema, port) for port in ports]
+    loads: list[subprocess.Popen[str]] = []
+    try:
+        for port in ports:
+            wait_ready(port)
+        owner = f"http://127.0.0.1:{ports[0]}"
+        httpx2.post(f"{owner}/tickers/hot/tick", params={"t": repr(time.time())},
+                    timeout=30).raise_for_status()  # the first node thaws it: the owner
+        shares = [clients // nodes + (1 if i < clients % nodes else 0) for i in range(nodes)]
+        for port, share in zip(ports, shares, strict=True):
+            loads.append(subprocess.Popen(
+                [PYTHON, str(HERE / "_ws_fanout.py"), "127.0.0.1", str(port), PATH,
+                 str(share), str(seconds + 1)], stdout=subprocess.PIPE, text=True,
+            ))
+        started = time.monotonic()
+        for load in loads:
+            assert load.stdout is not None
+            json.loads(load.stdout.readline())  # all of this process's clients attached
+        attach_s = time.monotonic() - started
+        sent = 0
+        with httpx2.Client(base_url=owner, timeout=30) as client:
+            deadline = time.monotonic() + seconds - 1.0
+            next_at = time.monotonic()
+            while time.monotonic() < deadline:
+                client.post("/tickers/hot/tick", params={"t": repr(time.time())}
+                            ).raise_for_status()
+                sent += 1
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        results = []
+        for load in loads:
+            assert load.stdout is not None
+            results.append(json.loads(load.stdout.readline()))
+            load.wait()
+    finally:
+        for proc in [*loads, *servers]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*loads, *servers]:
+            proc.wait()
+        asyncio.run(drop(url, schema))
+    return {"nodes": nodes, "clients": clients, "sent": sent, "attach_s": attach_s,
+            "per_node": results}
+
+
+def summary(r: dict[str, Any]) -> str:
+    """One line: frames delivered against expected, latency per node and over all clients."""
+    per = r["per_node"]
+    frames = sum(p["frames"] for p in per)
+    expected = r["sent"] * r["clients"]
+    p99 = max(p["p99_ms"] or 0.0 for p in per)
+    p50s = ", ".join(f"{p['p50_ms'] or 0:.0f}" for p in per)
+    p99s = ", ".join(f"{p['p99_ms'] or 0:.0f}" for p in per)
+    return (f"{r['clients']:,} clients over {r['nodes']} node(s): {r['sent']} broadcasts, "
+            f"{frames:,} of {expected:,} frames delivered in the window "
+            f"({100 * frames / max(expected, 1):.1f} %), attached in {r['attach_s']:.1f} s; "
+            f"latency p50 by node [{p50s}] ms, p99 by node [{p99s}] ms, worst p99 {p99:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=os.environ.get(
+        "OBJECTS_TEST_DATABASE_URL", "postgresql+asyncpg://root@127.0.0.1:5432/test"),
+        help="the PostgreSQL server (default OBJECTS_TEST_DATABASE_URL or the local one)")
+    parser.add_argument("--clients", type=int, default=10_000, help="websocket clients")
+    parser.add_argument("--nodes", type=int, default=3, help="nodes the clients spread over")
+    parser.add_argument("--interval", type=float, default=0.01,
+                        help="seconds between two broadcasts (default 0.01)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of broadcasting")
+    args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
+    spread = run(args.database_url, args.clients, args.nodes, args.interval, args.seconds)
+    print(summary(spread), flush=True)
+    one = run(args.database_url, args.clients, 1, args.interval, args.seconds)
+    print(summary(one), flush=True)
+    print(f"one broadcast every {args.interval * 1000:g} ms; the owner sends every frame "
+          "(relayed clients' frames go through their node's relay socket)")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
