@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -315,3 +318,65 @@ def test_a_bad_meta_from_a_client_is_an_error_frame_and_the_socket_stays(
         assert diff["event"] == DIFF
         assert diff["payload"]["joins"]["ann"]["metas"][0]["status"] == "ok"
         assert ann.receive_json() == {"ref": "s", "ok": True, "result": None}
+
+
+# -- the JS client's presence (objects.js), driven by Node.js ----------------------------------
+
+_JS_PRESENCE = r"""
+require(process.argv[2]);
+const p = new ObjectsClient.Presence();
+const seen = [];
+p.onJoin((key, current, joined) => seen.push(["join", key, joined.metas.map((m) => m.phx_ref)]));
+p.onLeave((key, current, left) => seen.push(["leave", key, left.metas.map((m) => m.phx_ref),
+                                            current.metas.map((m) => m.phx_ref)]));
+p.onSync(() => seen.push(["sync", p.list().map((e) => [e.key, e.metas.map((m) => m.phx_ref)])]));
+const meta = (ref, extra) => Object.assign({ phx_ref: ref }, extra || {});
+const diff = (joins, leaves) => ({ event: "objects:presence_diff", payload: { joins, leaves } });
+const state = (payload) => ({ event: "objects:presence_state", payload });
+const step = (name, fn) => { seen.length = 0; fn(); console.log(JSON.stringify([name, seen])); };
+
+step("attach", () => p.attached(true));
+step("held diff", () => p.receive(diff({ bob: { metas: [meta("b1")] } }, {})));
+step("state", () => p.receive(state({ ann: { metas: [meta("a1")] } })));
+step("second tab", () => p.receive(diff({ ann: { metas: [meta("a2")] } }, {})));
+step("update", () => p.receive(diff({ ann: { metas: [meta("a3", { phx_ref_prev: "a2" })] } },
+                                   { ann: { metas: [meta("a2")] } })));
+step("leave", () => p.receive(diff({}, { bob: { metas: [meta("b1")] } })));
+step("reattach", () => p.attached(true));
+step("new state", () => p.receive(state({ ann: { metas: [meta("a1")] },
+                                         cy: { metas: [meta("c1")] } })));
+step("empty reattach", () => p.attached(false));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+def test_the_js_client_keeps_presence_like_phoenix(tmp_path: Path) -> None:
+    js = Path(__file__).parents[1] / "fastapi_objects" / "fastapi" / "static" / "objects.js"
+    driver = tmp_path / "presence.js"
+    driver.write_text(_JS_PRESENCE)
+    out = subprocess.run(["node", str(driver), str(js)], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    steps = {name: seen for name, seen in map(json.loads, out.splitlines())}
+    assert steps["attach"] == []
+    assert steps["held diff"] == []  # no state for this attach yet: held
+    assert steps["state"] == [
+        ["join", "ann", ["a1"]], ["join", "bob", ["b1"]],
+        ["sync", [["ann", ["a1"]], ["bob", ["b1"]]]],
+    ]
+    assert steps["second tab"] == [["join", "ann", ["a2"]],
+                                   ["sync", [["ann", ["a1", "a2"]], ["bob", ["b1"]]]]]
+    assert steps["update"] == [
+        ["join", "ann", ["a3"]], ["leave", "ann", ["a2"], ["a1", "a3"]],
+        ["sync", [["ann", ["a1", "a3"]], ["bob", ["b1"]]]],
+    ]
+    assert steps["leave"] == [["leave", "bob", ["b1"], []], ["sync", [["ann", ["a1", "a3"]]]]]
+    # A reconnect keeps the old presence until the new state, then tells only what changed.
+    assert steps["reattach"] == []
+    assert steps["new state"] == [
+        ["join", "cy", ["c1"]], ["leave", "ann", ["a3"], ["a1"]],
+        ["sync", [["ann", ["a1"]], ["cy", ["c1"]]]],
+    ]
+    # Attached with no state to follow: nobody is tracked, and whoever was shown leaves.
+    assert steps["empty reattach"] == [
+        ["leave", "ann", ["a1"], []], ["leave", "cy", ["c1"], []], ["sync", []],
+    ]
