@@ -78,9 +78,11 @@ class ChatRoomState(BaseModel):
 class ChatRoom(DurableObject[ChatRoomState]):
     """A chat room: durable history; presence and typing live in the connections.
 
-    Who is here and who is typing is not state worth a database write: it lives in each
-    attached connection (``conn.state``, ``conn.tags``) and vanishes with it. Only messages
-    are committed, so after hibernation a room comes back with its history and nobody in it.
+    Who is here and who is typing is not state worth a database write: each visitor is in the
+    room's presence under their name (``conn.track``; one meta per tab), and whether they are
+    typing is in their connection (``conn.state``); both vanish with the connection. Only
+    messages are committed, so after hibernation a room comes back with its history and
+    nobody in it. Pages follow the presence with the JS client's ``presence``.
     """
 
     idle_timeout = idle_timeout(30.0)
@@ -94,16 +96,15 @@ class ChatRoom(DurableObject[ChatRoomState]):
             raise ConnectionRejected("choose a name first", code=4403)
         conn.state = {"name": name, "typing": False}
         conn.tags.add("member")
+        conn.track(name, {"connection": conn.id})  # every page (and tab) sees it join
         conn.send("welcome", {
             "you": conn.id,
             "history": [m.model_dump() for m in self.state.messages],
-            "present": self._present(),
             "typing": self._typing(),
         })
-        self.broadcast("presence", {"present": self._present()}, exclude=conn)
 
     async def on_disconnect(self, conn: Connection) -> None:
-        self.broadcast("presence", {"present": self._present()})
+        # Its presence leaves by itself; only the typing indicator needs telling.
         if conn.state.get("typing"):
             self.broadcast("typing", {"typing": self._typing()})
 
@@ -138,8 +139,9 @@ class ChatRoom(DurableObject[ChatRoomState]):
 
     @readonly
     @client_callable
-    async def present(self) -> list[dict[str, str]]:
-        return self._present()
+    async def present(self) -> list[str]:
+        """The names in the room now (each may be there from several tabs)."""
+        return sorted(self.presence.list(), key=str.lower)
 
     def _post(self, name: str, text: Any) -> ChatMessage:
         text = text.strip() if isinstance(text, str) else ""
@@ -151,17 +153,11 @@ class ChatRoom(DurableObject[ChatRoomState]):
         self.broadcast("message", message.model_dump())
         return message
 
-    def _present(self) -> list[dict[str, str]]:
-        return self._people(typing_only=False)
-
     def _typing(self) -> list[dict[str, str]]:
-        return self._people(typing_only=True)
-
-    def _people(self, typing_only: bool) -> list[dict[str, str]]:
         people = [
             {"id": c.id, "name": c.state["name"]}
             for c in self.connections(tag="member")
-            if c.state.get("typing") or not typing_only
+            if c.state.get("typing")
         ]
         return sorted(people, key=lambda p: (p["name"].lower(), p["id"]))
 

@@ -45,6 +45,9 @@ class Silent:
     def send(self, frame: dict[str, Any]) -> None:
         pass
 
+    def send_text(self, text: str) -> None:
+        pass
+
     def close(self, code: int, reason: str) -> None:
         pass
 

@@ -173,6 +173,17 @@ def _events(frames: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     return [(f["event"], f["payload"]) for f in frames if "event" in f]
 
 
+def _presence(ws: Any) -> tuple[str, Any]:
+    frame = ws.receive_json()
+    assert frame["event"].startswith("objects:presence_"), frame
+    return frame["event"], frame["payload"]
+
+
+def _who(presence: dict[str, Any]) -> dict[str, list[str]]:
+    """``{name: [connection ids]}`` of a presence state (or a diff's joins or leaves)."""
+    return {key: [m["connection"] for m in p["metas"]] for key, p in presence.items()}
+
+
 def test_pages_static_files_and_the_js_client(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200
@@ -225,17 +236,21 @@ def test_chat_room_history_presence_typing_and_exclude(client: TestClient) -> No
     with client.websocket_connect(url + "?name=Alice") as alice:
         attached = alice.receive_json()
         assert attached["event"] == "objects:attached"
-        welcome = alice.receive_json()  # on_connect's conn.send, right after the attached frame
-        assert welcome["event"] == "welcome"
-        me = welcome["payload"]["you"]
-        assert me == attached["payload"]["connection"]
+        me = attached["payload"]["connection"]
+        # on_connect tracks Alice: the (empty) state, her join, then on_connect's welcome.
+        assert _presence(alice) == ("objects:presence_state", {})
+        event, diff = _presence(alice)
+        assert event == "objects:presence_diff" and _who(diff["joins"]) == {"Alice": [me]}
+        welcome = alice.receive_json()
+        assert welcome["event"] == "welcome" and welcome["payload"]["you"] == me
         assert [m["text"] for m in welcome["payload"]["history"]] == ["first"]
-        assert welcome["payload"]["present"] == [{"id": me, "name": "Alice"}]
         with _attach(client, url + "?name=Bob") as bob:
-            welcome = bob.receive_json()["payload"]
-            assert [p["name"] for p in welcome["present"]] == ["Alice", "Bob"]
-            assert [p["name"] for p in alice.receive_json()["payload"]["present"]] == [
-                "Alice", "Bob"]
+            event, state = _presence(bob)
+            assert event == "objects:presence_state" and _who(state) == {"Alice": [me]}
+            event, diff = _presence(bob)
+            assert list(diff["joins"]) == ["Bob"]
+            assert bob.receive_json()["event"] == "welcome"
+            assert _presence(alice) == (event, diff)  # Alice sees Bob join
 
             bob.send_json({"event": "typing", "payload": {"on": True}})
             typing = alice.receive_json()
@@ -248,7 +263,9 @@ def test_chat_room_history_presence_typing_and_exclude(client: TestClient) -> No
             assert _events(bob_frames) == [("message", bob_frames[0]["payload"])]
             assert bob_frames[0]["payload"]["text"] == "hi all"
             alice.send_json({"ref": "p", "call": "present", "args": {}})
-            alice_events = _events(_until_reply(alice, "p"))
+            alice_frames = _until_reply(alice, "p")
+            assert alice_frames[-1]["result"] == ["Alice", "Bob"]
+            alice_events = _events(alice_frames)
             assert ("typing", {"typing": []}) in alice_events
             assert [e for e, p in alice_events if e == "message" and p["name"] == "Bob"]
 
@@ -258,9 +275,9 @@ def test_chat_room_history_presence_typing_and_exclude(client: TestClient) -> No
             assert bob.receive_json()["error"]["type"] == "invalid_arguments"
             bob.send_json({"ref": "h", "call": "history", "args": {"limit": 1}})
             assert bob.receive_json()["result"][0]["text"] == "hi all"  # still usable
-        left = alice.receive_json()
-        assert left["event"] == "presence"
-        assert left["payload"]["present"] == [{"id": me, "name": "Alice"}]
+        event, left = _presence(alice)  # Bob's socket closed: his leave
+        assert event == "objects:presence_diff" and list(left["leaves"]) == ["Bob"]
+        assert left["joins"] == {}
 
     history = client.get("/api/rooms/lounge/messages").json()
     assert [(m["name"], m["text"]) for m in history] == [("curl", "first"), ("Bob", "hi all")]
@@ -292,6 +309,9 @@ def test_a_room_hibernates_when_empty_and_thaws_with_its_history(
                  "the empty room to hibernate")
         thaws = client.get("/api/stats").json()["thaws"]
         with _attach(client, "/objects/chat_room/den/ws?name=Ann") as ws:
+            # A thawed room has nobody in it: presence lives with the connections.
+            assert _presence(ws) == ("objects:presence_state", {})
+            assert list(_presence(ws)[1]["joins"]) == ["Ann"]
             history = ws.receive_json()["payload"]["history"]
             assert [m["text"] for m in history] == ["remember me"]
         assert client.get("/api/stats").json()["thaws"] == thaws + 1
@@ -358,14 +378,18 @@ def test_a_name_belongs_to_the_session_that_used_it_first(client: TestClient) ->
     refused = _refused(other, "/objects/chat_room/lounge/ws?name=Ann")  # nor over a websocket
     assert refused.code == 4403 and "another visitor" in refused.reason
     with _attach(other, "/objects/chat_room/lounge/ws?name=Bea") as ws:
-        welcome = ws.receive_json()["payload"]
+        _, state = _presence(ws)
+        _, joined = _presence(ws)
+        assert state == {} and list(joined["joins"]) == ["Bea"]
+        assert ws.receive_json()["event"] == "welcome"
         ws.send_json({"ref": "p", "call": "post", "args": {"name": "Ann", "text": "forged"}})
         assert ws.receive_json()["error"]["type"] == "forbidden"  # not @client_callable
         ws.send_json({"ref": "s", "event": "say", "payload": {"text": "as myself"}})
         said = _until_reply(ws, "s")
         assert [f["payload"]["name"] for f in said if f.get("event") == "message"] == ["Bea"]
-    assert [p["name"] for p in welcome["present"]] == ["Bea"]
     with _attach(client, "/objects/chat_room/lounge/ws?name=Ann") as ws:  # Ann's own browser
+        assert _presence(ws) == ("objects:presence_state", {})
+        assert list(_presence(ws)[1]["joins"]) == ["Ann"]
         assert ws.receive_json()["event"] == "welcome"
     history = client.get("/api/rooms/lounge/messages").json()
     assert [(m["name"], m["text"]) for m in history] == [("Ann", "hi"), ("Bea", "as myself")]

@@ -210,6 +210,9 @@ async def test_a_live_object_expires_unless_a_client_is_attached(backend: Backen
         def send(self, frame: dict[str, Any]) -> None:
             pass
 
+        def send_text(self, text: str) -> None:
+            pass
+
         def close(self, code: int, reason: str) -> None:
             pass
 

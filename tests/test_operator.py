@@ -9,6 +9,7 @@ the owner.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -354,6 +355,9 @@ class Frames:
 
     def send(self, frame: dict[str, Any]) -> None:
         self.frames.append(frame)
+
+    def send_text(self, text: str) -> None:
+        self.frames.append(json.loads(text))
 
     def close(self, code: int, reason: str) -> None:
         self.frames.append({"closed": code})

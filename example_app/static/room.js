@@ -4,7 +4,7 @@
   const $ = (sel) => document.querySelector(sel);
   const room = document.querySelector("main.room").dataset.room;
   const NAME_KEY = "objects-demo-name";
-  let me = null; // this connection's id, from the welcome frame
+  const me = () => (socket ? socket.connection : null); // this connection's id, once attached
   let myName = null;
 
   function el(tag, props, ...children) {
@@ -32,13 +32,17 @@
     list.append(renderMessage(m));
     if (stick) list.scrollTop = list.scrollHeight;
   }
+  // The room's presence: one entry per name, however many tabs it is open in.
   function renderPresence(present) {
-    $("#present").replaceChildren(...present.map((p) =>
-      el("li", { className: p.id === me ? "me" : "", textContent: p.id === me ? `${p.name} (you)` : p.name })));
-    $("#present-count").textContent = present.length;
+    const people = present
+      .map(({ key, metas }) => ({ name: key, mine: metas.some((m) => m.connection === me()) }))
+      .sort((a, b) => a.name.toLowerCase().localeCompare(b.name.toLowerCase()));
+    $("#present").replaceChildren(...people.map((p) =>
+      el("li", { className: p.mine ? "me" : "", textContent: p.mine ? `${p.name} (you)` : p.name })));
+    $("#present-count").textContent = people.length;
   }
   function renderTyping(typing) {
-    const names = typing.filter((p) => p.id !== me).map((p) => p.name);
+    const names = typing.filter((p) => p.id !== me()).map((p) => p.name);
     $("#typing").textContent = !names.length ? "" :
       names.length === 1 ? `${names[0]} is typing…` : `${names.join(", ")} are typing…`;
   }
@@ -67,12 +71,10 @@
       askForName(err.message);
     });
     socket.on("welcome", (p) => {
-      me = p.you;
       renderHistory(p.history);
-      renderPresence(p.present);
       renderTyping(p.typing);
     });
-    socket.on("presence", (p) => renderPresence(p.present));
+    socket.presence.onSync(() => renderPresence(socket.presence.list()));
     socket.on("typing", (p) => renderTyping(p.typing));
     socket.on("message", appendMessage);
     socket.onStatus((status, close) => {

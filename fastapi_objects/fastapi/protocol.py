@@ -28,6 +28,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from ..runtime.connection import RESERVED_EVENT_PREFIX, CloseCode
+from ..runtime.presence import PRESENCE_DIFF, PRESENCE_STATE
 
 __all__ = [
     "ATTACHED",
@@ -35,6 +36,8 @@ __all__ = [
     "FRAME_TOO_LARGE",
     "INTERNAL_ERROR",
     "INVALID_FRAME",
+    "PRESENCE_DIFF",
+    "PRESENCE_STATE",
     "RESERVED_EVENT_PREFIX",
     "CloseCode",
     "decode_frame",
@@ -43,7 +46,9 @@ __all__ = [
 
 ATTACHED = RESERVED_EVENT_PREFIX + "attached"
 """The event of a client's first frame once attached: ``{"topic", "event", "payload":
-{"connection": id}}``. Every broadcast committed after it was sent reaches the client."""
+{"connection": id}}``. Every broadcast committed after it was sent reaches the client. It
+holds ``"presence": true`` when ``PRESENCE_STATE`` follows (the object's presence is in use);
+without it, the presence is empty until a state arrives, just before the first diff."""
 
 INVALID_FRAME = "invalid_frame"
 """Error type: the frame is not JSON, not an object, or not a call/event of the right shape."""

@@ -4,7 +4,8 @@ Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "even
 "payload"}`` (a custom event for ``on_message``). Server -> client: first ``{"topic", "event":
 "objects:attached", "payload": {"connection": id}}`` once attached, then ``{"ref", "ok": true,
 "result"}``, ``{"ref", "ok": false, "error": {"type", "message"}}`` and broadcasts ``{"topic",
-"event", "payload"}``. A call may run only a method marked ``@client_callable`` (else a
+"event", "payload"}``; presence frames (``objects:presence_state``, ``objects:presence_diff``)
+as ``runtime/presence.py`` says. A call may run only a method marked ``@client_callable`` (else a
 ``forbidden`` error frame, and nothing runs). Frames are strict JSON text: a binary frame, like
 any malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
 """
@@ -86,6 +87,10 @@ class Session:
             error = internal_error(exc, f"{self.topic}: conn.send({frame.get('event')!r})",
                                    self.about)
             text = encode_frame({"ref": None, "ok": False, "error": error})
+        self._push(text)
+
+    def send_text(self, text: str) -> None:
+        """Queue a frame the runtime encoded (presence frames: one encoding for all clients)."""
         self._push(text)
 
     def close(self, code: int, reason: str) -> None:
@@ -183,7 +188,9 @@ class Session:
         """Say so first, then release what waited for the attach (on_connect's sends first)."""
         self.conn = conn
         held, self.held = self.held or [], None
-        payload = {"connection": conn.id}
+        payload: dict[str, Any] = {"connection": conn.id}
+        if conn.presence_synced:  # the presence state waits among the held frames
+            payload["presence"] = True
         self._push(encode_frame({"topic": self.topic, "event": ATTACHED, "payload": payload}))
         for item in held:
             self._push(item)

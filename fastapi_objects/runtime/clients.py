@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._exceptions import ConnectionRejected
+from . import presence
 from .connection import CloseCode
 
 if TYPE_CHECKING:
@@ -16,14 +17,15 @@ class Clients:
     """The part of an activation holding its attached connections (made on the first attach).
 
     Attached clients keep the object awake; when the last one leaves, the idle time counts
-    from then.
+    from then. Their tracked metas are the object's presence (``presence.py``).
     """
 
-    __slots__ = ("_act", "connections")
+    __slots__ = ("_act", "connections", "presence_used")
 
     def __init__(self, act: Activation) -> None:
         self._act = act
         self.connections: dict[str, Connection] = {}
+        self.presence_used = False  # someone tracked: each newcomer gets the presence state
 
     def tagged(self, tag: str | None) -> list[Connection]:
         """Attached connections on this node, optionally only those tagged ``tag``."""
@@ -43,6 +45,7 @@ class Clients:
             )
         self.connections[conn.id] = conn
         conn.activation = act
+        presence.attached(self, conn)
         try:
             await act.run(lambda obj: obj.on_connect(conn), {}, held=held, name="on_connect")
         except BaseException:
@@ -58,6 +61,7 @@ class Clients:
         """Forget ``conn``; the last one leaving restarts the idle time (and frees this part)."""
         if self.connections.pop(conn.id, None) is not None:
             conn.activation = None
+            presence.left(self, conn)
             act = self._act
             if not self.connections and act.clients is self:
                 act.clients = None

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic_core import to_json
 
+from . import presence
+
 if TYPE_CHECKING:
     from .activation import Activation
 
@@ -53,6 +55,9 @@ class Transport(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Close the client's connection with a close code and a reason."""
 
+    def send_text(self, text: str) -> None:
+        """Queue a frame already encoded as strict JSON (one encoding for many clients)."""
+
 
 class Connection:
     """A client attached to an object, with its own small state and tags.
@@ -65,9 +70,15 @@ class Connection:
     ``auth`` holds what the app's ``authorize`` returned (a dict; ``{}`` when it returned
     ``True`` or there is none), which the client cannot forge. A ``?role=admin`` lands in
     ``query``, never in ``auth``.
+
+    ``track(key, meta)`` puts the client in the object's presence (``runtime/presence.py``);
+    ``tracked`` holds its metas by key, and they leave with the connection.
     """
 
-    __slots__ = ("_state", "_transport", "activation", "auth", "id", "query", "tags", "topic")
+    __slots__ = (
+        "_state", "_transport", "activation", "auth", "id", "presence_synced", "query", "tags",
+        "topic", "tracked",
+    )
 
     def __init__(
         self,
@@ -85,6 +96,8 @@ class Connection:
         self._state: dict[str, Any] = {}
         self._transport = transport
         self.activation: Activation | None = None
+        self.tracked: dict[str, dict[str, Any]] | None = None  # presence metas by key
+        self.presence_synced = False  # whether the client got objects:presence_state
 
     @property
     def state(self) -> dict[str, Any]:
@@ -116,6 +129,26 @@ class Connection:
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close this client's connection."""
         self._transport.close(code, reason)
+
+    def track(self, key: str, meta: dict[str, Any] | None = None) -> None:
+        """Show this client in the object's presence under ``key`` (a user id) with ``meta``.
+
+        Tracking the same key again updates its meta (a leave and a join, as in Phoenix).
+        Inside a turn it takes effect when the turn commits. ``InvalidCall`` (or
+        ``UnstorableValue``) for a key that is not a short string, or a meta that is not a
+        JSON object of at most 4 KB; nothing changes then. Example::
+
+            conn.track(conn.auth["user"], {"device": "phone"})
+        """
+        presence.track(self, key, meta)
+
+    def untrack(self, key: str) -> None:
+        """Take this client's meta under ``key`` out of the presence (when the turn commits)."""
+        presence.untrack(self, key)
+
+    def _send_encoded(self, text: str) -> None:
+        """Queue a protocol frame already encoded (presence frames, encoded once for all)."""
+        self._transport.send_text(text)
 
     def __repr__(self) -> str:
         return f"Connection({self.topic!r}, id={self.id[:8]}, tags={sorted(self.tags)})"

@@ -15,6 +15,7 @@ from .handle import _Handle, handle_class
 from .keys import snake_case, validate_type_name
 from .kinds import check_kind, refuse_in_memory
 from .methods import MethodSpec, discover
+from .presence import Presence
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -204,6 +205,15 @@ class DurableObject(Generic[S]):
         """Clients attached to this object on this node, optionally only those tagged ``tag``."""
         clients = self._activation.clients
         return clients.tagged(tag) if clients is not None else []
+
+    @property
+    def presence(self) -> Presence:
+        """Who is attached: ``self.presence.list()`` is ``{key: {"metas": [...]}}``.
+
+        Clients put themselves in it with ``conn.track(key, meta)`` (``on_connect`` is the
+        usual place) and leave it when they detach. See ``Connection.track``.
+        """
+        return Presence(self._activation)
 
     def set_alarm(
         self,

@@ -8,6 +8,15 @@
 //   counter.onStatus((status) => ...);            // "connecting" | "open" | "closed"
 //   counter.on("error", (error) => ...);          // error frames that answer no call
 //
+//   room.presence.onSync(() => render(room.presence.list()));  // [{ key, metas }, ...]
+//   room.presence.onJoin((key, current, joined) => ...);       // current: undefined if new
+//   room.presence.onLeave((key, current, left) => ...);        // current.metas: what remains
+//
+// `presence` mirrors the object's presence (the server's `conn.track`) from the
+// objects:presence_state and objects:presence_diff frames, as Phoenix's JS Presence does: diffs
+// wait until the state of the current attach has arrived; after a reconnect the new state is
+// compared with the old, so onJoin/onLeave fire only for what changed meanwhile.
+//
 // "open" means attached: the server's first frame, objects:attached, has arrived, so every
 // broadcast committed from then on reaches this client. `ready` resolves (with the connection
 // id) at that moment; after a drop it is a new promise for the next attach, and it rejects
@@ -34,6 +43,8 @@
   "use strict";
 
   const ATTACHED = "objects:attached";
+  const PRESENCE_STATE = "objects:presence_state";
+  const PRESENCE_DIFF = "objects:presence_diff";
 
   class ObjectsError extends Error {
     constructor(type, message) {
@@ -74,6 +85,105 @@
     }
   }
 
+  const refsOf = (presence) => presence.metas.map((m) => m.phx_ref);
+  const copy = (presence) => ({ metas: presence.metas.slice() });
+
+  // The presence of the object a socket is attached to: { key: { metas: [...] } }.
+  class Presence {
+    constructor() {
+      this.state = {};
+      this.pending = null; // diffs held until this attach's state arrives (null: none awaited)
+      this.fns = { join: [], leave: [], sync: [] };
+    }
+
+    onJoin(fn) { return this.subscribe("join", fn); }
+    onLeave(fn) { return this.subscribe("leave", fn); }
+    onSync(fn) { return this.subscribe("sync", fn); }
+
+    subscribe(kind, fn) {
+      this.fns[kind].push(fn);
+      return () => { this.fns[kind] = this.fns[kind].filter((f) => f !== fn); };
+    }
+
+    // Every key, by default as { key, metas }; `chooser(key, presence)` picks something else.
+    list(chooser) {
+      const pick = chooser || ((key, presence) => ({ key: key, metas: presence.metas }));
+      return Object.keys(this.state).map((key) => pick(key, this.state[key]));
+    }
+
+    // The attached frame says whether a state follows; if not, the presence is empty now.
+    attached(stateFollows) {
+      if (stateFollows) this.pending = [];
+      else this.sync({});
+    }
+
+    receive(frame) {
+      if (frame.event === PRESENCE_STATE) {
+        this.sync(frame.payload || {});
+      } else if (this.pending !== null) {
+        this.pending.push(frame.payload);
+      } else {
+        this.apply(frame.payload);
+        this.emitSync();
+      }
+    }
+
+    sync(newState) {
+      const joins = {};
+      const leaves = {};
+      Object.keys(this.state).forEach((key) => {
+        if (!newState[key]) leaves[key] = copy(this.state[key]);
+      });
+      Object.keys(newState).forEach((key) => {
+        const current = this.state[key];
+        const fresh = newState[key];
+        if (!current) {
+          joins[key] = fresh;
+          return;
+        }
+        const newRefs = refsOf(fresh);
+        const curRefs = refsOf(current);
+        const joined = fresh.metas.filter((m) => curRefs.indexOf(m.phx_ref) < 0);
+        const left = current.metas.filter((m) => newRefs.indexOf(m.phx_ref) < 0);
+        if (joined.length) joins[key] = { metas: joined };
+        if (left.length) leaves[key] = { metas: left };
+      });
+      this.apply({ joins: joins, leaves: leaves });
+      const pending = this.pending || [];
+      this.pending = null;
+      pending.forEach((diff) => this.apply(diff));
+      this.emitSync();
+    }
+
+    apply(diff) {
+      const state = this.state;
+      Object.keys(diff.joins || {}).forEach((key) => {
+        const current = state[key];
+        const joined = diff.joins[key];
+        const next = copy(joined);
+        if (current) {
+          const refs = refsOf(joined);
+          next.metas.unshift(...current.metas.filter((m) => refs.indexOf(m.phx_ref) < 0));
+        }
+        state[key] = next;
+        this.fns.join.forEach((fn) => fn(key, current, joined));
+      });
+      Object.keys(diff.leaves || {}).forEach((key) => {
+        const current = state[key];
+        if (!current) return;
+        const left = diff.leaves[key];
+        const refs = refsOf(left);
+        current.metas = current.metas.filter((m) => refs.indexOf(m.phx_ref) < 0);
+        this.fns.leave.forEach((fn) => fn(key, current, left));
+        if (!current.metas.length) delete state[key];
+      });
+    }
+
+    emitSync() {
+      this.fns.sync.forEach((fn) => fn());
+    }
+  }
+
   class ObjectSocket extends Emitter {
     constructor(url, options) {
       super();
@@ -88,6 +198,7 @@
       this.attempt = 0;
       this.connection = null;
       this.closedByUser = false;
+      this.presence = new Presence();
       this.newReady();
       this.open();
     }
@@ -160,6 +271,7 @@
     attached(frame) {
       this.attempt = 0; // only an attach resets the backoff: an accept-then-close does not
       this.connection = (frame.payload && frame.payload.connection) || null;
+      this.presence.attached(Boolean(frame.payload && frame.payload.presence));
       this.setStatus("open");
       this.readyResolve(this.connection);
       const waiting = this.waiting;
@@ -176,6 +288,9 @@
       }
       if (frame.event === ATTACHED) {
         this.attached(frame);
+      } else if (frame.event === PRESENCE_STATE || frame.event === PRESENCE_DIFF) {
+        this.presence.receive(frame);
+        this.emit(frame);
       } else if (frame.ref !== undefined && frame.ref !== null && this.pending.has(frame.ref)) {
         const { resolve, reject, timer } = this.pending.get(frame.ref);
         clearTimeout(timer);
@@ -264,6 +379,7 @@
     watch: (url) => new ObjectStream(url),
     ObjectSocket: ObjectSocket,
     ObjectStream: ObjectStream,
+    Presence: Presence,
     ObjectsError: ObjectsError,
   };
 })(typeof window !== "undefined" ? window : globalThis);
