@@ -22,12 +22,14 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx2
 from bench_http import HERE, PYTHON, drop, free_port, prepare
 
 PATH = "/objects/ticker/hot/ws"
+WS = "auto"  # uvicorn's websocket implementation (--ws)
 
 
 def start_node(url: str, schema: str, port: int) -> subprocess.Popen[bytes]:
@@ -35,8 +37,14 @@ def start_node(url: str, schema: str, port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, BENCH_DATABASE_URL=url, BENCH_SCHEMA=schema, PYTHONPATH=str(HERE))
     return subprocess.Popen(
         [PYTHON, "-m", "uvicorn", "_http_app:app", "--port", str(port), "--workers", "1",
-         "--no-access-log", "--log-level", "warning"], env=env,
+         "--no-access-log", "--log-level", "warning", "--ws", WS], env=env,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(port: int) -> None:
@@ -74,6 +82,8 @@ def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> 
             json.loads(load.stdout.readline())  # all of this process's clients attached
         attach_s = time.monotonic() - started
         sent = 0
+        cpu_before = [cpu_seconds(server.pid) for server in servers]
+        window = time.monotonic()
         with httpx2.Client(base_url=owner, timeout=30) as client:
             deadline = time.monotonic() + seconds - 1.0
             next_at = time.monotonic()
@@ -83,6 +93,9 @@ def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> 
                 sent += 1
                 next_at += interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
+        window = time.monotonic() - window
+        cpu = [cpu_seconds(server.pid) - before
+               for server, before in zip(servers, cpu_before, strict=True)]
         results = []
         for load in loads:
             assert load.stdout is not None
@@ -96,7 +109,7 @@ def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> 
             proc.wait()
         asyncio.run(drop(url, schema))
     return {"nodes": nodes, "clients": clients, "sent": sent, "attach_s": attach_s,
-            "per_node": results}
+            "per_node": results, "cpu": cpu, "window": window}
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -110,7 +123,12 @@ def summary(r: dict[str, Any]) -> str:
     return (f"{r['clients']:,} clients over {r['nodes']} node(s): {r['sent']} broadcasts, "
             f"{frames:,} of {expected:,} frames delivered in the window "
             f"({100 * frames / max(expected, 1):.1f} %), attached in {r['attach_s']:.1f} s; "
-            f"latency p50 by node [{p50s}] ms, p99 by node [{p99s}] ms, worst p99 {p99:.0f} ms")
+            f"latency p50 by node [{p50s}] ms, p99 by node [{p99s}] ms, worst p99 {p99:.0f} ms; "
+            f"{r['sent'] / r['window']:.1f} broadcasts/s (each waits for its commit); the "
+            f"owner used {r['cpu'][0]:.1f} s of CPU in {r['window']:.1f} s = "
+            f"{1e6 * r['cpu'][0] / max(expected, 1):.0f} us per frame delivered"
+            + (", the relaying nodes " + ", ".join(f"{c:.1f}" for c in r["cpu"][1:]) + " s"
+               if r["nodes"] > 1 else ""))
 
 
 def main() -> None:
@@ -124,12 +142,18 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.01,
                         help="seconds between two broadcasts (default 0.01)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of broadcasting")
+    parser.add_argument("--ws", default="auto",
+                        help="uvicorn's websocket implementation: auto (websockets), "
+                        "websockets-sansio, wsproto")
     args = parser.parse_args()
+    global WS
+    WS = args.ws
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     spread = run(args.database_url, args.clients, args.nodes, args.interval, args.seconds)
     print(summary(spread), flush=True)
-    one = run(args.database_url, args.clients, 1, args.interval, args.seconds)
-    print(summary(one), flush=True)
+    if args.nodes > 1:
+        one = run(args.database_url, args.clients, 1, args.interval, args.seconds)
+        print(summary(one), flush=True)
     print(f"one broadcast every {args.interval * 1000:g} ms; the owner sends every frame "
           "(relayed clients' frames go through their node's relay socket)")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
