@@ -28,6 +28,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from ..runtime.connection import RESERVED_EVENT_PREFIX, CloseCode
+from ..runtime.sync import INVALID_REV, REV_PARAM, RUN_PARAM, STATE, STATE_PATCH, STATE_REQUEST
 
 __all__ = [
     "ATTACHED",
@@ -35,7 +36,13 @@ __all__ = [
     "FRAME_TOO_LARGE",
     "INTERNAL_ERROR",
     "INVALID_FRAME",
+    "INVALID_REV",
     "RESERVED_EVENT_PREFIX",
+    "REV_PARAM",
+    "RUN_PARAM",
+    "STATE",
+    "STATE_PATCH",
+    "STATE_REQUEST",
     "CloseCode",
     "decode_frame",
     "encode_frame",

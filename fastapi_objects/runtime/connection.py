@@ -53,6 +53,9 @@ class Transport(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Close the client's connection with a close code and a reason."""
 
+    def send_text(self, text: str) -> None:
+        """Queue a frame already encoded as strict JSON text (one encoding, many clients)."""
+
 
 class Connection:
     """A client attached to an object, with its own small state and tags.
@@ -67,7 +70,10 @@ class Connection:
     ``query``, never in ``auth``.
     """
 
-    __slots__ = ("_state", "_transport", "activation", "auth", "id", "query", "tags", "topic")
+    __slots__ = (
+        "_state", "_transport", "activation", "auth", "id", "query", "sync_rev", "sync_view",
+        "tags", "topic",
+    )
 
     def __init__(
         self,
@@ -85,6 +91,9 @@ class Connection:
         self._state: dict[str, Any] = {}
         self._transport = transport
         self.activation: Activation | None = None
+        # The view of the state last sent to this client, and its rev (runtime/sync.py).
+        self.sync_view: Any = None
+        self.sync_rev: int | None = None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -112,6 +121,10 @@ class Connection:
             turn.then(lambda: self._transport.send(frame))
         else:
             self._transport.send(frame)
+
+    def send_text(self, text: str) -> None:
+        """Send a frame already encoded (strict JSON text), now: state sync's frames."""
+        self._transport.send_text(text)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close this client's connection."""
