@@ -57,11 +57,16 @@ def _diff(old: Any, new: Any, path: str, ops: Patch) -> None:
             if key not in new:
                 ops.append({"op": "remove", "path": path + "/" + _escape(key)})
         for key, value in new.items():
-            where = path + "/" + _escape(key)
             if key in old:
-                _diff(old[key], value, where, ops)
+                was = old[key]
+                kind = type(value)
+                if was is value or (
+                    type(was) is kind and kind is not dict and kind is not list and was == value
+                ):
+                    continue  # the common case, without a call: an unchanged scalar
+                _diff(was, value, path + "/" + _escape(key), ops)
             else:
-                ops.append({"op": "add", "path": where, "value": value})
+                ops.append({"op": "add", "path": path + "/" + _escape(key), "value": value})
     elif kind is list and type(old) is list:
         _diff_list(old, new, path, ops)
     else:
