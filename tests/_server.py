@@ -34,7 +34,10 @@ class LiveServer:
     """uvicorn serving ``app`` on ``127.0.0.1:<free port>`` until the ``async with`` exits."""
 
     def __init__(self, app: ASGIApp, port: int = 0, **config: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, as uvicorn's own bind_socket: asyncio turns Nagle off (TCP_NODELAY)
+        # only for sockets made so, and with it on a reply that follows another frame waited
+        # ~40 ms for the client's delayed ACK.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Bound before the thread starts, so the port is ours with no race to pick one
         # (``port`` reuses a stopped server's port, to restart "the same" server).

@@ -29,6 +29,7 @@ from pydantic_core import from_json, to_json
 
 from ..runtime.connection import RESERVED_EVENT_PREFIX, CloseCode
 from ..runtime.presence import PRESENCE_DIFF, PRESENCE_STATE
+from ..runtime.sync import INVALID_REV, REV_PARAM, RUN_PARAM, STATE, STATE_PATCH, STATE_REQUEST
 
 __all__ = [
     "ATTACHED",
@@ -38,7 +39,13 @@ __all__ = [
     "INVALID_FRAME",
     "PRESENCE_DIFF",
     "PRESENCE_STATE",
+    "INVALID_REV",
     "RESERVED_EVENT_PREFIX",
+    "REV_PARAM",
+    "RUN_PARAM",
+    "STATE",
+    "STATE_PATCH",
+    "STATE_REQUEST",
     "CloseCode",
     "decode_frame",
     "encode_frame",

@@ -8,6 +8,10 @@ Client -> server: ``{"ref", "call": method, "args": {...}}`` or ``{"ref"?, "even
 as ``runtime/presence.py`` says. A call may run only a method marked ``@client_callable`` (else a
 ``forbidden`` error frame, and nothing runs). Frames are strict JSON text: a binary frame, like
 any malformed frame, gets an ``invalid_frame`` error frame and the connection stays open.
+
+For a class that syncs its state (``runtime/sync.py``) ``objects:state`` follows
+``objects:attached`` at once, and ``{"event": "objects:state_request"}`` (the one protocol
+event a client may send; one in flight per connection) asks for it again.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .protocol import (
     FRAME_TOO_LARGE,
     INVALID_FRAME,
     RESERVED_EVENT_PREFIX,
+    STATE_REQUEST,
     CloseCode,
     decode_frame,
     encode_frame,
@@ -75,6 +80,7 @@ class Session:
         self.calls: set[asyncio.Task[None]] = set()
         self.writer: asyncio.Task[None] | None = None
         self.sending_since: float | None = None  # when the send under way began
+        self.state_requested = False  # an objects:state_request is being answered
         self._watchdog: asyncio.TimerHandle | None = None
 
     # -- Transport (what the runtime calls) --------------------------------------------------
@@ -90,7 +96,7 @@ class Session:
         self._push(text)
 
     def send_text(self, text: str) -> None:
-        """Queue a frame the runtime encoded (presence frames: one encoding for all clients)."""
+        """Queue a frame the runtime encoded once for many clients (presence, state sync)."""
         self._push(text)
 
     def close(self, code: int, reason: str) -> None:
@@ -168,7 +174,7 @@ class Session:
             error = internal_error(exc, f"{self.topic}: on_connect", self.about)
             self.close(CloseCode.ATTACH_FAILED, f"attach failed: {error['message']}")
             return
-        self._attached(conn)
+        self._attached(conn, await self.objects.runtime.gateway.state_frames(conn))
         try:
             while self.close_with is None:
                 message = await self.websocket.receive()
@@ -184,15 +190,15 @@ class Session:
         except WebSocketDisconnect:
             return
 
-    def _attached(self, conn: Connection) -> None:
-        """Say so first, then release what waited for the attach (on_connect's sends first)."""
+    def _attached(self, conn: Connection, state: list[str]) -> None:
+        """Say so first, then the state, then what waited for the attach (on_connect's sends)."""
         self.conn = conn
         held, self.held = self.held or [], None
         payload: dict[str, Any] = {"connection": conn.id}
         if conn.presence_synced:  # the presence state waits among the held frames
             payload["presence"] = True
         self._push(encode_frame({"topic": self.topic, "event": ATTACHED, "payload": payload}))
-        for item in held:
+        for item in [*state, *held]:
             self._push(item)
 
     async def _write(self) -> None:
@@ -287,6 +293,8 @@ class Session:
             event = frame["event"]
             if not isinstance(event, str):
                 self._error(ref, INVALID_FRAME, "event must be a string")
+            elif event == STATE_REQUEST:
+                self._request_state(ref)
             elif event.startswith(RESERVED_EVENT_PREFIX):
                 self._error(ref, INVALID_FRAME, f"events starting with {RESERVED_EVENT_PREFIX!r} "
                             "are reserved for the protocol")
@@ -295,20 +303,47 @@ class Session:
         else:
             self._error(ref, INVALID_FRAME, 'a frame needs "call" (with "args") or "event"')
 
+    def _request_state(self, ref: Any) -> None:
+        if self.cls.__objects_sync__ is None:
+            self._error(ref, INVALID_FRAME, f"{self.cls.type_name} does not sync its state "
+                        "(sync_state = True or client_view): there is no state to send")
+        elif self.state_requested:
+            # A flood costs one view: the one on its way already brings the whole state.
+            self._reply_error(ref, error_body(Overloaded(
+                "a state request is already in flight on this connection; its objects:state "
+                "is on its way")))
+        else:
+            self.state_requested = self._spawn(ref, self._state_request(ref))
+
+    async def _state_request(self, ref: Any) -> None:
+        assert self.conn is not None
+        try:
+            await self.objects.runtime.gateway.request_state(self.conn)
+        except ObjectsError as exc:
+            self._reply_error(ref, error_body(exc))
+        except Exception as exc:
+            self._reply_error(ref, internal_error(exc, f"{self.topic}: state request", self.about))
+        else:
+            if ref is not None:
+                self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
+        finally:
+            self.state_requested = False
+
     def _client_callable(self, method: str) -> bool:
         # A name that is no method at all goes on, to be answered unknown_method.
         spec = self.cls.__objects_methods__.get(method)
         return spec is None or spec.client_callable
 
-    def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> bool:
         if len(self.calls) >= self.objects.max_calls_in_flight:
             coro.close()
             error = Overloaded(f"{len(self.calls)} calls already in flight on this connection")
             self._reply_error(ref, error_body(error))
-            return
+            return False
         task = asyncio.create_task(coro)
         self.calls.add(task)
         task.add_done_callback(self.calls.discard)
+        return True
 
     async def _call(self, ref: Any, method: str, args: dict[str, Any]) -> None:
         try:

@@ -9,7 +9,8 @@ call) waits for the latest commit whose state it could have seen.
 An activation owns its parts: ``record`` (what its turns made, on its way to storage: a
 variant per kind of object), ``idle`` (when to hibernate, and hibernating), ``alarms`` (its
 alarm clock, for classes with ``on_alarm``), ``expiry`` (for classes with ``expire_after``)
-and ``clients`` (attached connections, made on the first attach and dropped with the last).
+``clients`` (attached connections, made on the first attach and dropped with the last) and
+``sync`` (the clients' views of the state, for classes that sync it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .object import DurableObject, EventSourced
 from .record import record_for
 from .states import decode_state, new_state, replay
 from .storable import check_result
+from .sync import Sync
 from .turn import ActivationHost, Stale, Turn
 
 if TYPE_CHECKING:
@@ -47,7 +49,8 @@ class Activation:
 
     __slots__ = (
         "_turn", "alarms", "clients", "closed", "cls", "deleting", "event_sourced", "expiry",
-        "gate", "host", "idle", "in_flight", "instance", "key", "loop", "record", "topic",
+        "gate", "host", "idle", "in_flight", "instance", "key", "loop", "record", "sync",
+        "topic",
     )
 
     def __init__(self, host: ActivationHost, cls: type[DurableObject[Any]], key: str) -> None:
@@ -68,6 +71,8 @@ class Activation:
         self.alarms = AlarmClock(self) if uses_alarms(cls) else None
         self.expiry = Expiry(self) if cls.expire_after is not None else None
         self.clients: Clients | None = None
+        mode = cls.__objects_sync__
+        self.sync = Sync(self, mode) if mode is not None else None
 
     # -- thaw --------------------------------------------------------------------------------
 
@@ -236,6 +241,8 @@ class Activation:
             raise
         finally:
             self._turn = None
+        if self.sync is not None and self.clients is not None:
+            self.sync.turn_ended()  # the views it changed, sent after its commit
         if observer is not None:
             observer.turn_end(observed, None)
         self.host.counters.turns += 1

@@ -76,8 +76,8 @@ class Connection:
     """
 
     __slots__ = (
-        "_state", "_transport", "activation", "auth", "id", "presence_synced", "query", "tags",
-        "topic", "tracked",
+        "_state", "_transport", "activation", "auth", "id", "presence_synced", "query",
+        "sync_rev", "sync_view", "tags", "topic", "tracked",
     )
 
     def __init__(
@@ -98,6 +98,9 @@ class Connection:
         self.activation: Activation | None = None
         self.tracked: dict[str, dict[str, Any]] | None = None  # presence metas by key
         self.presence_synced = False  # whether the client got objects:presence_state
+        # The view of the state last sent to this client, and its rev (runtime/sync.py).
+        self.sync_view: Any = None
+        self.sync_rev: int | None = None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -125,6 +128,10 @@ class Connection:
             turn.then(lambda: self._transport.send(frame))
         else:
             self._transport.send(frame)
+
+    def send_text(self, text: str) -> None:
+        """Send a frame already encoded (strict JSON text), now: state sync's frames."""
+        self._transport.send_text(text)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close this client's connection."""

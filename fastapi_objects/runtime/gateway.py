@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cluster.listener import ASGIApp
 from ..pubsub import Listener, Message, PubSub
+from . import sync
 from .connection import Connection, Transport
 from .routing import Elsewhere, backoff
 
@@ -55,6 +56,18 @@ class Gateway:
     async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
         """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""
         await self._host.message(conn, frame)
+
+    async def state_frames(self, conn: Connection) -> list[str]:
+        """The frames that give a just-attached client its view of the state (``[]``: none).
+
+        Encoded JSON text, to send right after ``objects:attached``; it may leave now (the
+        state it shows is committed). Later patches come through the client's transport.
+        """
+        return await sync.join(conn)
+
+    async def request_state(self, conn: Connection) -> None:
+        """Send an attached client its whole view again (``objects:state_request``)."""
+        await sync.request(conn)
 
     async def detach(self, conn: Connection) -> None:
         """Detach a client; runs ``on_disconnect``. Idempotent."""

@@ -16,6 +16,7 @@ from .keys import snake_case, validate_type_name
 from .kinds import check_kind, refuse_in_memory
 from .methods import MethodSpec, discover
 from .presence import Presence
+from .sync import Mode, sync_mode
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -95,7 +96,9 @@ class DurableObject(Generic[S]):
     hibernates), ``expire_after`` (a ``timedelta``: a durable object left that long without
     calls, clients or alarms is deleted) and ``history`` (a ``timedelta``: keep each
     committed state that long, for ``objects.restore``; event-sourced objects restore from
-    their journal).
+    their journal) and ``sync_state`` (``True``: every attached client gets the state as
+    ``objects:state`` and a patch after each commit that changed it; define ``client_view``
+    instead for a view per connection; ``runtime/sync.py``).
     """
 
     type_name: ClassVar[str]
@@ -112,10 +115,12 @@ class DurableObject(Generic[S]):
     alarm_backoff: ClassVar[float] = 2.0
     persistence: ClassVar[Literal["durable", "memory"]] = "durable"
     expire_after: ClassVar[timedelta | None] = None
+    sync_state: ClassVar[bool] = False  # True: clients get the state and its patches
     # `history = timedelta(days=7)` keeps committed states (restore). Not declared here: a
     # base attribute would hide the app's own methods named `history` (see _history_option).
     __objects_history__: ClassVar[timedelta | None] = None
     __objects_methods__: ClassVar[dict[str, MethodSpec]]
+    __objects_sync__: ClassVar[Mode | None] = None
     __objects_handle__: ClassVar[type[_Handle[Any]]]
 
     key: str
@@ -138,6 +143,7 @@ class DurableObject(Generic[S]):
             raise TypeError(f"{cls.__name__}: placement = 'region' needs region = '<name>'")
         check_kind(cls, event_sourced=issubclass(cls, EventSourced))
         cls.__objects_history__ = _history_option(cls)
+        cls.__objects_sync__ = sync_mode(cls)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -165,6 +171,21 @@ class DurableObject(Generic[S]):
         """
 
     on_alarm.__objects_default__ = True  # type: ignore[attr-defined]  # see uses_alarms
+
+    def client_view(self, conn: Connection) -> Any:
+        """The JSON ``conn`` sees of the state; define it to sync a view per connection.
+
+        Runs (a plain ``def``) when the client attaches and after every commit while it is
+        attached; the client gets a patch whenever its view changed. Read ``self.state``,
+        ``conn.auth`` and ``conn.state``; change nothing. Example::
+
+            def client_view(self, conn):
+                return {"todos": [t.model_dump() for t in self.state.todos
+                                  if t.owner == conn.auth["user"]]}
+        """
+        return self.state.model_dump(mode="json")
+
+    client_view.__objects_default__ = True  # type: ignore[attr-defined]  # see sync_mode
 
     @classmethod
     def migrate_state(cls, data: dict[str, Any], from_version: int) -> dict[str, Any]:

@@ -147,14 +147,18 @@ class MemoryRecord(Record):
 
     A turn's state is still encoded (it is what a raising turn rolls back to, and stays
     storable JSON like any state), but no commit is made: the answer and the broadcasts leave
-    as soon as the turn ends.
+    as soon as the turn ends. ``rev`` counts the turns that changed the state (from 0 at each
+    start), as state sync needs.
     """
 
     __slots__ = ()
 
     def finish(self, turn: Turn) -> PendingCommit | None:
         """Keep the turn's state as the one to roll back to; send its broadcasts now."""
-        self.state_text = self.encode_state()
+        state = self.encode_state()
+        if state != self.state_text:
+            self.rev += 1
+        self.state_text = state
         for action in turn.after:
             action()
         return None

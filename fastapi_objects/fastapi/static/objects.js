@@ -36,6 +36,14 @@
 //   const stream = ObjectsClient.watch("/objects/inspector/api/objects/counter/abc/live");
 //   stream.on("*", (payload, frame) => log(frame.event, payload));   // read-only
 //
+// State sync (classes with `sync_state = True` or `client_view`): `client.state` is the
+// client's view of the object's state (null until the first objects:state), kept by the
+// server's patches; `client.on("state", (state, change) => render(state))` fires on each
+// change (`change`: {rev, patch}, patch null for a whole view). A patch that does not start
+// from the rev held (a gap) makes the client ask for the whole view; a reconnect resumes
+// from the rev held (one patch to the present, or the whole view). The state is read-only:
+// change it by calling methods.
+//
 // `watch` follows a stream of the same frames sent as Server-Sent Events (the inspector's
 // live view): on() and onStatus() as above, "open" once the server listens; it reconnects
 // by itself (EventSource).
@@ -45,6 +53,58 @@
   const ATTACHED = "objects:attached";
   const PRESENCE_STATE = "objects:presence_state";
   const PRESENCE_DIFF = "objects:presence_diff";
+  const STATE = "objects:state";
+  const STATE_PATCH = "objects:state_patch";
+  const STATE_REQUEST = "objects:state_request";
+
+  // RFC 6902, copying only the containers on each operation's path: the new state is a new
+  // object, the parts a patch left alone are shared with the old one.
+  function applyPatch(doc, patch) {
+    const root = { "": doc };
+    patch.forEach((op) => {
+      const write = (path, fn) => {
+        const tokens = path === "" ? [] : path.slice(1).split("/").map(
+          (t) => t.replace(/~1/g, "/").replace(/~0/g, "~"));
+        let parent = root;
+        let key = "";
+        tokens.forEach((token) => {
+          const child = parent[key];
+          if (child === null || typeof child !== "object") throw new Error("no " + path);
+          parent[key] = Array.isArray(child) ? child.slice() : Object.assign({}, child);
+          parent = parent[key];
+          key = Array.isArray(parent) && token !== "-" ? Number(token) : token;
+        });
+        fn(parent, key);
+      };
+      const read = (path) => {
+        let value = root[""];
+        if (path === "") return value;
+        path.slice(1).split("/").forEach((t) => {
+          value = value[t.replace(/~1/g, "/").replace(/~0/g, "~")];
+        });
+        return value;
+      };
+      const put = (value) => (parent, key) => {
+        if (Array.isArray(parent)) parent.splice(key === "-" ? parent.length : key, 0, value);
+        else parent[key] = value;
+      };
+      const drop = (parent, key) => {
+        if (Array.isArray(parent)) parent.splice(key, 1);
+        else delete parent[key];
+      };
+      if (op.op === "add") write(op.path, put(op.value));
+      else if (op.op === "remove") write(op.path, drop);
+      else if (op.op === "replace") write(op.path, (p, k) => { p[k] = op.value; });
+      else if (op.op === "move" || op.op === "copy") {
+        const value = read(op.from);
+        if (op.op === "move") write(op.from, drop);
+        write(op.path, put(value));
+      } else if (op.op === "test") {
+        if (JSON.stringify(read(op.path)) !== JSON.stringify(op.value)) throw new Error("test");
+      }
+    });
+    return root[""];
+  }
 
   class ObjectsError extends Error {
     constructor(type, message) {
@@ -64,7 +124,8 @@
     }
 
     emit(frame) {
-      (this.handlers.get(frame.event) || []).forEach((fn) => fn(frame.payload, frame));
+      const detail = frame.change || frame;
+      (this.handlers.get(frame.event) || []).forEach((fn) => fn(frame.payload, detail));
       (this.handlers.get("*") || []).forEach((fn) => fn(frame.payload, frame));
     }
 
@@ -199,6 +260,10 @@
       this.connection = null;
       this.closedByUser = false;
       this.presence = new Presence();
+      this.state = null;
+      this.rev = null; // the rev of the state held, and the run it came from (to resume)
+      this.run = null;
+      this.stateRequested = false;
       this.newReady();
       this.open();
     }
@@ -220,7 +285,13 @@
 
     open() {
       this.setStatus("connecting");
-      const ws = new WebSocket(this.url);
+      this.stateRequested = false;
+      let url = this.url;
+      if (this.rev !== null && this.run !== null) {
+        url += (url.indexOf("?") < 0 ? "?" : "&") + "objects_rev=" + this.rev +
+          "&objects_run=" + encodeURIComponent(this.run);
+      }
+      const ws = new WebSocket(url);
       this.ws = ws;
       ws.onmessage = (event) => this.receive(event.data);
       let closed = false;
@@ -291,6 +362,8 @@
       } else if (frame.event === PRESENCE_STATE || frame.event === PRESENCE_DIFF) {
         this.presence.receive(frame);
         this.emit(frame);
+      } else if (frame.event === STATE || frame.event === STATE_PATCH) {
+        this.sync(frame);
       } else if (frame.ref !== undefined && frame.ref !== null && this.pending.has(frame.ref)) {
         const { resolve, reject, timer } = this.pending.get(frame.ref);
         clearTimeout(timer);
@@ -302,6 +375,32 @@
       } else if (frame.ok === false) {
         (this.handlers.get("error") || []).forEach((fn) => fn(frame.error, frame));
       }
+    }
+
+    sync(frame) {
+      const p = frame.payload;
+      if (frame.event === STATE) {
+        this.state = p.state;
+        this.rev = p.rev;
+        this.run = p.run;
+        this.stateRequested = false;
+        this.emit({ event: "state", payload: this.state, change: { rev: p.rev, patch: null } });
+        return;
+      }
+      if (this.rev === null || this.stateRequested || p.rev <= this.rev) return; // old, or asked
+      if (p.base !== this.rev) return this.requestState(); // a gap: get the whole view
+      try {
+        this.state = applyPatch(this.state, p.patch);
+      } catch (err) {
+        return this.requestState();
+      }
+      this.rev = p.rev;
+      this.emit({ event: "state", payload: this.state, change: { rev: p.rev, patch: p.patch } });
+    }
+
+    requestState() {
+      this.stateRequested = true;
+      if (this.ws.readyState === 1) this.ws.send(JSON.stringify({ event: STATE_REQUEST }));
     }
 
     request(frame) {
@@ -381,5 +480,6 @@
     ObjectStream: ObjectStream,
     Presence: Presence,
     ObjectsError: ObjectsError,
+    applyPatch: applyPatch,
   };
 })(typeof window !== "undefined" ? window : globalThis);
