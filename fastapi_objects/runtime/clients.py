@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from .._exceptions import ConnectionRejected
 from .connection import CloseCode
+from .sleepers import sleeps_with_clients
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
 class Clients:
     """The part of an activation holding its attached connections (made on the first attach).
 
-    Attached clients keep the object awake; when the last one leaves, the idle time counts
-    from then.
+    Attached clients keep the object awake only if its class says so
+    (``hibernate_with_clients = False``); else it hibernates with them (``sleepers.py``).
+    When the last one leaves, the idle time counts from then.
     """
 
     __slots__ = ("_act", "connections")
@@ -48,6 +50,15 @@ class Clients:
         except BaseException:
             self.drop(conn)
             raise
+
+    def rejoin(self, conn: Connection) -> None:
+        """Put back a client that waited while the object hibernated (no ``on_connect``)."""
+        self.connections[conn.id] = conn
+        conn.activation = self._act
+
+    def keep_awake(self) -> bool:
+        """Whether these clients keep the object in memory (see ``sleeps_with_clients``)."""
+        return not sleeps_with_clients(self._act.cls)
 
     async def detach(self, conn: Connection) -> None:
         """Detach a client and run ``on_disconnect``."""

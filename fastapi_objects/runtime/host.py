@@ -8,11 +8,12 @@ counters. Activations see it only through their narrow ``ActivationHost`` protoc
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._exceptions import Overloaded, StorageUnavailable, UnknownObjectType
+from .._exceptions import ObjectsError, Overloaded, StorageUnavailable, UnknownObjectType
 from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
@@ -29,6 +30,7 @@ from .operator import Operator
 from .placement import choose
 from .queues import QUEUE_TYPE
 from .routing import Elsewhere, Router
+from .sleepers import Sleepers
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer
 from .timers import Wheel
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 R = TypeVar("R")
+log = logging.getLogger("fastapi_objects")
 EVICTION_SAMPLE = 32
 """How many of the longest-live objects ``max_active`` eviction looks at (an approximate LRU)."""
 
@@ -76,6 +79,7 @@ class Host:
         self.calls = Calls(
             self.activations, self.on_live, self.routing, self.timers, self.object_type
         )
+        self.sleepers = Sleepers(self.on_live)
         self.alarms = AlarmDelivery(
             types, storage, self.routing.node, self.activations, self.calls.route,
             self.calls.serve_here, self.spawn,
@@ -123,6 +127,7 @@ class Host:
         look the owner up again and claim each object once it is released here.
         """
         self.routing.leave()
+        self.sleepers.close_all(f"node {self.node_id} is leaving; reconnect")
         await self.alarms.stop()
         await self.history.stop()
         await asyncio.gather(
@@ -321,18 +326,44 @@ class Host:
         return conn
 
     async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
-        """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""
-        act = conn.activation
-        if act is None or act.closed:
-            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue")
-        try:
-            await act.run(lambda obj: obj.on_message(conn, frame), {}, name="on_message")
-        except Stale:
-            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue") from None
+        """Run the object's ``on_message(conn, frame)`` as a turn for an attached client.
+
+        A client whose object hibernated (even while this frame waited for its turn) wakes
+        it here (``sleepers.py``), in its place among the object's calls.
+        """
+        def here(act: Activation, held: bool) -> Awaitable[None]:
+            return act.run(lambda obj: obj.on_message(conn, frame), {}, held=held,
+                           name="on_message")
+
+        while True:
+            act = conn.activation
+            try:
+                if act is not None and not act.closed:
+                    return await here(act, False)
+                return await self.sleepers.run(conn, here)
+            except Stale:
+                continue
+            except LookupError:
+                raise StorageUnavailable(
+                    f"{conn.topic} was reloaded; reconnect to continue"
+                ) from None
 
     async def detach(self, conn: Connection) -> None:
-        """Detach a client; runs ``on_disconnect``. Idempotent."""
+        """Detach a client; runs ``on_disconnect``. Idempotent.
+
+        A client whose object hibernated wakes it to run ``on_disconnect`` (as Cloudflare's
+        ``webSocketClose`` does); not if another node holds it now, or this one is leaving.
+        """
         act = conn.activation
+        if (act is None or act.closed) and self.sleepers.asleep(conn):
+            try:
+                if not self.routing.node.serving():
+                    raise LookupError("this node is leaving")
+                act = await self.sleepers.wake(conn)
+            except (LookupError, ObjectsError, TimeoutError) as exc:
+                self.sleepers.forget(conn)
+                log.info("%s: on_disconnect of a sleeping client not run: %s", conn.topic, exc)
+                return
         if act is not None and not act.closed and act.clients is not None:
             try:
                 await act.clients.detach(conn)
@@ -348,7 +379,7 @@ class Host:
             turns=c.turns, commits=self.committer.commits, batches=self.committer.batches,
             conflicts=c.conflicts, forwarded=forwarder.forwarded if forwarder else 0,
             takeovers=self.routing.node.takeovers, relayed=c.relayed, evictions=c.evictions,
-            expired=c.expired,
+            expired=c.expired, sleeping=self.sleepers.count,
         )
 
 
