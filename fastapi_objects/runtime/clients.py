@@ -49,6 +49,7 @@ class Clients:
             await act.run(lambda obj: obj.on_connect(conn), {}, held=held, name="on_connect")
         except BaseException:
             self.drop(conn)
+            act.host.sleepers.forget(conn)  # (kept if the object hibernated while it waited)
             raise
 
     def rejoin(self, conn: Connection) -> None:
