@@ -178,6 +178,10 @@ async def test_an_object_hibernates_with_50_clients_and_a_frame_wakes_it(
         names = [f"c{i:02}" for i in range(CLIENTS)]
         await _asleep(objects, CLIENTS, 1)
         thaws = objects.stats().thaws
+        # Listings (the inspector's) show the sleeping clients without waking the object.
+        listed = await server.run(objects.connections(Chat, "r"))
+        assert sorted(c["state"]["name"] for c in listed) == names
+        assert objects.stats().thaws == thaws
         speaker = clients[7]
         # A call from a sleeping client: one thaw, everyone listed again (no on_connect).
         await speaker.send(json.dumps({"ref": 1, "call": "say", "args": {"text": "hello"}}))

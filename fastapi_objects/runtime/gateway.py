@@ -18,6 +18,7 @@ from ..cluster.listener import ASGIApp
 from ..pubsub import Listener, Message, PubSub
 from .connection import Connection, Transport
 from .routing import Elsewhere, backoff
+from .sleepers import Gone
 
 if TYPE_CHECKING:
     from .host import Host
@@ -73,7 +74,7 @@ class Gateway:
         """
         try:
             await self._host.sleepers.wake(conn)
-        except LookupError:
+        except Gone:
             return False
         return True
 

@@ -30,7 +30,7 @@ from .operator import Operator
 from .placement import choose
 from .queues import QUEUE_TYPE
 from .routing import Elsewhere, Router
-from .sleepers import Sleepers
+from .sleepers import Gone, Sleepers
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer
 from .timers import Wheel
@@ -76,10 +76,10 @@ class Host:
         self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}
         self.leaving = 0  # activations hibernating to make room (max_active)
+        self.sleepers = Sleepers(self.on_live)  # clients of hibernated objects
         self.calls = Calls(
             self.activations, self.on_live, self.routing, self.timers, self.object_type
         )
-        self.sleepers = Sleepers(self.on_live)
         self.alarms = AlarmDelivery(
             types, storage, self.routing.node, self.activations, self.calls.route,
             self.calls.serve_here, self.spawn,
@@ -89,7 +89,7 @@ class Host:
         self.spans: Observer | None = None  # the observer, if it is told of every turn
         self._observers: list[Observer] = []
         self.operator = Operator(
-            storage, self.calls, self.activations, self.routing, self.object_type
+            storage, self.calls, self.activations, self.routing, self.object_type, self.sleepers
         )
         self.history = HistoryPruner(storage, types)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -343,7 +343,7 @@ class Host:
                 return await self.sleepers.run(conn, here)
             except Stale:
                 continue
-            except LookupError:
+            except Gone:
                 raise StorageUnavailable(
                     f"{conn.topic} was reloaded; reconnect to continue"
                 ) from None
@@ -358,9 +358,9 @@ class Host:
         if (act is None or act.closed) and self.sleepers.asleep(conn):
             try:
                 if not self.routing.node.serving():
-                    raise LookupError("this node is leaving")
+                    raise Gone("this node is leaving")
                 act = await self.sleepers.wake(conn)
-            except (LookupError, ObjectsError, TimeoutError) as exc:
+            except (Gone, ObjectsError, TimeoutError) as exc:
                 self.sleepers.forget(conn)
                 log.info("%s: on_disconnect of a sleeping client not run: %s", conn.topic, exc)
                 return

@@ -35,6 +35,10 @@ R = TypeVar("R")
 Here = Callable[["Activation", bool], Awaitable[R]]
 
 
+class Gone(Exception):
+    """The connection does not sleep here: it was closed, or another node holds its object."""
+
+
 def sleeps_with_clients(cls: type[DurableObject[Any]]) -> bool:
     """Whether an object of ``cls`` may hibernate with clients attached.
 
@@ -91,6 +95,11 @@ class Sleepers:
         room = self._rooms.get(conn.topic)
         return room is not None and conn.id in room.conns
 
+    def listed(self, topic: str) -> list[Connection]:
+        """The connections waiting here for the object of ``topic`` to thaw."""
+        room = self._rooms.get(topic)
+        return [] if room is None else list(room.conns.values())
+
     def forget(self, conn: Connection) -> None:
         """``conn`` left without its object waking (it moved, or this node is leaving)."""
         room = self._rooms.get(conn.topic)
@@ -102,25 +111,25 @@ class Sleepers:
     async def run(self, conn: Connection, here: Here[R]) -> R:
         """Run ``here(activation, held)`` on ``conn``'s object, thawing it on this node.
 
-        The thaw puts ``conn`` back among its clients. ``LookupError`` when ``conn`` does not
+        The thaw puts ``conn`` back among its clients. ``Gone`` when ``conn`` does not
         sleep here (it was closed), or when another node holds the object now: then every
         sleeping client of that object here is closed 1012, to reconnect to it.
         """
         room = self._rooms.get(conn.topic)
         if room is None or conn.id not in room.conns:
-            raise LookupError(f"{conn.topic}: the connection is closed")
+            raise Gone(f"{conn.topic}: the connection is closed")
         try:
             async with asyncio.timeout(room.cls.call_timeout):
                 # "forwarded": claim it here, whatever the placement (its sockets are here).
                 return await self._on_live(room.cls, room.key, here, forwarded=True)
         except Elsewhere as owner:
             self.moved(conn.topic, owner.node_id)
-            raise LookupError(f"{conn.topic} is held by node {owner.node_id} now") from None
+            raise Gone(f"{conn.topic} is held by node {owner.node_id} now") from None
 
     async def wake(self, conn: Connection) -> Activation:
         """Thaw ``conn``'s object on this node; return it with ``conn`` among its clients.
 
-        ``LookupError`` as ``run`` says.
+        ``Gone`` as ``run`` says.
         """
         live = conn.activation
         if live is not None and not live.closed:
