@@ -72,6 +72,9 @@ class Sleepers:
 
     def keep(self, act: Activation, conns: Iterable[Connection]) -> None:
         """``act`` hibernated: its clients wait here, detached from it."""
+        conns = list(conns)
+        if not conns:
+            return
         room = self._rooms.get(act.topic)
         if room is None:
             room = self._rooms[act.topic] = _Room(act.cls, act.key)
