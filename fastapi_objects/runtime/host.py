@@ -8,12 +8,11 @@ counters. Activations see it only through their narrow ``ActivationHost`` protoc
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._exceptions import ObjectsError, Overloaded, StorageUnavailable, UnknownObjectType
+from .._exceptions import Overloaded, StorageUnavailable, UnknownObjectType
 from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 R = TypeVar("R")
-log = logging.getLogger("fastapi_objects")
 EVICTION_SAMPLE = 32
 """How many of the longest-live objects ``max_active`` eviction looks at (an approximate LRU)."""
 
@@ -76,7 +74,7 @@ class Host:
         self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}
         self.leaving = 0  # activations hibernating to make room (max_active)
-        self.sleepers = Sleepers(self.on_live)  # clients of hibernated objects
+        self.sleepers = Sleepers(self.on_live, self.routing.node.serving)
         self.calls = Calls(
             self.activations, self.on_live, self.routing, self.timers, self.object_type
         )
@@ -356,14 +354,7 @@ class Host:
         """
         act = conn.activation
         if (act is None or act.closed) and self.sleepers.asleep(conn):
-            try:
-                if not self.routing.node.serving():
-                    raise Gone("this node is leaving")
-                act = await self.sleepers.wake(conn)
-            except (Gone, ObjectsError, TimeoutError) as exc:
-                self.sleepers.forget(conn)
-                log.info("%s: on_disconnect of a sleeping client not run: %s", conn.topic, exc)
-                return
+            act = await self.sleepers.wake_to_leave(conn)
         if act is not None and not act.closed and act.clients is not None:
             try:
                 await act.clients.detach(conn)

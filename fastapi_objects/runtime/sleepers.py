@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._exceptions import ObjectsError
 from .connection import CloseCode
 from .routing import Elsewhere
 
@@ -65,8 +66,9 @@ class _Room:
 class Sleepers:
     """This node's connections whose objects hibernated, by topic, until each thaws here."""
 
-    def __init__(self, on_live: OnLive) -> None:
+    def __init__(self, on_live: OnLive, serving: Callable[[], bool]) -> None:
         self._on_live = on_live
+        self._serving = serving  # whether this node may serve (its lease is valid)
         self._rooms: dict[str, _Room] = {}
         self.count = 0
 
@@ -147,6 +149,21 @@ class Sleepers:
             return act
 
         return await self.run(conn, awake)
+
+    async def wake_to_leave(self, conn: Connection) -> Activation | None:
+        """``conn`` is leaving: thaw its object to run ``on_disconnect``, if it can be here.
+
+        ``None`` (``conn`` forgotten, its ``on_disconnect`` not run) when another node holds
+        the object, this node may not serve, or the thaw failed.
+        """
+        try:
+            if not self._serving():
+                raise Gone("this node may not serve now")
+            return await self.wake(conn)
+        except (Gone, ObjectsError, TimeoutError) as exc:
+            self.forget(conn)
+            log.info("%s: on_disconnect of a sleeping client not run: %s", conn.topic, exc)
+            return None
 
     def moved(self, topic: str, node_id: str) -> None:
         """Another node holds the object of ``topic``: close its sleeping clients 1012."""
