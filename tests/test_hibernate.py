@@ -353,3 +353,24 @@ async def test_a_sleeping_clients_frame_that_finds_the_object_elsewhere_closes_1
         finally:
             await again.close()
         assert await b.call(Chat, "mv", "said", {}) == ["on b", "back"]
+
+
+def test_an_object_with_clients_makes_room_under_max_active_and_its_sockets_stay(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At ``max_active`` an object whose clients are idle is evicted like one without: its
+    client sleeps, and its next frame brings it back (evicting the other in turn)."""
+    monkeypatch.setattr(Chat, "idle_timeout", 60.0)  # only eviction makes them leave
+    objects = Objects(objects=[Chat], database_url=db_url, max_active=1)
+    with TestClient(_app(objects)) as client, client.websocket_connect(
+        "/objects/chat/a/ws?name=ann"
+    ) as ann:
+        assert ann.receive_json()["event"] == "objects:attached"
+        portal = client.portal
+        assert portal is not None
+        assert portal.call(objects.call, Chat, "b", "say", {"text": "to b"}) == 0
+        stats = objects.stats()
+        assert (stats.evictions, stats.active, stats.sleeping) == (1, 1, 1)
+        ann.send_json({"event": "whoami"})
+        assert ann.receive_json()["payload"]["state"] == {"name": "ann", "seen": 1}
+        assert objects.stats().evictions == 2 and CONNECTS == ["ann"]

@@ -87,11 +87,10 @@ class DurableObject(Generic[S]):
     clients keep it awake), ``call_timeout`` (seconds), ``max_queue`` (calls waiting before
     ``Overloaded``), ``max_connections`` (websocket clients attached at once), ``placement``
     (where an object that no node holds is activated: ``"local"``, the node the first call
-    lands on;
-    ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
-    ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
-    ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
-    then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
+    lands on; ``"hash"``, the node chosen by rendezvous hashing of the key over the live
+    nodes; ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a
+    raising ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries``
+    times, then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
     ``objects.router`` and call the methods marked ``@client_callable``), ``persistence``
     (``"durable"``, or ``"memory"``: one live instance, nothing written, gone when it
     hibernates), ``expire_after`` (a ``timedelta``: a durable object left that long without
