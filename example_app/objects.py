@@ -80,7 +80,8 @@ class ChatRoom(DurableObject[ChatRoomState]):
 
     Who is here and who is typing is not state worth a database write: it lives in each
     attached connection (``conn.state``, ``conn.tags``) and vanishes with it. Only messages
-    are committed, so after hibernation a room comes back with its history and nobody in it.
+    are committed. A room whose visitors are idle hibernates with their sockets open; it comes
+    back with its history, and with them (names and all) if they are still there.
     """
 
     idle_timeout = idle_timeout(30.0)
