@@ -81,8 +81,9 @@ class ChatRoom(DurableObject[ChatRoomState]):
     Who is here and who is typing is not state worth a database write: each visitor is in the
     room's presence under their name (``conn.track``; one meta per tab), and whether they are
     typing is in their connection (``conn.state``); both vanish with the connection. Only
-    messages are committed, so after hibernation a room comes back with its history and
-    nobody in it. Pages follow the presence with the JS client's ``presence``.
+    messages are committed. A room whose visitors are idle hibernates with their sockets open;
+    it comes back with its history, and with them (their presence and names) if they are still
+    there. Pages follow the presence with the JS client's ``presence``.
     """
 
     idle_timeout = idle_timeout(30.0)

@@ -303,8 +303,11 @@ def test_a_room_hibernates_when_empty_and_thaws_with_its_history(
             ws.receive_json()
             ws.send_json({"ref": "1", "event": "say", "payload": {"text": "remember me"}})
             _until_reply(ws, "1")
-            time.sleep(0.6)  # attached clients keep a room awake, however idle
-            assert client.get("/api/rooms").json()[0]["status"] == "active"
+            # Idle, it hibernates with Ann attached; her next frame thaws it, Ann still in it.
+            wait_for(lambda: client.get("/api/rooms").json()[0]["status"] == "hibernated", 10,
+                     "the idle room to hibernate with its client attached")
+            ws.send_json({"ref": "2", "call": "present", "args": {}})
+            assert _until_reply(ws, "2")[-1]["result"] == ["Ann"]
         wait_for(lambda: client.get("/api/rooms").json()[0]["status"] == "hibernated", 10,
                  "the empty room to hibernate")
         thaws = client.get("/api/stats").json()["thaws"]

@@ -8,6 +8,7 @@ patch, and a leave as a presence diff, with neither frame standing in for the ot
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,9 +29,11 @@ class RoomState(BaseModel):
 class LiveRoom(DurableObject[RoomState]):
     public = True
     sync_state = True
+    idle_timeout = 0.2  # idle clients do not keep it awake: it hibernates with them
 
     async def on_connect(self, conn: Connection) -> None:
-        conn.track(conn.query.get("name", "anon"), {"tab": conn.id[:6]})
+        if "name" in conn.query:  # a watcher (no name) looks on without being in the room
+            conn.track(conn.query["name"], {"tab": conn.id[:6]})
 
     @client_callable
     async def say(self, text: str) -> int:
@@ -39,8 +42,12 @@ class LiveRoom(DurableObject[RoomState]):
 
 
 @pytest.fixture
-def client(db_url: str) -> Iterator[TestClient]:
-    objects = Objects(objects=[LiveRoom], database_url=db_url)
+def objects(db_url: str) -> Objects:
+    return Objects(objects=[LiveRoom], database_url=db_url)
+
+
+@pytest.fixture
+def client(objects: Objects) -> Iterator[TestClient]:
     app = FastAPI(lifespan=objects.lifespan)
     app.include_router(objects.router)
     with TestClient(app) as test_client:
@@ -89,3 +96,40 @@ def test_patches_and_presence_diffs_reach_the_others_each_in_its_frame(
         ann.send_json({"ref": 2, "call": "say", "args": {"text": "bye"}})
         patch = _until(ann, "objects:state_patch")["payload"]
         assert jsonpatch.apply_patch(view, patch["patch"]) == {"messages": ["hi", "bye"]}
+
+
+def _asleep(objects: Objects, clients: int) -> None:
+    deadline = time.monotonic() + 15
+    while objects.stats().sleeping < clients or objects.stats().active:
+        assert time.monotonic() < deadline, objects.stats()
+        time.sleep(0.01)
+
+
+def test_after_a_hibernation_with_sockets_open_views_and_presence_carry_on(
+    client: TestClient, objects: Objects,
+) -> None:
+    with client.websocket_connect("/objects/live_room/r/ws?name=ann") as ann, \
+            client.websocket_connect("/objects/live_room/r/ws?name=bob") as bob:
+        views = {}
+        for name, ws in (("ann", ann), ("bob", bob)):
+            views[name] = _until(ws, "objects:state")["payload"]["state"]
+        _until(bob, "objects:presence_state")
+        ann.send_json({"ref": 1, "call": "say", "args": {"text": "before"}})
+        for name, ws in (("ann", ann), ("bob", bob)):
+            patch = _until(ws, "objects:state_patch")["payload"]["patch"]
+            views[name] = jsonpatch.apply_patch(views[name], patch)
+        _asleep(objects, 2)
+        thaws = objects.stats().thaws
+        # Bob's call wakes the room: Ann's socket slept through it and still gets the patch.
+        bob.send_json({"ref": 2, "call": "say", "args": {"text": "after"}})
+        for name, ws in (("ann", ann), ("bob", bob)):
+            patch = _until(ws, "objects:state_patch")["payload"]["patch"]
+            views[name] = jsonpatch.apply_patch(views[name], patch)
+            assert views[name] == {"messages": ["before", "after"]}, name
+        assert objects.stats().thaws == thaws + 1
+        # A newcomer after the thaw sees both sleepers in the presence, at once.
+        with client.websocket_connect("/objects/live_room/r/ws") as cy:
+            attached = cy.receive_json()
+            assert attached["payload"].get("presence") is True
+            state = _until(cy, "objects:presence_state")["payload"]
+            assert sorted(state) == ["ann", "bob"]

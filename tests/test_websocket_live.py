@@ -302,8 +302,11 @@ async def test_a_client_that_stops_reading_is_dropped_4408_without_holding_back_
 
 
 async def test_hibernate_after_the_last_detach_and_thaw_on_attach(
-    live: tuple[LiveServer, Objects],
+    live: tuple[LiveServer, Objects], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With ``hibernate_with_clients = False`` attached clients keep the object awake (the
+    default lets it sleep with them: tests/test_hibernate.py)."""
+    monkeypatch.setattr(Room, "hibernate_with_clients", False)
     server, objects = live
     assert Room.idle_timeout < 1
     url = server.ws_url("/objects/room/h/ws")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._exceptions import (
+    CallTimeout,
     ConnectionRejected,
     ObjectsError,
     Overloaded,
@@ -78,6 +79,8 @@ class Session:
         self.close_with: tuple[int, str] | None = None
         self.conn: Connection | None = None
         self.calls: set[asyncio.Task[None]] = set()
+        # Frames that wait while the client's hibernated object thaws (``_wake``).
+        self.waking: list[tuple[Any, Coroutine[Any, Any, None]]] | None = None
         self.writer: asyncio.Task[None] | None = None
         self.sending_since: float | None = None  # when the send under way began
         self.state_requested = False  # an objects:state_request is being answered
@@ -335,15 +338,60 @@ class Session:
         return spec is None or spec.client_callable
 
     def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> bool:
-        if len(self.calls) >= self.objects.max_calls_in_flight:
+        """Run a frame's work (held while its hibernated object thaws); ``False``: refused."""
+        waking, conn = self.waking, self.conn
+        in_flight = len(self.calls) + (len(waking) if waking else 0)
+        if in_flight >= self.objects.max_calls_in_flight:
             coro.close()
-            error = Overloaded(f"{len(self.calls)} calls already in flight on this connection")
+            error = Overloaded(f"{in_flight} calls already in flight on this connection")
             self._reply_error(ref, error_body(error))
             return False
+        if waking is None and conn is not None and conn.activation is None and (
+            self.objects.runtime.gateway.asleep(conn)
+        ):
+            # Its object hibernated: thaw it here first, holding this frame and the next ones.
+            waking = self.waking = []
+            self._start(self._wake(conn))
+        if waking is not None:
+            waking.append((ref, coro))
+        else:
+            self._start(coro)
+        return True
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self.calls.add(task)
         task.add_done_callback(self.calls.discard)
-        return True
+
+    async def _wake(self, conn: Connection) -> None:
+        """Thaw the hibernated object, then run the frames that waited, in arrival order.
+
+        Another node holding it now closes the client 1012 (the runtime does): they don't run.
+        """
+        error = None
+        try:
+            woken = await self.objects.runtime.gateway.wake(conn)
+        except ObjectsError as exc:
+            woken, error = False, error_body(exc)
+        except TimeoutError:
+            woken, error = False, error_body(CallTimeout(f"{self.topic} did not thaw in time"))
+        except Exception as exc:
+            woken, error = False, internal_error(exc, f"{self.topic}: thaw", self.about)
+        except BaseException:  # cancelled: the session is ending
+            for _, coro in self.waking or ():
+                coro.close()
+            self.waking = None
+            raise
+        held, self.waking = self.waking or [], None
+        if not woken:
+            self.state_requested = False  # a held state request will not run: allow another
+        for ref, coro in held:
+            if woken:
+                self._start(coro)
+            else:
+                coro.close()
+                if error is not None:
+                    self._reply_error(ref, error)
 
     async def _call(self, ref: Any, method: str, args: dict[str, Any]) -> None:
         try:

@@ -97,6 +97,7 @@ class Activation:
             if cp.status != "active":  # a listing hint, written in the background
                 self.host.committer.hint_status(cls.type_name, self.key, "active")
         self.instance = instance
+        self.host.sleepers.rejoin(self)  # clients that slept through its hibernation
         if self.expiry is not None:
             self.expiry.load(cp, alarms)
         if self.alarms is not None:  # before on_activate, which may set or cancel alarms
@@ -130,7 +131,10 @@ class Activation:
 
     def busy(self) -> bool:
         """Whether a call, a waiter or an attached client keeps this object awake."""
-        return bool(self.in_flight or self.clients is not None or self.gate.busy)
+        clients = self.clients
+        return bool(
+            self.in_flight or self.gate.busy or (clients is not None and clients.keep_awake())
+        )
 
     # -- turns -------------------------------------------------------------------------------
 
@@ -301,8 +305,12 @@ class Activation:
         self.record.discard_queued(error)
         self.close()
 
-    def close(self) -> None:
-        """Leave memory: queued callers retry on a fresh activation."""
+    def close(self, sleep: bool = False) -> None:
+        """Leave memory: queued callers retry on a fresh activation.
+
+        ``sleep`` (a hibernation): the attached clients wait for the next thaw
+        (``sleepers.py``); else they are closed 1012, to reconnect.
+        """
         if self.closed:
             return
         self.closed = True
@@ -311,6 +319,9 @@ class Activation:
             self.alarms.stop()
         self.host.forget(self)
         clients, self.clients = self.clients, None
+        if sleep and clients is not None:
+            self.host.sleepers.keep(self, clients.connections.values())
+            clients = None
         for conn in list(clients.connections.values()) if clients is not None else ():
             # Their instance is gone: make them reconnect to a fresh one. Soon, not now: calls
             # failing with this close (a fenced-out commit) first get to send their errors.

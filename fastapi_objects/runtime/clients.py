@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .._exceptions import ConnectionRejected
 from . import presence
 from .connection import CloseCode
+from .sleepers import sleeps_with_clients
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -16,8 +17,10 @@ if TYPE_CHECKING:
 class Clients:
     """The part of an activation holding its attached connections (made on the first attach).
 
-    Attached clients keep the object awake; when the last one leaves, the idle time counts
-    from then. Their tracked metas are the object's presence (``presence.py``).
+    Attached clients keep the object awake only if its class says so
+    (``hibernate_with_clients = False``); else it hibernates with them (``sleepers.py``).
+    When the last one leaves, the idle time counts from then. Their tracked metas are the
+    object's presence (``presence.py``).
     """
 
     __slots__ = ("_act", "connections", "presence_used")
@@ -50,7 +53,19 @@ class Clients:
             await act.run(lambda obj: obj.on_connect(conn), {}, held=held, name="on_connect")
         except BaseException:
             self.drop(conn)
+            act.host.sleepers.forget(conn)  # (kept if the object hibernated while it waited)
             raise
+
+    def rejoin(self, conn: Connection) -> None:
+        """Put back a client that waited while the object hibernated (no ``on_connect``)."""
+        self.connections[conn.id] = conn
+        conn.activation = self._act
+        if conn.presence_synced:  # presence was in use before the hibernation: it still is
+            self.presence_used = True
+
+    def keep_awake(self) -> bool:
+        """Whether these clients keep the object in memory (see ``sleeps_with_clients``)."""
+        return not sleeps_with_clients(self._act.cls)
 
     async def detach(self, conn: Connection) -> None:
         """Detach a client and run ``on_disconnect``."""

@@ -2,7 +2,8 @@
 
 The runtime knows no HTTP; the web layer (``fastapi_objects.fastapi``) knows no routing
 internals. What it needs of the node is here, and only here: attached clients (``attach``,
-``message``, ``detach``), broadcasts as they are delivered (``listen``), where an object lives
+``message``, ``detach``; ``asleep`` and ``wake`` for those of hibernated objects),
+broadcasts as they are delivered (``listen``), where an object lives
 (``locate``, ``holder``, ``machine_of`` for Fly.io's replay), what a relay to another node
 needs (signed headers, and forgetting an owner that moved), and the node's internal websocket
 endpoint (``accept_relays``). ``Runtime.gateway`` is it; application code has no use for it.
@@ -18,6 +19,7 @@ from ..pubsub import Listener, Message, PubSub
 from . import sync
 from .connection import Connection, Transport
 from .routing import Elsewhere, backoff
+from .sleepers import Gone
 
 if TYPE_CHECKING:
     from .host import Host
@@ -72,6 +74,22 @@ class Gateway:
     async def detach(self, conn: Connection) -> None:
         """Detach a client; runs ``on_disconnect``. Idempotent."""
         await self._host.detach(conn)
+
+    def asleep(self, conn: Connection) -> bool:
+        """Whether ``conn``'s object hibernated with it attached: ``wake`` it before a frame."""
+        return self._host.sleepers.asleep(conn)
+
+    async def wake(self, conn: Connection) -> bool:
+        """Thaw ``conn``'s object here, with ``conn`` among its clients again.
+
+        ``False`` when another node holds the object now (``conn`` is being closed 1012, to
+        reconnect there) or ``conn`` was closed.
+        """
+        try:
+            await self._host.sleepers.wake(conn)
+        except Gone:
+            return False
+        return True
 
     def listen(self, topic: str, callback: Callable[[Message], None]) -> Listener:
         """Call ``callback`` with each message on ``topic`` as it is delivered (no task)."""

@@ -29,6 +29,7 @@ from .operator import Operator
 from .placement import choose
 from .queues import QUEUE_TYPE
 from .routing import Elsewhere, Router
+from .sleepers import Gone, Sleepers
 from .stats import Counters, RuntimeStats
 from .thawer import Thawer
 from .timers import Wheel
@@ -73,6 +74,7 @@ class Host:
         self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}
         self.leaving = 0  # activations hibernating to make room (max_active)
+        self.sleepers = Sleepers(self.on_live, self.routing.node.serving)
         self.calls = Calls(
             self.activations, self.on_live, self.routing, self.timers, self.object_type
         )
@@ -85,7 +87,7 @@ class Host:
         self.spans: Observer | None = None  # the observer, if it is told of every turn
         self._observers: list[Observer] = []
         self.operator = Operator(
-            storage, self.calls, self.activations, self.routing, self.object_type
+            storage, self.calls, self.activations, self.routing, self.object_type, self.sleepers
         )
         self.history = HistoryPruner(storage, types)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -123,6 +125,7 @@ class Host:
         look the owner up again and claim each object once it is released here.
         """
         self.routing.leave()
+        self.sleepers.close_all(f"node {self.node_id} is leaving; reconnect")
         await self.alarms.stop()
         await self.history.stop()
         await asyncio.gather(
@@ -321,18 +324,37 @@ class Host:
         return conn
 
     async def message(self, conn: Connection, frame: dict[str, Any]) -> None:
-        """Run the object's ``on_message(conn, frame)`` as a turn for an attached client."""
-        act = conn.activation
-        if act is None or act.closed:
-            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue")
-        try:
-            await act.run(lambda obj: obj.on_message(conn, frame), {}, name="on_message")
-        except Stale:
-            raise StorageUnavailable(f"{conn.topic} was reloaded; reconnect to continue") from None
+        """Run the object's ``on_message(conn, frame)`` as a turn for an attached client.
+
+        A client whose object hibernated (even while this frame waited for its turn) wakes
+        it here (``sleepers.py``), in its place among the object's calls.
+        """
+        def here(act: Activation, held: bool) -> Awaitable[None]:
+            return act.run(lambda obj: obj.on_message(conn, frame), {}, held=held,
+                           name="on_message")
+
+        while True:
+            act = conn.activation
+            try:
+                if act is not None and not act.closed:
+                    return await here(act, False)
+                return await self.sleepers.run(conn, here)
+            except Stale:
+                continue
+            except Gone:
+                raise StorageUnavailable(
+                    f"{conn.topic} was reloaded; reconnect to continue"
+                ) from None
 
     async def detach(self, conn: Connection) -> None:
-        """Detach a client; runs ``on_disconnect``. Idempotent."""
+        """Detach a client; runs ``on_disconnect``. Idempotent.
+
+        A client whose object hibernated wakes it to run ``on_disconnect`` (as Cloudflare's
+        ``webSocketClose`` does); not if another node holds it now, or this one is leaving.
+        """
         act = conn.activation
+        if (act is None or act.closed) and self.sleepers.asleep(conn):
+            act = await self.sleepers.wake_to_leave(conn)
         if act is not None and not act.closed and act.clients is not None:
             try:
                 await act.clients.detach(conn)
@@ -348,7 +370,7 @@ class Host:
             turns=c.turns, commits=self.committer.commits, batches=self.committer.batches,
             conflicts=c.conflicts, forwarded=forwarder.forwarded if forwarder else 0,
             takeovers=self.routing.node.takeovers, relayed=c.relayed, evictions=c.evictions,
-            expired=c.expired,
+            expired=c.expired, sleeping=self.sleepers.count,
         )
 
 

@@ -87,8 +87,9 @@ class Idle:
         try:
             idle_for = act.loop.time() - self.last_used
             timeout = self.timeout
+            clients = act.clients
             if not force and (
-                act.in_flight or act.clients is not None or act.gate.queued
+                act.in_flight or act.gate.queued or (clients is not None and clients.keep_awake())
                 or (idle_for < timeout and not evict)  # a call slipped in before us
             ):
                 act.host.leave(act, False)
@@ -126,6 +127,6 @@ class Idle:
             act.host.counters.hibernations += 1
             if act.host.observer is not None:
                 act.host.observer.hibernated(act.cls.type_name)
-            act.close()
+            act.close(sleep=not force)  # (a node leaving closes its clients: they reconnect)
         finally:
             act.gate.leave(False)

@@ -83,14 +83,16 @@ class DurableObject(Generic[S]):
                 return self.state.value
 
     Class options: ``type_name`` (default: the class name in snake_case), ``state_version``
-    (with ``migrate_state``), ``idle_timeout`` (seconds without calls or clients before
-    hibernating), ``call_timeout`` (seconds), ``max_queue`` (calls waiting before ``Overloaded``),
-    ``max_connections`` (websocket clients attached at once), ``placement`` (where an object
-    that no node holds is activated: ``"local"``, the node the first call lands on;
-    ``"hash"``, the node chosen by rendezvous hashing of the key over the live nodes;
-    ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a raising
-    ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries`` times,
-    then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
+    (with ``migrate_state``), ``idle_timeout`` (seconds without turns before hibernating),
+    ``hibernate_with_clients`` (default ``True``: idle clients do not keep the object in
+    memory; their sockets stay open and it thaws for their next frame; ``False``: attached
+    clients keep it awake), ``call_timeout`` (seconds), ``max_queue`` (calls waiting before
+    ``Overloaded``), ``max_connections`` (websocket clients attached at once), ``placement``
+    (where an object that no node holds is activated: ``"local"``, the node the first call
+    lands on; ``"hash"``, the node chosen by rendezvous hashing of the key over the live
+    nodes; ``"region"``, a node of ``region``), ``alarm_retries`` and ``alarm_backoff`` (a
+    raising ``on_alarm`` is retried after ``alarm_backoff * 2**n`` seconds, ``alarm_retries``
+    times, then marked failed), ``public`` (default ``False``; ``True`` lets browsers attach through
     ``objects.router`` and call the methods marked ``@client_callable``), ``persistence``
     (``"durable"``, or ``"memory"``: one live instance, nothing written, gone when it
     hibernates), ``expire_after`` (a ``timedelta``: a durable object left that long without
@@ -105,6 +107,7 @@ class DurableObject(Generic[S]):
     state_model: ClassVar[type[pydantic.BaseModel]]
     state_version: ClassVar[int] = 1
     idle_timeout: ClassVar[float] = 30.0
+    hibernate_with_clients: ClassVar[bool] = True  # idle clients let it hibernate (sleepers.py)
     call_timeout: ClassVar[float] = 30.0
     max_queue: ClassVar[int] = 1024
     max_connections: ClassVar[int] = 32_768
@@ -148,19 +151,25 @@ class DurableObject(Generic[S]):
     # -- hooks -------------------------------------------------------------------------------
 
     async def on_activate(self) -> None:
-        """Run when the object is loaded into memory (first call or attach after hibernation)."""
+        """Run when the object is loaded into memory (first call or attach after hibernation).
+
+        Clients that stayed attached while it hibernated are already in ``connections()``.
+        """
 
     async def on_hibernate(self) -> None:
         """Run before the object leaves memory after ``idle_timeout``; changes are committed."""
 
     async def on_connect(self, conn: Connection) -> None:
-        """Run when a websocket client attaches; raise ``ConnectionRejected`` to refuse it."""
+        """Run when a websocket client attaches; raise ``ConnectionRejected`` to refuse it.
+
+        Once per client: not again when the object thaws with the client still attached.
+        """
 
     async def on_message(self, conn: Connection, frame: dict[str, Any]) -> None:
         """Run for a client frame that is not a call (a custom event)."""
 
     async def on_disconnect(self, conn: Connection) -> None:
-        """Run when a websocket client detaches."""
+        """Run when a websocket client detaches (a hibernated object thaws to run it)."""
 
     async def on_alarm(self, alarm: Alarm) -> None:
         """Run (as a turn) when an alarm set with ``set_alarm`` is due; define it to use alarms.
@@ -223,7 +232,11 @@ class DurableObject(Generic[S]):
         self._activation.broadcast(event, payload, exclude.id if exclude is not None else None)
 
     def connections(self, tag: str | None = None) -> list[Connection]:
-        """Clients attached to this object on this node, optionally only those tagged ``tag``."""
+        """Clients attached to this object on this node, optionally only those tagged ``tag``.
+
+        Those that stayed attached while the object hibernated are listed again after the
+        thaw, the same ``Connection`` objects with their ``state`` and ``tags``.
+        """
         clients = self._activation.clients
         return clients.tagged(tag) if clients is not None else []
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,9 @@ from .states import apply_entries, decode_state, new_state
 if TYPE_CHECKING:
     from .activation import Activation
     from .calls import Calls
+    from .connection import Connection
     from .object import DurableObject
+    from .sleepers import Sleepers
 
 CONNECTIONS = "objects:connections"
 """The internal method a node asks an object's owner for its attached clients under."""
@@ -48,8 +50,10 @@ class Operator:
         activations: dict[tuple[str, str], Activation],
         routing: Router,
         object_type: Callable[[str], type[DurableObject[Any]]],
+        sleepers: Sleepers,
     ) -> None:
         self._storage = storage
+        self._sleepers = sleepers
         self._calls = calls
         self._activations = activations
         self._routing = routing
@@ -80,22 +84,26 @@ class Operator:
         return await self._route(cls, key, RESTORE, args)
 
     async def connections(self, cls: type[DurableObject[Any]], key: str) -> list[dict[str, Any]]:
-        """The clients attached to the object, asked of its owner; none when no node holds it."""
+        """The clients attached to the object, asked of its owner, and this node's own.
+
+        This node's own: those that stayed attached while it hibernated (``sleepers.py``).
+        """
         ident = (cls.type_name, key)
         act = self._activations.get(ident)
         if act is not None:
             return _attached(act)
+        asleep = _described(self._sleepers.listed(f"{cls.type_name}:{key}"))
         owner = (await self._storage.owners([ident])).get(ident)
         node = self._routing.node.live.get(owner) if owner is not None else None
         if node is None or owner == self._routing.node.node_id:
-            return []  # nobody holds it (or its owner is dead): nobody is attached
+            return asleep  # nobody holds it (or its owner is dead)
         try:
             found = await self._routing.forward(
                 Elsewhere(node.node_id, node.address), cls.type_name, key, CONNECTIONS, {}
             )
         except Moved:  # it left that node meanwhile
-            return []
-        return list(found)
+            return asleep
+        return [*found, *asleep]
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -257,10 +265,12 @@ def _attached(act: Activation) -> list[dict[str, Any]]:
     """The clients attached to a live instance: id, tags and per-connection state."""
     if act.closed or act.clients is None:
         return []
-    return [
-        {"id": c.id, "tags": sorted(c.tags), "state": c.state}
-        for c in act.clients.connections.values()
-    ]
+    return _described(act.clients.connections.values())
+
+
+def _described(conns: Iterable[Connection]) -> list[dict[str, Any]]:
+    """Connections as listings show them: id, tags and per-connection state."""
+    return [{"id": c.id, "tags": sorted(c.tags), "state": c.state} for c in conns]
 
 
 def _whole(value: Any, name: str) -> int:

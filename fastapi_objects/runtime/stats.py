@@ -40,3 +40,5 @@ class RuntimeStats:
     """Objects hibernated before their idle timeout to make room (``max_active``)."""
     expired: int = 0
     """Objects this node deleted because they were idle past their ``expire_after``."""
+    sleeping: int = 0
+    """Websocket clients open here whose objects hibernated (``hibernate_with_clients``)."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .activation import Activation
     from .committer import GroupCommitter
     from .observe import Observer
+    from .sleepers import Sleepers
     from .stats import Counters
     from .timers import Wheel
 
@@ -65,6 +66,7 @@ class ActivationHost(Protocol):
     spans: Observer | None  # the observer, when it is told of every turn (traces)
     public: Any  # what objects see as ``self.objects`` (the Runtime)
     clock: Callable[[], datetime]  # wall time (UTC) for expiries; tests give another
+    sleepers: Sleepers  # clients of hibernated objects, until they thaw
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -84,24 +84,25 @@ class Sync:
         self.checked_rev = rev
         old, base = self.view, self.view_rev
         new = self._act.instance.state.model_dump(mode="json")
-        if base < 0:
-            self.view, self.view_rev = new, rev
-            return
-        ops = diff(old, new)
-        if not ops:
-            return
-        patch = to_json(ops).decode()
-        self._remember(base, rev, patch)
+        shared: str | None = None
+        if base >= 0:
+            ops = diff(old, new)
+            if not ops:
+                return
+            patch = to_json(ops).decode()
+            self._remember(base, rev, patch)
+            shared = self._frame(STATE_PATCH, patch_payload(rev, base, patch))
+        # (No view yet: this instance just thawed. Clients that slept through the hibernation
+        # hold a view of an earlier instance, and get a patch of their own below.)
         self.view, self.view_rev = new, rev
         clients = self._act.clients
         if clients is None:
             return
-        shared = self._frame(STATE_PATCH, patch_payload(rev, base, patch))
         sends = []
         for conn in clients.connections.values():
             if conn.sync_rev is None:
                 continue  # its first view is still to come
-            if conn.sync_view is old:
+            if shared is not None and conn.sync_view is old:
                 text: str | None = shared
             else:  # a view from an earlier instance of the object
                 mine = diff(conn.sync_view, new)
