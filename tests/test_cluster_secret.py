@@ -10,13 +10,14 @@ on the signature alone). A malformed signature header is a 401, never a 500.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
 import logging
 import socket
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import pytest
 import websockets
@@ -27,6 +28,7 @@ from fastapi_objects import Connection, DurableObject, Objects, Runtime, client_
 from fastapi_objects.cluster import Signer
 from fastapi_objects.cluster.channel import CHANNEL_PATH
 from fastapi_objects.cluster.listener import WEBSOCKET_PREFIX
+from fastapi_objects.cluster.signing import HEADER_CARRIED
 from fastapi_objects.storage import Storage, open_storage
 from tests._support import wait_until
 from tests.conftest import Backend
@@ -103,31 +105,39 @@ async def test_a_call_signed_with_the_url_derived_secret_is_refused(durable: Bac
         assert await a.get(Safe, "k").add() == 2  # nothing ran
 
 
-def _relay_target(key: str, query: dict[str, Any], auth: dict[str, Any]) -> str:
-    carried = {"query": json.dumps(query), "auth": json.dumps(auth)}
-    return f"{WEBSOCKET_PREFIX}safe/{key}?{urlencode(carried, quote_via=quote)}"
+def _carried(query: dict[str, Any], auth: dict[str, Any]) -> str:
+    """What a relaying node sends in its signed header: the client's query and auth."""
+    return base64.urlsafe_b64encode(json.dumps({"query": query, "auth": auth}).encode()).decode()
+
+
+def _signed(secret: bytes, target: str, carried: str) -> dict[str, str]:
+    """A relay upgrade's headers as node "b" signs them for node "a"."""
+    return {**Signer(secret, "b").headers("GET", target, carried.encode(), "a"),
+            HEADER_CARRIED: carried}
 
 
 async def test_the_relay_path_rests_on_the_signature_alone(durable: Backend) -> None:
     async with _objects(durable, "a") as a:
         address = a.runtime._host.routing.node.address
         assert address is not None
-        target = _relay_target("r", {"role": "admin"}, {"user": "ann"})
-        url = _ws(address, target)
+        target = f"{WEBSOCKET_PREFIX}safe/r?"  # the URL carries nothing of the client
+        url = _ws(address, target.removesuffix("?"))
+        carried = _carried({"role": "admin"}, {"user": "ann"})
         secret = (await a.storage.cluster_secret()).encode()
+        forged = _signed(secret, target, _carried({}, {"user": "x"}))
         refused = [
             None,  # unsigned
-            Signer(b"not the secret", "b").headers("GET", target, b"", "a"),
-            Signer(secret, "b").headers("GET", _relay_target("r", {}, {"user": "x"}), b"", "a"),
+            {**Signer(b"not the secret", "b").headers("GET", target, carried.encode(), "a"),
+             HEADER_CARRIED: carried},
+            {**forged, HEADER_CARRIED: carried},  # signed for other auth than it carries
+            {**_signed(secret, target, carried), HEADER_CARRIED: ""},  # what was signed is gone
         ]
         for headers in refused:
             status, _ = await _status(url, headers)
             assert status == 401
         assert a.stats().active == 0 and a.stats().relayed == 0  # no attach, no thaw
         # Signed by a node: the owner serves it as a relayed client, auth and query apart.
-        async with connect(url, additional_headers=Signer(secret, "b").headers(
-            "GET", target, b"", "a"
-        )) as ws:
+        async with connect(url, additional_headers=_signed(secret, target, carried)) as ws:
             assert json.loads(await ws.recv())["event"] == "objects:attached"
             who = json.loads(await ws.recv())["payload"]
             assert who == {"query": {"role": "admin"}, "auth": {"user": "ann"}}

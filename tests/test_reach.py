@@ -285,10 +285,12 @@ async def test_a_non_public_type_is_refused_by_a_real_server_too(db_url: str) ->
 
 
 async def test_a_relayed_client_keeps_query_and_auth_apart_on_the_owner(
-    sql_backend: Backend,
+    sql_backend: Backend, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Attached through a node that does not own the object, the client is relayed to the
-    owner: authorize's verdict arrives as conn.auth, its ?role=admin as conn.query only."""
+    owner: authorize's verdict arrives as conn.auth, its ?role=admin as conn.query only.
+    Neither is in the relay's URL, so no log line (uvicorn logs upgrades) carries them."""
+    caplog.set_level(logging.DEBUG)
     owner = Objects(objects=[Vault, Ledger], database_url=sql_backend.url,
                     schema=sql_backend.schema, node_id="owner", create_tables=True)
     edge = Objects(objects=[Vault, Ledger], database_url=sql_backend.url,
@@ -309,3 +311,7 @@ async def test_a_relayed_client_keeps_query_and_auth_apart_on_the_owner(
             await ws.send(json.dumps({"ref": 2, "call": "increment", "args": {}}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["result"] == 2
         assert owner.stats().relayed == 1
+    upgrades = [r.getMessage() for r in caplog.records if "objects-internal/ws" in r.getMessage()]
+    assert upgrades, "uvicorn logs the relay's upgrade: this test reads it"
+    leaked = [line for line in upgrades if "ann" in line or "admin" in line]
+    assert not leaked, leaked

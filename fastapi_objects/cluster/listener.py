@@ -25,7 +25,7 @@ from .._exceptions import ObjectsError
 from .._log import about
 from .channel import CHANNEL_PATH, MAX_FRAME, ChannelServer
 from .forward import Moved
-from .signing import Misdirected, Signer, Unauthorized
+from .signing import HEADER_CARRIED, Misdirected, Signer, Unauthorized
 
 log = logging.getLogger("fastapi_objects")
 
@@ -131,7 +131,7 @@ class Listener:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         target = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
         try:
-            self.signer.verify("GET", target, b"", headers)
+            self.signer.verify("GET", target, headers.get(HEADER_CARRIED, "").encode(), headers)
         except Unauthorized as exc:
             status = 421 if isinstance(exc, Misdirected) else 401
             await send({"type": "websocket.http.response.start", "status": status,

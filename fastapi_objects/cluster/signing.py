@@ -19,6 +19,9 @@ HEADER_TO = "x-objects-to"
 HEADER_TIME = "x-objects-time"
 HEADER_NONCE = "x-objects-nonce"
 HEADER_SIGNATURE = "x-objects-signature"
+HEADER_CARRIED = "x-objects-carried"
+"""What a signed websocket upgrade carries for the receiver (a relayed client's query and
+auth, base64 JSON): a header, never the URL, which servers log; signed as the body."""
 
 
 class Unauthorized(Exception):

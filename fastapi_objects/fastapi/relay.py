@@ -15,9 +15,10 @@ client gets 1012 (reconnect) and, reconnecting, lands on the new owner.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs
 
 from pydantic_core import from_json, to_json
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -25,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .._log import about
 from ..cluster import Unauthorized
 from ..cluster.listener import WEBSOCKET_PREFIX, Receive, Scope, Send
+from ..cluster.signing import HEADER_CARRIED
 from ..runtime.gateway import Elsewhere
 from .protocol import CloseCode
 
@@ -56,15 +58,16 @@ async def relay(
     from websockets.asyncio.client import connect
 
     gateway = objects.runtime.gateway
-    # Both ride in the signed target: the owner trusts ``auth`` because only a node could
-    # have signed it, and keeps it apart from the client's own ``query``.
-    carried = {"query": to_json(query).decode(), "auth": to_json(auth).decode()}
-    target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?{urlencode(carried, quote_via=quote)}"
-    headers = gateway.relay_headers(owner, target)
+    # Both ride in a header signed with the upgrade: the owner trusts ``auth`` because only a
+    # node could have signed it, and keeps it apart from the client's own ``query``. Not in
+    # the URL: servers log upgrade URLs, and ``auth`` may name the user.
+    carried = base64.urlsafe_b64encode(to_json({"query": query, "auth": auth})).decode()
+    target = f"{WEBSOCKET_PREFIX}{cls.type_name}/{key}?"  # signed as the listener reads it
+    headers = gateway.relay_headers(owner, target, carried)
     if headers is None or owner.address is None:
         gateway.forget_owner(cls, key)
         return False
-    url = "ws" + owner.address.removeprefix("http") + target
+    url = "ws" + owner.address.removeprefix("http") + target.removesuffix("?")
     try:
         upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=5)
     except (OSError, TimeoutError, websockets.InvalidHandshake, Unauthorized) as exc:
@@ -151,20 +154,26 @@ def internal_websocket_app(objects: Objects) -> Any:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         type_name, _, key = scope["path"][len(WEBSOCKET_PREFIX):].partition("/")
-        carried = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if WATCH in carried:  # the inspector's live view of another node: no client attaches
+        if WATCH in parse_qs(scope.get("query_string", b"").decode("latin-1")):
+            # The inspector's live view of another node: no client attaches.
             await serve_watch(objects, websocket, type_name, key)
             return
-        query = {str(k): str(v) for k, v in _json_object(carried, "query").items()}
-        auth = _json_object(carried, "auth")
+        carried = _carried(websocket.headers.get(HEADER_CARRIED, ""))
+        query = {str(k): str(v) for k, v in _object(carried.get("query")).items()}
+        auth = _object(carried.get("auth"))
         await serve_relayed(objects, websocket, type_name, key, query, auth)
 
     return app
 
 
-def _json_object(carried: dict[str, list[str]], name: str) -> dict[str, Any]:
+def _carried(header: str) -> dict[str, Any]:
+    """The relayed client's ``query`` and ``auth`` (signed with the upgrade: nodes made it)."""
     try:
-        value = from_json(carried.get(name, ["{}"])[0])
+        value = from_json(base64.urlsafe_b64decode(header)) if header else {}
     except ValueError:
         return {}
+    return _object(value)
+
+
+def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}

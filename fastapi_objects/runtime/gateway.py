@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.listener import ASGIApp
+from ..cluster.signing import HEADER_CARRIED
 from ..pubsub import Listener, Message, PubSub
 from . import sync
 from .connection import Connection, Transport
@@ -117,16 +118,21 @@ class Gateway:
         node = self._routing.node.live.get(node_id)
         return None if node is None else node.machine
 
-    def relay_headers(self, owner: Elsewhere, target: str) -> dict[str, str] | None:
+    def relay_headers(
+        self, owner: Elsewhere, target: str, carried: str = ""
+    ) -> dict[str, str] | None:
         """Signed headers for a websocket relay to ``owner`` at ``target``; ``None``: no way.
 
-        With traces on they carry the current trace context too (W3C ``traceparent``...): the
-        client's trace goes on on the owner.
+        ``carried`` (ASCII) goes in a signed header of its own, not in the URL that servers
+        log. With traces on they carry the current trace context too (W3C ``traceparent``...):
+        the client's trace goes on on the owner.
         """
         forwarder = self._routing.forwarder
         if owner.address is None or forwarder is None:
             return None
-        headers = forwarder.signer.headers("GET", target, b"", owner.node_id)
+        headers = forwarder.signer.headers("GET", target, carried.encode(), owner.node_id)
+        if carried:
+            headers[HEADER_CARRIED] = carried
         propagation = self._routing.propagation
         if propagation is not None:
             headers.update(propagation.inject() or {})
