@@ -61,7 +61,8 @@ def test_the_wheel_carries_the_inspectors_page(wheel: Path) -> None:
         assert f"fastapi_objects/{path.relative_to(package).as_posix()}" in names, path
 
 
-def test_objects_init_and_migrate_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
+def _installed(wheel: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A fresh venv with the wheel installed (its dependencies borrowed): its python, site."""
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
@@ -72,7 +73,12 @@ def test_objects_init_and_migrate_from_the_installed_wheel(wheel: Path, tmp_path
     # The dependencies, from the test's environment; its .pth files (the editable install
     # that points at this tree) are not processed from a plain path line.
     (Path(site) / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python, site
 
+
+def test_objects_init_and_migrate_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
+    python, site = _installed(wheel, tmp_path)
+    venv = python.parent.parent
     project = tmp_path / "shop"
     (project / "app").mkdir(parents=True)
     (project / "pyproject.toml").write_text(
@@ -97,3 +103,45 @@ def test_objects_init_and_migrate_from_the_installed_wheel(wheel: Path, tmp_path
     out = _run(venv / "bin" / "objects", "migrate", cwd=project, env=env)
     assert "database: sqlite+aiosqlite:///./objects.db" in out
     assert "upgraded to head" in out and (project / "objects.db").is_file()
+
+
+USER_CODE = """
+from pydantic import BaseModel
+from fastapi_objects import DurableObject, Handle, Runtime
+
+
+class CounterState(BaseModel):
+    value: int = 0
+
+
+class Counter(DurableObject[CounterState]):
+    async def increment(self, by: int = 1) -> int:
+        self.state.value += by
+        return self.state.value
+
+
+async def use(rt: Runtime) -> None:
+    counter: Handle[Counter] = rt.get(Counter, "k")
+    await counter.increment("many")
+    name: str = await counter.increment()
+"""
+
+
+def test_an_installed_wheel_gives_mypy_its_types(wheel: Path, tmp_path: Path) -> None:
+    """The README promises that mypy checks a handle's calls: an installed package (not this
+    tree) must say it is typed (``py.typed``), or mypy skips it and passes anything."""
+    with zipfile.ZipFile(wheel) as archive:
+        assert "fastapi_objects/py.typed" in archive.namelist()
+    python, _ = _installed(wheel, tmp_path)
+    project = tmp_path / "user"
+    project.mkdir()
+    (project / "use.py").write_text(USER_CODE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--python-executable", str(python),
+         "use.py"], cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )
+    out = done.stdout + done.stderr
+    assert "missing library stubs or py.typed" not in out, out
+    assert 'Argument 1 to "increment" of "Counter" has incompatible type "str"' in out, out
+    assert 'Incompatible types in assignment (expression has type "int"' in out, out
