@@ -413,8 +413,10 @@ def test_a_new_env_is_private_and_a_missing_gitignore_is_created(project: Path) 
     out = run("init")
     assert "created: .gitignore" in out
     assert (project / ".env").stat().st_mode & 0o777 == 0o600
-    assert ".env" in (project / ".gitignore").read_text().splitlines()
-    (project / ".gitignore").write_text(".env*\n!.env.example\n")  # ignored already
+    ignored = (project / ".gitignore").read_text().splitlines()
+    # The SQLite database in the project, with its -wal and -shm: data, not source.
+    assert {".env", "objects.db", "objects.db-*"} <= set(ignored)
+    (project / ".gitignore").write_text(".env*\n!.env.example\n*.db*\n")  # ignored already
     assert "up to date: .gitignore" in run("init")
     (project / ".gitignore").write_text(".env\n!.env\n")  # and un-ignored again
     assert "updated: .gitignore" in run("init")

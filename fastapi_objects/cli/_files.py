@@ -84,29 +84,34 @@ def plan(
     return PlannedFile(path, content, old, write, kept, secret)
 
 
-def plan_gitignore(root: Path, name: str) -> PlannedFile:
-    """Plan ``.gitignore`` so that git ignores ``name`` (created if missing, else appended to).
+def plan_gitignore(root: Path, entries: list[tuple[str, str]]) -> PlannedFile:
+    """Plan ``.gitignore`` so that git ignores each pattern of ``entries`` (``(pattern, why)``).
 
-    Patterns are read as git reads them, roughly: the last one matching ``name`` decides, and
-    a ``!`` negates.
+    Created if missing, else appended to. Patterns are read as git reads them, roughly: the
+    last one matching a name decides, and a ``!`` negates.
     """
     path = root / ".gitignore"
     old = path.read_text() if path.is_file() else None
+    text = old or ""
+    for pattern, why in entries:
+        if _ignored(old or "", pattern.replace("*", "wal")):
+            continue
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += f"# {why}\n{pattern}\n"
+    return plan(root, Path(".gitignore"), text, force=False, merge=True)
+
+
+def _ignored(gitignore: str, name: str) -> bool:
     ignored = False
-    for line in (old or "").splitlines():
+    for line in gitignore.splitlines():
         pattern = line.strip()
         if not pattern or pattern.startswith("#") or pattern.endswith("/"):
             continue
         negated = pattern.startswith("!")
         if fnmatch.fnmatchcase(name, pattern.lstrip("!").lstrip("/")):
             ignored = not negated
-    if ignored:
-        return plan(root, Path(".gitignore"), old or "", force=False)
-    text = old or ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    text += f"# secrets: database URLs (objects init)\n{name}\n"
-    return plan(root, Path(".gitignore"), text, force=False, merge=True)
+    return ignored
 
 
 def apply(root: Path, planned: list[PlannedFile]) -> None:

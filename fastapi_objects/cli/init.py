@@ -63,7 +63,9 @@ def init(
     project = find_project(root)
     url = _database_url(database, database_url, root)
     env, used = _dotenv(project, url, schema, force)
-    planned, notes = [env, plan_gitignore(project.root, ".env")], _overridden(used)
+    ignore = [(".env", "secrets: database URLs (objects init)"),
+              *_database_files(url, project.root)]
+    planned, notes = [env, plan_gitignore(project.root, ignore)], _overridden(used)
     planned += _migration(project, schema, force, notes)
     if fly:
         planned += _fly(project, schema, force)
@@ -84,6 +86,18 @@ def init(
         typer.echo(f"note: {note}")
     typer.echo(_database_line(used))
     _next_steps(project, fly)
+
+
+def _database_files(url: str, root: Path) -> list[tuple[str, str]]:
+    """``.gitignore`` entries for a SQLite database inside the project (and its -wal, -shm)."""
+    if not url.startswith("sqlite"):
+        return []
+    path = (Path.cwd() / url.split("///", 1)[1]).resolve()
+    if not path.is_relative_to(root.resolve()):
+        return []
+    name = path.relative_to(root.resolve()).as_posix()
+    why = "the SQLite database (objects init)"
+    return [(name, why), (f"{name}-*", why)]
 
 
 def _database_url(database: Database, given: str | None, root: Path) -> str:
