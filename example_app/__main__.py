@@ -9,6 +9,8 @@ Fly.io's release command does.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 import uvicorn
@@ -28,9 +30,22 @@ def _shown(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
+def _check_free(host: str, port: int) -> None:
+    """Exit with a clear line when the address is taken (before printing it as served)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            sys.exit(f"example app: cannot listen on {host}:{port} ({exc.strerror}): "
+                     "choose another port with PORT=8001")
+
+
 def main() -> None:
     host = os.environ.get("HOST") or "127.0.0.1"
     port = int(os.environ.get("PORT") or "8000")
+    _check_free(host, port)
     url = normalize_url(os.environ.get("OBJECTS_DATABASE_URL") or DEFAULT_DATABASE_URL)
     if url.startswith("postgresql"):
         print("migrating: alembic upgrade head (example_app/alembic.ini)", flush=True)

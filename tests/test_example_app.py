@@ -507,6 +507,24 @@ def test_python_m_example_app_serves_on_sqlite(tmp_path: Path) -> None:
     assert json.loads(state) == {"value": 4}
 
 
+def test_python_m_example_app_says_when_its_port_is_taken(tmp_path: Path) -> None:
+    """It prints the address it serves only once it can listen there."""
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1",
+               "OBJECTS_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"}
+        done = subprocess.run([sys.executable, "-m", "example_app"], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "PORT=" in done.stderr
+    assert "example app: http://" not in done.stdout
+
+
 @pytest.mark.postgres
 def test_python_m_example_app_migrates_postgres_first(tmp_path: Path, pg_database: str) -> None:
     port = free_port()
