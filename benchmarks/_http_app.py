@@ -150,3 +150,10 @@ async def tick(
     ticker: Annotated[Handle[Ticker], Depends(get_object(Ticker))], t: float
 ) -> dict[str, int]:
     return {"n": await ticker.tick(t)}
+
+
+@app.get("/stats")
+async def stats() -> dict[str, int]:
+    """Commits and their transactions so far: how well this load groups its commits."""
+    now = objects.stats()
+    return {"commits": now.commits, "batches": now.batches}

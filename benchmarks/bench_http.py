@@ -146,8 +146,12 @@ def run_backend(url: str, duration: int, clients: int) -> dict[str, object]:
         }
         # The ratio that matters, objects / (m), from rounds that alternate the two: the
         # machine's load moves within a run, and a ratio of neighbours moves with it less.
+        before = httpx2.get(f"http://127.0.0.1:{port}/stats").json()
         rounds = [(wrk(port, "/memory/k", duration), wrk(port, "/counters/k", duration))
                   for _ in range(ROUNDS)]
+        after = httpx2.get(f"http://127.0.0.1:{port}/stats").json()
+        results["batch"] = (after["commits"] - before["commits"]) / max(
+            after["batches"] - before["batches"], 1)
         rounds.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
         memory, objs = rounds[len(rounds) // 2]  # the round with the median ratio
         results["(m) the same route on an in-memory object"] = memory
@@ -168,7 +172,7 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
     print(f"{'endpoint':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     rps = {}
     for name, r in results.items():
-        if name in ("fanout", "ratios"):
+        if name in ("fanout", "ratios", "batch"):
             continue
         assert isinstance(r, dict)
         rps[name] = r["rps"]
@@ -180,6 +184,7 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
     assert isinstance(ratios, list)
     print(f"objects / (m) in {len(ratios)} alternating rounds: "
           + ", ".join(f"{r:.2f}" for r in ratios) + " (the median round is shown above)")
+    print(f"objects per commit transaction under this load: {results['batch']:.1f}")
     print(f"objects / (m) = {objs / memory:.2f} (target >= 0.6): "
           f"{'PASS' if objs >= 0.6 * memory else 'MISS'}")
     print(f"objects / (b) = {objs / base:.1f}x (target >= 3x): "
