@@ -18,34 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .._exceptions import (
-    CallTimeout,
-    ConnectionRejected,
-    ObjectsError,
-    Overloaded,
-)
+from .._exceptions import ConnectionRejected, ObjectsError
 from .._log import about
 from ..pubsub import Message
 from ..runtime.connection import Connection
 from ..runtime.gateway import Elsewhere
-from .errors import error_body, internal_error
+from .errors import internal_error
+from .inbox import Inbox
 from .outbox import Outbox, encode_broadcast
-from .protocol import (
-    ATTACHED,
-    FORBIDDEN,
-    FRAME_TOO_LARGE,
-    INVALID_FRAME,
-    RESERVED_EVENT_PREFIX,
-    STATE_REQUEST,
-    CloseCode,
-    decode_frame,
-    encode_frame,
-)
+from .protocol import ATTACHED, INVALID_FRAME, CloseCode, encode_frame
 
 if TYPE_CHECKING:
     from ..runtime.object import DurableObject
@@ -54,7 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastapi_objects")
 
 class Session:
-    """One attached client: a reader (this task), a writer task and a broadcast forwarder."""
+    """One attached client: a reader (this task), a writer task and a broadcast forwarder.
+
+    What the client sends is its ``inbox``'s (``inbox.py``); this is the socket's life: the
+    attach, the outgoing frames in order, the close.
+    """
 
     def __init__(
         self,
@@ -78,12 +67,9 @@ class Session:
         self.held: list[str | Message] | None = []
         self.close_with: tuple[int, str] | None = None
         self.conn: Connection | None = None
-        self.calls: set[asyncio.Task[None]] = set()
-        # Frames that wait while the client's hibernated object thaws (``_wake``).
-        self.waking: list[tuple[Any, Coroutine[Any, Any, None]]] | None = None
+        self.inbox = Inbox(self)  # the client's frames: checked, then run
         self.writer: asyncio.Task[None] | None = None
         self.sending_since: float | None = None  # when the send under way began
-        self.state_requested = False  # an objects:state_request is being answered
         self._watchdog: asyncio.TimerHandle | None = None
 
     # -- Transport (what the runtime calls) --------------------------------------------------
@@ -96,11 +82,11 @@ class Session:
             error = internal_error(exc, f"{self.topic}: conn.send({frame.get('event')!r})",
                                    self.about)
             text = encode_frame({"ref": None, "ok": False, "error": error})
-        self._push(text)
+        self.push(text)
 
     def send_text(self, text: str) -> None:
         """Queue a frame the runtime encoded once for many clients (presence, state sync)."""
-        self._push(text)
+        self.push(text)
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued (a client too slow: at once, dropping them)."""
@@ -109,7 +95,8 @@ class Session:
             # A client too slow is not reading what waits: free that memory now.
             self.outbox.end(drop=code == CloseCode.TOO_SLOW)
 
-    def _push(self, item: str | Message) -> None:
+    def push(self, item: str | Message) -> None:
+        """Queue a frame (a broadcast: unless it excludes this client) or close a slow client."""
         if self.close_with is not None:
             return
         held = self.held
@@ -135,14 +122,13 @@ class Session:
         try:
             # Broadcasts go straight into the outbox as they are delivered: no queue of the
             # pub/sub's and no task to wake per client and message (fan-out to thousands).
-            with self.objects.runtime.gateway.listen(self.topic, self._push):
+            with self.objects.runtime.gateway.listen(self.topic, self.push):
                 try:
                     await self._attach_and_read(query, auth)
                 except Elsewhere as owner:
                     moved = owner
                 finally:
-                    for task in list(self.calls):
-                        task.cancel()
+                    self.inbox.cancel()
                     if self.conn is not None:
                         try:
                             await self.objects.runtime.gateway.detach(self.conn)
@@ -186,10 +172,10 @@ class Session:
                 text = message.get("text")
                 if text is None:
                     # Frames are JSON text (what browsers send); a binary frame is a client bug.
-                    self._error(None, INVALID_FRAME, "binary frames are not accepted: "
-                                "send each frame as JSON in a text frame")
+                    self.inbox.error(None, INVALID_FRAME, "binary frames are not accepted: "
+                                     "send each frame as JSON in a text frame")
                     continue
-                self._handle(text)
+                self.inbox.handle(text)
         except WebSocketDisconnect:
             return
 
@@ -200,9 +186,9 @@ class Session:
         payload: dict[str, Any] = {"connection": conn.id}
         if conn.presence_synced:  # the presence state waits among the held frames
             payload["presence"] = True
-        self._push(encode_frame({"topic": self.topic, "event": ATTACHED, "payload": payload}))
+        self.push(encode_frame({"topic": self.topic, "event": ATTACHED, "payload": payload}))
         for item in [*state, *held]:
-            self._push(item)
+            self.push(item)
 
     async def _write(self) -> None:
         """Send what the outbox holds, in order; then close.
@@ -256,174 +242,3 @@ class Session:
             await self.websocket.close(code, reason)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
-
-    # -- incoming frames ---------------------------------------------------------------------
-
-    def _handle(self, data: str) -> None:
-        limit = self.objects.max_frame_bytes
-        size = len(data)
-        if 4 * size > limit:  # a character is 1 to 4 bytes: encode only near the limit
-            size = len(data.encode("utf-8", "surrogatepass"))
-        if size > limit:
-            self._error(None, FRAME_TOO_LARGE, f"frame is {size} bytes; the limit is {limit}")
-            return
-        try:
-            frame = decode_frame(data)
-        except ValueError as exc:
-            self._error(None, INVALID_FRAME, f"frame is not strict JSON: {exc}")
-            return
-        if not isinstance(frame, dict):
-            self._error(None, INVALID_FRAME, "a frame must be a JSON object")
-            return
-        ref = frame.get("ref")
-        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
-            self._error(None, INVALID_FRAME, "ref must be a string or a number")
-            return
-        if "call" in frame:
-            method, args = frame["call"], frame.get("args", {})
-            if not isinstance(method, str) or not isinstance(args, dict):
-                self._error(ref, INVALID_FRAME, 'a call is {"ref", "call": "method", "args": {}}')
-            elif ref is None:
-                # Its reply could not be matched to it: refuse it rather than run it blind.
-                self._error(None, INVALID_FRAME, 'a call needs a "ref" (a string or a number) '
-                            "to match its reply")
-            elif not self._client_callable(method):
-                self._error(ref, FORBIDDEN, f"{self.cls.type_name}.{method}() is not callable "
-                            "from clients (only methods marked @client_callable are)")
-            else:
-                self._spawn(ref, self._call(ref, method, args))
-        elif "event" in frame:
-            event = frame["event"]
-            if not isinstance(event, str):
-                self._error(ref, INVALID_FRAME, "event must be a string")
-            elif event == STATE_REQUEST:
-                self._request_state(ref)
-            elif event.startswith(RESERVED_EVENT_PREFIX):
-                self._error(ref, INVALID_FRAME, f"events starting with {RESERVED_EVENT_PREFIX!r} "
-                            "are reserved for the protocol")
-            else:
-                self._spawn(ref, self._event(ref, frame))
-        else:
-            self._error(ref, INVALID_FRAME, 'a frame needs "call" (with "args") or "event"')
-
-    def _request_state(self, ref: Any) -> None:
-        if self.cls.__objects_sync__ is None:
-            self._error(ref, INVALID_FRAME, f"{self.cls.type_name} does not sync its state "
-                        "(sync_state = True or client_view): there is no state to send")
-        elif self.state_requested:
-            # A flood costs one view: the one on its way already brings the whole state.
-            self._reply_error(ref, error_body(Overloaded(
-                "a state request is already in flight on this connection; its objects:state "
-                "is on its way")))
-        else:
-            self.state_requested = self._spawn(ref, self._state_request(ref))
-
-    async def _state_request(self, ref: Any) -> None:
-        assert self.conn is not None
-        try:
-            await self.objects.runtime.gateway.request_state(self.conn)
-        except ObjectsError as exc:
-            self._reply_error(ref, error_body(exc))
-        except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}: state request", self.about))
-        else:
-            if ref is not None:
-                self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
-        finally:
-            self.state_requested = False
-
-    def _client_callable(self, method: str) -> bool:
-        # A name that is no method at all goes on, to be answered unknown_method.
-        spec = self.cls.__objects_methods__.get(method)
-        return spec is None or spec.client_callable
-
-    def _spawn(self, ref: Any, coro: Coroutine[Any, Any, None]) -> bool:
-        """Run a frame's work (held while its hibernated object thaws); ``False``: refused."""
-        waking, conn = self.waking, self.conn
-        in_flight = len(self.calls) + (len(waking) if waking else 0)
-        if in_flight >= self.objects.max_calls_in_flight:
-            coro.close()
-            error = Overloaded(f"{in_flight} calls already in flight on this connection")
-            self._reply_error(ref, error_body(error))
-            return False
-        if waking is None and conn is not None and conn.activation is None and (
-            self.objects.runtime.gateway.asleep(conn)
-        ):
-            # Its object hibernated: thaw it here first, holding this frame and the next ones.
-            waking = self.waking = []
-            self._start(self._wake(conn))
-        if waking is not None:
-            waking.append((ref, coro))
-        else:
-            self._start(coro)
-        return True
-
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self.calls.add(task)
-        task.add_done_callback(self.calls.discard)
-
-    async def _wake(self, conn: Connection) -> None:
-        """Thaw the hibernated object, then run the frames that waited, in arrival order.
-
-        Another node holding it now closes the client 1012 (the runtime does): they don't run.
-        """
-        error = None
-        try:
-            woken = await self.objects.runtime.gateway.wake(conn)
-        except ObjectsError as exc:
-            woken, error = False, error_body(exc)
-        except TimeoutError:
-            woken, error = False, error_body(CallTimeout(f"{self.topic} did not thaw in time"))
-        except Exception as exc:
-            woken, error = False, internal_error(exc, f"{self.topic}: thaw", self.about)
-        except BaseException:  # cancelled: the session is ending
-            for _, coro in self.waking or ():
-                coro.close()
-            self.waking = None
-            raise
-        held, self.waking = self.waking or [], None
-        if not woken:
-            self.state_requested = False  # a held state request will not run: allow another
-        for ref, coro in held:
-            if woken:
-                self._start(coro)
-            else:
-                coro.close()
-                if error is not None:
-                    self._reply_error(ref, error)
-
-    async def _call(self, ref: Any, method: str, args: dict[str, Any]) -> None:
-        try:
-            result = await self.objects.call(self.cls, self.key, method, args)
-            encoded = self.cls.__objects_methods__[method].encode_result(result)
-            text = encode_frame({"ref": ref, "ok": True, "result": encoded})
-        except ObjectsError as exc:
-            self._reply_error(ref, error_body(exc))
-        except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}.{method}()", self.about))
-        else:
-            self._push(text)
-
-    async def _event(self, ref: Any, frame: dict[str, Any]) -> None:
-        assert self.conn is not None
-        try:
-            await self.objects.runtime.gateway.message(self.conn, frame)
-        except ObjectsError as exc:
-            self._reply_error(ref, error_body(exc))
-        except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}: on_message", self.about))
-        else:
-            if ref is not None:
-                self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
-
-    def _reply_error(self, ref: Any, error: dict[str, Any]) -> None:
-        try:
-            text = encode_frame({"ref": ref, "ok": False, "error": error})
-        except ValueError as exc:  # an app's error message that is not JSON text
-            error = internal_error(exc, f"{self.topic}: error reply", self.about)
-            text = encode_frame({"ref": ref, "ok": False, "error": error})
-        self._push(text)
-
-    def _error(self, ref: Any, type: str, message: str) -> None:
-        self._reply_error(ref, {"type": type, "message": message})
