@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from bench_http import HERE, PYTHON, drop, free_port, prepare
+from bench_http import HERE, PYTHON, drop, free_port, prepare, wait_ready
 
 PATH = "/objects/ticker/hot/ws"
 WS = "auto"  # uvicorn's websocket implementation (--ws)
@@ -45,16 +45,6 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of process ``pid`` so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_ready(port: int) -> None:
-    for _ in range(300):
-        try:
-            httpx2.post(f"http://127.0.0.1:{port}/plain/x/increment").raise_for_status()
-            return
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit(f"the node on port {port} did not start")
 
 
 def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> dict[str, Any]:

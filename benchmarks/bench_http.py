@@ -48,6 +48,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(port: int) -> None:
+    """Wait for the benchmark app on ``port`` to answer (30 s at most)."""
+    for _ in range(300):
+        try:
+            httpx2.post(f"http://127.0.0.1:{port}/plain/x/increment").raise_for_status()
+            return
+        except httpx2.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"the app on port {port} did not start")
+
+
 def wrk(port: int, path: str, duration: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA.replace("{path}", path))
@@ -133,12 +144,7 @@ def run_backend(url: str, duration: int, clients: int) -> dict[str, object]:
          "--no-access-log", "--log-level", "warning"], env=env,
     )
     try:
-        for _ in range(100):
-            try:
-                httpx2.post(f"http://127.0.0.1:{port}/plain/x/increment").raise_for_status()
-                break
-            except httpx2.HTTPError:
-                time.sleep(0.1)
+        wait_ready(port)
         wrk(port, "/counters/k", 2)  # warm up: thaw the 1,000 objects
         results: dict[str, object] = {
             "(a) no object, no database": wrk(port, "/plain/k", duration),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,21 @@ def strict_json(text: str) -> object:
         elif isinstance(item, list):
             stack.extend(item)
     return value
+
+
+class Recorder:
+    """A client transport as the websocket session is one, keeping every frame it is sent
+    (decoded) and how it was closed: the attach path without HTTP."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.frames.append(frame)
+
+    def send_text(self, text: str) -> None:
+        self.frames.append(json.loads(text))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)

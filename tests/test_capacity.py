@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from fastapi_objects import DurableObject, Overloaded, Runtime
 from fastapi_objects.storage import Storage
+from tests._support import Recorder
 from tests.conftest import Backend
 
 TTL = 10.0
@@ -37,19 +38,6 @@ class Tally(DurableObject[CountState]):
     async def hold(self, release: float) -> int:
         await asyncio.sleep(release)
         return self.state.value
-
-
-class Silent:
-    """A client transport that drops what it is sent (the attach path without HTTP)."""
-
-    def send(self, frame: dict[str, Any]) -> None:
-        pass
-
-    def send_text(self, text: str) -> None:
-        pass
-
-    def close(self, code: int, reason: str) -> None:
-        pass
 
 
 def _runtime(backend: Backend, **options: Any) -> Runtime:
@@ -106,7 +94,7 @@ async def test_10000_attaches_to_random_keys_leave_memory_bounded_and_no_owner_r
         async def client() -> None:
             nonlocal peak
             for key in rt_keys:
-                conn = await rt.gateway.attach(Tally, key, Silent())
+                conn = await rt.gateway.attach(Tally, key, Recorder())
                 peak = max(peak, rt.stats().active)
                 await rt.gateway.detach(conn)
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from fastapi_objects import DurableObject, Runtime, readonly
 from fastapi_objects.runtime.connection import Connection
 from fastapi_objects.storage import Alarm, ObjectQuery, Storage, open_storage
-from tests._support import wait_until
+from tests._support import Recorder, wait_until
 from tests.conftest import Backend
 
 HOUR = timedelta(hours=1)
@@ -206,22 +206,12 @@ async def test_a_live_object_expires_unless_a_client_is_attached(backend: Backen
         expire_after = timedelta(seconds=0.1)
         idle_timeout = 60.0  # it would stay in memory: only its expiry removes it
 
-    class Client:
-        def send(self, frame: dict[str, Any]) -> None:
-            pass
-
-        def send_text(self, text: str) -> None:
-            pass
-
-        def close(self, code: int, reason: str) -> None:
-            pass
-
     async with _rt(backend, None, Brief) as rt:
         await rt.get(Brief, "k").add("x")
         await wait_until(lambda: rt.stats().expired == 1, what="the expiry")
         assert await rt.storage.load("brief", "k") is None and rt.stats().hibernations == 0
         await rt.get(Brief, "k").add("y")
-        conn: Connection = await rt.gateway.attach(Brief, "k", Client())
+        conn: Connection = await rt.gateway.attach(Brief, "k", Recorder())
         await _sleep(0.4)  # four times expire_after, attached: kept
         assert await rt.get(Brief, "k").items() == ["y"] and rt.stats().expired == 1
         await rt.gateway.detach(conn)

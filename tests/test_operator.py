@@ -9,7 +9,6 @@ the owner.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -22,6 +21,7 @@ from fastapi_objects import InvalidEdit, ObjectNotFound, StaleRevision, Unstorab
 from fastapi_objects.runtime import DurableObject, EventSourced, Runtime, readonly
 from fastapi_objects.runtime.states import read_state
 from fastapi_objects.storage import open_storage
+from tests._support import Recorder
 
 if TYPE_CHECKING:
     from conftest import Backend
@@ -347,28 +347,12 @@ def test_history_is_a_positive_timedelta_of_snapshot_objects() -> None:
 # -- on a cluster --------------------------------------------------------------------------------
 
 
-class Frames:
-    """A client's end of an attach (what the websocket session is to the runtime)."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.frames.append(frame)
-
-    def send_text(self, text: str) -> None:
-        self.frames.append(json.loads(text))
-
-    def close(self, code: int, reason: str) -> None:
-        self.frames.append({"closed": code})
-
-
 async def test_a_restore_and_an_edit_on_another_node_run_on_the_owner(
     sql_backend: Backend,
 ) -> None:
     async with _runtime(sql_backend, node_id="a") as a, _runtime(sql_backend, node_id="b") as b:
         await _scored(a, "k", 3)  # a owns player:k
-        conn = await a.gateway.attach(Player, "k", Frames(), query={"name": "viewer"})
+        conn = await a.gateway.attach(Player, "k", Recorder(), query={"name": "viewer"})
         conn.tags.add("watcher")
         conn.state = {"seat": 4}
         # b asks a who is attached, without waking anything of its own.

@@ -30,6 +30,7 @@ from fastapi_objects import (
 )
 from fastapi_objects.runtime import Runtime
 from fastapi_objects.runtime.presence import MAX_KEYS, MAX_META
+from tests._support import Recorder as Frames
 from tests.conftest import Backend
 
 STATE, DIFF = "objects:presence_state", "objects:presence_diff"
@@ -79,20 +80,8 @@ class MemoryLobby(Lobby):
     persistence = "memory"
 
 
-class Recorder:
+class Recorder(Frames):
     """A client: every frame the runtime sends it, decoded."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.frames.append(frame)
-
-    def send_text(self, text: str) -> None:
-        self.frames.append(json.loads(text))
-
-    def close(self, code: int, reason: str) -> None:
-        pass
 
     def take(self) -> list[tuple[str, Any]]:
         """The presence frames since the last take, as (event, payload)."""

@@ -25,29 +25,12 @@ from fastapi_objects import Objects, Runtime
 from fastapi_objects.runtime.connection import Connection
 from fastapi_objects.runtime.sync import HISTORY
 from fastapi_objects.runtime.sync.jsondiff import diff
-from tests._support import wait_until
+from tests._support import Recorder, wait_until
 from tests._sync import Board, Mirror, Notes, Plain, Sleepy, random_step, same_json
 from tests.conftest import Backend
 from tests.test_storage_faults import _writes_held
 
 CALLS = 1_000
-
-
-class Client:
-    """A transport as the websocket session is one: it keeps the frames it is sent."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.closed: tuple[int, str] | None = None
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.frames.append(frame)
-
-    def send_text(self, text: str) -> None:
-        self.frames.append(json.loads(text))
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
 
 
 @asynccontextmanager
@@ -58,9 +41,9 @@ async def _runtime(backend: Backend, **options: Any) -> AsyncIterator[Runtime]:
 
 
 async def _attach(rt: Runtime, key: str, query: dict[str, str] | None = None,
-                  cls: Any = Board) -> tuple[Connection, Client]:
+                  cls: Any = Board) -> tuple[Connection, Recorder]:
     """Attach as the session does: the attach, then the state frames right after it."""
-    client = Client()
+    client = Recorder()
     conn = await rt.gateway.attach(cls, key, client, query=query)
     for text in await rt.gateway.state_frames(conn):
         client.send_text(text)
@@ -76,7 +59,7 @@ async def _run_calls(rt: Runtime, key: str, rnd: random.Random, count: int) -> N
             pass  # "fail": rolled back, nothing sent
 
 
-def _follow(mirror: Mirror, client: Client) -> None:
+def _follow(mirror: Mirror, client: Recorder) -> None:
     for frame in client.frames:
         mirror.feed(frame)
     client.frames.clear()

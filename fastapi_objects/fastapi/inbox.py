@@ -10,7 +10,7 @@ the frames wait for it to thaw here and then run in arrival order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CallTimeout, ObjectsError, Overloaded
@@ -119,14 +119,8 @@ class Inbox:
     async def _state_request(self, ref: Any) -> None:
         assert self.conn is not None
         try:
-            await self.objects.runtime.gateway.request_state(self.conn)
-        except ObjectsError as exc:
-            self._reply_error(ref, error_body(exc))
-        except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}: state request", self.about))
-        else:
-            if ref is not None:
-                self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
+            await self._answer(ref, self.objects.runtime.gateway.request_state(self.conn),
+                               "state request")
         finally:
             self.state_requested = False
 
@@ -205,12 +199,17 @@ class Inbox:
 
     async def _event(self, ref: Any, frame: dict[str, Any]) -> None:
         assert self.conn is not None
+        await self._answer(ref, self.objects.runtime.gateway.message(self.conn, frame),
+                           "on_message")
+
+    async def _answer(self, ref: Any, work: Awaitable[None], what: str) -> None:
+        """Await ``work``; reply ``ok`` (when the frame had a ref) or the error it raised."""
         try:
-            await self.objects.runtime.gateway.message(self.conn, frame)
+            await work
         except ObjectsError as exc:
             self._reply_error(ref, error_body(exc))
         except Exception as exc:
-            self._reply_error(ref, internal_error(exc, f"{self.topic}: on_message", self.about))
+            self._reply_error(ref, internal_error(exc, f"{self.topic}: {what}", self.about))
         else:
             if ref is not None:
                 self._push(encode_frame({"ref": ref, "ok": True, "result": None}))
