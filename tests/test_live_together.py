@@ -8,6 +8,9 @@ patch, and a leave as a presence diff, with neither frame standing in for the ot
 
 from __future__ import annotations
 
+import asyncio
+import json
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,9 +20,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from websockets.asyncio.client import connect
 
 from fastapi_objects import DurableObject, Objects, client_callable
 from fastapi_objects.runtime.connection import Connection
+from tests._server import LiveServer
+from tests._sync import Board, Mirror, random_step, same_json
+from tests.conftest import Backend
 
 
 class RoomState(BaseModel):
@@ -133,3 +140,46 @@ def test_after_a_hibernation_with_sockets_open_views_and_presence_carry_on(
             assert attached["payload"].get("presence") is True
             state = _until(cy, "objects:presence_state")["payload"]
             assert sorted(state) == ["ann", "bob"]
+
+
+async def test_state_sync_and_its_resume_through_a_relaying_node(sql_backend: Backend) -> None:
+    """A client attached through a node that does not own the object (relayed to the owner)
+    follows the state, and resumes by rev through the relay: one patch, not the whole view."""
+    owner = Objects(objects=[Board], database_url=sql_backend.url, schema=sql_backend.schema,
+                    node_id="owner", create_tables=True)
+    edge = Objects(objects=[Board], database_url=sql_backend.url, schema=sql_backend.schema,
+                   node_id="edge")
+    app = FastAPI(lifespan=edge.lifespan)
+    app.include_router(edge.router)
+    rnd = random.Random(7)
+    mirror = Mirror()
+
+    async def frame(ws: Any) -> dict[str, Any]:
+        return dict(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+
+    async def calls(ws: Any, count: int) -> None:
+        for ref in range(count):
+            await ws.send(json.dumps({"ref": ref, "call": "step", "args": random_step(rnd)}))
+            while "ok" not in (got := await frame(ws)):
+                assert mirror.feed(got), got
+            assert got["ref"] == ref
+
+    async with owner:
+        await owner.get(Board, "b").step(op="set", n=1)  # the owner holds it
+        async with LiveServer(app) as server:
+            async with connect(server.ws_url("/objects/board/b/ws")) as ws:
+                assert (await frame(ws))["event"] == "objects:attached"
+                assert mirror.feed(await frame(ws)) and mirror.states == 1
+                await calls(ws, 50)
+            for n in range(5):  # changes while the client is away
+                await owner.get(Board, "b").step(op="push", text=f"away {n}")
+            path = f"/objects/board/b/ws?{mirror.resume_query()}"
+            async with connect(server.ws_url(path)) as ws:
+                assert (await frame(ws))["event"] == "objects:attached"
+                resumed = await frame(ws)
+                assert resumed["event"] == "objects:state_patch", resumed
+                mirror.feed(resumed)
+                await calls(ws, 50)
+        assert owner.stats().relayed == 2 and mirror.states == 1
+        server_view = await owner.get(Board, "b").view()
+    assert same_json(mirror.view, server_view)
