@@ -166,19 +166,20 @@ class Activation:
         """Run ``fn(instance, **kwargs)`` as a turn; return once its output may leave.
 
         ``held``: the caller already holds the gate as writer (it thawed the object), so the
-        call that caused the thaw keeps its place ahead of the calls that queued meanwhile.
+        call that caused the thaw keeps its place ahead of the calls that queued meanwhile; a
+        read-only one still runs without a turn (nothing to encode or commit), then gives
+        the writer's place back.
         ``spec``: the method called, whose result must be storable JSON like the state.
         ``name``: what the turn runs (the method, or a hook), for its observer.
         """
         chain = _chain.get()
         if self in chain:
             return await fn(self.instance, **kwargs)
-        if held:
-            readonly = False
-        elif self.closed:
-            raise Stale
-        elif not self.gate.try_enter(readonly):
-            await self._wait(readonly)
+        if not held:
+            if self.closed:
+                raise Stale
+            if not self.gate.try_enter(readonly):
+                await self._wait(readonly)
         token = _chain.set((*chain, self))
         self.in_flight += 1  # until the output may leave: a caller awaiting its commit counts
         try:
@@ -195,7 +196,7 @@ class Activation:
                             observer.turn_end(observed, exc)
                         raise
                     finally:
-                        self.gate.leave(True)
+                        self.gate.leave(not held)  # held: the writer's place, given back
                     if observer is not None:
                         observer.turn_end(observed, None)
                     pending = self.record.last
