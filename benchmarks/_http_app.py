@@ -1,7 +1,7 @@
 """The app bench_http.py serves with uvicorn: objects, reference endpoints and the baseline.
 
 Configured by environment: BENCH_DATABASE_URL (PostgreSQL or SQLite), BENCH_SCHEMA
-(PostgreSQL only; empty for SQLite).
+(PostgreSQL only; empty for SQLite), BENCH_GC_FREEZE (non-empty: ``gc.freeze()`` once started).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from fastapi_objects import DurableObject, Handle, Objects, get_object
+from fastapi_objects import DurableObject, Handle, Objects, get_object, readonly
 from fastapi_objects.storage import create_engine
 
 URL = os.environ["BENCH_DATABASE_URL"]
@@ -35,6 +35,16 @@ class Counter(DurableObject[CounterState]):
     async def increment(self, by: int = 1) -> int:
         self.state.value += by
         self.broadcast("changed", {"value": self.state.value})
+        return self.state.value
+
+    async def bump(self, by: int = 1) -> int:
+        """``increment`` without its broadcast (a rung of bench_http's ladder)."""
+        self.state.value += by
+        return self.state.value
+
+    @readonly
+    async def peek(self) -> int:
+        """A read-only call (a rung of bench_http's ladder)."""
         return self.state.value
 
 
@@ -65,6 +75,10 @@ UPDATE = sa.text(f"UPDATE {TABLE} SET value = value + :by WHERE key = :key RETUR
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with objects.lifespan(app):
+        if os.environ.get("BENCH_GC_FREEZE"):  # bench_http.py --gc-freeze: what an app may do
+            import gc
+
+            gc.freeze()  # what start-up made is never scanned again by the cyclic GC
         yield
     await engine.dispose()
 
@@ -157,3 +171,19 @@ async def stats() -> dict[str, int]:
     """Commits and their transactions so far: how well this load groups its commits."""
     now = objects.stats()
     return {"commits": now.commits, "batches": now.batches}
+
+
+# The rungs of bench_http's ladder: the README's route with one layer at a time.
+CounterHandle = Annotated[Handle[Counter], Depends(get_object(Counter))]
+
+
+@app.post("/readonly/{key}/increment")
+async def readonly_call(counter: CounterHandle, by: int = 1) -> dict[str, int]:
+    """``Depends(get_object)`` and a read-only call: no turn, no commit."""
+    return {"value": await counter.peek()}
+
+
+@app.post("/quiet/{key}/increment")
+async def quiet(counter: CounterHandle, by: int = 1) -> dict[str, int]:
+    """A durable call without a broadcast."""
+    return {"value": await counter.bump(by)}

@@ -34,6 +34,14 @@ import httpx2
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 ROUNDS = 3  # alternating rounds of (m) and the objects route
+# The route's ladder: one layer at a time, from the in-memory route to the README's route.
+LADDER = [
+    ("(m) in-memory object", "/memory/k"),
+    ("+ suspended on a future (released every 1 ms)", "/suspend/k"),
+    ("+ Depends(get_object) and a read-only call", "/readonly/k"),
+    ("+ a durable call (turn, commit)", "/quiet/k"),
+    ("+ its broadcast: the README's route", "/counters/k"),
+]
 LUA = """
 wrk.method = "POST"
 request = function()
@@ -133,12 +141,29 @@ def fanout(port: int, clients: int, seconds: float) -> dict[str, float]:
     return result
 
 
-def run_backend(url: str, duration: int, clients: int) -> dict[str, object]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(pid: int, port: int, path: str, duration: int) -> tuple[float, float]:
+    """wrk on ``path``: requests/s and the server's CPU (all its threads) per request, in us."""
+    before = cpu_seconds(pid)
+    result = wrk(port, path, duration)
+    used = cpu_seconds(pid) - before
+    return result["rps"], used / (result["rps"] * duration) * 1e6
+
+
+def run_backend(
+    url: str, duration: int, clients: int, gc_freeze: bool = False
+) -> dict[str, object]:
     """Serve the app on ``url`` and take every figure; return them."""
     schema = "" if url.startswith("sqlite") else f"bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(prepare(url, schema))
     port = free_port()
-    env = dict(os.environ, BENCH_DATABASE_URL=url, BENCH_SCHEMA=schema, PYTHONPATH=str(HERE))
+    env = dict(os.environ, BENCH_DATABASE_URL=url, BENCH_SCHEMA=schema, PYTHONPATH=str(HERE),
+               BENCH_GC_FREEZE="1" if gc_freeze else "")
     server = subprocess.Popen(
         [PYTHON, "-m", "uvicorn", "_http_app:app", "--port", str(port), "--workers", "1",
          "--no-access-log", "--log-level", "warning"], env=env,
@@ -163,6 +188,9 @@ def run_backend(url: str, duration: int, clients: int) -> dict[str, object]:
         results["(m) the same route on an in-memory object"] = memory
         results["objects: POST /counters/{key}/increment"] = objs
         results["ratios"] = [pair[1]["rps"] / pair[0]["rps"] for pair in rounds]
+        results["ladder"] = [
+            (name, *cpu_per_request(server.pid, port, path, duration)) for name, path in LADDER
+        ]
         if clients:
             results["fanout"] = fanout(port, clients, max(duration, 5))
     finally:
@@ -178,7 +206,7 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
     print(f"{'endpoint':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     rps = {}
     for name, r in results.items():
-        if name in ("fanout", "ratios", "batch"):
+        if name in ("fanout", "ratios", "batch", "ladder"):
             continue
         assert isinstance(r, dict)
         rps[name] = r["rps"]
@@ -195,6 +223,14 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
           f"{'PASS' if objs >= 0.6 * memory else 'MISS'}")
     print(f"objects / (b) = {objs / base:.1f}x (target >= 3x): "
           f"{'PASS' if objs >= 3 * base else 'MISS'}")
+    ladder = results["ladder"]
+    assert isinstance(ladder, list)
+    print("\nThe route's ladder: the server's CPU per request (both threads), one layer at a time")
+    previous = None
+    for name, rps, cpu in ladder:
+        added = "" if previous is None else f"{cpu - previous:+7.0f}"
+        print(f"  {name:48} {rps:>7.0f} req/s {cpu:>6.0f} us {added}")
+        previous = cpu
     fan = results.get("fanout")
     if isinstance(fan, dict):
         print(f"Fan-out: {fan['clients']} clients on one object, one durable broadcast / 10 ms, "
@@ -215,6 +251,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--clients", type=int, default=3000,
                         help="websocket clients of the fan-out figure (0: skip it)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="the app calls gc.freeze() once started (what an app may do; the "
+                        "runtime leaves the GC alone): both routes of the ratio run so")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -223,7 +262,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_http_") as folder:
             url = (f"sqlite+aiosqlite:///{folder}/objects.db" if backend == "sqlite"
                    else args.database_url)
-            report(backend, run_backend(url, args.duration, args.clients), args.duration)
+            report(backend, run_backend(url, args.duration, args.clients, args.gc_freeze),
+                   args.duration)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
 
