@@ -14,7 +14,6 @@ figure is what the owner's fan-out costs, not what K machines would do.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,11 +21,19 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx2
-from bench_http import HERE, PYTHON, drop, free_port, prepare, wait_ready
+from bench_http import (
+    HERE,
+    PYTHON,
+    cpu_seconds,
+    drop,
+    free_port,
+    parser_for,
+    prepare,
+    wait_ready,
+)
 
 PATH = "/objects/ticker/hot/ws"
 WS = "auto"  # uvicorn's websocket implementation (--ws)
@@ -39,12 +46,6 @@ def start_node(url: str, schema: str, port: int) -> subprocess.Popen[bytes]:
         [PYTHON, "-m", "uvicorn", "_http_app:app", "--port", str(port), "--workers", "1",
          "--no-access-log", "--log-level", "warning", "--ws", WS], env=env,
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> dict[str, Any]:
@@ -122,11 +123,7 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", default=os.environ.get(
-        "OBJECTS_TEST_DATABASE_URL", "postgresql+asyncpg://root@127.0.0.1:5432/test"),
-        help="the PostgreSQL server (default OBJECTS_TEST_DATABASE_URL or the local one)")
+    parser = parser_for(__doc__)
     parser.add_argument("--clients", type=int, default=10_000, help="websocket clients")
     parser.add_argument("--nodes", type=int, default=3, help="nodes the clients spread over")
     parser.add_argument("--interval", type=float, default=0.01,

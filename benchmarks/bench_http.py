@@ -240,12 +240,18 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
               f"(target p99 <= 250 ms): {'PASS' if fan['p99_ms'] <= 250 else 'MISS'}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def parser_for(doc: str | None) -> argparse.ArgumentParser:
+    """A script's argument parser with ``--database-url`` (the PostgreSQL server)."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=os.environ.get(
         "OBJECTS_TEST_DATABASE_URL", "postgresql+asyncpg://root@127.0.0.1:5432/test"),
         help="the PostgreSQL server (default OBJECTS_TEST_DATABASE_URL or the local one)")
+    return parser
+
+
+def main() -> None:
+    parser = parser_for(__doc__)
     parser.add_argument("--backends", default="postgres,sqlite",
                         help="comma-separated: postgres, sqlite (default both)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
