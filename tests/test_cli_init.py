@@ -416,6 +416,7 @@ def test_a_new_env_is_private_and_a_missing_gitignore_is_created(project: Path) 
     ignored = (project / ".gitignore").read_text().splitlines()
     # The SQLite database in the project, with its -wal and -shm: data, not source.
     assert {".env", "objects.db", "objects.db-*"} <= set(ignored)
+    assert ignored.count("# the SQLite database (objects init)") == 1  # one comment a group
     (project / ".gitignore").write_text(".env*\n!.env.example\n*.db*\n")  # ignored already
     assert "up to date: .gitignore" in run("init")
     (project / ".gitignore").write_text(".env\n!.env\n")  # and un-ignored again

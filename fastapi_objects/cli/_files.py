@@ -93,12 +93,16 @@ def plan_gitignore(root: Path, entries: list[tuple[str, str]]) -> PlannedFile:
     path = root / ".gitignore"
     old = path.read_text() if path.is_file() else None
     text = old or ""
+    said = None  # the comment over the entries just added (one per group)
     for pattern, why in entries:
         if _ignored(old or "", pattern.replace("*", "wal")):
             continue
         if text and not text.endswith("\n"):
             text += "\n"
-        text += f"# {why}\n{pattern}\n"
+        if why != said:
+            text += f"# {why}\n"
+            said = why
+        text += f"{pattern}\n"
     return plan(root, Path(".gitignore"), text, force=False, merge=True)
 
 
