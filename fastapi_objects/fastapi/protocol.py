@@ -25,10 +25,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic_core import from_json, to_json
+from pydantic_core import from_json
 
 from ..runtime.connection import RESERVED_EVENT_PREFIX, CloseCode
 from ..runtime.presence import PRESENCE_DIFF, PRESENCE_STATE
+from ..runtime.storable import strict_json
 from ..runtime.sync import INVALID_REV, REV_PARAM, RUN_PARAM, STATE, STATE_PATCH, STATE_REQUEST
 
 __all__ = [
@@ -76,12 +77,7 @@ def encode_frame(frame: dict[str, Any]) -> str:
 
     ``ValueError`` when it holds NaN or ±Infinity, or anything that is not JSON-compatible.
     """
-    data = to_json(frame)
-    # Non-finite floats come out as bare NaN/Infinity: only then look closer (a string that
-    # merely contains the word comes out the same in "strings" mode).
-    if (b"NaN" in data or b"Infinity" in data) and to_json(frame, inf_nan_mode="strings") != data:
-        raise ValueError("NaN and Infinity are not JSON: the frame holds a non-finite number")
-    return data.decode()
+    return strict_json(frame, "the frame")
 
 
 def decode_frame(text: str) -> Any:

@@ -130,7 +130,7 @@ class Connection:
             self._transport.send(frame)
 
     def send_text(self, text: str) -> None:
-        """Send a frame already encoded (strict JSON text), now: state sync's frames."""
+        """Send a protocol frame already encoded as strict JSON text (once for every client)."""
         self._transport.send_text(text)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -152,10 +152,6 @@ class Connection:
     def untrack(self, key: str) -> None:
         """Take this client's meta under ``key`` out of the presence (when the turn commits)."""
         presence.untrack(self, key)
-
-    def _send_encoded(self, text: str) -> None:
-        """Queue a protocol frame already encoded (presence frames, encoded once for all)."""
-        self._transport.send_text(text)
 
     def __repr__(self) -> str:
         return f"Connection({self.topic!r}, id={self.id[:8]}, tags={sorted(self.tags)})"

@@ -96,7 +96,7 @@ class DurableObject(Generic[S]):
     ``objects.router`` and call the methods marked ``@client_callable``), ``persistence``
     (``"durable"``, or ``"memory"``: one live instance, nothing written, gone when it
     hibernates), ``expire_after`` (a ``timedelta``: a durable object left that long without
-    calls, clients or alarms is deleted) and ``history`` (a ``timedelta``: keep each
+    calls, clients or alarms is deleted), ``history`` (a ``timedelta``: keep each
     committed state that long, for ``objects.restore``; event-sourced objects restore from
     their journal) and ``sync_state`` (``True``: every attached client gets the state as
     ``objects:state`` and a patch after each commit that changed it; define ``client_view``

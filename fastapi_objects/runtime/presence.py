@@ -185,7 +185,7 @@ def attached(clients: Clients, conn: Connection) -> None:
     if clients.presence_used:
         conns = clients.connections.values()
         conn.presence_synced = True
-        conn._send_encoded(_frame(conn.topic, PRESENCE_STATE, listing(conns)))
+        conn.send_text(_frame(conn.topic, PRESENCE_STATE, listing(conns)))
 
 
 def left(clients: Clients, conn: Connection) -> None:
@@ -213,12 +213,12 @@ def publish(
         state = _frame(topic, PRESENCE_STATE, listing(conns))
         for conn in unsynced:
             conn.presence_synced = True
-            conn._send_encoded(state)
+            conn.send_text(state)
     clients.presence_used = True
     change()
     diff = _frame(topic, PRESENCE_DIFF, {"joins": joins, "leaves": leaves})
     for conn in conns:
-        conn._send_encoded(diff)
+        conn.send_text(diff)
 
 
 def _frame(topic: str, event: str, payload: Any) -> str:

@@ -33,6 +33,20 @@ def check_storable(value: Any, what: str) -> None:
         storable_json(value, what)
 
 
+def strict_json(value: Any, what: str) -> str:
+    """The strict JSON text of ``value`` (``JSON.parse`` in a browser accepts it).
+
+    ``ValueError`` when it holds NaN or ±Infinity ("the {what} holds a non-finite number"), or
+    anything that is not JSON-compatible.
+    """
+    data = to_json(value)
+    # Non-finite floats come out as bare NaN/Infinity: only then look closer (a string that
+    # merely contains the word comes out the same in "strings" mode).
+    if (b"NaN" in data or b"Infinity" in data) and to_json(value, inf_nan_mode="strings") != data:
+        raise ValueError(f"NaN and Infinity are not JSON: {what} holds a non-finite number")
+    return data.decode()
+
+
 def storable_json(value: Any, what: str) -> bytes:
     """``value`` as the JSON text storage keeps, or ``UnstorableValue`` naming ``what``.
 

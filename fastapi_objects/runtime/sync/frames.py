@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic_core import to_json
 
 STATE = "objects:state"
@@ -46,11 +44,3 @@ def error_frame(type: str, message: str) -> str:
     """An error frame that answers no call: ``{"ref": null, "ok": false, "error"}``."""
     return to_json({"ref": None, "ok": False, "error": {"type": type, "message": message}}
                    ).decode()
-
-
-def encode_view(view: Any) -> str:
-    """A view as strict JSON: ``ValueError`` for NaN, Infinity or what JSON cannot hold."""
-    text = to_json(view)
-    if (b"NaN" in text or b"Infinity" in text) and to_json(view, inf_nan_mode="strings") != text:
-        raise ValueError("NaN and Infinity are not JSON: the view holds a non-finite number")
-    return text.decode()

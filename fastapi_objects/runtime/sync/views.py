@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import to_json
 
+from ..storable import strict_json
 from .frames import (
     HISTORY,
     HISTORY_CHARS,
@@ -18,7 +19,6 @@ from .frames import (
     RUN_PARAM,
     STATE,
     STATE_PATCH,
-    encode_view,
     error_frame,
     frame,
     patch_payload,
@@ -126,7 +126,7 @@ class Sync:
             if conn.sync_rev is None:
                 continue
             try:
-                new = self._client_view(conn, sends)
+                new, _ = self._client_view(conn, sends)
             except _Failed:
                 continue
             ops = diff(conn.sync_view, new)
@@ -166,12 +166,13 @@ class Sync:
         self, conn: Connection, out: list[tuple[Connection, str]], resumed: int | None
     ) -> None:
         if self.mode == "connection":
-            view, rev = self._client_view(conn, out), self._act.record.rev
+            (view, text), rev = self._client_view(conn, out), self._act.record.rev
         else:
             self._publish()  # changes made while no client was attached: into the history
             view, rev = self.view, self.view_rev
+            text = strict_json(view, "the view")
         conn.sync_view, conn.sync_rev = view, rev
-        whole = self._frame(STATE, state_payload(rev, encode_view(view), self.run))
+        whole = self._frame(STATE, state_payload(rev, text, self.run))
         patch = self._since(resumed) if resumed is not None else None
         if resumed is not None and patch is not None:
             text = self._frame(STATE_PATCH, patch_payload(rev, resumed, patch))
@@ -208,19 +209,21 @@ class Sync:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _client_view(self, conn: Connection, out: list[tuple[Connection, str]]) -> Any:
-        """``client_view(conn)`` as strict JSON; a failure is logged and told (``_Failed``)."""
+    def _client_view(
+        self, conn: Connection, out: list[tuple[Connection, str]]
+    ) -> tuple[Any, str]:
+        """``client_view(conn)`` and its strict JSON; a failure is logged, told: ``_Failed``."""
         act = self._act
         try:
             view = act.instance.client_view(conn)
-            encode_view(view)
+            text = strict_json(view, "the view")
         except Exception as exc:
             error_id = uuid.uuid4().hex[:16]  # as fastapi/errors.py: the log has the traceback
             log.error("internal error %s in %s.client_view()", error_id, act.topic,
                       exc_info=exc)
             out.append((conn, error_frame("internal_error", f"internal error {error_id}")))
             raise _Failed from None
-        return view
+        return view, text
 
     def _frame(self, event: str, payload: str) -> str:
         return frame(self._act.topic, event, payload)
