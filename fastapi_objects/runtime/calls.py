@@ -87,12 +87,7 @@ class Calls:
                     return await act.call(spec, args)
                 except Stale:
                     pass
-            def here(act: Activation, held: bool) -> Awaitable[Any]:
-                return act.call(spec, args, held)
-
-            if forwarded:
-                return await self.serve_here(cls, key, here)
-            return await self.route(cls, key, here, spec.name, args, spec.decode_result)
+            return await self._locate_and_call(cls, key, spec, args, forwarded)
         except asyncio.CancelledError as exc:
             error = exc
             if not deadline.expired():
@@ -110,6 +105,21 @@ class Calls:
             deadline.cancel()
             if observer is not None:
                 observer.call_end(token, cls, spec, error)
+
+    def _locate_and_call(
+        self, cls: type[DurableObject[Any]], key: str, spec: MethodSpec, args: dict[str, Any],
+        forwarded: bool,
+    ) -> Awaitable[Any]:
+        """``invoke`` when the object is not live here: find it (thaw it, or forward).
+
+        Its own function: the closure's cells would otherwise be made on every call.
+        """
+        def here(act: Activation, held: bool) -> Awaitable[Any]:
+            return act.call(spec, args, held)
+
+        if forwarded:
+            return self.serve_here(cls, key, here)
+        return self.route(cls, key, here, spec.name, args, spec.decode_result)
 
     async def route(
         self,

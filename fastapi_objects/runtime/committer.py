@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import ConflictError, ObjectsError, StorageUnavailable
@@ -40,7 +40,9 @@ class CommitOwner(Protocol):
 log = logging.getLogger("fastapi_objects")
 
 
-def merge_alarms(earlier: list[AlarmWrite], later: list[AlarmWrite]) -> list[AlarmWrite]:
+def merge_alarms(
+    earlier: Sequence[AlarmWrite], later: Sequence[AlarmWrite]
+) -> list[AlarmWrite]:
     """One write per alarm name, the latest winning (a commit applies them in any order)."""
     merged = {write.name: write for write in (*earlier, *later)}
     return list(merged.values())
@@ -55,7 +57,8 @@ class PendingCommit:
         self.owner = owner
         self.commit = commit
         self.waiters: list[asyncio.Future[None]] = []
-        self.after: list[Callable[[], None]] = []
+        # Actions to run once durable (a turn's broadcasts): a list only when there are some.
+        self.after: Sequence[Callable[[], None]] = ()
         self.error: ObjectsError | None = None
         self.done = False
         self.links: list[Any] | None = None  # the calls it carries, when traced
@@ -66,12 +69,17 @@ class PendingCommit:
         mine.new_rev = commit.new_rev
         mine.journal_rev = commit.journal_rev
         mine.snapshot_rev = commit.snapshot_rev
-        mine.entries.extend(commit.entries)
+        if commit.entries:
+            mine.entries = [*mine.entries, *commit.entries]
         if commit.alarms:
             mine.alarms = merge_alarms(mine.alarms, commit.alarms)
         if commit.state is not None:
             mine.state = commit.state
             mine.state_version = commit.state_version
+
+    def then(self, actions: Sequence[Callable[[], None]]) -> None:
+        """Run ``actions`` once this commit is durable (not if it fails)."""
+        self.after = [*self.after, *actions]
 
     def wait(self) -> asyncio.Future[None]:
         """A future that resolves when this commit is durable (or fails with its error)."""

@@ -9,6 +9,7 @@ read back (``UnstorableValue`` rolls the turn back), and go to storage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._exceptions import ConflictError, ObjectsError, StorageUnavailable
@@ -56,7 +57,7 @@ class Record:
         entries = [
             (kind, storable_json(payload, f"{topic}: journal entry {kind!r}"))
             for kind, payload in turn.entries
-        ] if turn.entries else []
+        ] if turn.entries else ()
         if act.event_sourced:
             if not entries and not turn.alarms:
                 return None
@@ -69,7 +70,7 @@ class Record:
             if not entries and not turn.alarms:
                 if turn.after:  # broadcasts of a turn that wrote nothing: after earlier commits
                     if self.last is not None:
-                        self.last.after.extend(turn.after)
+                        self.last.then(turn.after)
                     else:
                         for action in turn.after:
                             action()
@@ -81,7 +82,7 @@ class Record:
         return self.commit(turn, entries, state, True)
 
     def commit(
-        self, turn: Turn, entries: list[tuple[str, bytes]], state: bytes | None, snapshot: bool
+        self, turn: Turn, entries: Sequence[tuple[str, bytes]], state: bytes | None, snapshot: bool
     ) -> PendingCommit:
         """Queue a commit of ``entries`` and ``state`` (``None``: unchanged) after the last."""
         act = self._act
@@ -94,7 +95,7 @@ class Record:
             type=act.cls.type_name, key=act.key, expected_rev=self.rev, new_rev=new_rev,
             state=state, state_version=act.cls.state_version if state is not None else None,
             snapshot_rev=self.snapshot_rev, journal_rev=journal_rev, entries=entries,
-            epoch=self.epoch, alarms=merge_alarms([], turn.alarms) if turn.alarms else [],
+            epoch=self.epoch, alarms=merge_alarms((), turn.alarms) if turn.alarms else (),
             history=act.cls.__objects_history__ is not None,
         )
         self.rev, self.journal_rev = new_rev, journal_rev
@@ -105,7 +106,7 @@ class Record:
         if commit.alarms and act.alarms is not None:
             act.alarms.committing(commit.alarms)
         if turn.after:
-            pending.after.extend(turn.after)
+            pending.then(turn.after)
         self.last = pending
         return pending
 
@@ -164,7 +165,7 @@ class MemoryRecord(Record):
         return None
 
     def commit(
-        self, turn: Turn, entries: list[tuple[str, bytes]], state: bytes | None, snapshot: bool
+        self, turn: Turn, entries: Sequence[tuple[str, bytes]], state: bytes | None, snapshot: bool
     ) -> PendingCommit:
         """Never: a memory object has nothing to commit."""
         raise AssertionError(f"{self.topic}: a memory object does not commit")
@@ -181,7 +182,7 @@ class ExpiringRecord(Record):
     __slots__ = ()
 
     def commit(
-        self, turn: Turn, entries: list[tuple[str, bytes]], state: bytes | None, snapshot: bool
+        self, turn: Turn, entries: Sequence[tuple[str, bytes]], state: bytes | None, snapshot: bool
     ) -> PendingCommit:
         """Queue the commit, with the expiry alarm when storage has none yet."""
         expiry = self._act.expiry

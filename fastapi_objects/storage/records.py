@@ -12,7 +12,8 @@ An object ``(type, key)`` is one checkpoint row plus an append-only journal:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -113,10 +114,10 @@ class Commit:
     state_version: int | None
     snapshot_rev: int
     journal_rev: int
-    entries: list[tuple[str, bytes]] = field(default_factory=list)
+    entries: Sequence[tuple[str, bytes]] = ()
     epoch: int | None = None
     """The ownership epoch the writer holds; ``None`` commits without the ownership fence."""
-    alarms: list[AlarmWrite] = field(default_factory=list)
+    alarms: Sequence[AlarmWrite] = ()
     """Alarms set, moved or deleted by the turns, written only if the commit applies."""
     history: bool = False
     """Keep ``state`` (when not ``None``) as the state at ``new_rev``, for restore."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -62,7 +63,7 @@ class AlarmClock:
                     alarms[write.name] = write.alarm
         return [alarms[name] for name in sorted(alarms)]
 
-    def committing(self, writes: list[AlarmWrite]) -> None:
+    def committing(self, writes: Sequence[AlarmWrite]) -> None:
         """A turn's alarm writes went to the committer: hold them and re-arm the timer."""
         for write in writes:
             if write.name.startswith(RESERVED):

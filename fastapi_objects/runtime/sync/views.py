@@ -248,4 +248,4 @@ class Sync:
         if last is None or (last.done and last.error is None):
             deliver()
         elif not last.done:
-            last.after.append(deliver)
+            last.then((deliver,))
