@@ -12,6 +12,7 @@ from fastapi_objects import Runtime
 from fastapi_objects._exceptions import CorruptState
 from fastapi_objects.storage import open_storage
 from tests._apps import Counter
+from tests._support import wait_until
 from tests.conftest import Backend
 
 
@@ -68,3 +69,34 @@ async def test_one_corrupt_object_fails_only_itself(sql_backend: Backend) -> Non
         assert (await storage.load("counter", "k8")) is not None
     finally:
         await storage.close()
+
+
+class Napper(Counter):
+    """Hibernates soon after each call."""
+
+    type_name = "napper"
+    idle_timeout = 0.2
+
+
+async def _listed(rt: Runtime, key: str) -> tuple[str, list[tuple[str, str, int]]]:
+    page = await rt.query(Napper, key_prefix=key)
+    stats = [(s.type, s.status, s.count) for s in await rt.type_stats() if s.type == "napper"]
+    return page.items[0].status, stats
+
+
+async def test_a_thaw_that_writes_nothing_lists_the_object_active(backend: Backend) -> None:
+    # "active" comes from the claim that every thaw makes, not from a write of its own.
+    async with Runtime(objects=[Napper], database_url=backend.url, schema=backend.schema,
+                       create_tables=True) as rt:
+        await rt.get(Napper, "n1").increment(1)
+        assert await _listed(rt, "n1") == ("active", [("napper", "active", 1)])
+        await wait_until(lambda: rt.stats().hibernations >= 1)
+        assert await _listed(rt, "n1") == ("hibernated", [("napper", "hibernated", 1)])
+        assert [c.key for c in (await rt.query(Napper, status="hibernated")).items] == ["n1"]
+        assert await rt.get(Napper, "n1").get() == 1  # read-only: a thaw, no commit
+        assert await _listed(rt, "n1") == ("active", [("napper", "active", 1)])
+        assert (await rt.query(Napper, status="hibernated")).items == []
+        assert [c.key for c in (await rt.query(Napper, status_in=["active"])).items] == ["n1"]
+        assert (await rt.storage.load("napper", "n1")).status == "active"  # type: ignore[union-attr]
+        await wait_until(lambda: rt.stats().hibernations >= 2)
+        assert await _listed(rt, "n1") == ("hibernated", [("napper", "hibernated", 1)])

@@ -167,8 +167,8 @@ async def open_target(
 ) -> AsyncIterator[SQLStorage]:
     """Open the target's SQL storage; unless ``create``, the tables up to ``version`` must exist.
 
-    ``version`` 2 is what owners need (the owner of ``ls``/``show``), 4 what ``objects nodes``
-    reads.
+    ``version`` 2 is what owners need (the owner of ``ls``/``show``, and every listed status:
+    an object a node holds is active), 4 what ``objects nodes`` reads.
     """
     from ..storage import open_storage
     from ..storage.sql import SQLStorage

@@ -204,7 +204,7 @@ async def _stats(target: Target, hint: bool = False) -> None:
     """Print the objects per type and status (``hint``: and how to list one type's objects)."""
     from rich.table import Table
 
-    async with open_target(target) as storage:
+    async with open_target(target, version=2) as storage:  # (status: held by a node?)
         rows = await storage.stats()
     counts: dict[str, dict[str, int]] = {name: {} for name in sorted(target.types or {})}
     for row in rows:

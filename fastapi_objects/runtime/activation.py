@@ -94,8 +94,6 @@ class Activation:
                 instance.state, record.since_snapshot = await replay(
                     self.host.storage, cls, self.key, instance.state, after_rev=cp.snapshot_rev
                 )
-            if cp.status != "active":  # a listing hint, written in the background
-                self.host.committer.hint_status(cls.type_name, self.key, "active")
         self.instance = instance
         self.host.sleepers.rejoin(self)  # clients that slept through its hibernation
         if self.expiry is not None:

@@ -189,18 +189,12 @@ class GroupCommitter:
         the batch carrying it is done (written, or failed: a status is a hint, so callers wait
         for it but never fail on it; an unreleased object is taken over after the node dies).
         """
-        self.hint_status(type, key, status, release_epoch)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._status_waiters.append(fut)
-        return fut
-
-    def hint_status(
-        self, type: str, key: str, status: str, release_epoch: int | None = None
-    ) -> None:
-        """``set_status`` that nobody waits for (a thaw's ``active``: no future per object)."""
         self._statuses[(type, key)] = StatusUpdate(type, key, status, release_epoch)
         self._idle.clear()
         self._wakeup.set()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._status_waiters.append(fut)
+        return fut
 
     def discard(self, pending: PendingCommit, error: ObjectsError) -> None:
         """Drop a queued entry (its object was invalidated) and fail its waiters."""

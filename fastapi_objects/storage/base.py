@@ -68,7 +68,11 @@ class Storage(ABC):
 
     @abstractmethod
     async def load(self, type: str, key: str) -> Checkpoint | None:
-        """Return the object's checkpoint, or ``None`` if it was never committed."""
+        """Return the object's checkpoint, or ``None`` if it was never committed.
+
+        Its ``status`` is ``active`` while a node holds the object, else the stored one
+        (``_listing.py``); so are those of ``query`` and ``stats``.
+        """
 
     @abstractmethod
     async def read_journal(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic_core import from_json
 
+from ._listing import listed_status
 from .base import (
     DECLARED_DEAD,
     Alarm,
@@ -49,7 +50,13 @@ class MemoryStorage(Storage):
 
     async def load(self, type: str, key: str) -> Checkpoint | None:
         """Return a copy of the checkpoint or ``None``."""
-        return copy.deepcopy(self._checkpoints.get((type, key)))
+        cp = self._checkpoints.get((type, key))
+        return None if cp is None else self._listed(cp)
+
+    def _listed(self, cp: Checkpoint) -> Checkpoint:
+        """A copy of ``cp`` with the status listings show (``_listing.py``)."""
+        owner = self._owners.get((cp.type, cp.key), (None, 0))[0]
+        return replace(copy.deepcopy(cp), status=listed_status(cp.status, owner))
 
     async def read_journal(
         self, type: str, key: str, after_rev: int = 0, limit: int | None = None
@@ -275,17 +282,18 @@ class MemoryStorage(Storage):
         matches = []
         for ident in sorted(self._checkpoints):
             cp = self._checkpoints[ident]
+            status = listed_status(cp.status, self._owners.get(ident, (None, 0))[0])
             if (
                 (after is None or ident > after)
                 and (query.type is None or cp.type == query.type)
-                and (query.status is None or cp.status == query.status)
-                and (query.status_in is None or cp.status in query.status_in)
+                and (query.status is None or status == query.status)
+                and (query.status_in is None or status in query.status_in)
                 and (not query.key_prefix or cp.key.startswith(query.key_prefix))
                 and (query.state_version is None or cp.state_version == query.state_version)
                 and (query.updated_after is None or cp.updated_at > query.updated_after)
                 and (query.updated_before is None or cp.updated_at < query.updated_before)
             ):
-                matches.append(copy.deepcopy(cp))
+                matches.append(self._listed(cp))
                 if len(matches) > query.limit:
                     break
         items = matches[: query.limit]
@@ -295,8 +303,9 @@ class MemoryStorage(Storage):
     async def stats(self) -> list[TypeStats]:
         """Count objects per type and status."""
         counts: dict[tuple[str, str], int] = {}
-        for cp in self._checkpoints.values():
-            counts[(cp.type, cp.status)] = counts.get((cp.type, cp.status), 0) + 1
+        for ident, cp in self._checkpoints.items():
+            status = listed_status(cp.status, self._owners.get(ident, (None, 0))[0])
+            counts[(cp.type, status)] = counts.get((cp.type, status), 0) + 1
         return [TypeStats(t, s, n) for (t, s), n in sorted(counts.items())]
 
     async def delete(self, type: str, key: str) -> bool:

@@ -16,8 +16,9 @@ from .._exceptions import StorageUnavailable
 from ._alarms import SQLAlarms, alarm_writes
 from ._cluster import cluster_secret
 from ._history import SQLHistory
+from ._listing import SQLListing
 from ._owners import SQLOwners
-from ._rows import checkpoint_of, to_utc, utc
+from ._rows import checkpoint_of, utc
 from ._sqlite import SQLiteWorker
 from ._thaw_pg import PostgresThaw
 from ._writes import PostgresWrites, _ident
@@ -37,7 +38,6 @@ from .base import (
     Storage,
     Thawed,
     TypeStats,
-    decode_cursor,
     encode_cursor,
 )
 from .engine import create_engine, engine_options
@@ -70,6 +70,7 @@ class SQLStorage(Storage):
         self.checkpoints = self.metadata.tables[prefix + "objects_checkpoints"]
         self.journal = self.metadata.tables[prefix + "objects_journal"]
         owners = self.metadata.tables[prefix + "objects_owners"]
+        self._listing = SQLListing(self.checkpoints, owners)
         self._cluster = self.metadata.tables[prefix + "objects_cluster"]
         self._alarms = SQLAlarms(
             self.metadata.tables[prefix + "objects_alarms"], postgres=not self._sqlite
@@ -176,9 +177,7 @@ class SQLStorage(Storage):
 
     async def load(self, type: str, key: str) -> Checkpoint | None:
         """Return the checkpoint of ``(type, key)`` or ``None``."""
-        cp = self.checkpoints
-        stmt = sa.select(cp).where(cp.c.type == type, cp.c.key == key)
-        row = await self._read(_first, stmt)
+        row = await self._read(_first, self._listing.load(type, key))
         return None if row is None else checkpoint_of(row._mapping)
 
     async def read_journal(
@@ -371,41 +370,14 @@ class SQLStorage(Storage):
 
     async def query(self, query: ObjectQuery) -> ObjectPage:
         """List checkpoints matching the filters, ``limit`` at a time."""
-        cp = self.checkpoints
-        stmt = sa.select(cp).order_by(cp.c.type, cp.c.key).limit(query.limit + 1)
-        if query.type is not None:
-            stmt = stmt.where(cp.c.type == query.type)
-        if query.status is not None:
-            stmt = stmt.where(cp.c.status == query.status)
-        if query.status_in is not None:
-            stmt = stmt.where(cp.c.status.in_(query.status_in))
-        if query.key_prefix:
-            stmt = stmt.where(
-                cp.c.key >= query.key_prefix, cp.c.key < query.key_prefix + "\U0010ffff"
-            )
-        if query.state_version is not None:
-            stmt = stmt.where(cp.c.state_version == query.state_version)
-        if query.updated_after is not None:
-            stmt = stmt.where(cp.c.updated_at > to_utc(query.updated_after))
-        if query.updated_before is not None:
-            stmt = stmt.where(cp.c.updated_at < to_utc(query.updated_before))
-        if query.cursor is not None:
-            after_type, after_key = decode_cursor(query.cursor)
-            stmt = stmt.where(sa.tuple_(cp.c.type, cp.c.key) > sa.tuple_(after_type, after_key))
-        rows = await self._read(_all, stmt)
+        rows = await self._read(_all, self._listing.query(query))
         items = [checkpoint_of(r._mapping) for r in rows[: query.limit]]
         more = len(rows) > query.limit
         return ObjectPage(items, encode_cursor(items[-1].type, items[-1].key) if more else None)
 
     async def stats(self) -> list[TypeStats]:
         """Count objects per type and status."""
-        cp = self.checkpoints
-        stmt = (
-            sa.select(cp.c.type, cp.c.status, sa.func.count())
-            .group_by(cp.c.type, cp.c.status)
-            .order_by(cp.c.type, cp.c.status)
-        )
-        rows = await self._read(_all, stmt)
+        rows = await self._read(_all, self._listing.stats())
         return [TypeStats(r[0], r[1], r[2]) for r in rows]
 
     async def delete(self, type: str, key: str) -> bool:
