@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._exceptions import CallTimeout
@@ -112,11 +113,10 @@ class Calls:
     ) -> Awaitable[Any]:
         """``invoke`` when the object is not live here: find it (thaw it, or forward).
 
-        Its own function: the closure's cells would otherwise be made on every call.
+        Its own function, and a partial rather than a closure: a closure's cells (and its
+        tuple of them) would be made on every call, and survive while it waits.
         """
-        def here(act: Activation, held: bool) -> Awaitable[Any]:
-            return act.call(spec, args, held)
-
+        here = partial(_call_on, spec, args)
         if forwarded:
             return self.serve_here(cls, key, here)
         return self.route(cls, key, here, spec.name, args, spec.decode_result)
@@ -216,3 +216,8 @@ class Calls:
             if token is not None:
                 assert propagation is not None
                 propagation.detach(token)
+
+
+def _call_on(spec: MethodSpec, args: dict[str, Any], act: Activation, held: bool) -> Awaitable[Any]:
+    """Run a validated call on ``act`` (``held``: the caller thawed it and holds its gate)."""
+    return act.call(spec, args, held)
