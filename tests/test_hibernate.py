@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from fastapi_objects import Connection, DurableObject, Objects, client_callable, readonly
+from fastapi_objects.runtime.placement import rendezvous
 from fastapi_objects.runtime.sleepers import sleeps_with_clients
 from tests._server import LiveServer
 from tests._support import wait_until
@@ -296,27 +297,35 @@ def test_only_durable_objects_that_do_not_expire_sleep_with_their_clients() -> N
 
 
 async def test_a_relayed_client_sleeps_on_the_owner_and_its_frame_wakes_it(
-    sql_backend: Backend,
+    sql_backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attached through another node (relayed): the session sleeps on the owner, the relay
     stays open, and the client's next frame thaws the object on the owner."""
+    # Hash placement and a key the owner wins: the object lives on the owner whichever node
+    # a call lands on, however long the edge takes to start (no race with its idle timeout).
+    monkeypatch.setattr(Chat, "placement", "hash")
+    key = next(f"rel{i}" for i in range(100) if rendezvous(f"chat:rel{i}", ["owner", "edge"])
+               == "owner")
     owner = _objects(sql_backend, node_id="owner")
     edge = _objects(sql_backend, node_id="edge")
     async with owner:
-        assert await owner.call(Chat, "rel", "say", {"text": "x"}) == 0  # the owner holds it
+        assert await owner.call(Chat, key, "say", {"text": "x"}) == 0
+        await wait_until(lambda: owner.stats().hibernations == 1, within=WAIT)
         async with LiveServer(_app(edge)) as server:
-            ws = await _attach(server.ws_url("/objects/chat/rel/ws?name=ann"))
+            await wait_until(lambda: "owner" in edge.runtime._host.routing.node.live,
+                             within=WAIT, what="the edge sees the owner")
+            ws = await _attach(server.ws_url(f"/objects/chat/{key}/ws?name=ann"))
             try:
-                assert owner.stats().relayed == 1
-                await _asleep(owner, 1, 1)
+                assert owner.stats().relayed == 1 and owner.stats().thaws == 2
+                await _asleep(owner, 1, 2)
                 await ws.send(json.dumps({"event": "whoami"}))
                 assert await _next(ws, "you") == {
                     "state": {"name": "ann", "seen": 1}, "tags": ["member"],
                 }
                 await ws.send(json.dumps({"ref": 1, "call": "say", "args": {"text": "y"}}))
                 assert await _reply(ws, 1) == 1
-                assert owner.stats().thaws == 2 and CONNECTS == ["ann"]
-                assert edge.stats().active == 0
+                assert owner.stats().thaws == 3 and CONNECTS == ["ann"]
+                assert edge.stats().active == 0 and edge.stats().thaws == 0
             finally:
                 await ws.close()
 
