@@ -523,8 +523,8 @@ async def bench_thaw(url: str, stored: int, samples: int, rep: Report) -> float:
         f"data, so they barely compress) were COPYed in; the table takes "
         f"{table_bytes / 2**20:,.0f} MiB on disk. {samples:,} random distinct objects were then "
         "called one at a time (a read-only call, timed from the call to its result): each call "
-        "reads the checkpoint, validates the state into its pydantic model and runs "
-        "on_activate; the 'active' status write goes to the group committer in the background."
+        "claims the object and reads its checkpoint (one statement), validates the state into "
+        "its pydantic model and runs on_activate; it writes nothing else."
     )
     return p99
 
