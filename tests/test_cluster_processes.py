@@ -271,7 +271,8 @@ async def test_rolling_restart_fails_no_call(env: dict[str, str], storage: Stora
             await asyncio.sleep(0.5)
         stop.set()
         await asyncio.gather(*callers)
-    assert not failures, failures[:5]
+        logs = {name: cluster[name].stderr()[-8000:] for name in names} if failures else {}
+    assert not failures, (failures[:5], logs)  # the nodes' logs say what the errors hide
     for key in keys:  # every increment that ran was answered: none of the unanswered ran
         cp = await storage.load("counter", key)
         assert cp is not None

@@ -160,12 +160,14 @@ class GroupCommitter:
         ``ConflictError``. Committed, its ``expected_rev`` could match a rev another writer
         committed meanwhile and overwrite that writer's acknowledged change.
         """
-        if owner.closed:
+        if owner.closed or self._task is None:
             pending = PendingCommit(owner, commit)
             pending.finish(
                 ConflictError(
                     f"{owner.topic}: this instance was dropped while the call ran (its "
                     "earlier commit was fenced out or failed); the call was not applied"
+                ) if owner.closed else StorageUnavailable(
+                    f"{owner.topic}: this node's committer is stopped; the call was not applied"
                 )
             )
             return pending

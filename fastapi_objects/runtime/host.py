@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import Overloaded, StorageUnavailable, UnknownObjectType
+from ..cluster import Moved
 from ..pubsub import PubSub
 from ..settings import ObjectsSettings
 from ..storage import Storage
@@ -74,6 +75,7 @@ class Host:
         self.timers = Wheel()
         self.activations: dict[tuple[str, str], Activation] = {}
         self.leaving = 0  # activations hibernating to make room (max_active)
+        self.stopping = False  # stop() began: nothing is activated here any more
         self.sleepers = Sleepers(self.on_live, self.routing.node.serving)
         self.calls = Calls(
             self.activations, self.on_live, self.routing, self.timers, self.object_type
@@ -111,6 +113,7 @@ class Host:
     async def start(self) -> None:
         """Start the writers and join the cluster (storage and pub/sub are started)."""
         self._loop = asyncio.get_running_loop()
+        self.stopping = False
         self.timers.start(self._loop)
         self.committer.start()
         self.thawer.start()
@@ -124,6 +127,7 @@ class Host:
         From the start of the stop, other nodes' forwarded calls are answered "moved": they
         look the owner up again and claim each object once it is released here.
         """
+        self.stopping = True  # no activation from now on: it could not hibernate or commit
         self.routing.leave()
         self.sleepers.close_all(f"node {self.node_id} is leaving; reconnect")
         await self.alarms.stop()
@@ -203,11 +207,30 @@ class Host:
                         target = choose(cls, key, self.node_id, node.live)
                         if target is not None:
                             raise Elsewhere(target.node_id, target.address)
+                    if self.stopping:
+                        raise self._not_activated(cls, key, forwarded)
                     checked = True
                     return await here(await self.activate(cls, key), True)
                 return await here(act, False)
             except Stale:
                 continue
+
+    def _not_activated(
+        self, cls: type[DurableObject[Any]], key: str, forwarded: bool
+    ) -> Exception:
+        """Why a stopping node does not activate ``(cls, key)``: nothing ran.
+
+        Its thawer and committer close once its objects hibernated, so an object thawed now
+        would never hibernate or commit, and a call on it would wait for nothing. A peer's
+        call gets ``Moved`` (it looks again, and claims the object once this node released
+        it); a call of this node's own fails with ``StorageUnavailable``.
+        """
+        if forwarded:
+            return Moved(f"node {self.node_id} is leaving: nothing ran")
+        return StorageUnavailable(
+            f"node {self.node_id} is stopping: {cls.type_name}:{key} was not activated and the "
+            "call did not run; retry"
+        )
 
     async def activate(self, cls: type[DurableObject[Any]], key: str) -> Activation:
         """Claim and thaw ``(cls, key)``; the caller gets it with the gate held.

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from .._exceptions import CorruptState
+from .._exceptions import CorruptState, StorageUnavailable
 from .._tasks import cancel_and_wait
 from ..storage import Alarm, Checkpoint, Claim, Storage
 from ..storage import Thawed as StoredThaw
@@ -55,6 +55,8 @@ class Thawer:
 
     async def thaw(self, type: str, key: str, alarms: bool = False) -> Thawed:
         """Claim ``(type, key)`` and, when granted, read its checkpoint (and its alarms)."""
+        if self._task is None:  # closed (or never started): nobody would answer the waiter
+            raise StorageUnavailable("this node's thawer is stopped: nothing was activated")
         waiter: asyncio.Future[Thawed] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault((type, key), []).append(waiter)
         if alarms:

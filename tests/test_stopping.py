@@ -1,0 +1,91 @@
+"""A node that is stopping activates nothing more: what it would thaw then, it could neither
+hibernate nor commit. Its own calls fail at once, a peer's calls are told "moved" (they look
+again), and its thawer and committer, once closed, fail a late caller instead of hanging it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fastapi_objects import DurableObject, Runtime
+from fastapi_objects._exceptions import StorageUnavailable
+from fastapi_objects.cluster import Moved
+from fastapi_objects.runtime.committer import GroupCommitter
+from fastapi_objects.storage import Commit
+from tests._apps import Counter, CounterState
+from tests._support import wait_until
+from tests.conftest import Backend
+
+RELEASE: asyncio.Event  # made by each test, on its own event loop
+
+
+class Holder(DurableObject[CounterState]):
+    """Its hibernation waits for the test: the stop is held in the middle."""
+
+    type_name = "holder"
+
+    async def touch(self) -> int:
+        self.state.value += 1
+        return self.state.value
+
+    async def on_hibernate(self) -> None:
+        await RELEASE.wait()
+
+
+def _rt(backend: Backend) -> Runtime:
+    return Runtime(objects=[Counter, Holder], database_url=backend.url, schema=backend.schema,
+                   create_tables=True)
+
+
+async def test_a_stopping_node_activates_nothing_and_answers_at_once(backend: Backend) -> None:
+    global RELEASE
+    RELEASE = asyncio.Event()
+    rt = _rt(backend)
+    await rt.start()
+    stopping = None
+    try:
+        assert await rt.get(Counter, "kept").increment(1) == 1  # live: it hibernates in the stop
+        assert await rt.get(Holder, "h").touch() == 1
+        stopping = asyncio.create_task(rt.close())
+        await wait_until(lambda: rt._host.stopping, what="the stop to begin")
+        async with asyncio.timeout(10):  # answered at once, not left waiting
+            with pytest.raises(StorageUnavailable, match="is stopping"):
+                await rt.get(Counter, "new").increment(1)
+            with pytest.raises(Moved, match="is leaving"):
+                await rt._host.calls.serve_forwarded("counter", "other", "increment", {"by": 1})
+        assert rt.stats().active <= 2  # nothing was activated for them
+        RELEASE.set()
+        await stopping
+    finally:
+        RELEASE.set()
+        if stopping is None:
+            await rt.close()
+    if backend.name == "memory":
+        return  # (memory storage ends with its runtime)
+    async with _rt(backend) as again:  # what ran before the stop is kept; the refused ran not
+        assert await again.get(Counter, "kept").get() == 1
+        assert await again.get(Counter, "new").get() == 0
+        assert await again.get(Counter, "other").get() == 0
+
+
+async def test_a_closed_thawer_and_committer_fail_a_late_caller(backend: Backend) -> None:
+    rt = _rt(backend)
+    async with rt:
+        await rt.get(Counter, "c").increment(1)
+        record = rt._host.activations[("counter", "c")].record  # a live object's
+        committer = GroupCommitter(rt.storage, 8, rt.node_id)
+        committer.start()
+        await committer.close()
+        commit = Commit("counter", "c", record.rev, record.rev + 1, b'{"value": 9}', 1, 0, 0,
+                        epoch=record.epoch)
+        pending = committer.submit(record, commit)
+        assert pending.done and isinstance(pending.error, StorageUnavailable)
+        assert "committer is stopped" in pending.error.message
+        host = rt._host
+    async with asyncio.timeout(10):  # a waiter nobody would answer: refused, not left hanging
+        with pytest.raises(StorageUnavailable, match="thawer is stopped"):
+            await host.thawer.thaw("counter", "late")
+    if backend.name != "memory":
+        async with _rt(backend) as again:
+            assert await again.get(Counter, "c").get() == 1  # the refused commit wrote nothing
