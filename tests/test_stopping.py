@@ -14,7 +14,7 @@ from fastapi_objects.cluster import Moved
 from fastapi_objects.runtime.committer import GroupCommitter
 from fastapi_objects.storage import Commit
 from tests._apps import Counter, CounterState
-from tests._support import wait_until
+from tests._support import Recorder, wait_until
 from tests.conftest import Backend
 
 RELEASE: asyncio.Event  # made by each test, on its own event loop
@@ -89,3 +89,26 @@ async def test_a_closed_thawer_and_committer_fail_a_late_caller(backend: Backend
     if backend.name != "memory":
         async with _rt(backend) as again:
             assert await again.get(Counter, "c").get() == 1  # the refused commit wrote nothing
+
+
+async def test_a_client_relayed_to_a_stopping_node_is_told_to_reconnect(
+    backend: Backend,
+) -> None:
+    # The web integration closes such a client 1012 (reconnect): the attach raised Moved.
+    global RELEASE
+    RELEASE = asyncio.Event()
+    rt = _rt(backend)
+    await rt.start()
+    stopping = None
+    try:
+        await rt.get(Holder, "h").touch()
+        stopping = asyncio.create_task(rt.close())
+        await wait_until(lambda: rt._host.stopping, what="the stop to begin")
+        client = Recorder()
+        async with asyncio.timeout(10):
+            with pytest.raises(Moved, match="is leaving"):
+                await rt._host.attach(Counter, "room", client, relayed=True)
+        assert client.frames == [] and ("counter", "room") not in rt._host.activations
+    finally:
+        RELEASE.set()
+        await (stopping if stopping is not None else rt.close())

@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._exceptions import ConnectionRejected, ObjectsError
 from .._log import about
+from ..cluster import Moved
 from ..pubsub import Message
 from ..runtime.connection import Connection
 from ..runtime.gateway import Elsewhere
@@ -152,6 +153,9 @@ class Session:
             )
         except Elsewhere:
             raise  # another node owns it: serve_websocket relays the client there
+        except Moved as exc:  # relayed here, and this node is leaving: nothing ran
+            self.close(CloseCode.RELOADED, f"{exc}; reconnect")
+            return
         except ConnectionRejected as exc:
             self.close(exc.code, exc.message)
             return
