@@ -5,15 +5,21 @@ again), and its thawer and committer, once closed, fail a late caller instead of
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
+from fastapi import FastAPI
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from fastapi_objects import DurableObject, Runtime
+from fastapi_objects import DurableObject, Objects, Runtime
 from fastapi_objects._exceptions import StorageUnavailable
 from fastapi_objects.cluster import Moved
 from fastapi_objects.runtime.committer import GroupCommitter
+from fastapi_objects.runtime.placement import rendezvous
 from fastapi_objects.storage import Commit
 from tests._apps import Counter, CounterState
+from tests._server import LiveServer
 from tests._support import Recorder, wait_until
 from tests.conftest import Backend
 
@@ -112,3 +118,46 @@ async def test_a_client_relayed_to_a_stopping_node_is_told_to_reconnect(
     finally:
         RELEASE.set()
         await (stopping if stopping is not None else rt.close())
+
+
+async def test_a_websocket_relayed_to_a_leaving_owner_is_closed_1012(
+    sql_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: a client attaches through the edge, whose placement names the owner, while
+    the owner is stopping; the owner refuses the relayed attach and the client is told to
+    reconnect (1012), with nothing activated on either node."""
+    global RELEASE
+    RELEASE = asyncio.Event()
+    monkeypatch.setattr(Counter, "placement", "hash")
+    key = next(f"room{i}" for i in range(100)
+               if rendezvous(f"counter:room{i}", ["owner", "edge"]) == "owner")
+
+    def objects(node_id: str) -> Objects:
+        return Objects(objects=[Counter, Holder], database_url=sql_backend.url,
+                       schema=sql_backend.schema, create_tables=True, node_id=node_id)
+
+    owner, edge = objects("owner"), objects("edge")
+    app = FastAPI(lifespan=edge.lifespan)
+    app.include_router(edge.router)
+    await owner.start()
+    stopping = None
+    try:
+        await owner.runtime.get(Holder, "h").touch()
+        async with LiveServer(app) as server:
+            await wait_until(lambda: "owner" in edge.runtime._host.routing.node.live,
+                             what="the edge sees the owner")
+            stopping = asyncio.create_task(owner.runtime.close())
+            await wait_until(lambda: owner.runtime._host.stopping, what="the stop to begin")
+            async with connect(server.ws_url(f"/objects/counter/{key}/ws"),
+                               open_timeout=10) as ws:
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                        assert frame.get("event") != "objects:attached", frame
+            assert ws.close_code == 1012 and "leaving" in (ws.close_reason or ""), (
+                ws.close_code, ws.close_reason)
+            assert owner.runtime.stats().relayed == 1
+            assert owner.runtime.stats().active == 1 and edge.runtime.stats().active == 0
+    finally:
+        RELEASE.set()
+        await (stopping if stopping is not None else owner.runtime.close())
