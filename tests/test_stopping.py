@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from fastapi import FastAPI
@@ -44,7 +46,9 @@ def _rt(backend: Backend) -> Runtime:
                    create_tables=True)
 
 
-async def test_a_stopping_node_activates_nothing_and_answers_at_once(backend: Backend) -> None:
+@asynccontextmanager
+async def _in_its_stop(backend: Backend) -> AsyncIterator[Runtime]:
+    """A runtime whose stop has begun and is held open by a hibernation (``Holder``)."""
     global RELEASE
     RELEASE = asyncio.Event()
     rt = _rt(backend)
@@ -55,18 +59,20 @@ async def test_a_stopping_node_activates_nothing_and_answers_at_once(backend: Ba
         assert await rt.get(Holder, "h").touch() == 1
         stopping = asyncio.create_task(rt.close())
         await wait_until(lambda: rt._host.stopping, what="the stop to begin")
+        yield rt
+    finally:
+        RELEASE.set()
+        await (stopping if stopping is not None else rt.close())
+
+
+async def test_a_stopping_node_activates_nothing_and_answers_at_once(backend: Backend) -> None:
+    async with _in_its_stop(backend) as rt:
         async with asyncio.timeout(10):  # answered at once, not left waiting
             with pytest.raises(StorageUnavailable, match="is stopping"):
                 await rt.get(Counter, "new").increment(1)
             with pytest.raises(Moved, match="is leaving"):
                 await rt._host.calls.serve_forwarded("counter", "other", "increment", {"by": 1})
         assert rt.stats().active <= 2  # nothing was activated for them
-        RELEASE.set()
-        await stopping
-    finally:
-        RELEASE.set()
-        if stopping is None:
-            await rt.close()
     if backend.name == "memory":
         return  # (memory storage ends with its runtime)
     async with _rt(backend) as again:  # what ran before the stop is kept; the refused ran not
@@ -101,23 +107,12 @@ async def test_a_client_relayed_to_a_stopping_node_is_told_to_reconnect(
     backend: Backend,
 ) -> None:
     # The web integration closes such a client 1012 (reconnect): the attach raised Moved.
-    global RELEASE
-    RELEASE = asyncio.Event()
-    rt = _rt(backend)
-    await rt.start()
-    stopping = None
-    try:
-        await rt.get(Holder, "h").touch()
-        stopping = asyncio.create_task(rt.close())
-        await wait_until(lambda: rt._host.stopping, what="the stop to begin")
+    async with _in_its_stop(backend) as rt:
         client = Recorder()
         async with asyncio.timeout(10):
             with pytest.raises(Moved, match="is leaving"):
                 await rt._host.attach(Counter, "room", client, relayed=True)
         assert client.frames == [] and ("counter", "room") not in rt._host.activations
-    finally:
-        RELEASE.set()
-        await (stopping if stopping is not None else rt.close())
 
 
 async def test_a_websocket_relayed_to_a_leaving_owner_is_closed_1012(
