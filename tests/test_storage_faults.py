@@ -14,6 +14,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -163,3 +164,26 @@ async def test_engines_never_show_a_statements_parameters(tmp_path: Any) -> None
         assert conn.engine.hide_parameters
     finally:
         await storage.close()
+
+
+def test_a_connection_that_finds_a_new_file_locked_switches_it_to_wal_once_free(
+    tmp_path: Path,
+) -> None:
+    """Connections opening one new SQLite file together race for the lock that switches it to
+    WAL, and SQLite answers the losers "database is locked" at once: they try again."""
+    import threading
+
+    from fastapi_objects.storage._sqlite import set_pragmas
+
+    path = str(tmp_path / "new.db")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another process, in the middle of its own switch
+    loser = sqlite3.connect(path, timeout=0, isolation_level=None)  # no busy handler at all
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        loser.execute("PRAGMA journal_mode=WAL")  # what one try gets
+    threading.Timer(0.2, lambda: holder.execute("COMMIT")).start()
+    set_pragmas(loser.execute)  # tries again until the lock is free
+    assert loser.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert loser.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    loser.close()
+    holder.close()

@@ -18,6 +18,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,15 +47,34 @@ def _dumps(value: object) -> str:
     return pydantic_core.to_json(value).decode()
 
 
-def open_sqlite(path: str) -> sqlite3.Connection:
-    """A connection as the storage sets them up: WAL, ``synchronous=FULL``, autocommit mode.
+def set_pragmas(execute: Callable[[str], object], within: float = 30.0) -> None:
+    """WAL and ``synchronous=FULL`` on a new connection (``execute`` runs one statement).
 
     WAL lets readers run beside the writer; ``synchronous=FULL`` makes every acknowledged
-    commit survive a power loss, not only a process crash. Transactions are explicit.
+    commit survive a power loss, not only a process crash. Switching a new file to WAL takes
+    an exclusive lock, and SQLite answers a connection that races another one for it
+    "database is locked" at once (it skips its busy handler where waiting could deadlock):
+    connections opening one new file together (``uvicorn --workers N``) try again for up to
+    ``within`` seconds. Once one has switched, the mode is in the file.
     """
+    deadline = time.monotonic() + within
+    delay = 0.001
+    while True:
+        try:
+            execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)  # (the connection's own thread: never the event loop's)
+            delay = min(delay * 2, 0.05)
+    execute("PRAGMA synchronous=FULL")
+
+
+def open_sqlite(path: str) -> sqlite3.Connection:
+    """A connection as the storage sets them up: WAL, ``synchronous=FULL``, autocommit mode."""
     raw = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    raw.execute("PRAGMA journal_mode=WAL")
-    raw.execute("PRAGMA synchronous=FULL")
+    set_pragmas(raw.execute)
     return raw
 
 

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from ._sqlite import set_pragmas
 from .urls import normalize_url
 
 
@@ -64,9 +65,6 @@ def engine_options(url: str) -> tuple[str, dict[str, Any]]:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the writer; synchronous=FULL makes every acknowledged
-    # commit survive a power loss, not only a process crash.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    set_pragmas(cursor.execute)
     cursor.close()
