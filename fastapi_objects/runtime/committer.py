@@ -161,15 +161,14 @@ class GroupCommitter:
         committed meanwhile and overwrite that writer's acknowledged change.
         """
         if owner.closed or self._task is None:
-            pending = PendingCommit(owner, commit)
-            pending.finish(
-                ConflictError(
-                    f"{owner.topic}: this instance was dropped while the call ran (its "
-                    "earlier commit was fenced out or failed); the call was not applied"
-                ) if owner.closed else StorageUnavailable(
-                    f"{owner.topic}: this node's committer is stopped; the call was not applied"
-                )
+            error: ObjectsError = ConflictError(
+                f"{owner.topic}: this instance was dropped while the call ran (its "
+                "earlier commit was fenced out or failed); the call was not applied"
+            ) if owner.closed else StorageUnavailable(
+                f"{owner.topic}: this node's committer is stopped; the call was not applied"
             )
+            pending = PendingCommit(owner, commit)
+            pending.finish(error)
             return pending
         queued = owner.queued
         if queued is not None:

@@ -66,7 +66,9 @@ def set_pragmas(execute: Callable[[str], object], within: float = 30.0) -> None:
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() + delay > deadline:
                 raise
-            time.sleep(delay)  # (the connection's own thread: never the event loop's)
+            # (The writer's and reader's own threads; SQLAlchemy's connect hook, which the
+            # CLI and migrations use, blocks its caller: only while a new file is switched.)
+            time.sleep(delay)
             delay = min(delay * 2, 0.05)
     execute("PRAGMA synchronous=FULL")
 

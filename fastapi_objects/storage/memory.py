@@ -53,10 +53,13 @@ class MemoryStorage(Storage):
         cp = self._checkpoints.get((type, key))
         return None if cp is None else self._listed(cp)
 
+    def _status(self, cp: Checkpoint) -> str:
+        """The status listings show for ``cp`` (``_listing.py``)."""
+        return listed_status(cp.status, self._owners.get((cp.type, cp.key), (None, 0))[0])
+
     def _listed(self, cp: Checkpoint) -> Checkpoint:
-        """A copy of ``cp`` with the status listings show (``_listing.py``)."""
-        owner = self._owners.get((cp.type, cp.key), (None, 0))[0]
-        return replace(copy.deepcopy(cp), status=listed_status(cp.status, owner))
+        """A copy of ``cp`` with the status listings show."""
+        return replace(copy.deepcopy(cp), status=self._status(cp))
 
     async def read_journal(
         self, type: str, key: str, after_rev: int = 0, limit: int | None = None
@@ -282,7 +285,7 @@ class MemoryStorage(Storage):
         matches = []
         for ident in sorted(self._checkpoints):
             cp = self._checkpoints[ident]
-            status = listed_status(cp.status, self._owners.get(ident, (None, 0))[0])
+            status = self._status(cp)
             if (
                 (after is None or ident > after)
                 and (query.type is None or cp.type == query.type)
@@ -303,8 +306,8 @@ class MemoryStorage(Storage):
     async def stats(self) -> list[TypeStats]:
         """Count objects per type and status."""
         counts: dict[tuple[str, str], int] = {}
-        for ident, cp in self._checkpoints.items():
-            status = listed_status(cp.status, self._owners.get(ident, (None, 0))[0])
+        for cp in self._checkpoints.values():
+            status = self._status(cp)
             counts[(cp.type, status)] = counts.get((cp.type, status), 0) + 1
         return [TypeStats(t, s, n) for (t, s), n in sorted(counts.items())]
 
