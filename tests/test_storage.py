@@ -201,9 +201,11 @@ async def test_status_updates(storage: Storage) -> None:
     assert a.rev == 1  # a status change is not a turn
     assert (await _load(storage, "b")).status == "active"
     assert await storage.load("counter", "zz") is None  # a status never creates an object
-    # A commit of the object makes it active again.
+    # A commit leaves the stored status alone: what lists an object active again is a node
+    # holding it (its owner row, tests/test_thaw.py), and a commit needs no index write.
     assert await storage.commit([_next(a, {"value": 1})]) == [True]
-    assert (await _load(storage, "a")).status == "active"
+    again = await _load(storage, "a")
+    assert (again.status, again.rev, again.state) == ("hibernated", 2, {"value": 1})
 
 
 async def test_status_updates_apply_beside_commits(storage: Storage) -> None:

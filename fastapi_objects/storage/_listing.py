@@ -1,10 +1,11 @@
 """Listings of stored objects, with the status they are in now.
 
 An object is ``active`` while a node holds it (its owner row names a node) and otherwise
-what the last write to its checkpoint said (a commit writes ``active``, a hibernation
-``hibernated``, with the release of its owner). So a thaw writes nothing to say that an
-object is live again: the claim that any thaw makes already says it, and a status hint per
-thawed object cost a PostgreSQL thaw storm a fifth of its CPU.
+what its creation (``active``) or its last hibernation (``hibernated``, written with the
+release of its owner) stored. So neither a thaw nor a commit writes a status: the claim that
+any thaw makes already says the object is live, and every commit is fenced by it (a status
+hint per thawed object cost a PostgreSQL thaw storm a fifth of its CPU; ``status = 'active'``
+in every commit made SQLite rewrite the status index for each committed row).
 """
 
 from __future__ import annotations

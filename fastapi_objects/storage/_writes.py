@@ -83,7 +83,7 @@ class PostgresWrites:
             f"f AS MATERIALIZED (SELECT * FROM v WHERE {fence}), "
             f"upd AS (UPDATE {cp} c SET rev = f.new_rev, journal_rev = f.journal_rev, "
             "snapshot_rev = f.snapshot_rev, state = COALESCE(f.state::jsonb, c.state), "
-            "state_version = COALESCE(f.version, c.state_version), status = 'active', "
+            "state_version = COALESCE(f.version, c.state_version), "
             "updated_at = :now FROM f WHERE f.expected_rev <> 0 AND c.type = f.type "
             "AND c.key = f.key AND c.rev = f.expected_rev RETURNING c.type, c.key), "
             f"ins AS (INSERT INTO {cp} (type, key, rev, journal_rev, snapshot_rev, state, "

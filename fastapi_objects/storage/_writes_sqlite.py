@@ -34,7 +34,7 @@ _FENCE = (
 _UPDATE = (
     "UPDATE objects_checkpoints SET rev = ?4, journal_rev = ?5, snapshot_rev = ?6, "
     "state = coalesce(?7, state), state_version = coalesce(?8, state_version), "
-    f"status = 'active', updated_at = ?11 WHERE type = ?1 AND key = ?2 AND rev = ?3 AND {_FENCE}"
+    f"updated_at = ?11 WHERE type = ?1 AND key = ?2 AND rev = ?3 AND {_FENCE}"
 )
 # WHERE: SQLite parses an upsert from a SELECT only with one.
 _INSERT = (

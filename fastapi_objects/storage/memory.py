@@ -92,7 +92,7 @@ class MemoryStorage(Storage):
             self._checkpoints[ident] = Checkpoint(
                 type=c.type, key=c.key, rev=c.new_rev, journal_rev=c.journal_rev,
                 snapshot_rev=c.snapshot_rev, state=state, state_version=version,
-                status="active", metadata=old.metadata if old else {},
+                status=old.status if old else "active", metadata=old.metadata if old else {},
                 created_at=old.created_at if old else now, updated_at=now,
             )
             for write in c.alarms:
