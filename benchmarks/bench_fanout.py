@@ -10,6 +10,10 @@ one durable broadcast every ``--interval`` seconds through the owner and measure
 latency to every client. The same N clients on ONE node are measured in the same run, as the
 baseline. All processes (nodes, load generators, PostgreSQL) share this machine's cores: the
 figure is what the owner's fan-out costs, not what K machines would do.
+
+``--bare`` also measures the same clients on ``_bare_fanout_app.py``: uvicorn and Starlette
+alone, a tick route that sends one pre-encoded frame to each socket in turn. It is what this
+machine, this load generator and uvicorn's websocket send can do without the runtime.
 """
 
 from __future__ import annotations
@@ -39,21 +43,27 @@ PATH = "/objects/ticker/hot/ws"
 WS = "auto"  # uvicorn's websocket implementation (--ws)
 
 
-def start_node(url: str, schema: str, port: int) -> subprocess.Popen[bytes]:
-    """One uvicorn process of the benchmark app, a node of the cluster on ``schema``."""
+def start_node(url: str, schema: str, port: int, app: str) -> subprocess.Popen[bytes]:
+    """One uvicorn process of ``app``, a node of the cluster on ``schema``."""
     env = dict(os.environ, BENCH_DATABASE_URL=url, BENCH_SCHEMA=schema, PYTHONPATH=str(HERE))
     return subprocess.Popen(
-        [PYTHON, "-m", "uvicorn", "_http_app:app", "--port", str(port), "--workers", "1",
+        [PYTHON, "-m", "uvicorn", app, "--port", str(port), "--workers", "1",
          "--no-access-log", "--log-level", "warning", "--ws", WS], env=env,
     )
 
 
-def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> dict[str, Any]:
-    """Serve ``nodes`` nodes, spread ``clients`` over them, broadcast; return the figures."""
+def run(
+    url: str, clients: int, nodes: int, interval: float, seconds: float, bare: bool = False
+) -> dict[str, Any]:
+    """Serve ``nodes`` nodes, spread ``clients`` over them, broadcast; return the figures.
+
+    ``bare``: one process of ``_bare_fanout_app.py`` (Starlette alone) instead of the runtime.
+    """
+    app = "_bare_fanout_app:app" if bare else "_http_app:app"
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(prepare(url, schema))
     ports = [free_port() for _ in range(nodes)]
-    servers = [start_node(url, schema, port) for port in ports]
+    servers = [start_node(url, schema, port, app) for port in ports]
     loads: list[subprocess.Popen[str]] = []
     try:
         for port in ports:
@@ -99,7 +109,7 @@ def run(url: str, clients: int, nodes: int, interval: float, seconds: float) -> 
         for proc in [*loads, *servers]:
             proc.wait()
         asyncio.run(drop(url, schema))
-    return {"nodes": nodes, "clients": clients, "sent": sent, "attach_s": attach_s,
+    return {"nodes": nodes, "clients": clients, "sent": sent, "attach_s": attach_s, "bare": bare,
             "per_node": results, "cpu": cpu, "window": window}
 
 
@@ -111,11 +121,13 @@ def summary(r: dict[str, Any]) -> str:
     p99 = max(p["p99_ms"] or 0.0 for p in per)
     p50s = ", ".join(f"{p['p50_ms'] or 0:.0f}" for p in per)
     p99s = ", ".join(f"{p['p99_ms'] or 0:.0f}" for p in per)
-    return (f"{r['clients']:,} clients over {r['nodes']} node(s): {r['sent']} broadcasts, "
+    who = "Starlette alone (baseline)" if r["bare"] else f"{r['nodes']} node(s)"
+    return (f"{r['clients']:,} clients over {who}: {r['sent']} broadcasts, "
             f"{frames:,} of {expected:,} frames delivered in the window "
             f"({100 * frames / max(expected, 1):.1f} %), attached in {r['attach_s']:.1f} s; "
             f"latency p50 by node [{p50s}] ms, p99 by node [{p99s}] ms, worst p99 {p99:.0f} ms; "
-            f"{r['sent'] / r['window']:.1f} broadcasts/s (each waits for its commit); the "
+            f"{r['sent'] / r['window']:.1f} broadcasts/s (each waits for its "
+            f"{'sends' if r['bare'] else 'commit'}); the "
             f"owner used {r['cpu'][0]:.1f} s of CPU in {r['window']:.1f} s = "
             f"{1e6 * r['cpu'][0] / max(expected, 1):.0f} us per frame delivered"
             + (", the relaying nodes " + ", ".join(f"{c:.1f}" for c in r["cpu"][1:]) + " s"
@@ -132,6 +144,9 @@ def main() -> None:
     parser.add_argument("--ws", default="auto",
                         help="uvicorn's websocket implementation: auto (websockets), "
                         "websockets-sansio, wsproto")
+    parser.add_argument("--bare", action="store_true",
+                        help="also measure the baseline: the same clients on a Starlette app "
+                        "that sends each frame itself (_bare_fanout_app.py), no runtime")
     args = parser.parse_args()
     global WS
     WS = args.ws
@@ -141,6 +156,9 @@ def main() -> None:
     if args.nodes > 1:
         one = run(args.database_url, args.clients, 1, args.interval, args.seconds)
         print(summary(one), flush=True)
+    if args.bare:
+        base = run(args.database_url, args.clients, 1, args.interval, args.seconds, bare=True)
+        print(summary(base), flush=True)
     print(f"one broadcast every {args.interval * 1000:g} ms; the owner sends every frame "
           "(relayed clients' frames go through their node's relay socket)")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")

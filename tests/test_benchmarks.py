@@ -32,7 +32,7 @@ def test_benchmark_starts(script: str) -> None:
     assert "usage:" in done.stdout
 
 
-@pytest.mark.parametrize("module", ["_http_app", "_ws_fanout", "_common"])
+@pytest.mark.parametrize("module", ["_http_app", "_ws_fanout", "_common", "_bare_fanout_app"])
 def test_benchmark_helpers_import(module: str, tmp_path: Path) -> None:
     env = dict(os.environ, BENCH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
                BENCH_SCHEMA="", PYTHONPATH=str(BENCHMARKS))

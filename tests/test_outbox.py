@@ -161,19 +161,19 @@ def test_a_frame_the_client_does_not_take_in_time_closes_it(tmp_path: Path) -> N
     assert grown < 64 * MiB, f"the server grew by {grown / MiB:.1f} MiB"
 
 
-async def test_the_outbox_counts_frames_and_characters() -> None:
+def test_the_outbox_counts_frames_and_characters() -> None:
     outbox = Outbox(max_frames=3, max_size=10)
     assert outbox.put("abcd") and outbox.put("efgh")
     assert not outbox.put("ijk")  # 11 characters: over the size
     assert outbox.put("ij") and outbox.size == 10
     assert not outbox.put("")  # a fourth frame: over the count
-    assert await outbox.get() == "abcd" and outbox.size == 6
+    assert outbox.take() == "abcd" and outbox.size == 6
     outbox.end(drop=True)
-    assert outbox.size == 0 and await outbox.get() is None
+    assert outbox.size == 0 and outbox.take() is None
     outbox = Outbox(max_frames=3, max_size=10)
     outbox.put("a")
     outbox.end(drop=False)
-    assert [await outbox.get(), await outbox.get()] == ["a", None]
+    assert [outbox.take(), outbox.take()] == ["a", None]
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "many"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from .errors import objects_error_handler
 from .metrics import metrics_router
 from .relay import internal_websocket_app
 from .websocket import serve_websocket
+from .writer import Flusher
 
 Verdict = bool | dict[str, Any]
 Authorize = Callable[[WebSocket, str, str], Verdict | Awaitable[Verdict]]
@@ -89,6 +91,7 @@ class Objects:
         self.max_outbox_bytes = web.max_outbox_bytes
         self.send_timeout = web.send_timeout
         self._router: APIRouter | None = None
+        self._flusher: Flusher | None = None
         # Clients that attach on another node are relayed here (the owner) through this.
         self.runtime.gateway.accept_relays(internal_websocket_app(self))
         # The runtime's public methods, as this app's own (one object, one set of names).
@@ -110,6 +113,13 @@ class Objects:
         self.connections = runtime.connections
         self.worker = runtime.worker
         self.close = runtime.close
+
+    def flusher(self) -> Flusher:
+        """What sends this app's websocket frames on the running event loop (``writer.py``)."""
+        loop = asyncio.get_running_loop()
+        if self._flusher is None or self._flusher.loop is not loop:
+            self._flusher = Flusher(loop)
+        return self._flusher
 
     @property
     def node_id(self) -> str:

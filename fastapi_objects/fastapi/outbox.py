@@ -9,7 +9,7 @@ does the same (``session.py``).
 
 from __future__ import annotations
 
-import asyncio
+from collections import deque
 
 from ..pubsub import Message
 from .errors import internal_error
@@ -17,33 +17,42 @@ from .protocol import encode_frame
 
 
 class Outbox:
-    """A queue of encoded frames, with the ``None`` that ends it always fitting."""
+    """A queue of encoded frames, with the ``None`` that ends it always fitting.
+
+    Nothing waits on it: its ``Writer`` (``writer.py``) is woken when frames arrive.
+    """
+
+    __slots__ = ("_frames", "max_frames", "max_size", "size")
 
     def __init__(self, max_frames: int, max_size: int) -> None:
         self.max_frames = max_frames
         self.max_size = max_size
         self.size = 0  # characters queued
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._frames: deque[str | None] = deque()
 
     def put(self, text: str) -> bool:
         """Queue ``text``; ``False`` (nothing queued) when it would go over a limit."""
-        if self._queue.qsize() >= self.max_frames or self.size + len(text) > self.max_size:
+        if len(self._frames) >= self.max_frames or self.size + len(text) > self.max_size:
             return False
         self.size += len(text)
-        self._queue.put_nowait(text)
+        self._frames.append(text)
         return True
 
     def end(self, *, drop: bool) -> None:
         """End the queue after what it holds, or (``drop``) in place of it."""
-        while drop and not self._queue.empty():
-            self._queue.get_nowait()
         if drop:
+            self._frames.clear()
             self.size = 0
-        self._queue.put_nowait(None)
+        self._frames.append(None)
 
-    async def get(self) -> str | None:
-        """The next frame, or ``None`` once the queue was ended."""
-        text = await self._queue.get()
+    @property
+    def empty(self) -> bool:
+        """Whether nothing waits to be sent."""
+        return not self._frames
+
+    def take(self) -> str | None:
+        """The next frame, or ``None`` once the queue was ended (only when not ``empty``)."""
+        text = self._frames.popleft()
         if text is not None:
             self.size -= len(text)
         return text

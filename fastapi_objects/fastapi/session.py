@@ -32,6 +32,7 @@ from .errors import internal_error
 from .inbox import Inbox
 from .outbox import Outbox, encode_broadcast
 from .protocol import ATTACHED, INVALID_FRAME, CloseCode, encode_frame
+from .writer import Writer
 
 if TYPE_CHECKING:
     from ..runtime.object import DurableObject
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastapi_objects")
 
 class Session:
-    """One attached client: a reader (this task), a writer task and a broadcast forwarder.
+    """One attached client: a reader (this task), a writer (``writer.py``), broadcasts in.
 
     What the client sends is its ``inbox``'s (``inbox.py``); this is the socket's life: the
     attach, the outgoing frames in order, the close.
@@ -69,9 +70,8 @@ class Session:
         self.close_with: tuple[int, str] | None = None
         self.conn: Connection | None = None
         self.inbox = Inbox(self)  # the client's frames: checked, then run
-        self.writer: asyncio.Task[None] | None = None
-        self.sending_since: float | None = None  # when the send under way began
-        self._watchdog: asyncio.TimerHandle | None = None
+        self.writer = Writer(objects.flusher(), websocket, self.outbox, objects.send_timeout,
+                             lambda reason: self.close(CloseCode.TOO_SLOW, reason))
 
     # -- Transport (what the runtime calls) --------------------------------------------------
 
@@ -92,9 +92,10 @@ class Session:
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued (a client too slow: at once, dropping them)."""
         if self.close_with is None:
-            self.close_with = (code, reason[:120])
+            self.close_with = self.writer.close_with = (code, reason[:120])
             # A client too slow is not reading what waits: free that memory now.
             self.outbox.end(drop=code == CloseCode.TOO_SLOW)
+            self.writer.wake()
 
     def push(self, item: str | Message) -> None:
         """Queue a frame (a broadcast: unless it excludes this client) or close a slow client."""
@@ -109,8 +110,10 @@ class Session:
             if self.conn is not None and item.exclude == self.conn.id:
                 return
             if self.outbox.put(encode_broadcast(item)):
+                self.writer.wake()
                 return
         elif self.outbox.put(item):
+            self.writer.wake()
             return
         self.close(CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
 
@@ -118,7 +121,7 @@ class Session:
 
     async def run(self, query: dict[str, str], auth: dict[str, Any]) -> Elsewhere | None:
         """Serve the client until it leaves; ``Elsewhere`` (nothing sent) if not the owner."""
-        writer = self.writer = asyncio.create_task(self._write())
+        writer = self.writer
         moved: Elsewhere | None = None
         try:
             # Broadcasts go straight into the outbox as they are delivered: no queue of the
@@ -137,13 +140,11 @@ class Session:
                             log.exception("%s: on_disconnect failed", self.topic, extra=self.about)
         finally:
             if moved is not None:  # the websocket stays open for the relay
-                writer.cancel()
+                writer.stop()
             else:
                 self.close(CloseCode.NORMAL, "")
-                try:
-                    await asyncio.wait_for(writer, timeout=5)
-                except (TimeoutError, asyncio.CancelledError):
-                    writer.cancel()
+                await asyncio.wait((writer.finished,), timeout=5)
+                writer.stop()  # (done by then, unless a send still waits)
         return moved
 
     async def _attach_and_read(self, query: dict[str, str], auth: dict[str, Any]) -> None:
@@ -193,56 +194,3 @@ class Session:
         self.push(encode_frame({"topic": self.topic, "event": ATTACHED, "payload": payload}))
         for item in [*state, *held]:
             self.push(item)
-
-    async def _write(self) -> None:
-        """Send what the outbox holds, in order; then close.
-
-        A send normally completes at once (the server's transport takes the bytes); it waits
-        only when the network pushes back. A watchdog, not a timer per frame, closes a client
-        whose send waited past ``send_timeout``.
-        """
-        ws = self.websocket
-        loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_later(self.objects.send_timeout, self._watch)
-        try:
-            while True:
-                text = await self.outbox.get()
-                if text is None:
-                    break
-                self.sending_since = loop.time()
-                await ws.send_text(text)
-                self.sending_since = None
-            code, reason = self.close_with or (CloseCode.NORMAL, "")
-            await ws.close(code, reason)
-        except asyncio.CancelledError:
-            if self.close_with is None or self.close_with[0] != CloseCode.TOO_SLOW:
-                raise
-            await self._abort()  # the watchdog stopped a send the client never took
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # the client is already gone
-        finally:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-
-    def _watch(self) -> None:
-        """Every ``send_timeout``: close the client if a send has waited that long."""
-        timeout = self.objects.send_timeout
-        loop = asyncio.get_running_loop()
-        since = self.sending_since
-        if since is not None and loop.time() - since >= timeout:
-            self.close(CloseCode.TOO_SLOW, f"client too slow: a frame was not taken within "
-                       f"{timeout:g}s")
-            if self.writer is not None:
-                self.writer.cancel()
-            return
-        wait = timeout if since is None else timeout - (loop.time() - since)
-        self._watchdog = loop.call_later(wait, self._watch)
-
-    async def _abort(self) -> None:
-        # The close frame queues behind what the client has not read (the server's
-        # keep-alive pings end a client that never reads again).
-        code, reason = self.close_with or (CloseCode.TOO_SLOW, "")
-        try:
-            await self.websocket.close(code, reason)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
