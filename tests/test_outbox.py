@@ -52,6 +52,8 @@ class StalledClient:
         self.protocol.send_request(self.protocol.connect())
         self._flush()
         self.texts = 0
+        self.refs: list[int] = []  # of the replies, in the order they came
+        self.errors = 0  # replies that are errors
         self.closed: Close | None = None
         while not self.texts:  # the handshake and the objects:attached frame
             self._read_once()
@@ -77,6 +79,10 @@ class StalledClient:
         for event in self.protocol.events_received():
             if getattr(event, "opcode", None) == Opcode.TEXT:
                 self.texts += 1
+                frame = json.loads(event.data)
+                if frame.get("ref") is not None:
+                    self.refs.append(frame["ref"])
+                    self.errors += not frame["ok"]
             elif getattr(event, "opcode", None) == Opcode.CLOSE:
                 self.closed = Close.parse(event.data)
         if self.closed is not None:  # answer the close, as a client does
@@ -159,6 +165,32 @@ def test_a_frame_the_client_does_not_take_in_time_closes_it(tmp_path: Path) -> N
     assert "not taken within 0.5s" in client.closed.reason
     assert client.texts < CALLS // 2, client.texts
     assert grown < 64 * MiB, f"the server grew by {grown / MiB:.1f} MiB"
+
+
+def test_a_client_that_pauses_reading_gets_every_frame(tmp_path: Path) -> None:
+    """Sends that wait for the network (in a task of their own) resume, losing none.
+
+    60 replies of 100 KB overrun the socket buffers while the client reads nothing for a
+    second, so the server's sends wait; then it reads everything: one reply per call.
+    """
+    server = _serve(tmp_path, OBJECTS_MAX_OUTBOX_BYTES=str(64 * MiB), OBJECTS_SEND_TIMEOUT="30",
+                    OBJECTS_MAX_CALLS_IN_FLIGHT="100")
+    calls = 60
+    try:
+        client = StalledClient(f"ws://127.0.0.1:{server.port}/objects/bulky/b/ws", server.port)
+        for ref in range(calls):
+            assert client.send(_call(ref))
+        time.sleep(1.0)  # the server's transport fills up and its sends wait
+        client.sock.settimeout(20)
+        while len(client.refs) < calls and client.closed is None:
+            assert client._read_once(), "the server closed the connection"
+        client.sock.close()
+    finally:
+        assert server.stop() == 0, server.output()
+    assert client.closed is None
+    assert sorted(client.refs) == list(range(calls)), client.refs
+    assert client.errors == 0
+    assert "Traceback" not in server.output()
 
 
 def test_the_outbox_counts_frames_and_characters() -> None:
