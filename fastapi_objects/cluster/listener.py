@@ -108,7 +108,14 @@ class Listener:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0
         for connection in list(server.server_state.connections):
-            connection.shutdown()
+            try:
+                connection.shutdown()
+            except Exception:
+                # uvicorn's websockets-sansio sends a close on a connection whose peer is
+                # already closing it and raises InvalidState: that one needs only to end.
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()
         while server.server_state.connections and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # uvicorn has no event for "last connection closed"
         for task in server.server_state.tasks:

@@ -28,7 +28,9 @@ from ..cluster import Unauthorized
 from ..cluster.listener import WEBSOCKET_PREFIX, Receive, Scope, Send
 from ..cluster.signing import HEADER_CARRIED
 from ..runtime.gateway import Elsewhere
+from .outbox import Outbox
 from .protocol import CloseCode
+from .writer import Writer
 
 if TYPE_CHECKING:
     from ..runtime.object import DurableObject
@@ -85,13 +87,31 @@ async def relay(
                 return False
             await _close(websocket, code, closed.rcvd.reason if closed.rcvd else "")
             return True
-        await websocket.send_text(str(first))
-        await _pump(websocket, upstream, objects.send_timeout)
+        await _pump(objects, websocket, upstream, str(first))
     return True
 
 
-async def _pump(websocket: WebSocket, upstream: Any, send_timeout: float) -> None:
+async def _pump(objects: Objects, websocket: WebSocket, upstream: Any, first: str) -> None:
+    """Relay frames both ways until either side closes.
+
+    Towards the client, frames go through an outbox and a writer as a local session's do
+    (``writer.py``): no task and no timer per frame, and the same ``send_timeout`` for a
+    client that stops reading. While a send waits, nothing more is read from the owner.
+    """
     import websockets
+
+    outbox = Outbox(objects.max_outbox, objects.max_outbox_bytes)
+
+    def close(code: int, reason: str) -> None:
+        if not writer.finished.done():
+            writer.close_with = (code, reason[:120])
+            outbox.end(drop=code == CloseCode.TOO_SLOW)
+            writer.wake()
+
+    writer = Writer(objects.flusher(), websocket, outbox, objects.send_timeout,
+                    lambda reason: close(CloseCode.TOO_SLOW, reason))
+    outbox.put(first)
+    writer.wake()
 
     async def client_to_owner() -> None:
         try:
@@ -106,18 +126,19 @@ async def _pump(websocket: WebSocket, upstream: Any, send_timeout: float) -> Non
 
     async def owner_to_client() -> tuple[int, str]:
         try:
-            async for frame in upstream:
-                # A client that stops reading is closed here too: else this relay would wait
-                # on it for good, and the owner's close (4408) would never get through.
-                sent = websocket.send_bytes(frame) if isinstance(frame, bytes) else (
-                    websocket.send_text(frame))
-                await asyncio.wait_for(sent, send_timeout)
-        except TimeoutError:
-            return (CloseCode.TOO_SLOW, "client too slow: a frame was not taken in time")
+            async for frame in upstream:  # (the owner sends JSON text frames only)
+                text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+                if writer.finished.done():
+                    return (CloseCode.NORMAL, "")  # the client is gone (or was too slow)
+                if not outbox.put(text):
+                    return (CloseCode.TOO_SLOW, "client too slow: outgoing frames backed up")
+                writer.wake()
+                # While the client's network pushes back, read no more: the owner's session
+                # holds what waits, within its limits, as for a client of its own.
+                while (blocked := writer.blocked) is not None:
+                    await asyncio.wait((blocked,))
         except websockets.ConnectionClosedError:
             pass  # the owner went away without a close: it died or was cut off
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            return (CloseCode.NORMAL, "")
         received = upstream.close_code
         if received is None or received == 1006:
             return (CloseCode.RELOADED, "the object's node went away; reconnect")
@@ -128,11 +149,12 @@ async def _pump(websocket: WebSocket, upstream: Any, send_timeout: float) -> Non
     done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
     if down in done:
         up.cancel()
-        code, reason = down.result()
-        await _close(websocket, code, reason)
+        close(*down.result())
+        await asyncio.wait((writer.finished,), timeout=5)
     else:
         await upstream.close()
         down.cancel()
+    writer.stop()
     await asyncio.gather(up, down, return_exceptions=True)
 
 

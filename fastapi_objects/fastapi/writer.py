@@ -99,6 +99,11 @@ class Writer:
                 return
         self._scheduled = False
 
+    @property
+    def blocked(self) -> asyncio.Task[None] | None:
+        """The task finishing a send that waits for the network, if one does."""
+        return self._blocked
+
     def stop(self) -> None:
         """Send nothing more (the socket stays as it is: a relay takes it over, or it is gone)."""
         if self._blocked is not None:
