@@ -16,6 +16,7 @@ of the fan-out's p99 (benchmarks/README.md, issue 13).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -30,19 +31,24 @@ _GONE = (WebSocketDisconnect, RuntimeError, OSError)  # the client is already go
 
 
 class Flusher:
-    """The writers of one event loop that have frames to send, flushed once per loop round."""
+    """The writers of one event loop that have frames to send, flushed once per loop round.
+
+    A round is one task (not one per writer): code on the send path that asks for the
+    current task (``asyncio.timeout`` in an ASGI middleware, say) finds one.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._ready: list[Writer] = []
+        self._round: asyncio.Task[None] | None = None
 
     def schedule(self, writer: Writer) -> None:
-        """Flush ``writer`` in the next round (one callback for every writer of the round)."""
+        """Flush ``writer`` in the next round (one task for every writer of the round)."""
         if not self._ready:
-            self.loop.call_soon(self._flush)
+            self._round = self.loop.create_task(self._flush(), name="objects-flush")
         self._ready.append(writer)
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         ready, self._ready = self._ready, []
         for writer in ready:
             try:
@@ -55,12 +61,16 @@ class Flusher:
 class Writer:
     """Sends one client's outbox in order; then closes the socket with ``close_with``.
 
+    Its sends run in a context of their own, copied where the writer was made (the session's
+    task), whichever task runs them: as each send ran in the session's writer task before,
+    and so that a send begun in a round and finished in a task of its own sees one context
+    (a middleware that sets a context variable around ``send`` resets it in the same one).
     ``finished`` resolves once the close went out (or the client is gone, or ``stop()``).
     A watchdog, not a timer per frame, calls ``too_slow`` with the reason when a send has
     waited ``send_timeout`` seconds, and gives that send up.
     """
 
-    __slots__ = ("_blocked", "_flusher", "_scheduled", "_send_timeout", "_too_slow",
+    __slots__ = ("_blocked", "_context", "_flusher", "_scheduled", "_send_timeout", "_too_slow",
                  "_watchdog", "close_with", "finished", "outbox", "sending_since", "websocket")
 
     def __init__(
@@ -78,6 +88,7 @@ class Writer:
         self._send_timeout = send_timeout
         self._too_slow = too_slow
         self._watchdog = flusher.loop.call_later(send_timeout, self._watch)
+        self._context = contextvars.copy_context()
 
     def wake(self) -> None:
         """Frames were queued: send them in the next round (unless already on their way)."""
@@ -87,6 +98,9 @@ class Writer:
 
     def flush(self) -> None:
         """Send what the outbox holds, until it is empty or a send must wait."""
+        self._context.run(self._send_queued)
+
+    def _send_queued(self) -> None:
         outbox = self.outbox
         while not outbox.empty and not self.finished.done():
             text = outbox.take()
@@ -132,7 +146,9 @@ class Writer:
             self._finish()
             return False
         self.sending_since = self._flusher.loop.time()
-        self._blocked = self._flusher.loop.create_task(self._wait(send, waiting_on, closing))
+        self._blocked = self._flusher.loop.create_task(
+            self._wait(send, waiting_on, closing), context=self._context
+        )
         return False
 
     async def _wait(
@@ -168,7 +184,7 @@ class Writer:
         elif self.outbox.empty and not self.finished.done():
             self._scheduled = False
         else:
-            self.flush()
+            self._send_queued()  # (in this writer's context already)
 
     async def _abort(self) -> None:
         # The close frame queues behind what the client has not read (the server's
