@@ -17,7 +17,12 @@ from tests._apps import Counter
 from tests._server import LiveServer
 from tests._support import wait_until
 from tests.conftest import Backend
-from tests.test_websocket_live import _events, _raw_client_that_never_reads, _wait_attached
+from tests.test_websocket_live import (
+    _events,
+    _raw_client_that_never_reads,
+    _read_until_too_slow,
+    _wait_attached,
+)
 
 
 async def test_a_relayed_client_that_stops_reading_is_closed_4408_and_others_get_every_frame(
@@ -54,14 +59,7 @@ async def test_a_relayed_client_that_stops_reading_is_closed_4408_and_others_get
                     payloads += await _events(good, "big", 10)
                 assert [p["i"] for p in payloads] == list(range(count))
 
-                def read_until_closed() -> bytes:
-                    chunks, tail = [], b""  # (not data += chunk: ~20 MB in 4 KB reads)
-                    while b"too slow" not in tail and (chunk := stuck.recv(1 << 20)):
-                        chunks.append(chunk)
-                        tail = tail[-64:] + chunk
-                    return b"".join(chunks)
-
-                data = await asyncio.to_thread(read_until_closed)
+                data = await asyncio.to_thread(_read_until_too_slow, stuck)
             finally:
                 stuck.close()
                 await good.close()
