@@ -16,8 +16,11 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from fastapi_objects import Objects
 from fastapi_objects.fastapi.outbox import Outbox
+from fastapi_objects.fastapi.session import Session
 from fastapi_objects.fastapi.writer import Flusher, Writer
+from tests._apps import Counter
 from tests._support import wait_until
 
 REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar("request", default=None)
@@ -31,8 +34,14 @@ class Server:
         self.sent: list[tuple[dict[str, Any], str | None, bool]] = []
         self.gate: asyncio.Future[None] | None = None
 
+        self.connected = False
+
     async def receive(self) -> dict[str, Any]:
-        return {"type": "websocket.connect"}
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        await asyncio.get_running_loop().create_future()  # a client that never sends
+        raise AssertionError("unreachable")
 
     async def send(self, message: dict[str, Any]) -> None:
         token = SPAN.set(str(message.get("text")))
@@ -84,3 +93,24 @@ async def test_sends_keep_their_order_and_context_when_one_has_to_wait() -> None
     after_accept = server.sent[1:]
     assert {context for _, context, _ in after_accept} == {"the session's"}
     assert all(in_task for _, _, in_task in after_accept)
+
+
+async def test_a_session_cancelled_while_its_close_waits_leaves_no_writer_behind() -> None:
+    """A server that cancels a session's task (its shutdown, past the grace period) while the
+    close frame waits for the network: the writer is stopped, its waiting send given up."""
+    server = Server()
+    websocket = WebSocket({"type": "websocket", "path": "/", "headers": [],
+                           "query_string": b""}, server.receive, server.send)
+    await websocket.accept()
+    async with Objects(objects=[Counter], database_url="memory://") as objects:
+        session = Session(objects, websocket, Counter, "k")
+        task = asyncio.create_task(session.run({}, {}))
+        await wait_until(lambda: any("objects:attached" in str(t) for t in server.texts()),
+                         what="the client attached")
+        server.gate = asyncio.get_running_loop().create_future()  # sends wait from now on
+        task.cancel()  # the session ends: it queues its close, which cannot leave
+        await wait_until(lambda: session.writer.blocked is not None, what="the close to wait")
+        task.cancel()  # and the server does not wait for it
+        await asyncio.gather(task, return_exceptions=True)
+        assert session.writer.finished.done()
+        await wait_until(lambda: session.writer.blocked is None, what="the send given up")

@@ -146,16 +146,19 @@ async def _pump(objects: Objects, websocket: WebSocket, upstream: Any, first: st
 
     up = asyncio.create_task(client_to_owner())
     down = asyncio.create_task(owner_to_client())
-    done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-    if down in done:
+    try:
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if down in done:
+            up.cancel()
+            close(*down.result())
+            await asyncio.wait((writer.finished,), timeout=5)
+        else:
+            await upstream.close()
+    finally:  # (also when the server cancels this task: nothing left running behind it)
+        writer.stop()
         up.cancel()
-        close(*down.result())
-        await asyncio.wait((writer.finished,), timeout=5)
-    else:
-        await upstream.close()
         down.cancel()
-    writer.stop()
-    await asyncio.gather(up, down, return_exceptions=True)
+        await asyncio.gather(up, down, return_exceptions=True)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

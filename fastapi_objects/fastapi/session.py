@@ -143,8 +143,10 @@ class Session:
                 writer.stop()
             else:
                 self.close(CloseCode.NORMAL, "")
-                await asyncio.wait((writer.finished,), timeout=5)
-                writer.stop()  # (done by then, unless a send still waits)
+                try:
+                    await asyncio.wait((writer.finished,), timeout=5)
+                finally:  # (also when the server cancels this task: no watchdog left behind)
+                    writer.stop()  # (done by then, unless a send still waits)
         return moved
 
     async def _attach_and_read(self, query: dict[str, str], auth: dict[str, Any]) -> None:
