@@ -84,9 +84,7 @@ async def test_sends_keep_their_order_and_context_when_one_has_to_wait() -> None
     await wait_until(lambda: server.texts() == ["a", "b", "c", "d"], what="the rest sent")
     assert writer.blocked is None
 
-    writer.close_with = (4000, "bye")
-    outbox.end(drop=False)
-    writer.wake()
+    writer.close(4000, "bye")
     await asyncio.wait_for(writer.finished, 5)
     closes = [m for m, _, _ in server.sent if m["type"] == "websocket.close"]
     assert closes == [{"type": "websocket.close", "code": 4000, "reason": "bye"}]

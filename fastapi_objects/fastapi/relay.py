@@ -101,15 +101,8 @@ async def _pump(objects: Objects, websocket: WebSocket, upstream: Any, first: st
     import websockets
 
     outbox = Outbox(objects.max_outbox, objects.max_outbox_bytes)
-
-    def close(code: int, reason: str) -> None:
-        if not writer.finished.done():
-            writer.close_with = (code, reason[:120])
-            outbox.end(drop=code == CloseCode.TOO_SLOW)
-            writer.wake()
-
     writer = Writer(objects.flusher(), websocket, outbox, objects.send_timeout,
-                    lambda reason: close(CloseCode.TOO_SLOW, reason))
+                    lambda reason: writer.close(CloseCode.TOO_SLOW, reason))
     outbox.put(first)
     writer.wake()
 
@@ -150,7 +143,7 @@ async def _pump(objects: Objects, websocket: WebSocket, upstream: Any, first: st
         done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         if down in done:
             up.cancel()
-            close(*down.result())
+            writer.close(*down.result())
             await asyncio.wait((writer.finished,), timeout=5)
         else:
             await upstream.close()

@@ -92,10 +92,8 @@ class Session:
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued (a client too slow: at once, dropping them)."""
         if self.close_with is None:
-            self.close_with = self.writer.close_with = (code, reason[:120])
-            # A client too slow is not reading what waits: free that memory now.
-            self.outbox.end(drop=code == CloseCode.TOO_SLOW)
-            self.writer.wake()
+            self.close_with = (code, reason[:120])
+            self.writer.close(code, reason)
 
     def push(self, item: str | Message) -> None:
         """Queue a frame (a broadcast: unless it excludes this client) or close a slow client."""

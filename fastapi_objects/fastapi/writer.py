@@ -1,7 +1,7 @@
 """Sending a client's frames without a task per client: fan-out to thousands of sockets.
 
 Each session queues its frames in its ``Outbox``; its ``Writer`` sends them in order. A writer
-with frames to send joins its node's ``Flusher``: one loop callback per round sends what every
+with frames to send joins its node's ``Flusher``: one task per loop round sends what every
 ready writer holds. An ASGI send normally completes without waiting (the transport takes the
 bytes), so the writer runs each send's coroutine by hand: when it finishes at once, the next
 frame goes. Only a send that must wait (the network pushes back) gets a task, which finishes
@@ -24,6 +24,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .outbox import Outbox
+from .protocol import CloseCode
 
 log = logging.getLogger("fastapi_objects")
 
@@ -40,7 +41,7 @@ class Flusher:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._ready: list[Writer] = []
-        self._round: asyncio.Task[None] | None = None
+        self._round: asyncio.Task[None] | None = None  # (the loop holds tasks weakly)
 
     def schedule(self, writer: Writer) -> None:
         """Flush ``writer`` in the next round (one task for every writer of the round)."""
@@ -65,13 +66,15 @@ class Writer:
     task), whichever task runs them: as each send ran in the session's writer task before,
     and so that a send begun in a round and finished in a task of its own sees one context
     (a middleware that sets a context variable around ``send`` resets it in the same one).
-    ``finished`` resolves once the close went out (or the client is gone, or ``stop()``).
+    ``close()`` ends it after what is queued; ``finished`` resolves once the close went out
+    (or the client is gone, or ``stop()``).
     A watchdog, not a timer per frame, calls ``too_slow`` with the reason when a send has
     waited ``send_timeout`` seconds, and gives that send up.
     """
 
     __slots__ = ("_blocked", "_context", "_flusher", "_scheduled", "_send_timeout", "_too_slow",
-                 "_watchdog", "close_with", "finished", "outbox", "sending_since", "websocket")
+                 "_watchdog", "close_with", "closing", "finished", "outbox", "sending_since",
+                 "websocket")
 
     def __init__(
         self, flusher: Flusher, websocket: WebSocket, outbox: Outbox, send_timeout: float,
@@ -80,7 +83,8 @@ class Writer:
         self._flusher = flusher
         self.websocket = websocket
         self.outbox = outbox
-        self.close_with: tuple[int, str] = (1000, "")
+        self.close_with: tuple[int, str] = (CloseCode.NORMAL, "")
+        self.closing = False  # close() was called
         self.finished: asyncio.Future[None] = flusher.loop.create_future()
         self.sending_since: float | None = None  # when the send that waits began
         self._scheduled = False  # on the flusher's list, or a task of its own is sending
@@ -89,6 +93,19 @@ class Writer:
         self._too_slow = too_slow
         self._watchdog = flusher.loop.call_later(send_timeout, self._watch)
         self._context = contextvars.copy_context()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued (a client too slow: at once, dropping them).
+
+        The first close wins; ``close_with`` is what the client gets.
+        """
+        if self.closing or self.finished.done():
+            return
+        self.closing = True
+        self.close_with = (code, reason[:120])
+        # A client too slow is not reading what waits: free that memory now.
+        self.outbox.end(drop=code == CloseCode.TOO_SLOW)
+        self.wake()
 
     def wake(self) -> None:
         """Frames were queued: send them in the next round (unless already on their way)."""
