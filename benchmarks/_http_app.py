@@ -1,13 +1,18 @@
 """The app bench_http.py serves with uvicorn: objects, reference endpoints and the baseline.
 
-Configured by environment: BENCH_DATABASE_URL (PostgreSQL or SQLite), BENCH_SCHEMA
-(PostgreSQL only; empty for SQLite), BENCH_GC_FREEZE (non-empty: ``gc.freeze()`` once started).
+Configured by environment: BENCH_DATABASE_URL (PostgreSQL, SQLite or memory://: no baseline
+endpoint then), BENCH_SCHEMA (PostgreSQL only; empty otherwise), BENCH_GC (``freeze``:
+``gc.freeze()`` once started, what an app may do; ``off``: ``gc.disable()``, a diagnostic only,
+cycles are never freed). ``/stats`` also reports the cyclic GC's collections and their time,
+timed with ``gc.callbacks`` in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -23,6 +28,28 @@ from fastapi_objects.storage import create_engine
 URL = os.environ["BENCH_DATABASE_URL"]
 SCHEMA = os.environ.get("BENCH_SCHEMA") or None
 SQLITE = URL.startswith("sqlite")
+MEMORY = URL.startswith("memory")
+GC = os.environ.get("BENCH_GC", "")
+
+
+class _GCTimes:
+    """The cyclic GC's full collections and its time in this process (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._started
+        self.full += info["generation"] == 2
+
+
+gc_times = _GCTimes()
+gc.callbacks.append(gc_times)
 
 
 class CounterState(BaseModel):
@@ -63,11 +90,13 @@ class Ticker(DurableObject[TickerState]):
 
 
 objects = Objects(objects=[Counter, Ticker], database_url=URL, schema=SCHEMA, create_tables=True)
-# The baseline's own engine, as a FastAPI user sets one up (SQLite: WAL, synchronous=FULL).
+# The baseline's own engine, as a FastAPI user sets one up (SQLite: WAL, synchronous=FULL);
+# none on memory://, which has no SQL baseline.
 engine = (
-    create_engine(URL) if SQLITE else create_async_engine(URL, pool_size=32, max_overflow=32)
+    None if MEMORY else create_engine(URL) if SQLITE
+    else create_async_engine(URL, pool_size=32, max_overflow=32)
 )
-sessions = async_sessionmaker(engine, expire_on_commit=False)
+sessions = None if engine is None else async_sessionmaker(engine, expire_on_commit=False)
 TABLE = "baseline_counters" if SQLITE else f'"{SCHEMA}".baseline_counters'
 UPDATE = sa.text(f"UPDATE {TABLE} SET value = value + :by WHERE key = :key RETURNING value")
 
@@ -75,12 +104,13 @@ UPDATE = sa.text(f"UPDATE {TABLE} SET value = value + :by WHERE key = :key RETUR
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with objects.lifespan(app):
-        if os.environ.get("BENCH_GC_FREEZE"):  # bench_http.py --gc-freeze: what an app may do
-            import gc
-
+        if GC == "freeze":  # bench_http.py --gc freeze: what an app may do
             gc.freeze()  # what start-up made is never scanned again by the cyclic GC
+        elif GC == "off":  # bench_http.py --gc off: what the GC costs (a diagnostic only)
+            gc.disable()
         yield
-    await engine.dispose()
+    if engine is not None:
+        await engine.dispose()
 
 
 app = FastAPI(lifespan=lifespan)
@@ -154,6 +184,7 @@ async def suspend(key: str, by: int = 1) -> dict[str, int]:
 
 @app.post("/baseline/{key}/increment")
 async def baseline(key: str, by: int = 1) -> dict[str, int]:
+    assert sessions is not None, "no SQL baseline on memory://"
     async with sessions() as session, session.begin():
         value = (await session.execute(UPDATE, {"key": key, "by": by})).scalar_one()
     return {"value": value}
@@ -167,10 +198,12 @@ async def tick(
 
 
 @app.get("/stats")
-async def stats() -> dict[str, int]:
-    """Commits and their transactions so far: how well this load groups its commits."""
+async def stats() -> dict[str, float]:
+    """Commits and their transactions so far (how well this load groups its commits), and the
+    cyclic GC's full collections and seconds so far."""
     now = objects.stats()
-    return {"commits": now.commits, "batches": now.batches}
+    return {"commits": now.commits, "batches": now.batches, "gc_full": gc_times.full,
+            "gc_seconds": gc_times.seconds}
 
 
 # The rungs of bench_http's ladder: the README's route with one layer at a time.

@@ -1,13 +1,16 @@
-"""HTTP throughput through uvicorn and websocket fan-out latency, on PostgreSQL and SQLite.
+"""HTTP throughput through uvicorn and websocket fan-out latency, on every backend.
 
-    python benchmarks/bench_http.py [--backends postgres,sqlite] [--duration 10] [--clients 3000]
+    python benchmarks/bench_http.py [--backends memory,postgres,sqlite] [--duration 10]
+                                    [--clients 3000] [--gc-freeze | --gc-off]
 
 Starts the app in benchmarks/_http_app.py under uvicorn (one worker) and drives it with wrk
 (a separate process, 64 connections, keys spread over 1,000 objects) against, in the same run:
 (a) an endpoint that touches no object and no database; (m) the README's route shape on an
 in-memory object (a ``Depends`` keyed by the path, a ``by`` query parameter, the same JSON
 answer): what FastAPI itself costs; (b) the SQLAlchemy baseline (a session per request doing
-UPDATE ... RETURNING); and the README's counter route through ``Depends(get_object(Counter))``.
+UPDATE ... RETURNING; none on memory://); and the README's counter route through
+``Depends(get_object(Counter))``. The route's ladder prints the server's CPU per request as one
+layer at a time is added, and what of it the cyclic GC took (timed in the server).
 Then N websocket clients (a separate process) attach to one object and the script makes one
 durable broadcast every 10 ms, measuring delivery latency to every client.
 """
@@ -89,6 +92,8 @@ def _ms(text: str) -> float:
 
 
 async def prepare(url: str, schema: str) -> None:
+    if url.startswith("memory"):
+        return
     if url.startswith("sqlite"):
         import sqlite3
 
@@ -111,7 +116,7 @@ async def prepare(url: str, schema: str) -> None:
 
 
 async def drop(url: str, schema: str) -> None:
-    if url.startswith("sqlite"):
+    if not url.startswith("postgres"):
         return  # the temporary folder goes
     conn = await asyncpg.connect(url.replace("+asyncpg", ""))
     await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -147,23 +152,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_per_request(pid: int, port: int, path: str, duration: int) -> tuple[float, float]:
-    """wrk on ``path``: requests/s and the server's CPU (all its threads) per request, in us."""
-    before = cpu_seconds(pid)
+def server_stats(port: int) -> dict[str, float]:
+    """The app's ``/stats``: commits, their transactions, the cyclic GC's collections so far."""
+    return dict(httpx2.get(f"http://127.0.0.1:{port}/stats").json())
+
+
+def cpu_per_request(
+    pid: int, port: int, path: str, duration: int
+) -> tuple[float, float, float, float]:
+    """wrk on ``path``: requests/s, the server's CPU (all its threads) per request in us, the
+    cyclic GC's share of it in us, and its full collections per 1,000 requests."""
+    before, gc_before = cpu_seconds(pid), server_stats(port)
     result = wrk(port, path, duration)
-    used = cpu_seconds(pid) - before
-    return result["rps"], used / (result["rps"] * duration) * 1e6
+    used, gc_after = cpu_seconds(pid) - before, server_stats(port)
+    requests = result["rps"] * duration
+    return (result["rps"], used / requests * 1e6,
+            (gc_after["gc_seconds"] - gc_before["gc_seconds"]) / requests * 1e6,
+            (gc_after["gc_full"] - gc_before["gc_full"]) / requests * 1000)
 
 
-def run_backend(
-    url: str, duration: int, clients: int, gc_freeze: bool = False
-) -> dict[str, object]:
-    """Serve the app on ``url`` and take every figure; return them."""
-    schema = "" if url.startswith("sqlite") else f"bench_{uuid.uuid4().hex[:8]}"
+def run_backend(url: str, duration: int, clients: int, gc: str = "") -> dict[str, object]:
+    """Serve the app on ``url`` and take every figure; return them.
+
+    ``gc``: ``freeze`` or ``off`` (see _http_app.py), else the GC as Python sets it up.
+    """
+    schema = f"bench_{uuid.uuid4().hex[:8]}" if url.startswith("postgres") else ""
     asyncio.run(prepare(url, schema))
     port = free_port()
     env = dict(os.environ, BENCH_DATABASE_URL=url, BENCH_SCHEMA=schema, PYTHONPATH=str(HERE),
-               BENCH_GC_FREEZE="1" if gc_freeze else "")
+               BENCH_GC=gc)
     server = subprocess.Popen(
         [PYTHON, "-m", "uvicorn", "_http_app:app", "--port", str(port), "--workers", "1",
          "--no-access-log", "--log-level", "warning"], env=env,
@@ -171,16 +188,15 @@ def run_backend(
     try:
         wait_ready(port)
         wrk(port, "/counters/k", 2)  # warm up: thaw the 1,000 objects
-        results: dict[str, object] = {
-            "(a) no object, no database": wrk(port, "/plain/k", duration),
-            "(b) SQLAlchemy UPDATE..RETURNING": wrk(port, "/baseline/k", duration),
-        }
+        results: dict[str, object] = {"(a) no object, no database": wrk(port, "/plain/k", duration)}
+        if not url.startswith("memory"):
+            results["(b) SQLAlchemy UPDATE..RETURNING"] = wrk(port, "/baseline/k", duration)
         # The ratio that matters, objects / (m), from rounds that alternate the two: the
         # machine's load moves within a run, and a ratio of neighbours moves with it less.
-        before = httpx2.get(f"http://127.0.0.1:{port}/stats").json()
+        before = server_stats(port)
         rounds = [(wrk(port, "/memory/k", duration), wrk(port, "/counters/k", duration))
                   for _ in range(ROUNDS)]
-        after = httpx2.get(f"http://127.0.0.1:{port}/stats").json()
+        after = server_stats(port)
         results["batch"] = (after["commits"] - before["commits"]) / max(
             after["batches"] - before["batches"], 1)
         rounds.sort(key=lambda pair: pair[1]["rps"] / pair[0]["rps"])
@@ -212,7 +228,7 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
         rps[name] = r["rps"]
         print(f"{name:44} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>8}")
     memory = rps["(m) the same route on an in-memory object"]
-    base = rps["(b) SQLAlchemy UPDATE..RETURNING"]
+    base = rps.get("(b) SQLAlchemy UPDATE..RETURNING")
     objs = rps["objects: POST /counters/{key}/increment"]
     ratios = results["ratios"]
     assert isinstance(ratios, list)
@@ -221,15 +237,18 @@ def report(backend: str, results: dict[str, object], duration: int) -> None:
     print(f"objects per commit transaction under this load: {results['batch']:.1f}")
     print(f"objects / (m) = {objs / memory:.2f} (target >= 0.6): "
           f"{'PASS' if objs >= 0.6 * memory else 'MISS'}")
-    print(f"objects / (b) = {objs / base:.1f}x (target >= 3x): "
-          f"{'PASS' if objs >= 3 * base else 'MISS'}")
+    if base is not None:
+        print(f"objects / (b) = {objs / base:.1f}x (target >= 3x): "
+              f"{'PASS' if objs >= 3 * base else 'MISS'}")
     ladder = results["ladder"]
     assert isinstance(ladder, list)
-    print("\nThe route's ladder: the server's CPU per request (both threads), one layer at a time")
+    print("\nThe route's ladder: the server's CPU per request (both threads), one layer at a "
+          "time;\nof it, the cyclic GC's time, and its full collections per 1,000 requests")
+    print(f"  {'':48} {'req/s':>7} {'CPU/req':>8} {'adds':>6} {'GC/req':>7} {'full/1k':>8}")
     previous = None
-    for name, rps, cpu in ladder:
-        added = "" if previous is None else f"{cpu - previous:+7.0f}"
-        print(f"  {name:48} {rps:>7.0f} req/s {cpu:>6.0f} us {added}")
+    for name, rps, cpu, gc_us, full in ladder:
+        added = "" if previous is None else f"{cpu - previous:+6.0f}"
+        print(f"  {name:48} {rps:>7.0f} {cpu:>5.0f} us {added:>6} {gc_us:>4.0f} us {full:>8.2f}")
         previous = cpu
     fan = results.get("fanout")
     if isinstance(fan, dict):
@@ -252,24 +271,27 @@ def parser_for(doc: str | None) -> argparse.ArgumentParser:
 
 def main() -> None:
     parser = parser_for(__doc__)
-    parser.add_argument("--backends", default="postgres,sqlite",
-                        help="comma-separated: postgres, sqlite (default both)")
+    parser.add_argument("--backends", default="memory,postgres,sqlite",
+                        help="comma-separated: memory, postgres, sqlite (default all three)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--clients", type=int, default=3000,
                         help="websocket clients of the fan-out figure (0: skip it)")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="the app calls gc.freeze() once started (what an app may do; the "
                         "runtime leaves the GC alone): both routes of the ratio run so")
+    parser.add_argument("--gc-off", action="store_true",
+                        help="a diagnostic: the app calls gc.disable() once started (no cycle "
+                        "is ever freed: not a way to run), to show what the GC costs each rung")
     args = parser.parse_args()
+    gc = "freeze" if args.gc_freeze else "off" if args.gc_off else ""
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix="bench_http_") as folder:
-            url = (f"sqlite+aiosqlite:///{folder}/objects.db" if backend == "sqlite"
-                   else args.database_url)
-            report(backend, run_backend(url, args.duration, args.clients, args.gc_freeze),
-                   args.duration)
+            url = {"sqlite": f"sqlite+aiosqlite:///{folder}/objects.db",
+                   "memory": "memory://"}.get(backend, args.database_url)
+            report(backend, run_backend(url, args.duration, args.clients, gc), args.duration)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
 
