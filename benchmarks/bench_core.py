@@ -608,7 +608,9 @@ async def bench_memory(url: str, n: int, loop: str, rep: Report) -> float:
 # The full run at cf1e8e7 ("After the cheaper call deadline"): throughput figures as ratios to
 # that run's mean baseline (5,320 calls/s), so that they compare across days; thaw and memory
 # as measured. --quick (smaller sizes for 5 and 6) compares with the README's --quick runs:
-# 7.0x for figure 2 at cf1e8e7, thaw p99 0.99 ms and 1,997 B at 160915c.
+# 7.0x for figure 2 at cf1e8e7, 1,997 B at 160915c, and thaw p99 3.0 ms since a thaw claims its
+# object durably first (one fsync more; the README's figures). The full run's thaw p99 (0.81
+# ms) predates that claim.
 RECORDED = {
     "2. durable / baseline": 34_270 / 5_320,
     "3. hot object / baseline": 64_708 / 5_320,
@@ -619,7 +621,7 @@ RECORDED = {
 }
 RECORDED_QUICK = {
     "2. durable / baseline": 7.0,
-    "5. thaw p99 (ms, lower is better)": 0.99,
+    "5. thaw p99 (ms, lower is better)": 3.0,
     "6. bytes per idle object (lower is better)": 1_997,
 }
 
