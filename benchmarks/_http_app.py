@@ -104,9 +104,9 @@ UPDATE = sa.text(f"UPDATE {TABLE} SET value = value + :by WHERE key = :key RETUR
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with objects.lifespan(app):
-        if GC == "freeze":  # bench_http.py --gc freeze: what an app may do
+        if GC == "freeze":  # bench_http.py --gc-freeze: what an app may do
             gc.freeze()  # what start-up made is never scanned again by the cyclic GC
-        elif GC == "off":  # bench_http.py --gc off: what the GC costs (a diagnostic only)
+        elif GC == "off":  # bench_http.py --gc-off: what the GC costs (a diagnostic only)
             gc.disable()
         yield
     if engine is not None:
